@@ -1,0 +1,29 @@
+//! glidefs: Linux block devices served through the kernel's ublk driver, with a
+//! local write-back cache and the durable copy in S3-compatible object storage.
+//!
+//! Layers, top to bottom (see docs/architecture.md):
+//! - [`api`]: HTTP API, Prometheus metrics, the CLI's client side.
+//! - [`router`]: name → export (volume + device) registry, persisted.
+//! - [`ublk`]: control plane (libublk) and our own data plane (pinned workers,
+//!   io_uring, USER_COPY, per-worker buffer pool).
+//! - [`volume`]: the per-export engine: cache file, journal, flusher, segments.
+//! - [`store`]: object stores (S3 and a local directory).
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod router;
+pub mod size;
+pub mod store;
+pub mod ublk;
+pub mod volume;
+
+/// The block size of the volume engine and the I/O buffer size of the data plane.
+/// Everything else (segment entry size, buffer pool slot size, io_opt) derives from it.
+pub const BLOCK_SIZE: usize = 128 * 1024;
+
+/// Validity / dirtiness is tracked per sector of this size inside a block.
+pub const SECTOR_SIZE: usize = 4096;
+
+/// Requests must be aligned to this (the device's logical block size).
+pub const LOGICAL_BLOCK_SIZE: usize = 512;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("glidefs {}", env!("CARGO_PKG_VERSION"));
+}
