@@ -579,14 +579,38 @@ let
           inherit lib config options;
         }
         // specialArgs;
+        # Modules imported by path are loaded once, however often they are imported
+        # (nixpkgs keys them by file name).
         load =
           m:
           let
             v = if isPath m then import m else m;
             r = if isFunction v then v args else v;
           in
-          [ r ] ++ concatMap load (r.imports or [ ]);
-        loaded = concatMap load modules;
+          [
+            {
+              key = if isPath m then toString m else null;
+              module = r;
+            }
+          ]
+          ++ concatMap load (r.imports or [ ]);
+        dedup =
+          foldl'
+            (
+              acc: e:
+              if e.key != null && elem e.key acc.keys then
+                acc
+              else
+                {
+                  keys = acc.keys ++ [ e.key ];
+                  modules = acc.modules ++ [ e.module ];
+                }
+            )
+            {
+              keys = [ ];
+              modules = [ ];
+            };
+        loaded = (dedup (concatMap load modules)).modules;
         configOf =
           m:
           let

@@ -56,6 +56,13 @@ in
     meta.mainProgram = "glidefs";
   };
 
+  fio = fakeDrv "fio" { };
+  curl = fakeDrv "curl" { };
+  jq = fakeDrv "jq" { };
+  util-linux = fakeDrv "util-linux" { };
+  kmod = fakeDrv "kmod" { };
+  e2fsprogs = fakeDrv "e2fsprogs" { };
+
   linuxPackages_6_12.kernel = fakeDrv "linux-6.12.41" { version = "6.12.41"; };
   linuxPackages_6_1.kernel = fakeDrv "linux-6.1.140" { version = "6.1.140"; };
 }

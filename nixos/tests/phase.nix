@@ -1,9 +1,15 @@
 # One NixOS test per vm-tests phase: boots a node with ublks_max from the phase's
 # header, then runs vm-tests/phases/PHASE.sh unchanged under its deadline.
-{ phase, phases }:
+# `phases` is the phases folder in the store (what the VM runs), `phasesSrc` the
+# same folder in the source tree (where the headers are read at evaluation).
+{
+  phase,
+  phases,
+  phasesSrc,
+}:
 { testScriptSetup, ... }:
 let
-  headers = import ./phase-headers.nix (phases + "/${phase}.sh");
+  headers = import ./phase-headers.nix (phasesSrc + "/${phase}.sh");
 in
 {
   name = "glidefs-${phase}";
