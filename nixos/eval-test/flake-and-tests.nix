@@ -49,7 +49,6 @@ let
 
   phase = import ../tests/phase.nix {
     phase = "sample";
-    phases = "/phases-in-store";
     phasesSrc = ./fixtures/phases;
   } { testScriptSetup = "SETUP"; };
   script = phase.testScript { nodes.machine.services.glidefs.package = pkgs.glidefs; };

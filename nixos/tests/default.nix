@@ -27,7 +27,7 @@ let
       pkgs.testers.runNixOSTest {
         imports = [
           common
-          (import ./phase.nix { inherit phase phases phasesSrc; })
+          (import ./phase.nix { inherit phase phasesSrc; })
         ];
       }
     else

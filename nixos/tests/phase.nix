@@ -1,10 +1,9 @@
 # One NixOS test per vm-tests phase: boots a node with ublks_max from the phase's
 # header, then runs vm-tests/phases/PHASE.sh unchanged under its deadline.
-# `phases` is the phases folder in the store (what the VM runs), `phasesSrc` the
-# same folder in the source tree (where the headers are read at evaluation).
+# The headers are read from `phasesSrc`, the phases folder in the source tree; the
+# VM runs the copy in the store (PHASES in common.nix).
 {
   phase,
-  phases,
   phasesSrc,
 }:
 { testScriptSetup, ... }:
