@@ -59,7 +59,7 @@ missing_deps() {
         seen[$p]=1
         for d in $(apt-cache depends "$p" 2>/dev/null | awk '$1 == "Depends:" && $2 !~ /^</ {print $2}'); do
             [ -z "${seen[$d]:-}" ] || continue
-            if ! dpkg-query -W -f='${Status}' "$d" 2>/dev/null | grep -q 'ok installed'; then
+            if [[ "$(dpkg-query -W -f='${Status}' "$d" 2>/dev/null || true)" != *"ok installed"* ]]; then
                 out+=("$d")
                 queue+=("$d")
             fi
@@ -77,7 +77,9 @@ ensure_nix() {
         NIX_INSTANTIATE="$NIX_ROOT/usr/bin/nix-instantiate"
     else
         command -v apt-get >/dev/null || die "no nix-instantiate and no apt-get to install nix-bin"
-        if ! apt-cache policy nix-bin 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        local policy
+        policy="$(apt-cache policy nix-bin 2>/dev/null || true)"
+        if ! grep -q 'Candidate: [0-9]' <<<"$policy"; then
             log "apt-get update (no candidate for nix-bin yet)"
             apt-get update -qq >&2
         fi
@@ -121,14 +123,14 @@ ensure_nix() {
 
 ensure_cargo_tool() { # BINARY CRATE VERSION
     local bin="$1" crate="$2" version="$3"
-    if [ -x "$TOOLS/bin/$bin" ] && "$TOOLS/bin/$bin" --version 2>/dev/null | grep -qF "$version"; then
+    if [ -x "$TOOLS/bin/$bin" ] && [[ "$("$TOOLS/bin/$bin" --version 2>/dev/null || true)" == *"$version"* ]]; then
         return 0
     fi
     command -v cargo >/dev/null || die "cargo is needed to install $crate"
     log "cargo install $crate@$version into $TOOLS (a few minutes)"
     cargo install --locked --quiet --root "$TOOLS" "$crate@$version" >&2 \
         || die "cargo install $crate@$version failed"
-    "$TOOLS/bin/$bin" --version 2>/dev/null | grep -qF "$version" \
+    [[ "$("$TOOLS/bin/$bin" --version 2>/dev/null || true)" == *"$version"* ]] \
         || die "$TOOLS/bin/$bin is not version $version after install"
 }
 
@@ -246,6 +248,7 @@ if parsed != settings:
     fi
 
     # 5. mutations of the module must fail the evaluation test
+    # shellcheck disable=SC2016 # sed scripts: the ${...} are Nix, not shell
     local -a mutations=(
         's/Type = "notify";/Type = "simple";/'
         's/KillMode = "mixed";/KillMode = "process";/'
