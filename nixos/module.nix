@@ -57,6 +57,16 @@ let
 
   # Paths the daemon writes besides its StateDirectory and RuntimeDirectory.
   inStateDir = p: p == "/var/lib/glidefs" || lib.hasPrefix "/var/lib/glidefs/" p;
+  # Directories under /var/lib/glidefs that systemd creates (StateDirectory=).
+  stateDirs = lib.unique (
+    [ "glidefs" ]
+    ++ map (lib.removePrefix "/var/lib/") (
+      builtins.filter (p: p != null && inStateDir p) [
+        cfg.settings.cache.dir
+        fileStoreDir
+      ]
+    )
+  );
   extraWritable =
     lib.optional (!inStateDir cfg.settings.cache.dir) cfg.settings.cache.dir
     ++ lib.optional (fileStoreDir != null && !inStateDir fileStoreDir) fileStoreDir
@@ -129,12 +139,15 @@ in
           };
           cache.dir = mkOption {
             type = types.str;
-            default = "/var/lib/glidefs";
+            default = "/var/lib/glidefs/cache";
             description = ''
               Directory of the local write-back cache (cache files, block maps,
               journals). It holds acknowledged data that may not be in the store
-              yet, so it must survive reboots: the default is the service's
-              StateDirectory. Other paths are added to ReadWritePaths.
+              yet, so it must survive reboots: the default is under the
+              service's StateDirectory, apart from a `file://` store, so that
+              wiping the cache (a cold wake) never touches the store. Paths
+              under /var/lib/glidefs are created by systemd; other paths must
+              exist and are added to ReadWritePaths.
             '';
           };
           api.listen = mkOption {
@@ -356,7 +369,7 @@ in
         EnvironmentFile = lib.mkIf (cfg.environmentFile != null) cfg.environmentFile;
 
         # Write-back cache and local store: state (dirty data), not cache.
-        StateDirectory = "glidefs";
+        StateDirectory = stateDirs;
         StateDirectoryMode = "0700";
         ReadWritePaths = extraWritable;
         # /run/glidefs for an API socket; /run/ublksrvd is where libublk keeps

@@ -124,7 +124,7 @@ let
     listen = "0.0.0.0:8080"
 
     [cache]
-    dir = "/var/lib/glidefs"
+    dir = "/var/lib/glidefs/cache"
     dirty_limit = "1G"
     flush_interval = "5s"
     flush_mode = "local"
@@ -151,7 +151,7 @@ let
     listen = "127.0.0.1:8080"
 
     [cache]
-    dir = "/var/lib/glidefs"
+    dir = "/var/lib/glidefs/cache"
 
     [limits]
     max_exports = 20000
@@ -177,7 +177,10 @@ let
     (eq "s3: small restart delay" s3sc.RestartSec "1s")
     (eq "s3: never stop restarting" s3svc.unitConfig.StartLimitIntervalSec 0)
     (eq "s3: KillMode=mixed" s3sc.KillMode "mixed")
-    (eq "s3: StateDirectory" s3sc.StateDirectory "glidefs")
+    (eq "s3: StateDirectory (cache only: the store is S3)" s3sc.StateDirectory [
+      "glidefs"
+      "glidefs/cache"
+    ])
     (eq "s3: LimitNOFILE" s3sc.LimitNOFILE 1048576)
     (eq "s3: LoadCredential" s3sc.LoadCredential [ "s3:/run/secrets/glidefs-s3" ])
     (that "s3: no EnvironmentFile" (!(s3sc ? EnvironmentFile)))
@@ -225,6 +228,11 @@ let
     (eq "defaults: no firewall port" dc.networking.firewall.allowedTCPPorts [ ])
     (that "defaults: no LoadCredential" (!(dsc ? LoadCredential)))
     (eq "defaults: no extra writable paths" dsc.ReadWritePaths [ ])
+    (eq "defaults: systemd creates the cache and store directories" dsc.StateDirectory [
+      "glidefs"
+      "glidefs/cache"
+      "glidefs/store"
+    ])
     (eq "defaults: no network dependency for a file store" dc.systemd.services.glidefs.after [
       "systemd-modules-load.service"
     ])
