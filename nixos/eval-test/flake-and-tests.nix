@@ -23,6 +23,19 @@ let
     };
     nixpkgs = throw "nixpkgs is not available to the evaluation test";
   };
+  # The whole flake against a fake nixpkgs: shapes and build attributes only.
+  fake = import ./fake-nixpkgs.nix { inherit lib pkgs; };
+  full = flake.outputs {
+    self = full // {
+      shortRev = "1234567";
+    };
+    nixpkgs = fake;
+  };
+  xpkgs = full.packages.x86_64-linux;
+  xchecks = full.checks.x86_64-linux;
+  cargoVersion = (builtins.fromTOML (builtins.readFile ../../Cargo.toml)).package.version;
+  s3s-fs = fake.legacyPackages.x86_64-linux.callPackage ../tests/s3s-fs/package.nix { };
+
   viaFlake = eval [
     outputs.nixosModules.default
     {
@@ -71,6 +84,58 @@ in
     "${flakePackage}/bin/glidefs run --config ${builtins.storeDir}/00000000000000000000000000000000-glidefs-checked.toml"
   )
   (eq "flake: nixosModules.default declares nothing unknown" viaFlake.unknownOptions [ ])
+  (eq "flake: x86_64 packages" (builtins.attrNames xpkgs) [
+    "appliance-image"
+    "appliance-image-raw"
+    "default"
+    "glidefs"
+  ])
+  (eq "flake: aarch64 packages (no image)" (builtins.attrNames full.packages.aarch64-linux) [
+    "default"
+    "glidefs"
+  ])
+  (eq "flake: image = system.build.images.qemu-efi" xpkgs.appliance-image.name "nixos-image-qemu-efi")
+  (eq "flake: checks" (builtins.attrNames xchecks) [
+    "appliance"
+    "clippy"
+    "deadnix"
+    "nixfmt"
+    "package"
+    "vm-crash"
+    "vm-density"
+    "vm-integrity"
+    "vm-service"
+    "vm-smoke"
+  ])
+  (eq "flake: the vm-service check is a runNixOSTest" xchecks.vm-service.name "vm-test-run")
+  (eq "flake: formatter is nixfmt" full.formatter.x86_64-linux.name "nixfmt")
+  (eq "flake: devShell has the package's inputs"
+    (map (p: p.name) full.devShells.x86_64-linux.default.inputsFrom)
+    [
+      "glidefs-${cargoVersion}"
+    ]
+  )
+  (eq "flake: appliance modules" (builtins.length full.nixosConfigurations.appliance.modules) 3)
+  (eq "package: version from Cargo.toml" xpkgs.default.version cargoVersion)
+  (eq "package: Cargo.lock as is" xpkgs.default.cargoLock.lockFile ../../Cargo.lock)
+  (eq "package: bindgen hook" (map (p: p.name) xpkgs.default.nativeBuildInputs) [
+    "rust-bindgen-hook"
+  ])
+  (eq "package: only host-side unit tests in the sandbox" xpkgs.default.cargoTestFlags [ "--lib" ])
+  (eq "package: git rev for vergen" xpkgs.default.env.VERGEN_GIT_SHA "1234567")
+  (eq "package: mainProgram" xpkgs.default.meta.mainProgram "glidefs")
+  (contains "clippy check: -D warnings on all targets" xchecks.clippy.buildPhase
+    "cargo clippy --all-targets --offline -- -D warnings"
+  )
+  (eq "clippy check: tests not run" xchecks.clippy.doCheck false)
+  (that "clippy check: has clippy" (
+    builtins.elem "clippy" (map (p: p.name) xchecks.clippy.nativeBuildInputs)
+  ))
+  (contains "nixfmt check: --check" xchecks.nixfmt.buildCommand "nixfmt --check")
+  (contains "deadnix check: --fail" xchecks.deadnix.buildCommand "deadnix --fail")
+  (eq "s3s-fs: version of scripts/install-test-servers.sh" s3s-fs.version "0.14.1")
+  (eq "s3s-fs: binary feature" s3s-fs.buildFeatures [ "binary" ])
+  (that "s3s-fs: its Cargo.lock is there" (builtins.pathExists s3s-fs.cargoLock.lockFile))
 
   (eq "vm node: imports the module" node.imports [ "glidefs-module" ])
   (eq "vm node: kernel 6.12" node.boot.kernelPackages pkgs.linuxPackages_6_12)
