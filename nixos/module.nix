@@ -33,14 +33,16 @@ let
         configFile = generatedConfig;
       }
       ''
-        ${cfg.package}/bin/glidefs check-config --config "$configFile"
+        ${cfg.package}/bin/glidefs check-config "$configFile"
         cp "$configFile" "$out"
       '';
   configFile = if cfg.checkConfig then checkedConfig else generatedConfig;
 
-  # "127.0.0.1:8080", "[::1]:8080", "0.0.0.0:8080" or a unix socket path.
+  # "127.0.0.1:8080", "[::1]:8080", "0.0.0.0:8080" or a unix socket path, which
+  # the daemon also accepts as "unix:/path".
   listen = cfg.settings.api.listen;
-  isSocket = lib.hasPrefix "/" listen;
+  socketPath = lib.removePrefix "unix:" listen;
+  isSocket = lib.hasPrefix "/" socketPath;
   hostPort = builtins.match "\\[?([^]]*)]?:([0-9]+)" listen;
   apiHost = if hostPort == null then null else builtins.head hostPort;
   apiPort = if hostPort == null then null else lib.toInt (lib.last hostPort);
@@ -70,7 +72,7 @@ let
   extraWritable =
     lib.optional (!inStateDir cfg.settings.cache.dir) cfg.settings.cache.dir
     ++ lib.optional (fileStoreDir != null && !inStateDir fileStoreDir) fileStoreDir
-    ++ lib.optional (isSocket && !lib.hasPrefix "/run/glidefs/" listen) (dirOf listen);
+    ++ lib.optional (isSocket && !lib.hasPrefix "/run/glidefs/" socketPath) (dirOf socketPath);
 
   kernelVersion = config.boot.kernelPackages.kernel.version;
 
@@ -156,7 +158,8 @@ in
             example = "/run/glidefs/api.sock";
             description = ''
               Where the HTTP API and metrics listen: `host:port` (IPv6 as
-              `[addr]:port`) or the absolute path of a unix socket (for example
+              `[addr]:port`) or the absolute path of a unix socket, optionally
+              written `unix:/path` (for example
               under /run/glidefs, the service's RuntimeDirectory). The API has
               no authentication of its own: keep it on loopback or a socket
               unless the network is trusted.
@@ -281,7 +284,7 @@ in
         message = ''
           services.glidefs.settings.api.listen = "${listen}" is neither host:port
           (for example "127.0.0.1:8080" or "[::1]:8080") nor an absolute unix
-          socket path.
+          socket path (optionally as "unix:/path").
         '';
       }
       {

@@ -237,7 +237,7 @@ if parsed != settings:
         if [ -n "${GLIDEFS_BIN:-}" ]; then
             python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["roundTrip"]["toml"], end="")' \
                 "$tmp/eval.json" >"$tmp/glidefs.toml"
-            if err="$("$GLIDEFS_BIN" check-config --config "$tmp/glidefs.toml" 2>&1)"; then
+            if err="$("$GLIDEFS_BIN" check-config "$tmp/glidefs.toml" 2>&1)"; then
                 ok "glidefs check-config accepts the rendered sample"
             else
                 not_ok "glidefs check-config on the rendered sample: $err"
@@ -259,23 +259,26 @@ if parsed != settings:
         's/"CAP_SYS_ADMIN"/"CAP_SYS_ADMIN" "CAP_SYS_PTRACE"/'
         's/PrivateDevices = false;/PrivateDevices = true;/'
         's/ExecStart = "\${cfg.package}\/bin\/glidefs run --config \${configFile}";/ExecStart = "${cfg.package}\/bin\/glidefs run";/'
+        's/glidefs check-config "\$configFile"/true/'
     )
     local m n=0
     for m in "${mutations[@]}"; do
         n=$((n + 1))
         rm -rf "$tmp/mut"
-        cp -r nixos "$tmp/mut"
-        sed -i "$m" "$tmp/mut/module.nix"
-        if cmp -s nixos/module.nix "$tmp/mut/module.nix"; then
+        mkdir -p "$tmp/mut"
+        cp -r nixos flake.nix Cargo.toml Cargo.lock "$tmp/mut/"
+        sed -i "$m" "$tmp/mut/nixos/module.nix"
+        if cmp -s nixos/module.nix "$tmp/mut/nixos/module.nix"; then
             not_ok "mutation $n ($m) did not apply: update the list in scripts/check-nix.sh"
             continue
         fi
         local caught=0
-        if run_eval "$tmp/mut" "$tmp/mut.json" "$tmp/mut.err"; then
-            caught="$(python3 -c 'import json,sys; print(sum(1 for c in json.load(open(sys.argv[1]))["checks"] if not c["ok"]))' "$tmp/mut.json")"
-        else
-            caught="evaluation error"
+        if ! run_eval "$tmp/mut/nixos" "$tmp/mut.json" "$tmp/mut.err"; then
+            # The checks must catch it, not an evaluation that breaks down.
+            not_ok "mutation $n ($m): the evaluation test did not run: $(head -c 600 "$tmp/mut.err")"
+            continue
         fi
+        caught="$(python3 -c 'import json,sys; print(sum(1 for c in json.load(open(sys.argv[1]))["checks"] if not c["ok"]))' "$tmp/mut.json")"
         if [ "$caught" = 0 ]; then
             not_ok "mutation $n ($m) is not caught by the evaluation test"
         else

@@ -103,6 +103,7 @@ let
   disabled = eval [ { boot.kernelPackages = pkgs.linuxPackages_6_12; } ];
   unchecked = withGlidefs { services.glidefs.checkConfig = false; };
   socket = withGlidefs { services.glidefs.settings.api.listen = "/srv/glidefs/api.sock"; };
+  unixSocket = withGlidefs { services.glidefs.settings.api.listen = "unix:/run/glidefs/api.sock"; };
   lowPort = withGlidefs { services.glidefs.settings.api.listen = "[::]:443"; };
   elsewhere = withGlidefs {
     services.glidefs.settings = {
@@ -170,7 +171,7 @@ let
       "${store}-glidefs-0.1.0/bin/glidefs run --config ${store}-glidefs-checked.toml"
     )
     (contains "s3: build-time check-config of the generated file" s3cfgFile.buildCommand
-      "/bin/glidefs check-config --config \"$configFile\""
+      "/bin/glidefs check-config \"$configFile\""
     )
     (eq "s3: Type=notify" s3sc.Type "notify")
     (eq "s3: Restart=always" s3sc.Restart "always")
@@ -267,6 +268,11 @@ let
       ]
     )
     (eq "socket: no firewall port" socket.config.networking.firewall.allowedTCPPorts [ ])
+    (eq "unix:/path socket: accepted" (failedAssertions unixSocket.config) [ ])
+    (eq "unix:/path socket in /run/glidefs: nothing extra writable"
+      unixSocket.config.systemd.services.glidefs.serviceConfig.ReadWritePaths
+      [ ]
+    )
     (eq "port < 1024 adds CAP_NET_BIND_SERVICE"
       lowPort.config.systemd.services.glidefs.serviceConfig.CapabilityBoundingSet
       [
