@@ -39,7 +39,7 @@
 
   services.glidefs = {
     enable = true;
-    # Put the S3 credentials here (format: the daemon's `[store] credentials_file`);
+    # Put the S3 credentials here (an AWS credentials file or KEY=value lines);
     # until the file exists the service fails and systemd retries, at most every
     # 30 s, so it starts by itself once the file is there.
     credentialsFile = lib.mkDefault "/etc/glidefs/s3-credentials";

@@ -192,8 +192,9 @@ in
       default = null;
       example = "/run/secrets/glidefs-s3";
       description = ''
-        Absolute path (outside the Nix store) of the S3 credentials file, in the
-        format the daemon's `[store] credentials_file` reads. It is passed with
+        Absolute path (outside the Nix store) of the S3 credentials file, in a
+        format the daemon's `[store] credentials_file` reads (an AWS credentials
+        file, or `AWS_ACCESS_KEY_ID=...` / `AWS_SECRET_ACCESS_KEY=...` lines). It is passed with
         systemd's LoadCredential, so only the service can read its copy, which
         the module points `settings.store.credentials_file` at
         (/run/credentials/glidefs.service/s3).
