@@ -119,6 +119,31 @@
         }
         // lib.optionalAttrs (system == "x86_64-linux") {
           appliance = self.nixosConfigurations.appliance.config.system.build.toplevel;
+
+          # What nixos/eval-test asserts against its stand-in lib, here against the
+          # real nixpkgs: the rendered unit file and modprobe config of the appliance.
+          module-unit =
+            let
+              inherit (self.nixosConfigurations.appliance) config;
+            in
+            pkgs.runCommand "glidefs-module-unit-check"
+              {
+                modprobe = config.boot.extraModprobeConfig;
+              }
+              ''
+                unit=${config.systemd.units."glidefs.service".unit}/glidefs.service
+                for line in Type=notify Restart=always KillMode=mixed PrivateDevices=false \
+                    CapabilityBoundingSet=CAP_SYS_ADMIN DevicePolicy=closed \
+                    "DeviceAllow=/dev/ublk-control rw" "DeviceAllow=char-ublk-char rw" \
+                    LoadCredential=s3:/etc/glidefs/s3-credentials; do
+                  grep -qxF "$line" "$unit" || { echo "glidefs.service lacks: $line"; cat "$unit"; exit 1; }
+                done
+                grep -q '^ExecStart=/nix/store/[^ ]*/bin/glidefs run --config /nix/store/[^ ]*-glidefs-checked.toml$' "$unit" \
+                  || { echo "unexpected ExecStart"; cat "$unit"; exit 1; }
+                grep -qxF "options ublk_drv ublks_max=20000" <<<"$modprobe" \
+                  || { echo "no ublks_max in: $modprobe"; exit 1; }
+                touch $out
+              '';
         }
         // import ./nixos/tests {
           inherit pkgs;

@@ -90,6 +90,8 @@ let
       in
       {
         inherit (args) modules;
+        config.boot.extraModprobeConfig = "options ublk_drv ublks_max=20000\n";
+        config.systemd.units."glidefs.service".unit = fakeDrv "unit-glidefs.service" { };
         config.system.build = {
           toplevel = fakeDrv "nixos-system-appliance" { };
           images = {

@@ -99,6 +99,7 @@ in
     "appliance"
     "clippy"
     "deadnix"
+    "module-unit"
     "nixfmt"
     "package"
     "vm-crash"
@@ -133,6 +134,9 @@ in
   ))
   (contains "nixfmt check: --check" xchecks.nixfmt.buildCommand "nixfmt --check")
   (contains "deadnix check: --fail" xchecks.deadnix.buildCommand "deadnix --fail")
+  (contains "module-unit check: greps the real unit file" xchecks.module-unit.buildCommand
+    "grep -qxF \"$line\" \"$unit\""
+  )
   (eq "s3s-fs: version of scripts/install-test-servers.sh" s3s-fs.version "0.14.1")
   (eq "s3s-fs: binary feature" s3s-fs.buildFeatures [ "binary" ])
   (that "s3s-fs: its Cargo.lock is there" (builtins.pathExists s3s-fs.cargoLock.lockFile))
