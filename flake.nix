@@ -21,6 +21,7 @@
           system: f system (nixpkgs.legacyPackages.${system}.extend self.overlays.default)
         );
       gitRev = self.shortRev or self.dirtyShortRev or null;
+      gitDirty = !(self ? shortRev);
 
       # nixfmt is the RFC 166 formatter from 25.11 on; 25.05 calls it nixfmt-rfc-style.
       nixfmtFor =
@@ -34,7 +35,7 @@
     in
     {
       overlays.default = final: _prev: {
-        glidefs = final.callPackage ./nixos/package.nix { inherit gitRev; };
+        glidefs = final.callPackage ./nixos/package.nix { inherit gitRev gitDirty; };
       };
 
       # services.glidefs, with the package defaulting to this flake's build.

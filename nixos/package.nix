@@ -7,6 +7,7 @@
   lib,
   rustPlatform,
   gitRev ? null,
+  gitDirty ? false,
 }:
 let
   cargoToml = lib.importTOML ../Cargo.toml;
@@ -33,8 +34,12 @@ rustPlatform.buildRustPackage {
 
   nativeBuildInputs = [ rustPlatform.bindgenHook ];
 
-  # build.rs (vergen) reads git, which the sandbox lacks: give it the flake's rev.
-  env = lib.optionalAttrs (gitRev != null) { VERGEN_GIT_SHA = gitRev; };
+  # build.rs (vergen) asks git, which the sandbox lacks: vergen takes these
+  # variables as overrides (else it emits placeholders).
+  env = lib.optionalAttrs (gitRev != null) {
+    VERGEN_GIT_SHA = gitRev;
+    VERGEN_GIT_DIRTY = lib.boolToString gitDirty;
+  };
 
   cargoTestFlags = [ "--lib" ];
   # Unit tests that need /dev/ublk-control skip themselves without it; make sure no

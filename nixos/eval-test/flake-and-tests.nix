@@ -123,7 +123,10 @@ in
     "rust-bindgen-hook"
   ])
   (eq "package: only host-side unit tests in the sandbox" xpkgs.default.cargoTestFlags [ "--lib" ])
-  (eq "package: git rev for vergen" xpkgs.default.env.VERGEN_GIT_SHA "1234567")
+  (eq "package: git rev for vergen" xpkgs.default.env {
+    VERGEN_GIT_SHA = "1234567";
+    VERGEN_GIT_DIRTY = "false";
+  })
   (eq "package: mainProgram" xpkgs.default.meta.mainProgram "glidefs")
   (contains "clippy check: -D warnings on all targets" xchecks.clippy.buildPhase
     "cargo clippy --all-targets --offline -- -D warnings"
