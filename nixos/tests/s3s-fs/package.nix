@@ -13,7 +13,7 @@ rustPlatform.buildRustPackage rec {
 
   src = fetchCrate {
     inherit pname version;
-    # NAR hash of the unpacked crates.io tarball (sha256 of the .crate file:
+    # NAR hash of the unpacked crate tarball (sha256 of the .crate file:
     # aa2cc3c6802533066591b45ace771fbc30fa33fd393d5909f9a7efd2a75cb15b).
     hash = "sha256-sCNMLBR7rGcKvm9bnXhBPdVSRxbBaWef/5SRsBQd4Y8=";
   };
