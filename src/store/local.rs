@@ -48,7 +48,10 @@ struct Inner {
 }
 
 fn io_err(path: &str, source: io::Error) -> StoreError {
-    StoreError::Io { path: path.to_owned(), source }
+    StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// `true` for errors meaning "no such object" (missing file or a file where a
@@ -75,8 +78,17 @@ impl Inner {
     }
 
     fn lock(&self, exclusive: bool) -> io::Result<LockGuard> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.root.join(LOCK_FILE))?;
-        let op = if exclusive { FlockOperation::LockExclusive } else { FlockOperation::LockShared };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.root.join(LOCK_FILE))?;
+        let op = if exclusive {
+            FlockOperation::LockExclusive
+        } else {
+            FlockOperation::LockShared
+        };
         flock(&file, op)?;
         Ok(LockGuard(file))
     }
@@ -87,7 +99,9 @@ impl Inner {
         if dir.is_dir() {
             return Ok(());
         }
-        let rel = dir.strip_prefix(&self.root).map_err(|_| io::Error::other("path outside the store root"))?;
+        let rel = dir
+            .strip_prefix(&self.root)
+            .map_err(|_| io::Error::other("path outside the store root"))?;
         let mut cur = self.root.clone();
         for comp in rel.components() {
             let parent = cur.clone();
@@ -101,13 +115,22 @@ impl Inner {
         Ok(())
     }
 
-    fn write(&self, key: &str, data: &[u8], cond: Option<&PutCondition>) -> Result<String, StoreError> {
+    fn write(
+        &self,
+        key: &str,
+        data: &[u8],
+        cond: Option<&PutCondition>,
+    ) -> Result<String, StoreError> {
         validate_key(key)?;
         let path = self.path(key);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         self.ensure_dir(&dir).map_err(|e| io_err(key, e))?;
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = dir.join(format!("{TMP_PREFIX}{}.{n}.{:08x}", std::process::id(), rand::random::<u32>()));
+        let tmp = dir.join(format!(
+            "{TMP_PREFIX}{}.{n}.{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
         let result = self.write_tmp_and_rename(key, &tmp, &path, data, cond);
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
@@ -133,11 +156,18 @@ impl Inner {
             Ok(etag_of(&f.metadata()?))
         })()
         .map_err(|e| io_err(key, e))?;
-        let _guard = self.lock(cond.is_some()).map_err(|e| io_err(LOCK_FILE, e))?;
+        let _guard = self
+            .lock(cond.is_some())
+            .map_err(|e| io_err(LOCK_FILE, e))?;
         if let Some(cond) = cond {
             let current = match fs::metadata(path) {
                 Ok(m) if m.is_file() => Some(etag_of(&m)),
-                Ok(_) => return Err(io_err(key, io::Error::other("a directory exists at this key"))),
+                Ok(_) => {
+                    return Err(io_err(
+                        key,
+                        io::Error::other("a directory exists at this key"),
+                    ))
+                }
                 Err(e) if is_missing(&e) => None,
                 Err(e) => return Err(io_err(key, e)),
             };
@@ -167,16 +197,22 @@ impl Inner {
         }
         let end = range.end.min(meta.size());
         let start = range.start.min(end);
-        let len = usize::try_from(end - start).map_err(|_| StoreError::Other(format!("range too large for {key}")))?;
+        let len = usize::try_from(end - start)
+            .map_err(|_| StoreError::Other(format!("range too large for {key}")))?;
         let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, start).map_err(|e| io_err(key, e))?;
+        file.read_exact_at(&mut buf, start)
+            .map_err(|e| io_err(key, e))?;
         Ok(Bytes::from(buf))
     }
 
     fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         validate_key(key)?;
         match fs::metadata(self.path(key)) {
-            Ok(m) if m.is_file() => Ok(ObjectMeta { key: key.to_owned(), size: m.size(), etag: etag_of(&m) }),
+            Ok(m) if m.is_file() => Ok(ObjectMeta {
+                key: key.to_owned(),
+                size: m.size(),
+                etag: etag_of(&m),
+            }),
             Ok(_) => Err(StoreError::NotFound(key.to_owned())),
             Err(e) if is_missing(&e) => Err(StoreError::NotFound(key.to_owned())),
             Err(e) => Err(io_err(key, e)),
@@ -197,7 +233,13 @@ impl Inner {
     }
 
     /// Collect the objects under `dir` (whose key prefix is `dir_key`) matching `prefix`.
-    fn walk(&self, dir: &Path, dir_key: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> Result<(), StoreError> {
+    fn walk(
+        &self,
+        dir: &Path,
+        dir_key: &str,
+        prefix: &str,
+        out: &mut Vec<ObjectMeta>,
+    ) -> Result<(), StoreError> {
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
             Err(e) if is_missing(&e) => return Ok(()),
@@ -205,7 +247,9 @@ impl Inner {
         };
         for entry in entries {
             let entry = entry.map_err(|e| io_err(dir_key, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
             if name.starts_with(super::key::RESERVED_PREFIX) {
                 continue;
             }
@@ -218,7 +262,11 @@ impl Inner {
                 }
             } else if ft.is_file() && key.starts_with(prefix) {
                 match entry.metadata() {
-                    Ok(m) => out.push(ObjectMeta { key, size: m.size(), etag: etag_of(&m) }),
+                    Ok(m) => out.push(ObjectMeta {
+                        key,
+                        size: m.size(),
+                        etag: etag_of(&m),
+                    }),
                     Err(e) if is_missing(&e) => {} // deleted meanwhile
                     Err(e) => return Err(io_err(&key, e)),
                 }
@@ -247,14 +295,21 @@ impl LocalDirStore {
         let root = root.as_ref();
         let shown = root.display().to_string();
         if !root.is_absolute() {
-            return Err(StoreError::Config(format!("local store path {shown:?} is not absolute")));
+            return Err(StoreError::Config(format!(
+                "local store path {shown:?} is not absolute"
+            )));
         }
         fs::create_dir_all(root).map_err(|e| io_err(&shown, e))?;
         let root = root.canonicalize().map_err(|e| io_err(&shown, e))?;
-        let inner = Inner { root, tmp_counter: AtomicU64::new(0) };
+        let inner = Inner {
+            root,
+            tmp_counter: AtomicU64::new(0),
+        };
         // Fail early (not on the first write) if the directory is not writable.
         drop(inner.lock(false).map_err(|e| io_err(&shown, e))?);
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The store's root directory.
@@ -278,7 +333,12 @@ impl ObjectStore for LocalDirStore {
         self.run(move |s| s.write(&key, &data, None)).await
     }
 
-    async fn put_if(&self, key: &str, data: Bytes, cond: PutCondition) -> Result<String, StoreError> {
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        cond: PutCondition,
+    ) -> Result<String, StoreError> {
         let key = key.to_owned();
         self.run(move |s| s.write(&key, &data, Some(&cond))).await
     }

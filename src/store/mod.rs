@@ -10,10 +10,18 @@
 //! See docs/format.md for the objects the volume engine writes.
 
 pub mod key;
+pub mod local;
 pub mod mem;
+pub mod retry;
+pub mod s3;
+pub mod url;
 
 pub use key::{validate_key, validate_prefix};
+pub use local::LocalDirStore;
 pub use mem::MemStore;
+pub use retry::RetryPolicy;
+pub use s3::S3Store;
+pub use url::{open_store, StoreOptions, StoreUrl};
 
 use async_trait::async_trait;
 use bytes::Bytes;
