@@ -71,8 +71,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Write (replace) an object; returns its new etag.
     async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError>;
     /// Conditional write; `Err(PreconditionFailed)` when the condition does not hold.
-    async fn put_if(&self, key: &str, data: Bytes, cond: PutCondition)
-        -> Result<String, StoreError>;
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        cond: PutCondition,
+    ) -> Result<String, StoreError>;
     /// Read a whole object.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     /// Read `range` (end exclusive) of an object.
