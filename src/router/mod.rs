@@ -20,6 +20,7 @@
 pub mod backend;
 pub mod fake;
 pub mod name;
+pub mod real;
 pub mod registry;
 pub mod target;
 
