@@ -101,8 +101,9 @@ pub struct StoreConfig {
     pub endpoint: Option<String>,
     /// S3 region; default `AWS_REGION`, else `us-east-1`.
     pub region: Option<String>,
-    /// Path-style S3 addressing (MinIO and most self-hosted servers need it).
-    pub path_style: bool,
+    /// Path-style S3 addressing; default: on when `endpoint` is set (MinIO and most
+    /// self-hosted servers need it), off for AWS.
+    pub path_style: Option<bool>,
     /// File with S3 credentials (AWS profile or `KEY=value` lines).
     pub credentials_file: Option<PathBuf>,
     /// Timeout of one store request.
@@ -118,7 +119,7 @@ impl Default for StoreConfig {
             url: None,
             endpoint: None,
             region: None,
-            path_style: false,
+            path_style: None,
             credentials_file: None,
             timeout: Duration::from_secs(30),
             retries: 3,
@@ -208,7 +209,7 @@ impl Default for UblkConfig {
             enabled: true,
             workers: 0,
             queues: 1,
-            queue_depth: 128,
+            queue_depth: 64,
             pool_slots: 256,
             bounce_mode: false,
         }

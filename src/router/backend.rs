@@ -73,12 +73,12 @@ pub trait DeviceBackend: Send + Sync + 'static {
     /// Create a device serving `target`, with id `dev_id` if given.
     fn add(&self, dev_id: Option<u32>, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError>;
     /// Re-attach devices left by a previous daemon (or re-create them with the same
-    /// ids when they are gone), many in parallel.
+    /// ids when they are gone), many in parallel. `devices` is the complete list:
+    /// devices of ours not in it are orphans and may be deleted, so this is called
+    /// once, at start-up.
     fn recover(&self, devices: Vec<(u32, Arc<dyn IoTarget>)>) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
     /// Stop and delete a device.
     fn delete(&self, dev_id: u32) -> Result<(), BackendError>;
-    /// Make the device `new_size` bytes (its target already is).
-    fn resize(&self, dev_id: u32, new_size: u64) -> Result<DeviceInfo, BackendError>;
     /// Buffer-pool totals for metrics.
     fn pool(&self) -> Option<PoolCounters>;
     /// Stop serving: delete devices (`stop_devices`) or leave them for the next daemon.

@@ -186,6 +186,8 @@ impl DeviceBackend for FakeDevices {
     }
     fn recover(&self, devices: Vec<(u32, Arc<dyn IoTarget>)>) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
         let mut d = self.devices.lock();
+        // Like the real server: devices not listed are orphans and go away.
+        d.retain(|id, _| devices.iter().any(|(k, _)| k == id));
         devices
             .into_iter()
             .map(|(id, t)| {
@@ -197,10 +199,6 @@ impl DeviceBackend for FakeDevices {
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
         self.devices.lock().remove(&dev_id);
         Ok(())
-    }
-    fn resize(&self, dev_id: u32, new_size: u64) -> Result<DeviceInfo, BackendError> {
-        self.devices.lock().insert(dev_id, new_size);
-        Ok(info(dev_id))
     }
     fn pool(&self) -> Option<PoolCounters> {
         Some(PoolCounters::default())

@@ -382,7 +382,20 @@ impl Router {
         volume.grow(size).await.map_err(backend(name, "grow"))?;
         let mut device = e.device.clone();
         if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
-            device = Some(devs.resize(d.dev_id, size).map_err(backend(name, "resize device"))?);
+            // ublk devices cannot change size while live on the kernels we target
+            // (no UPDATE_SIZE before 6.16): re-create the device with the same id.
+            let target = self.target(name, &volume)?;
+            devs.delete(d.dev_id).map_err(backend(name, "delete device for resize"))?;
+            match devs.add(Some(d.dev_id), target) {
+                Ok(nd) => device = Some(nd),
+                Err(err) => {
+                    self.set_entry(name, |x| {
+                        x.device = None;
+                        x.error = Some(format!("device lost during resize: {err}"));
+                    });
+                    return Err(backend(name, "re-add device for resize")(err));
+                }
+            }
         }
         self.persist(|p| {
             if let Some(r) = p.get_mut(name) {
@@ -492,12 +505,13 @@ impl Router {
             let mut device = e.device.clone();
             if let (Some(devs), None) = (&self.devices, &device) {
                 let target = self.target(name, &volume)?;
+                // Same id when it is free; `recover` is start-up only (it treats
+                // unlisted devices as orphans).
                 let d = match e.dev_id_hint {
-                    Some(id) => devs
-                        .recover(vec![(id, target)])
-                        .pop()
-                        .map(|(_, r)| r)
-                        .unwrap_or_else(|| Err(BackendError::Internal("no recovery result".into()))),
+                    Some(id) => devs.add(Some(id), target.clone()).or_else(|err| {
+                        tracing::warn!(export = name, dev_id = id, error = %err, "previous device id unavailable");
+                        devs.add(None, target)
+                    }),
                     None => devs.add(None, target),
                 };
                 device = Some(d.map_err(backend(name, "attach device"))?);

@@ -1,10 +1,12 @@
 //! The router's backends on the real layers: [`EngineVolumes`] opens
 //! [`crate::volume::Volume`]s in `<cache dir>/volumes/<name>` against the (metered)
-//! object store, and maps [`VolumeError`] to the router's error kinds.
+//! object store; [`UblkDevices`] drives a [`UblkServer`]. Both map their layer's
+//! errors to the router's error kinds.
 
-use super::backend::{BackendError, ExportVolume, VolumeFactory};
+use super::backend::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
 use crate::config::{Config, FlushMode as CfgFlushMode};
-use crate::metrics::VolumeCounters;
+use crate::metrics::{PoolCounters, VolumeCounters};
+use crate::ublk::{UblkError, UblkOptions, UblkServer};
 use crate::store::{ObjectStore, StoreError};
 use crate::ublk::IoTarget;
 use crate::volume::{FlushMode, Volume, VolumeConfig, VolumeError};
@@ -149,5 +151,81 @@ impl ExportVolume for EngineVolume {
             cache_misses: s.cache_misses,
             flush_errors: s.flush_errors,
         }
+    }
+}
+
+/// Classify a ublk error.
+pub fn classify_ublk(e: UblkError) -> BackendError {
+    let msg = e.to_string();
+    match e {
+        UblkError::NotAvailable | UblkError::ShutDown => BackendError::Unavailable(msg),
+        UblkError::Invalid(_) => BackendError::Invalid(msg),
+        _ => BackendError::Internal(msg),
+    }
+}
+
+/// ublk server options from the config.
+pub fn ublk_options(cfg: &Config) -> UblkOptions {
+    let u = &cfg.ublk;
+    let mut o = UblkOptions::default();
+    if u.workers > 0 {
+        o.workers = u.workers as usize;
+    }
+    // Ranges are validated by `Config::validate` (queues <= 256, depth <= 4096).
+    o.queues = u16::try_from(u.queues).unwrap_or(u16::MAX);
+    o.queue_depth = u16::try_from(u.queue_depth).unwrap_or(u16::MAX);
+    o.pool_slots = u.pool_slots as usize;
+    o.bounce_mode = u.bounce_mode;
+    o
+}
+
+/// The device layer on a [`UblkServer`].
+pub struct UblkDevices {
+    server: UblkServer,
+}
+
+impl UblkDevices {
+    /// Start a ublk server with `opts`.
+    pub fn start(opts: UblkOptions) -> Result<UblkDevices, UblkError> {
+        Ok(UblkDevices {
+            server: UblkServer::start(opts)?,
+        })
+    }
+}
+
+fn device_info(d: crate::ublk::DeviceInfo) -> DeviceInfo {
+    DeviceInfo {
+        dev_id: d.dev_id,
+        path: d.block_path,
+    }
+}
+
+impl DeviceBackend for UblkDevices {
+    fn add(&self, dev_id: Option<u32>, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError> {
+        self.server
+            .add_device(dev_id, target)
+            .map(device_info)
+            .map_err(classify_ublk)
+    }
+    fn recover(&self, devices: Vec<(u32, Arc<dyn IoTarget>)>) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
+        self.server
+            .recover_devices(devices)
+            .into_iter()
+            .map(|(id, r)| (id, r.map(device_info).map_err(classify_ublk)))
+            .collect()
+    }
+    fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
+        self.server.delete_device(dev_id).map_err(classify_ublk)
+    }
+    fn pool(&self) -> Option<PoolCounters> {
+        let p = UblkServer::pool_stats();
+        Some(PoolCounters {
+            acquires: p.acquires,
+            backpressure_waits: p.backpressure_waits,
+            workers_initialized: p.workers_initialized,
+        })
+    }
+    fn shutdown(&self, stop_devices: bool) {
+        self.server.shutdown(stop_devices);
     }
 }
