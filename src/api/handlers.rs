@@ -147,10 +147,11 @@ pub fn handle(state: &ApiState, method: &str, url: &str, body: &[u8]) -> Reply {
             },
             _ => Reply::method_not_allowed("GET"),
         },
-        "/api/exports" | "/api/exports/" => match method {
+        "/api/exports" => match method {
             "GET" => Reply::json(200, json!({ "exports": state.router.list() })),
             _ => Reply::method_not_allowed("GET"),
         },
+        "/api/exports/" if method == "GET" => Reply::json(200, json!({ "exports": state.router.list() })),
         _ => match path.strip_prefix("/api/exports/") {
             Some(rest) => export_route(state, method, rest, query, body),
             None => Reply::error(404, format!("no such endpoint: {path}")),
