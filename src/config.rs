@@ -352,7 +352,10 @@ impl Config {
                 message: inner.message().to_string()
                     + &inner
                         .span()
-                        .map(|s| format!(" (at byte {})", s.start))
+                        .map(|s| {
+                            let line = text.get(..s.start).map_or(0, |t| t.matches('\n').count()) + 1;
+                            format!(" (line {line})")
+                        })
                         .unwrap_or_default(),
             }
         })?;
