@@ -305,7 +305,9 @@ pub enum StoreUrl {
 pub fn parse_store_url(s: &str) -> Result<StoreUrl, String> {
     if let Some(path) = s.strip_prefix("file://") {
         if !path.starts_with('/') {
-            return Err(format!("file:// URL needs an absolute path (file:///dir), got {s:?}"));
+            return Err(format!(
+                "file:// URL needs an absolute path (file:///dir), got {s:?}"
+            ));
         }
         if path.split('/').any(|c| c == "..") {
             return Err("file:// path must not contain `..`".to_string());
@@ -348,12 +350,17 @@ impl Config {
             let key = e.path().to_string();
             let inner = e.into_inner();
             ConfigError::Parse {
-                key: if key == "." { "(file)".to_string() } else { key },
+                key: if key == "." {
+                    "(file)".to_string()
+                } else {
+                    key
+                },
                 message: inner.message().to_string()
                     + &inner
                         .span()
                         .map(|s| {
-                            let line = text.get(..s.start).map_or(0, |t| t.matches('\n').count()) + 1;
+                            let line =
+                                text.get(..s.start).map_or(0, |t| t.matches('\n').count()) + 1;
                             format!(" (line {line})")
                         })
                         .unwrap_or_default(),
@@ -405,7 +412,10 @@ impl Config {
         }
         if let Some(r) = &self.store.region {
             if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(invalid("store.region", "expected a region name like us-east-1"));
+                return Err(invalid(
+                    "store.region",
+                    "expected a region name like us-east-1",
+                ));
             }
         }
         if self.store.timeout.is_zero() {
@@ -467,7 +477,10 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("access_key", &"<redacted>")
             .field("secret_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -526,7 +539,12 @@ pub fn parse_credentials(text: &str, profile: &str) -> Result<Credentials, Strin
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             saw_sections = true;
             let name = name.trim();
-            section = Some(name.strip_prefix("profile ").unwrap_or(name).trim().to_string());
+            section = Some(
+                name.strip_prefix("profile ")
+                    .unwrap_or(name)
+                    .trim()
+                    .to_string(),
+            );
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
@@ -535,7 +553,11 @@ pub fn parse_credentials(text: &str, profile: &str) -> Result<Credentials, Strin
         if saw_sections && section.as_deref() != Some(profile) {
             continue;
         }
-        let k = k.trim().trim_start_matches("export ").trim().to_ascii_lowercase();
+        let k = k
+            .trim()
+            .trim_start_matches("export ")
+            .trim()
+            .to_ascii_lowercase();
         let v = v.trim();
         let v = v
             .strip_prefix('"')
@@ -577,7 +599,10 @@ mod tests {
 
     #[test]
     fn default_template_parses_to_defaults() {
-        assert_eq!(Config::from_toml(DEFAULT_CONFIG).unwrap(), Config::default());
+        assert_eq!(
+            Config::from_toml(DEFAULT_CONFIG).unwrap(),
+            Config::default()
+        );
         // And with every commented line un-commented.
         let uncommented: String = DEFAULT_CONFIG
             .lines()
@@ -601,22 +626,48 @@ mod tests {
 
     #[test]
     fn store_urls() {
-        assert_eq!(parse_store_url("file:///a/b"), Ok(StoreUrl::File("/a/b".into())));
+        assert_eq!(
+            parse_store_url("file:///a/b"),
+            Ok(StoreUrl::File("/a/b".into()))
+        );
         assert_eq!(
             parse_store_url("s3://my-bucket/a/b/"),
-            Ok(StoreUrl::S3 { bucket: "my-bucket".into(), prefix: "a/b".into() })
+            Ok(StoreUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            })
         );
-        for bad in ["file://rel", "file:///a/../b", "s3://", "s3://UP", "s3://b/../x", "http://x", "s3://bk/p@q"] {
+        for bad in [
+            "file://rel",
+            "file:///a/../b",
+            "s3://",
+            "s3://UP",
+            "s3://b/../x",
+            "http://x",
+            "s3://bk/p@q",
+        ] {
             assert!(parse_store_url(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn listen_forms() {
-        assert_eq!(parse_listen("127.0.0.1:1"), Ok(Listen::Tcp("127.0.0.1:1".parse().unwrap())));
-        assert_eq!(parse_listen("[::1]:80"), Ok(Listen::Tcp("[::1]:80".parse().unwrap())));
-        assert_eq!(parse_listen("/run/g.sock"), Ok(Listen::Unix("/run/g.sock".into())));
-        assert_eq!(parse_listen("unix:/run/g.sock"), Ok(Listen::Unix("/run/g.sock".into())));
+        assert_eq!(
+            parse_listen("127.0.0.1:1"),
+            Ok(Listen::Tcp("127.0.0.1:1".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("[::1]:80"),
+            Ok(Listen::Tcp("[::1]:80".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("/run/g.sock"),
+            Ok(Listen::Unix("/run/g.sock".into()))
+        );
+        assert_eq!(
+            parse_listen("unix:/run/g.sock"),
+            Ok(Listen::Unix("/run/g.sock".into()))
+        );
         assert!(parse_listen("unix:rel").is_err());
         assert!(parse_listen("localhost").is_err());
     }
@@ -630,7 +681,8 @@ mod tests {
         let c = parse_credentials(env, "default").unwrap();
         assert_eq!(c.session_token.as_deref(), Some("T"));
         assert_eq!(c.secret_key, "SK");
-        let err = parse_credentials("[default]\naws_access_key_id = SECRETVALUE\n", "default").unwrap_err();
+        let err = parse_credentials("[default]\naws_access_key_id = SECRETVALUE\n", "default")
+            .unwrap_err();
         assert!(!err.contains("SECRETVALUE"));
         let err = parse_credentials("garbage SECRETVALUE\n", "default").unwrap_err();
         assert!(!err.contains("SECRETVALUE"), "{err}");
@@ -647,17 +699,42 @@ mod tests {
             "AWS_SECRET_ACCESS_KEY" => Some("SK".to_string()),
             _ => None,
         };
-        assert_eq!(resolve_credentials(&store, &env).unwrap().unwrap().access_key, "AK");
+        assert_eq!(
+            resolve_credentials(&store, &env)
+                .unwrap()
+                .unwrap()
+                .access_key,
+            "AK"
+        );
         let half = |k: &str| (k == "AWS_ACCESS_KEY_ID").then(|| "AK".to_string());
         assert!(resolve_credentials(&store, &half).is_err());
 
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("s3"), "access_key_id=FK\nsecret_access_key=FS\n").unwrap();
-        let store = StoreConfig { credentials_file: Some("s3".into()), ..Default::default() };
+        std::fs::write(
+            dir.path().join("s3"),
+            "access_key_id=FK\nsecret_access_key=FS\n",
+        )
+        .unwrap();
+        let store = StoreConfig {
+            credentials_file: Some("s3".into()),
+            ..Default::default()
+        };
         let d = dir.path().display().to_string();
         let env = move |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| d.clone());
-        assert_eq!(resolve_credentials(&store, &env).unwrap().unwrap().access_key, "FK");
-        let store = StoreConfig { credentials_file: Some("/nonexistent/x".into()), ..Default::default() };
-        assert!(matches!(resolve_credentials(&store, &|_| None), Err(ConfigError::Credentials { .. })));
+        assert_eq!(
+            resolve_credentials(&store, &env)
+                .unwrap()
+                .unwrap()
+                .access_key,
+            "FK"
+        );
+        let store = StoreConfig {
+            credentials_file: Some("/nonexistent/x".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve_credentials(&store, &|_| None),
+            Err(ConfigError::Credentials { .. })
+        ));
     }
 }

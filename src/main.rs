@@ -69,7 +69,12 @@ enum Command {
     /// Manage exports of a running daemon through its API.
     Export {
         /// API address: http://host:port, unix:/path or a socket path.
-        #[arg(long, env = "GLIDEFS_API", default_value = "http://127.0.0.1:8080", global = true)]
+        #[arg(
+            long,
+            env = "GLIDEFS_API",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
         api: String,
         /// Timeout of one request in seconds (0: none; drains wait without one by default).
         #[arg(long, global = true)]
@@ -114,10 +119,17 @@ enum ExportCommand {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { config, stop_devices } => exit_code(run(config.as_deref(), stop_devices)),
+        Command::Run {
+            config,
+            stop_devices,
+        } => exit_code(run(config.as_deref(), stop_devices)),
         Command::Init { file } => exit_code(init(&file)),
         Command::CheckConfig { file } => exit_code(check_config(&file)),
-        Command::Export { api, timeout, command } => match export(&api, timeout, command) {
+        Command::Export {
+            api,
+            timeout,
+            command,
+        } => match export(&api, timeout, command) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("glidefs: {e:#}");
@@ -151,7 +163,12 @@ fn init(file: &Path) -> Result<()> {
         .write(true)
         .create_new(true)
         .open(file)
-        .with_context(|| format!("{} (init never overwrites an existing file)", file.display()))?;
+        .with_context(|| {
+            format!(
+                "{} (init never overwrites an existing file)",
+                file.display()
+            )
+        })?;
     f.write_all(DEFAULT_CONFIG.as_bytes())?;
     f.sync_all()?;
     println!("wrote {}", file.display());
@@ -205,8 +222,11 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
     tracing::info!(version = VERSION, git_sha = GIT_SHA, config = ?config, "glidefs starting");
 
     // Signals first, so a SIGTERM during recovery is honoured once it finishes.
-    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
 
     let metrics = Metrics::new(cfg.api.per_export_metrics, VERSION, GIT_SHA).context("metrics")?;
     let creds = resolve_credentials(&cfg.store, &|k| std::env::var(k).ok())?;
@@ -233,7 +253,9 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
         if !UblkServer::available() {
             bail!("ublk is not available (/dev/ublk-control missing): `modprobe ublk_drv`, or set [ublk] enabled = false to serve exports without block devices");
         }
-        Some(Arc::new(UblkDevices::start(ublk_options(&cfg)).context("starting the ublk server")?))
+        Some(Arc::new(
+            UblkDevices::start(ublk_options(&cfg)).context("starting the ublk server")?,
+        ))
     } else {
         tracing::warn!("[ublk] enabled = false: exports get volumes but no block device");
         None
@@ -250,14 +272,24 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
         devices,
         metrics.clone(),
     )?;
-    let api = ApiServer::start(&listen, Arc::new(ApiState { router: router.clone(), metrics }))?;
+    let api = ApiServer::start(
+        &listen,
+        Arc::new(ApiState {
+            router: router.clone(),
+            metrics,
+        }),
+    )?;
     if !is_loopback(&listen) {
         tracing::warn!(listen = %listen, "API listens beyond loopback; it has no authentication");
     }
     tracing::info!(listen = %api.addr(), "api listening");
 
     let summary = router.recover()?;
-    tracing::info!(recovered = summary.recovered, failed = summary.failed, "recovery done; ready");
+    tracing::info!(
+        recovered = summary.recovered,
+        failed = summary.failed,
+        "recovery done; ready"
+    );
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY failed");
     }
@@ -280,7 +312,10 @@ fn is_loopback(l: &glidefs::config::Listen) -> bool {
 
 fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
     let endpoint = Endpoint::parse(api)?;
-    let is_drain = matches!(cmd, ExportCommand::Drain { .. } | ExportCommand::Delete { .. });
+    let is_drain = matches!(
+        cmd,
+        ExportCommand::Drain { .. } | ExportCommand::Delete { .. }
+    );
     let timeout = match timeout {
         Some(0) => None,
         Some(s) => Some(Duration::from_secs(s)),
@@ -300,7 +335,9 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
             let q = if *purge { "?purge=true" } else { "" };
             client.request("DELETE", &format!("{}{q}", path(name)), None)?
         }
-        ExportCommand::Drain { name } => client.request("POST", &format!("{}/drain", path(name)), None)?,
+        ExportCommand::Drain { name } => {
+            client.request("POST", &format!("{}/drain", path(name)), None)?
+        }
     };
     if resp.status >= 400 {
         eprintln!("glidefs: {} (HTTP {})", resp.error_message(), resp.status);
@@ -314,7 +351,10 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
     let mut out = String::new();
     match cmd {
         ExportCommand::List => {
-            out += &format!("{:<32} {:>10} {:<16} {}\n", "NAME", "SIZE", "DEVICE", "STATE");
+            out += &format!(
+                "{:<32} {:>10} {:<16} {}\n",
+                "NAME", "SIZE", "DEVICE", "STATE"
+            );
             for e in v["exports"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
                 out += &format!(
                     "{:<32} {:>10} {:<16} {}\n",
@@ -326,7 +366,10 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
             }
         }
         ExportCommand::Delete { name, purge } => {
-            out = format!("deleted {name}{}\n", if purge { " (objects purged)" } else { "" });
+            out = format!(
+                "deleted {name}{}\n",
+                if purge { " (objects purged)" } else { "" }
+            );
         }
         _ => out = serde_json::to_string_pretty(&v)? + "\n",
     }
@@ -353,9 +396,14 @@ mod tests {
         Cli::command().debug_assert();
         let c = Cli::try_parse_from(["glidefs", "export", "create", "a", "--size", "10G"]).unwrap();
         match c.command {
-            Command::Export { command: ExportCommand::Create { size, .. }, .. } => assert_eq!(size.0, 10 << 30),
+            Command::Export {
+                command: ExportCommand::Create { size, .. },
+                ..
+            } => assert_eq!(size.0, 10 << 30),
             _ => panic!("wrong command"),
         }
-        assert!(Cli::try_parse_from(["glidefs", "export", "create", "a", "--size", "10GB"]).is_err());
+        assert!(
+            Cli::try_parse_from(["glidefs", "export", "create", "a", "--size", "10GB"]).is_err()
+        );
     }
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 /// Bucket bounds of the I/O size histograms: 512 B .. 1 MiB, powers of two.
 pub const IO_SIZE_BUCKETS: [f64; 12] = [
-    512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0, 262144.0,
-    524288.0, 1048576.0,
+    512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0, 262144.0, 524288.0,
+    1048576.0,
 ];
 
 /// Bucket bounds of the store latency histogram, in seconds.
@@ -123,10 +123,18 @@ fn opts(name: &str, help: &str) -> Opts {
 impl Metrics {
     /// Create the registry and every metric family. `version`/`git_sha` feed
     /// `glidefs_build_info`.
-    pub fn new(per_export: bool, version: &str, git_sha: &str) -> Result<Arc<Metrics>, prometheus::Error> {
+    pub fn new(
+        per_export: bool,
+        version: &str,
+        git_sha: &str,
+    ) -> Result<Arc<Metrics>, prometheus::Error> {
         let registry = Registry::new();
         let lbl: &[&str] = if per_export { &["export"] } else { &[] };
-        let lbl_op: &[&str] = if per_export { &["export", "op"] } else { &["op"] };
+        let lbl_op: &[&str] = if per_export {
+            &["export", "op"]
+        } else {
+            &["op"]
+        };
         let hist = |name: &str, help: &str| {
             HistogramVec::new(
                 HistogramOpts::new(name, help)
@@ -138,12 +146,24 @@ impl Metrics {
         let io = IoFamilies {
             read_size: hist("read_io_size_bytes", "Size of read requests in bytes.")?,
             write_size: hist("write_io_size_bytes", "Size of write requests in bytes.")?,
-            bytes: IntCounterVec::new(opts("io_bytes_total", "Bytes transferred by block I/O, by op (read/write)."), lbl_op)?,
-            ops: IntCounterVec::new(
-                opts("io_requests_total", "Block requests completed, by op (read/write/flush/discard)."),
+            bytes: IntCounterVec::new(
+                opts(
+                    "io_bytes_total",
+                    "Bytes transferred by block I/O, by op (read/write).",
+                ),
                 lbl_op,
             )?,
-            errors: IntCounterVec::new(opts("io_errors_total", "Block requests completed with an error."), lbl)?,
+            ops: IntCounterVec::new(
+                opts(
+                    "io_requests_total",
+                    "Block requests completed, by op (read/write/flush/discard).",
+                ),
+                lbl_op,
+            )?,
+            errors: IntCounterVec::new(
+                opts("io_errors_total", "Block requests completed with an error."),
+                lbl,
+            )?,
         };
         registry.register(Box::new(io.read_size.clone()))?;
         registry.register(Box::new(io.write_size.clone()))?;
@@ -153,17 +173,26 @@ impl Metrics {
 
         let store = StoreMetrics {
             requests: IntCounterVec::new(
-                opts("store_requests_total", "Object store requests, by op and result (ok/error)."),
+                opts(
+                    "store_requests_total",
+                    "Object store requests, by op and result (ok/error).",
+                ),
                 &["op", "result"],
             )?,
             latency: HistogramVec::new(
-                HistogramOpts::new("store_request_duration_seconds", "Object store request latency.")
-                    .namespace("glidefs")
-                    .buckets(STORE_LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "store_request_duration_seconds",
+                    "Object store request latency.",
+                )
+                .namespace("glidefs")
+                .buckets(STORE_LATENCY_BUCKETS.to_vec()),
                 &["op"],
             )?,
             bytes: IntCounterVec::new(
-                opts("store_bytes_total", "Bytes moved to/from the object store, by direction (read/write)."),
+                opts(
+                    "store_bytes_total",
+                    "Bytes moved to/from the object store, by direction (read/write).",
+                ),
                 &["direction"],
             )?,
         };
@@ -205,12 +234,30 @@ impl Metrics {
         Ok(IoMetrics {
             read_size: self.io.read_size.get_metric_with_label_values(export)?,
             write_size: self.io.write_size.get_metric_with_label_values(export)?,
-            read_ops: self.io.ops.get_metric_with_label_values(&with_op(export, "read"))?,
-            write_ops: self.io.ops.get_metric_with_label_values(&with_op(export, "write"))?,
-            read_bytes: self.io.bytes.get_metric_with_label_values(&with_op(export, "read"))?,
-            write_bytes: self.io.bytes.get_metric_with_label_values(&with_op(export, "write"))?,
-            flush_ops: self.io.ops.get_metric_with_label_values(&with_op(export, "flush"))?,
-            discard_ops: self.io.ops.get_metric_with_label_values(&with_op(export, "discard"))?,
+            read_ops: self
+                .io
+                .ops
+                .get_metric_with_label_values(&with_op(export, "read"))?,
+            write_ops: self
+                .io
+                .ops
+                .get_metric_with_label_values(&with_op(export, "write"))?,
+            read_bytes: self
+                .io
+                .bytes
+                .get_metric_with_label_values(&with_op(export, "read"))?,
+            write_bytes: self
+                .io
+                .bytes
+                .get_metric_with_label_values(&with_op(export, "write"))?,
+            flush_ops: self
+                .io
+                .ops
+                .get_metric_with_label_values(&with_op(export, "flush"))?,
+            discard_ops: self
+                .io
+                .ops
+                .get_metric_with_label_values(&with_op(export, "discard"))?,
             errors: self.io.errors.get_metric_with_label_values(export)?,
         })
     }
@@ -283,10 +330,28 @@ impl ScrapeCollector {
             per_export,
             source: Mutex::new(None),
             fill: Mutex::new(()),
-            cache_hits: IntCounterVec::new(opts("cache_hits_total", "Reads served from the local cache."), lbl)?,
-            cache_misses: IntCounterVec::new(opts("cache_misses_total", "Reads that fetched from the object store."), lbl)?,
-            flush_errors: IntCounterVec::new(opts("flush_errors_total", "Failed flushes to the object store."), lbl)?,
-            dirty_bytes: IntGaugeVec::new(opts("dirty_bytes", "Bytes not yet committed to the object store."), lbl)?,
+            cache_hits: IntCounterVec::new(
+                opts("cache_hits_total", "Reads served from the local cache."),
+                lbl,
+            )?,
+            cache_misses: IntCounterVec::new(
+                opts(
+                    "cache_misses_total",
+                    "Reads that fetched from the object store.",
+                ),
+                lbl,
+            )?,
+            flush_errors: IntCounterVec::new(
+                opts("flush_errors_total", "Failed flushes to the object store."),
+                lbl,
+            )?,
+            dirty_bytes: IntGaugeVec::new(
+                opts(
+                    "dirty_bytes",
+                    "Bytes not yet committed to the object store.",
+                ),
+                lbl,
+            )?,
             exports: IntGauge::with_opts(opts("exports", "Number of exports."))?,
             pool_acquires: IntCounter::with_opts(opts(
                 "ublk_buffer_pool_acquires_total",
@@ -355,12 +420,14 @@ impl Collector for ScrapeHandle {
                 }
             }
         } else {
-            let sum = vols.iter().fold(VolumeCounters::default(), |a, (_, c)| VolumeCounters {
-                dirty_bytes: a.dirty_bytes.saturating_add(c.dirty_bytes),
-                cache_hits: a.cache_hits.saturating_add(c.cache_hits),
-                cache_misses: a.cache_misses.saturating_add(c.cache_misses),
-                flush_errors: a.flush_errors.saturating_add(c.flush_errors),
-            });
+            let sum = vols
+                .iter()
+                .fold(VolumeCounters::default(), |a, (_, c)| VolumeCounters {
+                    dirty_bytes: a.dirty_bytes.saturating_add(c.dirty_bytes),
+                    cache_hits: a.cache_hits.saturating_add(c.cache_hits),
+                    cache_misses: a.cache_misses.saturating_add(c.cache_misses),
+                    flush_errors: a.flush_errors.saturating_add(c.flush_errors),
+                });
             if let (Ok(h), Ok(m), Ok(f), Ok(d)) = (
                 s.cache_hits.get_metric_with_label_values(&[]),
                 s.cache_misses.get_metric_with_label_values(&[]),
@@ -377,12 +444,14 @@ impl Collector for ScrapeHandle {
         out.extend(s.cache_misses.collect());
         out.extend(s.flush_errors.collect());
         out.extend(s.dirty_bytes.collect());
-        s.exports.set(i64::try_from(source.export_count()).unwrap_or(i64::MAX));
+        s.exports
+            .set(i64::try_from(source.export_count()).unwrap_or(i64::MAX));
         out.extend(s.exports.collect());
         if let Some(p) = source.pool() {
             counter_set(&s.pool_acquires, p.acquires);
             counter_set(&s.pool_waits, p.backpressure_waits);
-            s.pool_workers.set(i64::try_from(p.workers_initialized).unwrap_or(i64::MAX));
+            s.pool_workers
+                .set(i64::try_from(p.workers_initialized).unwrap_or(i64::MAX));
             out.extend(s.pool_acquires.collect());
             out.extend(s.pool_waits.collect());
             out.extend(s.pool_workers.collect());
@@ -399,12 +468,32 @@ mod tests {
     impl StatsSource for Src {
         fn volumes(&self) -> Vec<(String, VolumeCounters)> {
             vec![
-                ("a".into(), VolumeCounters { dirty_bytes: 4096, cache_hits: 3, cache_misses: 1, flush_errors: 0 }),
-                ("b".into(), VolumeCounters { dirty_bytes: 0, cache_hits: 2, cache_misses: 0, flush_errors: 5 }),
+                (
+                    "a".into(),
+                    VolumeCounters {
+                        dirty_bytes: 4096,
+                        cache_hits: 3,
+                        cache_misses: 1,
+                        flush_errors: 0,
+                    },
+                ),
+                (
+                    "b".into(),
+                    VolumeCounters {
+                        dirty_bytes: 0,
+                        cache_hits: 2,
+                        cache_misses: 0,
+                        flush_errors: 5,
+                    },
+                ),
             ]
         }
         fn pool(&self) -> Option<PoolCounters> {
-            Some(PoolCounters { acquires: 7, backpressure_waits: 2, workers_initialized: 2 })
+            Some(PoolCounters {
+                acquires: 7,
+                backpressure_waits: 2,
+                workers_initialized: 2,
+            })
         }
         fn export_count(&self) -> usize {
             2
@@ -420,8 +509,14 @@ mod tests {
         io.write_size.observe(131072.0);
         io.write_bytes.inc_by(131072);
         let text = m.render();
-        assert!(text.contains("glidefs_build_info{git_sha=\"abc123\",version=\"0.1.0\"} 1"), "{text}");
-        assert!(text.contains("glidefs_read_io_size_bytes_bucket{export=\"vol1\",le=\"4096\"} 1"), "{text}");
+        assert!(
+            text.contains("glidefs_build_info{git_sha=\"abc123\",version=\"0.1.0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("glidefs_read_io_size_bytes_bucket{export=\"vol1\",le=\"4096\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("glidefs_write_io_size_bytes_count{export=\"vol1\"} 1"));
         assert!(text.contains("glidefs_io_bytes_total{export=\"vol1\",op=\"write\"} 131072"));
         assert!(text.contains("glidefs_cache_hits_total{export=\"a\"} 3"));

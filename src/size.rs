@@ -79,7 +79,7 @@ pub fn parse_size(input: &str) -> Result<u64, SizeError> {
             let numer: u128 = frac.parse().map_err(|_| syntax())?;
             let denom: u128 = 10u128.pow(frac.len() as u32);
             let scaled = numer * mult;
-            if scaled % denom != 0 {
+            if !scaled.is_multiple_of(denom) {
                 return Err(SizeError::Fractional(input.to_string()));
             }
             total = total.checked_add(scaled / denom).ok_or_else(overflow)?;
@@ -187,7 +187,9 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in ["", "  ", "G", "abc", "-1", "-1G", "1.G", ".5G", "1..5G", "1X", "10 G B", "1e9", "0x10"] {
+        for bad in [
+            "", "  ", "G", "abc", "-1", "-1G", "1.G", ".5G", "1..5G", "1X", "10 G B", "1e9", "0x10",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
         assert!(matches!(parse_size("10GB"), Err(SizeError::DecimalUnit(_))));
@@ -197,14 +199,31 @@ mod tests {
     #[test]
     fn overflow_is_an_error() {
         assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
-        assert!(matches!(parse_size("18446744073709551616"), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            parse_size("18446744073709551616"),
+            Err(SizeError::Overflow(_))
+        ));
         assert!(matches!(parse_size("16384P"), Err(SizeError::Overflow(_))));
-        assert!(matches!(parse_size("99999999999999999999999999999999999999999"), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            parse_size("99999999999999999999999999999999999999999"),
+            Err(SizeError::Overflow(_))
+        ));
     }
 
     #[test]
     fn format_round_trips() {
-        for n in [0u64, 1, 512, 4096, 4097, 10 << 30, 3 << 29, 1 << 50, u64::MAX, 1536 << 20] {
+        for n in [
+            0u64,
+            1,
+            512,
+            4096,
+            4097,
+            10 << 30,
+            3 << 29,
+            1 << 50,
+            u64::MAX,
+            1536 << 20,
+        ] {
             assert_eq!(parse_size(&format_size(n)), Ok(n), "{n}");
         }
         assert_eq!(format_size(10 << 30), "10G");

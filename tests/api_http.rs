@@ -30,23 +30,47 @@ fn start_with(max_exports: u32, listen: Option<Listen>, recover: bool) -> Daemon
     let metrics = Metrics::new(true, "test", "abc").unwrap();
     let store_dir = dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
-    let raw = open_store(&format!("file://{}", store_dir.display()), &StoreOptions::default()).unwrap();
+    let raw = open_store(
+        &format!("file://{}", store_dir.display()),
+        &StoreOptions::default(),
+    )
+    .unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw.clone(), metrics.store()));
     let vols = Arc::new(EngineVolumes::new(store, VolumeSettings::from_config(&cfg)));
     let router = Router::new(
-        RouterConfig { cache_dir: cfg.cache.dir.clone(), max_exports: max_exports as usize, open_concurrency: 4 },
+        RouterConfig {
+            cache_dir: cfg.cache.dir.clone(),
+            max_exports: max_exports as usize,
+            open_concurrency: 4,
+        },
         vols,
         None,
         metrics.clone(),
     )
     .unwrap();
     let listen = listen.unwrap_or(Listen::Tcp("127.0.0.1:0".parse().unwrap()));
-    let server = ApiServer::start(&listen, Arc::new(ApiState { router: router.clone(), metrics })).unwrap();
-    let client = Client::new(Endpoint::parse(server.addr()).unwrap(), Some(Duration::from_secs(60)));
+    let server = ApiServer::start(
+        &listen,
+        Arc::new(ApiState {
+            router: router.clone(),
+            metrics,
+        }),
+    )
+    .unwrap();
+    let client = Client::new(
+        Endpoint::parse(server.addr()).unwrap(),
+        Some(Duration::from_secs(60)),
+    );
     if recover {
         router.recover().unwrap();
     }
-    Daemon { dir, router, server: Some(server), client, store: raw }
+    Daemon {
+        dir,
+        router,
+        server: Some(server),
+        client,
+        store: raw,
+    }
 }
 
 fn start(max_exports: u32) -> Daemon {
@@ -66,7 +90,10 @@ impl Daemon {
 
     fn assert_error(&self, (status, v): (u16, Value), want: u16, ctx: &str) {
         assert_eq!(status, want, "{ctx}: {v}");
-        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{ctx}: no JSON error: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{ctx}: no JSON error: {v}"
+        );
     }
 
     fn exports(&self) -> Vec<Value> {
@@ -76,7 +103,11 @@ impl Daemon {
     }
 
     fn store_keys(&self) -> Vec<String> {
-        smol::block_on(self.store.list("")).unwrap().into_iter().map(|m| m.key).collect()
+        smol::block_on(self.store.list(""))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect()
     }
 }
 
@@ -85,23 +116,58 @@ fn health_and_readiness() {
     let d = start_with(10, None, false);
     assert_eq!(d.req("GET", "/health", None).0, 200);
     d.assert_error(d.req("GET", "/health/ready", None), 503, "before recovery");
-    d.assert_error(d.put("a", r#"{"size":"1M"}"#), 503, "create before recovery");
+    d.assert_error(
+        d.put("a", r#"{"size":"1M"}"#),
+        503,
+        "create before recovery",
+    );
     d.router.recover().unwrap();
-    assert_eq!(d.req("GET", "/health/ready", None), (200, serde_json::json!({"status": "ready"})));
+    assert_eq!(
+        d.req("GET", "/health/ready", None),
+        (200, serde_json::json!({"status": "ready"}))
+    );
 }
 
 #[test]
 fn bad_names_are_400_and_change_nothing() {
     let d = start(10);
     let long = "a".repeat(65);
-    for name in ["../x", "..%2fx", "%2e%2e", "VM1", "Upper", "%C3%A9t%C3%A9", "a%20b", "-a", ".a", "a%00", long.as_str()] {
+    for name in [
+        "../x",
+        "..%2fx",
+        "%2e%2e",
+        "VM1",
+        "Upper",
+        "%C3%A9t%C3%A9",
+        "a%20b",
+        "-a",
+        ".a",
+        "a%00",
+        long.as_str(),
+    ] {
         d.assert_error(d.put(name, r#"{"size":"1M"}"#), 400, name);
-        d.assert_error(d.req("GET", &format!("/api/exports/{name}"), None), 400, name);
-        d.assert_error(d.req("DELETE", &format!("/api/exports/{name}"), None), 400, name);
-        d.assert_error(d.req("POST", &format!("/api/exports/{name}/drain"), None), 400, name);
+        d.assert_error(
+            d.req("GET", &format!("/api/exports/{name}"), None),
+            400,
+            name,
+        );
+        d.assert_error(
+            d.req("DELETE", &format!("/api/exports/{name}"), None),
+            400,
+            name,
+        );
+        d.assert_error(
+            d.req("POST", &format!("/api/exports/{name}/drain"), None),
+            400,
+            name,
+        );
     }
     // Empty name.
-    d.assert_error(d.req("PUT", "/api/exports/", Some(r#"{"size":"1M"}"#)), 400, "empty");
+    d.assert_error(
+        d.req("PUT", "/api/exports/", Some(r#"{"size":"1M"}"#)),
+        400,
+        "empty",
+    );
     d.assert_error(d.req("DELETE", "/api/exports/", None), 400, "empty");
     // 64 chars is fine.
     assert_eq!(d.put(&"a".repeat(64), r#"{"size":"1M"}"#).0, 201);
@@ -142,7 +208,11 @@ fn bad_sizes_and_bodies_are_400_and_change_nothing() {
         d.assert_error(d.put("vm", body), 400, body);
     }
     assert!(d.exports().is_empty());
-    assert!(d.store_keys().is_empty(), "store touched: {:?}", d.store_keys());
+    assert!(
+        d.store_keys().is_empty(),
+        "store touched: {:?}",
+        d.store_keys()
+    );
     // Oversized body.
     let big = format!(r#"{{"size": "1G", "pad": "{}"}}"#, "x".repeat(70_000));
     d.assert_error(d.put("vm", &big), 413, "huge body");
@@ -163,29 +233,62 @@ fn create_is_idempotent_grow_and_shrink() {
     let (s3, v3) = d.put("vm-1", r#"{"size": "2M"}"#);
     assert_eq!((s3, v3["size_bytes"].as_u64()), (200, Some(2 << 20)));
     d.assert_error(d.put("vm-1", r#"{"size": "1M"}"#), 409, "shrink");
-    assert_eq!(d.req("GET", "/api/exports/vm-1", None).1["size_bytes"], 2 << 20);
-    let names: Vec<_> = d.exports().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        d.req("GET", "/api/exports/vm-1", None).1["size_bytes"],
+        2 << 20
+    );
+    let names: Vec<_> = d
+        .exports()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(names, ["vm-1"]);
 }
 
 #[test]
 fn delete_drain_and_not_found() {
     let d = start(10);
-    d.assert_error(d.req("DELETE", "/api/exports/nope", None), 404, "delete unknown");
+    d.assert_error(
+        d.req("DELETE", "/api/exports/nope", None),
+        404,
+        "delete unknown",
+    );
     d.assert_error(d.req("GET", "/api/exports/nope", None), 404, "get unknown");
-    d.assert_error(d.req("POST", "/api/exports/nope/drain", None), 404, "drain unknown");
+    d.assert_error(
+        d.req("POST", "/api/exports/nope/drain", None),
+        404,
+        "drain unknown",
+    );
     assert_eq!(d.put("keep", r#"{"size": "1M"}"#).0, 201);
     assert_eq!(d.put("gone", r#"{"size": "1M"}"#).0, 201);
     let (s, v) = d.req("POST", "/api/exports/keep/drain", None);
     assert_eq!((s, v["name"].as_str()), (200, Some("keep")));
-    d.assert_error(d.req("DELETE", "/api/exports/keep?purge=maybe", None), 400, "bad purge");
-    d.assert_error(d.req("DELETE", "/api/exports/keep?force=1", None), 400, "unknown query");
-    d.assert_error(d.req("GET", "/api/exports/keep?x=1", None), 400, "query on GET");
+    d.assert_error(
+        d.req("DELETE", "/api/exports/keep?purge=maybe", None),
+        400,
+        "bad purge",
+    );
+    d.assert_error(
+        d.req("DELETE", "/api/exports/keep?force=1", None),
+        400,
+        "unknown query",
+    );
+    d.assert_error(
+        d.req("GET", "/api/exports/keep?x=1", None),
+        400,
+        "query on GET",
+    );
     assert_eq!(d.exports().len(), 2, "failed deletes changed nothing");
     assert_eq!(d.req("DELETE", "/api/exports/keep", None).0, 200);
-    assert!(d.store_keys().iter().any(|k| k.contains("keep")), "non-purge delete keeps objects");
+    assert!(
+        d.store_keys().iter().any(|k| k.contains("keep")),
+        "non-purge delete keeps objects"
+    );
     assert_eq!(d.req("DELETE", "/api/exports/gone?purge=true", None).0, 200);
-    assert!(!d.store_keys().iter().any(|k| k.contains("gone")), "purge removes objects");
+    assert!(
+        !d.store_keys().iter().any(|k| k.contains("gone")),
+        "purge removes objects"
+    );
     assert!(!d.dir.path().join("cache/volumes/gone").exists());
     d.assert_error(d.req("GET", "/api/exports/gone", None), 404, "after delete");
     assert!(d.exports().is_empty());
@@ -196,8 +299,15 @@ fn cold_wake_from_the_store() {
     let d = start(10);
     assert_eq!(d.put("mover", r#"{"size": "2M"}"#).0, 201);
     assert_eq!(d.req("DELETE", "/api/exports/mover", None).0, 200);
-    assert!(!d.dir.path().join("cache/volumes/mover").exists(), "local cache dropped");
-    d.assert_error(d.put("mover", r#"{"size": "1M"}"#), 409, "smaller than stored");
+    assert!(
+        !d.dir.path().join("cache/volumes/mover").exists(),
+        "local cache dropped"
+    );
+    d.assert_error(
+        d.put("mover", r#"{"size": "1M"}"#),
+        409,
+        "smaller than stored",
+    );
     assert!(d.exports().is_empty());
     let (s, v) = d.put("mover", r#"{"size": "2M"}"#);
     assert_eq!((s, v["size_bytes"].as_u64()), (201, Some(2 << 20)));
@@ -211,9 +321,16 @@ fn export_limit_is_507_and_changes_nothing() {
     let (s, v) = d.put("c", r#"{"size": "1M"}"#);
     d.assert_error((s, v.clone()), 507, "limit");
     assert!(v["error"].as_str().unwrap().contains("max_exports"), "{v}");
-    assert!(!d.store_keys().iter().any(|k| k.contains("/c/") || k.starts_with("c/")));
+    assert!(!d
+        .store_keys()
+        .iter()
+        .any(|k| k.contains("/c/") || k.starts_with("c/")));
     assert_eq!(d.exports().len(), 2);
-    assert_eq!(d.put("a", r#"{"size": "1M"}"#).0, 200, "idempotent PUT at the limit");
+    assert_eq!(
+        d.put("a", r#"{"size": "1M"}"#).0,
+        200,
+        "idempotent PUT at the limit"
+    );
 }
 
 #[test]
@@ -249,7 +366,10 @@ fn unix_socket_listener() {
     // A second server on the same live socket is refused.
     let again = ApiServer::start(
         &Listen::Unix(sock.clone()),
-        Arc::new(ApiState { router: d.router.clone(), metrics: Metrics::new(true, "t", "s").unwrap() }),
+        Arc::new(ApiState {
+            router: d.router.clone(),
+            metrics: Metrics::new(true, "t", "s").unwrap(),
+        }),
     );
     assert!(again.is_err());
     d.server.take().unwrap().stop();
@@ -261,7 +381,12 @@ fn restart_recovers_exports() {
     let d = start(10);
     assert_eq!(d.put("r1", r#"{"size": "1M"}"#).0, 201);
     assert_eq!(d.put("r2", r#"{"size": "3M"}"#).0, 201);
-    let Daemon { dir, router, server, .. } = d;
+    let Daemon {
+        dir,
+        router,
+        server,
+        ..
+    } = d;
     drop(server);
     router.shutdown(false);
     drop(router);
@@ -269,10 +394,18 @@ fn restart_recovers_exports() {
     let mut cfg = Config::default();
     cfg.cache.dir = dir.path().join("cache");
     let metrics = Metrics::new(true, "t", "s").unwrap();
-    let raw = open_store(&format!("file://{}", dir.path().join("store").display()), &StoreOptions::default()).unwrap();
+    let raw = open_store(
+        &format!("file://{}", dir.path().join("store").display()),
+        &StoreOptions::default(),
+    )
+    .unwrap();
     let vols = Arc::new(EngineVolumes::new(raw, VolumeSettings::from_config(&cfg)));
     let router = Router::new(
-        RouterConfig { cache_dir: cfg.cache.dir.clone(), max_exports: 10, open_concurrency: 2 },
+        RouterConfig {
+            cache_dir: cfg.cache.dir.clone(),
+            max_exports: 10,
+            open_concurrency: 2,
+        },
         vols,
         None,
         metrics,
@@ -280,6 +413,13 @@ fn restart_recovers_exports() {
     .unwrap();
     let summary = router.recover().unwrap();
     assert_eq!((summary.recovered, summary.failed), (2, 0));
-    let sizes: Vec<_> = router.list().into_iter().map(|e| (e.name, e.size_bytes)).collect();
-    assert_eq!(sizes, [("r1".to_string(), 1 << 20), ("r2".to_string(), 3 << 20)]);
+    let sizes: Vec<_> = router
+        .list()
+        .into_iter()
+        .map(|e| (e.name, e.size_bytes))
+        .collect();
+    assert_eq!(
+        sizes,
+        [("r1".to_string(), 1 << 20), ("r2".to_string(), 3 << 20)]
+    );
 }

@@ -21,9 +21,15 @@ fn version_shows_sha_date_and_target() {
     let o = glidefs(&["--version"]);
     assert!(o.status.success());
     let out = text(&o.stdout);
-    assert!(out.starts_with(&format!("glidefs {}", env!("CARGO_PKG_VERSION"))), "{out}");
+    assert!(
+        out.starts_with(&format!("glidefs {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
     for field in ["git sha: ", "build date: ", "target: "] {
-        let line = out.lines().find(|l| l.starts_with(field)).unwrap_or_else(|| panic!("no {field} in {out}"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("no {field} in {out}"));
         assert!(line.len() > field.len() + 3, "{line}");
     }
 }
@@ -49,19 +55,35 @@ fn init_writes_once_and_check_config_validates() {
     std::fs::write(&f, "[cache]\ndirty_limit = \"huge\"\n").unwrap();
     let o = glidefs(&["check-config", fs]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("cache.dirty_limit"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("cache.dirty_limit"),
+        "{}",
+        text(&o.stderr)
+    );
     let o = glidefs(&["check-config", "/nonexistent/glidefs.toml"]);
     assert!(!o.status.success());
 }
 
 #[test]
 fn size_arguments_are_checked_by_the_cli() {
-    let o = glidefs(&["export", "--api", "unix:/nonexistent.sock", "create", "a", "--size", "10GB"]);
+    let o = glidefs(&[
+        "export",
+        "--api",
+        "unix:/nonexistent.sock",
+        "create",
+        "a",
+        "--size",
+        "10GB",
+    ]);
     assert_eq!(o.status.code(), Some(2), "clap usage error");
     assert!(text(&o.stderr).contains("ambiguous"), "{}", text(&o.stderr));
     let o = glidefs(&["export", "--api", "unix:/nonexistent.sock", "list"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("cannot reach"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("cannot reach"),
+        "{}",
+        text(&o.stderr)
+    );
 }
 
 struct Daemon {
@@ -115,14 +137,21 @@ impl Daemon {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "daemon not ready; log:\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn signal(&self, sig: i32) {
         // kill(1) keeps `unsafe` (libc::kill) out of the tests.
-        let st = Command::new("kill").args([format!("-{sig}"), self.child.id().to_string()]).status().unwrap();
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 
@@ -130,7 +159,10 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                return (st.code(), std::fs::read_to_string(&self.log).unwrap_or_default());
+                return (
+                    st.code(),
+                    std::fs::read_to_string(&self.log).unwrap_or_default(),
+                );
             }
             assert!(Instant::now() < deadline, "daemon did not exit");
             std::thread::sleep(Duration::from_millis(50));
@@ -146,8 +178,14 @@ fn run_export_cli_sigterm_restart_and_kill9() {
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["size_bytes"], 8 << 20);
-    assert!(d.cli(&["create", "vm-2", "--size", "1.5M"]).status.success());
-    assert!(d.cli(&["create", "vm-2", "--size", "3M"]).status.success(), "grow");
+    assert!(d
+        .cli(&["create", "vm-2", "--size", "1.5M"])
+        .status
+        .success());
+    assert!(
+        d.cli(&["create", "vm-2", "--size", "3M"]).status.success(),
+        "grow"
+    );
     let o = d.cli(&["create", "vm-2", "--size", "1M"]);
     assert_eq!(o.status.code(), Some(3), "shrink is a 4xx");
     let o = d.cli(&["get", "nope"]);
@@ -157,10 +195,17 @@ fn run_export_cli_sigterm_restart_and_kill9() {
     assert_eq!(o.status.code(), Some(3));
     let o = d.cli(&["list"]);
     let list = text(&o.stdout);
-    assert!(list.contains("vm-1") && list.contains("vm-2") && list.contains("3M"), "{list}");
+    assert!(
+        list.contains("vm-1") && list.contains("vm-2") && list.contains("3M"),
+        "{list}"
+    );
     assert!(d.cli(&["drain", "vm-1"]).status.success());
     let o = d.cli(&["get", "vm-2"]);
-    assert!(text(&o.stdout).contains("\"size\": \"3M\""), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("\"size\": \"3M\""),
+        "{}",
+        text(&o.stdout)
+    );
 
     // SIGTERM: clean exit 0.
     d.signal(15);
@@ -197,13 +242,19 @@ fn run_without_ublk_fails_clearly() {
     let cfg = dir.path().join("g.toml");
     std::fs::write(
         &cfg,
-        format!("[cache]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n", dir.path().join("c").display()),
+        format!(
+            "[cache]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("c").display()
+        ),
     )
     .unwrap();
     let o = glidefs(&["run", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let err = text(&o.stderr);
-    assert!(err.contains("ublk is not available") && err.contains("enabled = false"), "{err}");
+    assert!(
+        err.contains("ublk is not available") && err.contains("enabled = false"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -213,5 +264,9 @@ fn run_rejects_a_bad_config_naming_the_key() {
     std::fs::write(&cfg, "[limits]\nmax_exports = 0\n").unwrap();
     let o = glidefs(&["run", "--config", cfg.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o.stderr).contains("limits.max_exports"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("limits.max_exports"),
+        "{}",
+        text(&o.stderr)
+    );
 }

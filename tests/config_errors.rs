@@ -17,7 +17,11 @@ fn bad_values_name_their_key() {
         ("store", "url = \"s3://UPPER/x\"", "store.url"),
         ("store", "url = 7", "store.url"),
         ("store", "endpoint = \"ftp://x\"", "store.endpoint"),
-        ("store", "endpoint = \"http://user:pw@host\"", "store.endpoint"),
+        (
+            "store",
+            "endpoint = \"http://user:pw@host\"",
+            "store.endpoint",
+        ),
         ("store", "region = \"\"", "store.region"),
         ("store", "region = \"us east\"", "store.region"),
         ("store", "path_style = \"yes\"", "store.path_style"),
@@ -41,7 +45,11 @@ fn bad_values_name_their_key() {
         ("api", "listen = \"localhost\"", "api.listen"),
         ("api", "listen = \"unix:relative.sock\"", "api.listen"),
         ("api", "listen = \"127.0.0.1\"", "api.listen"),
-        ("api", "per_export_metrics = \"no\"", "api.per_export_metrics"),
+        (
+            "api",
+            "per_export_metrics = \"no\"",
+            "api.per_export_metrics",
+        ),
         ("ublk", "enabled = \"true\"", "ublk.enabled"),
         ("ublk", "workers = 5000", "ublk.workers"),
         ("ublk", "workers = -1", "ublk.workers"),
@@ -59,7 +67,10 @@ fn bad_values_name_their_key() {
     for (section, line, key) in cases {
         let toml = format!("[{section}]\n{line}\n");
         let msg = err(&toml);
-        assert!(msg.contains(&format!("`{key}`")), "{toml:?}: error does not name `{key}`: {msg}");
+        assert!(
+            msg.contains(&format!("`{key}`")),
+            "{toml:?}: error does not name `{key}`: {msg}"
+        );
     }
 }
 
@@ -85,7 +96,10 @@ fn unknown_keys_are_named() {
 fn syntax_errors_are_reported() {
     let msg = err("[store\nurl = 1\n");
     assert!(!msg.is_empty());
-    assert!(matches!(Config::from_toml("x ="), Err(ConfigError::Parse { .. })));
+    assert!(matches!(
+        Config::from_toml("x ="),
+        Err(ConfigError::Parse { .. })
+    ));
 }
 
 #[test]
@@ -123,7 +137,10 @@ open_concurrency = 8
     )
     .unwrap();
     assert_eq!(cfg.cache.dirty_limit.0, 3 << 29);
-    assert_eq!(cfg.cache.flush_interval, std::time::Duration::from_millis(250));
+    assert_eq!(
+        cfg.cache.flush_interval,
+        std::time::Duration::from_millis(250)
+    );
     assert_eq!(cfg.store_url(), "s3://my-bucket/glidefs/host-a");
     assert_eq!(cfg.limits.max_exports, 100);
 }

@@ -57,7 +57,9 @@ impl Endpoint {
             return Ok(Endpoint::Unix(s.into()));
         }
         if s.starts_with("https://") {
-            return Err(ClientError::Address(format!("{s} (https is not supported; the API is plain HTTP)")));
+            return Err(ClientError::Address(format!(
+                "{s} (https is not supported; the API is plain HTTP)"
+            )));
         }
         let hostport = s.strip_prefix("http://").unwrap_or(s).trim_end_matches('/');
         if hostport.is_empty() || hostport.contains('/') || !hostport.contains(':') {
@@ -125,10 +127,9 @@ impl Client {
     fn connect(&self) -> Result<Box<dyn Stream>, std::io::Error> {
         match &self.endpoint {
             Endpoint::Tcp(a) => {
-                let addr = a
-                    .to_socket_addrs()?
-                    .next()
-                    .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+                let addr = a.to_socket_addrs()?.next().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address")
+                })?;
                 let s = match self.timeout {
                     Some(t) => TcpStream::connect_timeout(&addr, t)?,
                     None => TcpStream::connect(addr)?,
@@ -147,14 +148,27 @@ impl Client {
     }
 
     /// Send `method path` with an optional JSON body; any status is returned as is.
-    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Result<Response, ClientError> {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<Response, ClientError> {
         self.request_raw(method, path, body.map(str::as_bytes))
     }
 
     /// Like [`Client::request`] with arbitrary body bytes (tests send malformed JSON).
-    pub fn request_raw(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<Response, ClientError> {
+    pub fn request_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Response, ClientError> {
         let addr = self.endpoint.describe();
-        let io = |source| ClientError::Io { addr: addr.clone(), source };
+        let io = |source| ClientError::Io {
+            addr: addr.clone(),
+            source,
+        };
         let mut s = self.connect().map_err(io)?;
         let body = body.unwrap_or(b"");
         let head = format!(
@@ -198,7 +212,9 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
     let body = if chunked {
         dechunk(rest)?
     } else if let Some(n) = length {
-        rest.get(..n).ok_or("body shorter than Content-Length")?.to_vec()
+        rest.get(..n)
+            .ok_or("body shorter than Content-Length")?
+            .to_vec()
     } else {
         rest.to_vec()
     };
@@ -211,7 +227,10 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or("bad chunk header")?;
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("bad chunk header")?;
         let size_s = std::str::from_utf8(&b[..eol]).map_err(|_| "bad chunk size")?;
         let size = usize::from_str_radix(size_s.split(';').next().unwrap_or("").trim(), 16)
             .map_err(|_| "bad chunk size")?;
@@ -230,19 +249,44 @@ mod tests {
 
     #[test]
     fn endpoints() {
-        assert_eq!(Endpoint::parse("http://127.0.0.1:8080").unwrap(), Endpoint::Tcp("127.0.0.1:8080".into()));
-        assert_eq!(Endpoint::parse("http://[::1]:80/").unwrap(), Endpoint::Tcp("[::1]:80".into()));
-        assert_eq!(Endpoint::parse("127.0.0.1:1").unwrap(), Endpoint::Tcp("127.0.0.1:1".into()));
-        assert_eq!(Endpoint::parse("unix:/run/g.sock").unwrap(), Endpoint::Unix("/run/g.sock".into()));
-        assert_eq!(Endpoint::parse("/run/g.sock").unwrap(), Endpoint::Unix("/run/g.sock".into()));
-        for bad in ["", "http://", "unix:rel", "https://x:1", "http://h:1/api", "nohost"] {
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:8080").unwrap(),
+            Endpoint::Tcp("127.0.0.1:8080".into())
+        );
+        assert_eq!(
+            Endpoint::parse("http://[::1]:80/").unwrap(),
+            Endpoint::Tcp("[::1]:80".into())
+        );
+        assert_eq!(
+            Endpoint::parse("127.0.0.1:1").unwrap(),
+            Endpoint::Tcp("127.0.0.1:1".into())
+        );
+        assert_eq!(
+            Endpoint::parse("unix:/run/g.sock").unwrap(),
+            Endpoint::Unix("/run/g.sock".into())
+        );
+        assert_eq!(
+            Endpoint::parse("/run/g.sock").unwrap(),
+            Endpoint::Unix("/run/g.sock".into())
+        );
+        for bad in [
+            "",
+            "http://",
+            "unix:rel",
+            "https://x:1",
+            "http://h:1/api",
+            "nohost",
+        ] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn responses() {
-        let r = parse_response(b"HTTP/1.1 404 Not Found\r\nContent-Length: 17\r\n\r\n{\"error\":\"gone\"}\nXX").unwrap();
+        let r = parse_response(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 17\r\n\r\n{\"error\":\"gone\"}\nXX",
+        )
+        .unwrap();
         assert_eq!((r.status, r.error_message().as_str()), (404, "gone"));
         let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap();
         assert_eq!(r.body, "abcde");

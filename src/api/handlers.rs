@@ -93,15 +93,24 @@ struct PutBody {
 
 fn parse_put_body(body: &[u8]) -> Result<u64, Reply> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(Reply::error(400, "missing JSON body: {\"size\": \"10G\"} or {\"size_bytes\": N}"));
+        return Err(Reply::error(
+            400,
+            "missing JSON body: {\"size\": \"10G\"} or {\"size_bytes\": N}",
+        ));
     }
-    let b: PutBody =
-        serde_json::from_slice(body).map_err(|e| Reply::error(400, format!("invalid JSON body: {e}")))?;
+    let b: PutBody = serde_json::from_slice(body)
+        .map_err(|e| Reply::error(400, format!("invalid JSON body: {e}")))?;
     match (b.size, b.size_bytes) {
         (Some(s), None) => Ok(s.0),
         (None, Some(n)) => Ok(n),
-        (Some(_), Some(_)) => Err(Reply::error(400, "give either \"size\" or \"size_bytes\", not both")),
-        (None, None) => Err(Reply::error(400, "missing \"size\" (e.g. \"10G\") or \"size_bytes\"")),
+        (Some(_), Some(_)) => Err(Reply::error(
+            400,
+            "give either \"size\" or \"size_bytes\", not both",
+        )),
+        (None, None) => Err(Reply::error(
+            400,
+            "missing \"size\" (e.g. \"10G\") or \"size_bytes\"",
+        )),
     }
 }
 
@@ -112,8 +121,18 @@ fn parse_purge(query: Option<&str>) -> Result<bool, Reply> {
         match pair.split_once('=') {
             Some(("purge", "true" | "1")) => purge = true,
             Some(("purge", "false" | "0")) => purge = false,
-            Some(("purge", v)) => return Err(Reply::error(400, format!("purge must be true or false, got {v:?}"))),
-            _ => return Err(Reply::error(400, format!("unknown query parameter {pair:?}"))),
+            Some(("purge", v)) => {
+                return Err(Reply::error(
+                    400,
+                    format!("purge must be true or false, got {v:?}"),
+                ))
+            }
+            _ => {
+                return Err(Reply::error(
+                    400,
+                    format!("unknown query parameter {pair:?}"),
+                ))
+            }
         }
     }
     Ok(purge)
@@ -134,7 +153,9 @@ pub fn handle(state: &ApiState, method: &str, url: &str, body: &[u8]) -> Reply {
             _ => Reply::method_not_allowed("GET"),
         },
         "/health/ready" => match method {
-            "GET" | "HEAD" if state.router.is_ready() => Reply::json(200, json!({ "status": "ready" })),
+            "GET" | "HEAD" if state.router.is_ready() => {
+                Reply::json(200, json!({ "status": "ready" }))
+            }
             "GET" | "HEAD" => Reply::error(503, "not ready"),
             _ => Reply::method_not_allowed("GET"),
         },
@@ -151,7 +172,9 @@ pub fn handle(state: &ApiState, method: &str, url: &str, body: &[u8]) -> Reply {
             "GET" => Reply::json(200, json!({ "exports": state.router.list() })),
             _ => Reply::method_not_allowed("GET"),
         },
-        "/api/exports/" if method == "GET" => Reply::json(200, json!({ "exports": state.router.list() })),
+        "/api/exports/" if method == "GET" => {
+            Reply::json(200, json!({ "exports": state.router.list() }))
+        }
         _ => match path.strip_prefix("/api/exports/") {
             Some(rest) => export_route(state, method, rest, query, body),
             None => Reply::error(404, format!("no such endpoint: {path}")),
@@ -159,7 +182,13 @@ pub fn handle(state: &ApiState, method: &str, url: &str, body: &[u8]) -> Reply {
     }
 }
 
-fn export_route(state: &ApiState, method: &str, rest: &str, query: Option<&str>, body: &[u8]) -> Reply {
+fn export_route(
+    state: &ApiState,
+    method: &str,
+    rest: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Reply {
     if let Some(name) = rest.strip_suffix("/drain") {
         return match method {
             "POST" => match smol::block_on(state.router.drain(name)) {

@@ -46,7 +46,10 @@ impl ApiServer {
             message: m,
         };
         let (server, socket) = match listen {
-            Listen::Tcp(a) => (tiny_http::Server::http(a).map_err(|e| bind_err(e.to_string()))?, None),
+            Listen::Tcp(a) => (
+                tiny_http::Server::http(a).map_err(|e| bind_err(e.to_string()))?,
+                None,
+            ),
             Listen::Unix(p) => {
                 if p.exists() {
                     // A live daemon answers on it; a stale file from a crash does not.
@@ -142,7 +145,9 @@ fn serve(state: &ApiState, mut req: tiny_http::Request) {
         .read_to_end(&mut body);
     let reply = match read {
         Err(e) => Reply::error(400, format!("cannot read request body: {e}")),
-        Ok(_) if body.len() > MAX_BODY => Reply::error(413, format!("request body larger than {MAX_BODY} bytes")),
+        Ok(_) if body.len() > MAX_BODY => {
+            Reply::error(413, format!("request body larger than {MAX_BODY} bytes"))
+        }
         Ok(_) => handle(state, &method, &url, &body),
     };
     if reply.status >= 400 {
@@ -155,7 +160,9 @@ fn serve(state: &ApiState, mut req: tiny_http::Request) {
 
 fn respond(req: tiny_http::Request, reply: Reply) {
     let mut resp = tiny_http::Response::from_string(reply.body).with_status_code(reply.status);
-    if let Ok(h) = tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes()) {
+    if let Ok(h) =
+        tiny_http::Header::from_bytes(&b"Content-Type"[..], reply.content_type.as_bytes())
+    {
         resp = resp.with_header(h);
     }
     if let Some(allow) = reply.allow {

@@ -50,7 +50,11 @@ pub trait ExportVolume: IoTarget {
 pub trait VolumeFactory: Send + Sync + 'static {
     /// Open `name`; a new volume gets `size_bytes`, an existing one keeps its size
     /// (the router grows it afterwards when asked to).
-    async fn open(&self, name: &str, size_bytes: u64) -> Result<Arc<dyn ExportVolume>, BackendError>;
+    async fn open(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<Arc<dyn ExportVolume>, BackendError>;
     /// The size of `name` in the object store, if it exists there.
     async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError>;
     /// Delete `name`'s objects in the store and its local cache (volume closed).
@@ -71,12 +75,19 @@ pub struct DeviceInfo {
 /// The block-device layer (ublk). Calls may block (kernel control commands).
 pub trait DeviceBackend: Send + Sync + 'static {
     /// Create a device serving `target`, with id `dev_id` if given.
-    fn add(&self, dev_id: Option<u32>, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError>;
+    fn add(
+        &self,
+        dev_id: Option<u32>,
+        target: Arc<dyn IoTarget>,
+    ) -> Result<DeviceInfo, BackendError>;
     /// Re-attach devices left by a previous daemon (or re-create them with the same
     /// ids when they are gone), many in parallel. `devices` is the complete list:
     /// devices of ours not in it are orphans and may be deleted, so this is called
     /// once, at start-up.
-    fn recover(&self, devices: Vec<(u32, Arc<dyn IoTarget>)>) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
+    fn recover(
+        &self,
+        devices: Vec<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
     /// Stop and delete a device.
     fn delete(&self, dev_id: u32) -> Result<(), BackendError>;
     /// Buffer-pool totals for metrics.

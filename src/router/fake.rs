@@ -117,7 +117,9 @@ pub struct MemVolumes {
 impl MemVolumes {
     fn check(&self, name: &str) -> Result<(), BackendError> {
         if self.fail.lock().contains(name) {
-            return Err(BackendError::Unavailable(format!("injected failure for {name}")));
+            return Err(BackendError::Unavailable(format!(
+                "injected failure for {name}"
+            )));
         }
         Ok(())
     }
@@ -125,7 +127,11 @@ impl MemVolumes {
 
 #[async_trait]
 impl VolumeFactory for MemVolumes {
-    async fn open(&self, name: &str, size_bytes: u64) -> Result<Arc<dyn ExportVolume>, BackendError> {
+    async fn open(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<Arc<dyn ExportVolume>, BackendError> {
         self.check(name)?;
         let mut s = self.store.lock();
         let v = s
@@ -169,7 +175,11 @@ fn info(dev_id: u32) -> DeviceInfo {
 }
 
 impl DeviceBackend for FakeDevices {
-    fn add(&self, dev_id: Option<u32>, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError> {
+    fn add(
+        &self,
+        dev_id: Option<u32>,
+        target: Arc<dyn IoTarget>,
+    ) -> Result<DeviceInfo, BackendError> {
         if self.fail_add.load(Ordering::SeqCst) {
             return Err(BackendError::Unavailable("injected add failure".into()));
         }
@@ -184,7 +194,10 @@ impl DeviceBackend for FakeDevices {
         d.insert(id, target.size_bytes());
         Ok(info(id))
     }
-    fn recover(&self, devices: Vec<(u32, Arc<dyn IoTarget>)>) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
+    fn recover(
+        &self,
+        devices: Vec<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
         let mut d = self.devices.lock();
         // Like the real server: devices not listed are orphans and go away.
         d.retain(|id, _| devices.iter().any(|(k, _)| k == id));

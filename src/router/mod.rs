@@ -343,7 +343,11 @@ impl Router {
         self.len() == 0
     }
 
-    fn target(&self, name: &str, volume: &Arc<dyn ExportVolume>) -> Result<Arc<dyn IoTarget>, RouterError> {
+    fn target(
+        &self,
+        name: &str,
+        volume: &Arc<dyn ExportVolume>,
+    ) -> Result<Arc<dyn IoTarget>, RouterError> {
         let io = self
             .metrics
             .export_io(name)
@@ -353,7 +357,11 @@ impl Router {
 
     /// Create (or cold-wake) `name` with `size` bytes, grow it, or repair it.
     /// Idempotent: the same request again returns the same state.
-    pub async fn put(&self, name: &str, size: u64) -> Result<(ExportInfo, PutOutcome), RouterError> {
+    pub async fn put(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> Result<(ExportInfo, PutOutcome), RouterError> {
         validate_name(name).map_err(RouterError::InvalidName)?;
         validate_size(size).map_err(RouterError::InvalidSize)?;
         self.check_open()?;
@@ -368,7 +376,12 @@ impl Router {
         }
     }
 
-    async fn resize(&self, name: &str, e: Entry, size: u64) -> Result<(ExportInfo, PutOutcome), RouterError> {
+    async fn resize(
+        &self,
+        name: &str,
+        e: Entry,
+        size: u64,
+    ) -> Result<(ExportInfo, PutOutcome), RouterError> {
         if size == e.size_bytes {
             return Ok((Self::info(name, &e), PutOutcome::Unchanged));
         }
@@ -378,14 +391,18 @@ impl Router {
                 format_size(e.size_bytes)
             )));
         }
-        let volume = e.volume.clone().ok_or_else(|| RouterError::Conflict("export has no volume".into()))?;
+        let volume = e
+            .volume
+            .clone()
+            .ok_or_else(|| RouterError::Conflict("export has no volume".into()))?;
         volume.grow(size).await.map_err(backend(name, "grow"))?;
         let mut device = e.device.clone();
         if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
             // ublk devices cannot change size while live on the kernels we target
             // (no UPDATE_SIZE before 6.16): re-create the device with the same id.
             let target = self.target(name, &volume)?;
-            devs.delete(d.dev_id).map_err(backend(name, "delete device for resize"))?;
+            devs.delete(d.dev_id)
+                .map_err(backend(name, "delete device for resize"))?;
             match devs.add(Some(d.dev_id), target) {
                 Ok(nd) => device = Some(nd),
                 Err(err) => {
@@ -403,7 +420,10 @@ impl Router {
             }
         })?;
         let mut st = self.state.write();
-        let entry = st.exports.get_mut(name).ok_or_else(|| RouterError::NotFound(name.to_string()))?;
+        let entry = st
+            .exports
+            .get_mut(name)
+            .ok_or_else(|| RouterError::NotFound(name.to_string()))?;
         entry.size_bytes = size;
         entry.device = device;
         Ok((Self::info(name, entry), PutOutcome::Grown))
@@ -416,7 +436,10 @@ impl Router {
                 return Err(RouterError::LimitReached(self.cfg.max_exports));
             }
             st.pending += 1;
-            Reservation { router: self, live: true }
+            Reservation {
+                router: self,
+                live: true,
+            }
         };
         let stored = self
             .volumes
@@ -431,7 +454,11 @@ impl Router {
                 )));
             }
         }
-        let volume = self.volumes.open(name, size).await.map_err(backend(name, "open"))?;
+        let volume = self
+            .volumes
+            .open(name, size)
+            .await
+            .map_err(backend(name, "open"))?;
         let mut device = None;
         let attached: Result<(), RouterError> = async {
             if volume.size_bytes() < size {
@@ -439,16 +466,27 @@ impl Router {
             }
             let target = self.target(name, &volume)?;
             if let Some(devs) = &self.devices {
-                device = Some(devs.add(None, target).map_err(backend(name, "add device"))?);
+                device = Some(
+                    devs.add(None, target)
+                        .map_err(backend(name, "add device"))?,
+                );
             }
             let dev_id = device.as_ref().map(|d| d.dev_id);
             self.persist(|p| {
-                p.insert(name.to_string(), RegEntry { name: name.to_string(), size_bytes: size, dev_id });
+                p.insert(
+                    name.to_string(),
+                    RegEntry {
+                        name: name.to_string(),
+                        size_bytes: size,
+                        dev_id,
+                    },
+                );
             })
         }
         .await;
         if let Err(err) = attached {
-            self.undo_create(name, &volume, device.as_ref(), stored.is_none()).await;
+            self.undo_create(name, &volume, device.as_ref(), stored.is_none())
+                .await;
             return Err(err);
         }
         let entry = Entry {
@@ -466,11 +504,21 @@ impl Router {
             st.exports.insert(name.to_string(), entry);
         }
         tracing::info!(export = name, size = size, device = ?info.device, "export created");
-        let outcome = if stored.is_some() { PutOutcome::Woken } else { PutOutcome::Created };
+        let outcome = if stored.is_some() {
+            PutOutcome::Woken
+        } else {
+            PutOutcome::Created
+        };
         Ok((info, outcome))
     }
 
-    async fn undo_create(&self, name: &str, volume: &Arc<dyn ExportVolume>, device: Option<&DeviceInfo>, fresh: bool) {
+    async fn undo_create(
+        &self,
+        name: &str,
+        volume: &Arc<dyn ExportVolume>,
+        device: Option<&DeviceInfo>,
+        fresh: bool,
+    ) {
         if let (Some(devs), Some(d)) = (&self.devices, device) {
             if let Err(e) = devs.delete(d.dev_id) {
                 tracing::warn!(export = name, error = %e, "undo: device delete failed");
@@ -487,7 +535,12 @@ impl Router {
         self.metrics.remove_export(name);
     }
 
-    async fn repair(&self, name: &str, e: Entry, size: u64) -> Result<(ExportInfo, PutOutcome), RouterError> {
+    async fn repair(
+        &self,
+        name: &str,
+        e: Entry,
+        size: u64,
+    ) -> Result<(ExportInfo, PutOutcome), RouterError> {
         if size < e.size_bytes {
             return Err(RouterError::Conflict(format!(
                 "export {name:?} is {}; shrinking is not supported",
@@ -496,7 +549,11 @@ impl Router {
         }
         let volume = match &e.volume {
             Some(v) => v.clone(),
-            None => self.volumes.open(name, e.size_bytes).await.map_err(backend(name, "open"))?,
+            None => self
+                .volumes
+                .open(name, e.size_bytes)
+                .await
+                .map_err(backend(name, "open"))?,
         };
         let fixed: Result<Entry, RouterError> = async {
             if volume.size_bytes() < size {
@@ -564,7 +621,8 @@ impl Router {
             .cloned()
             .ok_or_else(|| RouterError::NotFound(name.to_string()))?;
         if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
-            devs.delete(d.dev_id).map_err(backend(name, "delete device"))?;
+            devs.delete(d.dev_id)
+                .map_err(backend(name, "delete device"))?;
             self.set_entry(name, |x| x.device = None);
         }
         if let Some(volume) = &e.volume {
@@ -587,7 +645,10 @@ impl Router {
                 }
             }
         } else if !purge {
-            tracing::warn!(export = name, "deleting a failed export: its local cache is kept");
+            tracing::warn!(
+                export = name,
+                "deleting a failed export: its local cache is kept"
+            );
         }
         if purge {
             if let Err(err) = self.volumes.purge(name).await {
@@ -608,9 +669,10 @@ impl Router {
         let (Some(devs), Some(d)) = (&self.devices, &e.device) else {
             return;
         };
-        let res = self
-            .target(name, volume)
-            .and_then(|t| devs.add(Some(d.dev_id), t).map_err(backend(name, "re-add device")));
+        let res = self.target(name, volume).and_then(|t| {
+            devs.add(Some(d.dev_id), t)
+                .map_err(backend(name, "re-add device"))
+        });
         match res {
             Ok(dev) => self.set_entry(name, |x| x.device = Some(dev)),
             Err(err) => {
@@ -639,10 +701,12 @@ impl Router {
             .get(name)
             .cloned()
             .ok_or_else(|| RouterError::NotFound(name.to_string()))?;
-        let volume = e
-            .volume
-            .clone()
-            .ok_or_else(|| RouterError::Conflict(format!("export {name:?} has failed: {}", e.error.clone().unwrap_or_default())))?;
+        let volume = e.volume.clone().ok_or_else(|| {
+            RouterError::Conflict(format!(
+                "export {name:?} has failed: {}",
+                e.error.clone().unwrap_or_default()
+            ))
+        })?;
         volume.drain().await.map_err(backend(name, "drain"))?;
         Ok(Self::info(name, &e))
     }
@@ -703,7 +767,10 @@ impl Router {
             map.insert(r.name.clone(), entry);
         }
         if let Some(devs) = &self.devices {
-            let names: HashMap<u32, String> = to_recover.iter().map(|(id, n, _)| (*id, n.clone())).collect();
+            let names: HashMap<u32, String> = to_recover
+                .iter()
+                .map(|(id, n, _)| (*id, n.clone()))
+                .collect();
             let results = devs.recover(to_recover.into_iter().map(|(id, _, t)| (id, t)).collect());
             for (id, res) in results {
                 let Some(name) = names.get(&id) else { continue };
@@ -738,7 +805,8 @@ impl Router {
             .iter()
             .filter_map(|(n, e)| {
                 let id = e.device.as_ref().map(|d| d.dev_id);
-                (id.is_some() && entries.get(n).map(|r| r.dev_id) != Some(id)).then(|| (n.clone(), id))
+                (id.is_some() && entries.get(n).map(|r| r.dev_id) != Some(id))
+                    .then(|| (n.clone(), id))
             })
             .collect();
         if !changed.is_empty() {
@@ -751,7 +819,10 @@ impl Router {
             })?;
         }
         let failed = map.values().filter(|e| e.error.is_some()).count();
-        let summary = RecoverySummary { recovered: map.len() - failed, failed };
+        let summary = RecoverySummary {
+            recovered: map.len() - failed,
+            failed,
+        };
         self.state.write().exports = map;
         self.ready.store(true, Ordering::SeqCst);
         Ok(summary)
@@ -776,7 +847,9 @@ impl Router {
         std::thread::scope(|s| {
             for _ in 0..workers {
                 s.spawn(|| loop {
-                    let Some((name, v)) = queue.lock().pop() else { break };
+                    let Some((name, v)) = queue.lock().pop() else {
+                        break;
+                    };
                     if let Err(e) = smol::block_on(v.close()) {
                         tracing::error!(export = %name, error = %e, "close failed");
                     }
@@ -791,7 +864,9 @@ struct RouterStats(Weak<Router>);
 
 impl StatsSource for RouterStats {
     fn volumes(&self) -> Vec<(String, VolumeCounters)> {
-        let Some(r) = self.0.upgrade() else { return Vec::new() };
+        let Some(r) = self.0.upgrade() else {
+            return Vec::new();
+        };
         let vols: Vec<(String, Arc<dyn ExportVolume>)> = r
             .state
             .read()

@@ -20,12 +20,13 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err(format!("export name is {} bytes; at most 64", b.len()));
     }
     let first_ok = b[0].is_ascii_lowercase() || b[0].is_ascii_digit();
-    let rest_ok = b
-        .iter()
-        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'_' || c == b'-');
+    let rest_ok = b.iter().all(|&c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'_' || c == b'-'
+    });
     if !first_ok || !rest_ok {
         return Err(
-            "invalid export name: use 1-64 of a-z 0-9 . _ - starting with a letter or digit".to_string(),
+            "invalid export name: use 1-64 of a-z 0-9 . _ - starting with a letter or digit"
+                .to_string(),
         );
     }
     Ok(())
@@ -36,7 +37,7 @@ pub fn validate_size(size: u64) -> Result<(), String> {
     if size == 0 {
         return Err("size must be greater than 0".to_string());
     }
-    if size % SIZE_ALIGN != 0 {
+    if !size.is_multiple_of(SIZE_ALIGN) {
         return Err(format!("size {size} is not a multiple of 4 KiB"));
     }
     if size > MAX_EXPORT_SIZE {
@@ -58,7 +59,21 @@ mod tests {
         for ok in ["a", "0", "vm-1", "a.b_c-d", &"x".repeat(64)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "../x", "..", ".a", "-a", "_a", "A", "vmA", "a/b", "a b", "é", "a\0", &"x".repeat(65)] {
+        for bad in [
+            "",
+            "../x",
+            "..",
+            ".a",
+            "-a",
+            "_a",
+            "A",
+            "vmA",
+            "a/b",
+            "a b",
+            "é",
+            "a\0",
+            &"x".repeat(65),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -6,9 +6,9 @@
 use super::backend::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
 use crate::config::{Config, FlushMode as CfgFlushMode};
 use crate::metrics::{PoolCounters, VolumeCounters};
-use crate::ublk::{UblkError, UblkOptions, UblkServer};
 use crate::store::{ObjectStore, StoreError};
 use crate::ublk::IoTarget;
+use crate::ublk::{UblkError, UblkOptions, UblkServer};
 use crate::volume::{FlushMode, Volume, VolumeConfig, VolumeError};
 use async_trait::async_trait;
 use std::io;
@@ -85,14 +85,20 @@ impl EngineVolumes {
 
 #[async_trait]
 impl VolumeFactory for EngineVolumes {
-    async fn open(&self, name: &str, size_bytes: u64) -> Result<Arc<dyn ExportVolume>, BackendError> {
+    async fn open(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<Arc<dyn ExportVolume>, BackendError> {
         let v = Volume::open(self.cfg(name, size_bytes), self.store.clone())
             .await
             .map_err(classify)?;
         Ok(Arc::new(EngineVolume(v)))
     }
     async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError> {
-        Volume::exists_in_store(&self.store, name).await.map_err(classify)
+        Volume::exists_in_store(&self.store, name)
+            .await
+            .map_err(classify)
     }
     async fn purge(&self, name: &str) -> Result<(), BackendError> {
         Volume::purge(&self.store, name).await.map_err(classify)?;
@@ -201,13 +207,20 @@ fn device_info(d: crate::ublk::DeviceInfo) -> DeviceInfo {
 }
 
 impl DeviceBackend for UblkDevices {
-    fn add(&self, dev_id: Option<u32>, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError> {
+    fn add(
+        &self,
+        dev_id: Option<u32>,
+        target: Arc<dyn IoTarget>,
+    ) -> Result<DeviceInfo, BackendError> {
         self.server
             .add_device(dev_id, target)
             .map(device_info)
             .map_err(classify_ublk)
     }
-    fn recover(&self, devices: Vec<(u32, Arc<dyn IoTarget>)>) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
+    fn recover(
+        &self,
+        devices: Vec<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
         self.server
             .recover_devices(devices)
             .into_iter()

@@ -127,7 +127,9 @@ impl Registry {
             f.sync_data().map_err(io)?;
         }
         std::fs::rename(&tmp, &self.path).map_err(io)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 }
@@ -142,8 +144,22 @@ mod tests {
         let r = Registry::new(dir.path());
         assert!(r.load().unwrap().is_empty());
         let mut m = BTreeMap::new();
-        m.insert("a".into(), RegEntry { name: "a".into(), size_bytes: 4096, dev_id: Some(3) });
-        m.insert("b".into(), RegEntry { name: "b".into(), size_bytes: 8192, dev_id: None });
+        m.insert(
+            "a".into(),
+            RegEntry {
+                name: "a".into(),
+                size_bytes: 4096,
+                dev_id: Some(3),
+            },
+        );
+        m.insert(
+            "b".into(),
+            RegEntry {
+                name: "b".into(),
+                size_bytes: 8192,
+                dev_id: None,
+            },
+        );
         r.save(&m).unwrap();
         assert_eq!(r.load().unwrap(), m);
         assert!(!dir.path().join("exports.json.tmp").exists());
@@ -155,7 +171,11 @@ mod tests {
         let r = Registry::new(dir.path());
         std::fs::write(r.path(), "{not json").unwrap();
         assert!(matches!(r.load(), Err(RegistryError::Corrupt { .. })));
-        std::fs::write(r.path(), r#"{"version":1,"exports":[{"name":"../x","size_bytes":1}]}"#).unwrap();
+        std::fs::write(
+            r.path(),
+            r#"{"version":1,"exports":[{"name":"../x","size_bytes":1}]}"#,
+        )
+        .unwrap();
         assert!(matches!(r.load(), Err(RegistryError::Corrupt { .. })));
     }
 }

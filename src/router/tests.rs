@@ -27,13 +27,21 @@ impl Fixture {
             open_concurrency: 4,
         };
         let devs: Option<Arc<dyn DeviceBackend>> = with_devices.then(|| self.devs.clone() as _);
-        let r = Router::new(cfg, self.vols.clone(), devs, Metrics::new(true, "v", "s").unwrap()).unwrap();
+        let r = Router::new(
+            cfg,
+            self.vols.clone(),
+            devs,
+            Metrics::new(true, "v", "s").unwrap(),
+        )
+        .unwrap();
         r.recover().unwrap();
         r
     }
 
     fn registry(&self) -> BTreeMap<String, RegEntry> {
-        Registry::new(&self.dir.path().join("cache")).load().unwrap()
+        Registry::new(&self.dir.path().join("cache"))
+            .load()
+            .unwrap()
     }
 }
 
@@ -47,7 +55,10 @@ fn create_get_list_grow_and_idempotence() {
     assert_eq!(info.state, ExportState::Live);
     let (again, out) = block_on(r.put("vm-1", 1 << 20)).unwrap();
     assert_eq!((again.clone(), out), (info.clone(), PutOutcome::Unchanged));
-    assert!(matches!(block_on(r.put("vm-1", 1 << 19)), Err(RouterError::Conflict(_))));
+    assert!(matches!(
+        block_on(r.put("vm-1", 1 << 19)),
+        Err(RouterError::Conflict(_))
+    ));
     let (grown, out) = block_on(r.put("vm-1", 2 << 20)).unwrap();
     assert_eq!((grown.size_bytes, out), (2 << 20, PutOutcome::Grown));
     assert_eq!(f.devs.devices.lock().get(&0), Some(&(2 << 20)));
@@ -65,10 +76,16 @@ fn bad_input_is_rejected_before_anything_happens() {
     let f = Fixture::new();
     let r = f.router(10, true);
     for bad in ["", "../x", "A", "é", &"a".repeat(65)] {
-        assert!(matches!(block_on(r.put(bad, 4096)), Err(RouterError::InvalidName(_))), "{bad:?}");
+        assert!(
+            matches!(block_on(r.put(bad, 4096)), Err(RouterError::InvalidName(_))),
+            "{bad:?}"
+        );
     }
     for size in [0, 4095, 1 << 60] {
-        assert!(matches!(block_on(r.put("a", size)), Err(RouterError::InvalidSize(_))));
+        assert!(matches!(
+            block_on(r.put("a", size)),
+            Err(RouterError::InvalidSize(_))
+        ));
     }
     assert!(r.is_empty());
     assert!(f.vols.store.lock().is_empty());
@@ -100,12 +117,18 @@ fn delete_drains_or_purges() {
     block_on(r.delete("keep", false)).unwrap();
     assert_eq!(keep.drains(), 1);
     assert!(keep.is_closed());
-    assert!(f.vols.store.lock().contains_key("keep"), "non-purge delete keeps the store copy");
+    assert!(
+        f.vols.store.lock().contains_key("keep"),
+        "non-purge delete keeps the store copy"
+    );
     block_on(r.delete("gone", true)).unwrap();
     assert!(!f.vols.store.lock().contains_key("gone"));
     assert!(f.devs.devices.lock().is_empty());
     assert!(f.registry().is_empty());
-    assert!(matches!(block_on(r.delete("gone", false)), Err(RouterError::NotFound(_))));
+    assert!(matches!(
+        block_on(r.delete("gone", false)),
+        Err(RouterError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -118,9 +141,16 @@ fn cold_wake_opens_the_stored_volume() {
         block_on(r.delete("moved", false)).unwrap();
     }
     // Lost cache: a fresh cache dir, same "store".
-    let g = Fixture { dir: tempfile::tempdir().unwrap(), vols: f.vols.clone(), devs: f.devs.clone() };
+    let g = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        vols: f.vols.clone(),
+        devs: f.devs.clone(),
+    };
     let r = g.router(10, false);
-    assert!(matches!(block_on(r.put("moved", 4096)), Err(RouterError::Conflict(_))));
+    assert!(matches!(
+        block_on(r.put("moved", 4096)),
+        Err(RouterError::Conflict(_))
+    ));
     assert!(r.is_empty());
     let (info, out) = block_on(r.put("moved", 8192)).unwrap();
     assert_eq!((out, info.size_bytes), (PutOutcome::Woken, 8192));
@@ -135,7 +165,10 @@ fn failed_create_changes_nothing() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
     assert!(r.is_empty());
     assert!(f.registry().is_empty());
-    assert!(!f.vols.store.lock().contains_key("x"), "a new volume is purged on failure");
+    assert!(
+        !f.vols.store.lock().contains_key("x"),
+        "a new volume is purged on failure"
+    );
     f.devs.fail_add.store(false, Ordering::SeqCst);
     // The reservation was released: the single slot is still free.
     block_on(r.put("x", 4096)).unwrap();
@@ -176,7 +209,10 @@ fn failed_recovery_is_reported_and_repaired_by_put() {
     assert_eq!(b.state, ExportState::Failed);
     assert!(b.error.unwrap().contains("injected"));
     assert_eq!(r.get("a").unwrap().state, ExportState::Live);
-    assert!(matches!(block_on(r.drain("b")), Err(RouterError::Conflict(_))));
+    assert!(matches!(
+        block_on(r.drain("b")),
+        Err(RouterError::Conflict(_))
+    ));
     f.vols.fail.lock().clear();
     let (info, out) = block_on(r.put("b", 4096)).unwrap();
     assert_eq!(out, PutOutcome::Repaired);
@@ -186,14 +222,30 @@ fn failed_recovery_is_reported_and_repaired_by_put() {
 #[test]
 fn not_ready_before_recovery() {
     let f = Fixture::new();
-    let cfg = RouterConfig { cache_dir: f.dir.path().into(), max_exports: 1, open_concurrency: 1 };
-    let r = Router::new(cfg, f.vols.clone(), None, Metrics::new(true, "v", "s").unwrap()).unwrap();
+    let cfg = RouterConfig {
+        cache_dir: f.dir.path().into(),
+        max_exports: 1,
+        open_concurrency: 1,
+    };
+    let r = Router::new(
+        cfg,
+        f.vols.clone(),
+        None,
+        Metrics::new(true, "v", "s").unwrap(),
+    )
+    .unwrap();
     assert!(!r.is_ready());
-    assert!(matches!(block_on(r.put("a", 4096)), Err(RouterError::NotReady)));
+    assert!(matches!(
+        block_on(r.put("a", 4096)),
+        Err(RouterError::NotReady)
+    ));
     r.recover().unwrap();
     block_on(r.put("a", 4096)).unwrap();
     r.shutdown(false);
-    assert!(matches!(block_on(r.put("b", 4096)), Err(RouterError::ShuttingDown)));
+    assert!(matches!(
+        block_on(r.put("b", 4096)),
+        Err(RouterError::ShuttingDown)
+    ));
 }
 
 /// A factory whose `open` of "slow" blocks until released.
@@ -228,15 +280,23 @@ fn a_slow_create_does_not_block_other_exports() {
     let dir = tempfile::tempdir().unwrap();
     let (etx, erx) = smol::channel::unbounded();
     let (rtx, rrx) = smol::channel::unbounded();
-    let gated = Arc::new(Gated { inner: MemVolumes::default(), entered: etx, release: rrx });
-    let cfg = RouterConfig { cache_dir: dir.path().into(), max_exports: 10, open_concurrency: 1 };
+    let gated = Arc::new(Gated {
+        inner: MemVolumes::default(),
+        entered: etx,
+        release: rrx,
+    });
+    let cfg = RouterConfig {
+        cache_dir: dir.path().into(),
+        max_exports: 10,
+        open_concurrency: 1,
+    };
     let r = Router::new(cfg, gated, None, Metrics::new(true, "v", "s").unwrap()).unwrap();
     r.recover().unwrap();
     block_on(r.put("busy", 4096)).unwrap();
     let r2 = r.clone();
     let slow = std::thread::spawn(move || block_on(r2.put("slow", 4096)));
     block_on(erx.recv()).unwrap(); // "slow" is inside open, holding its name lock
-    // Other names: create, grow, drain, delete, list all complete meanwhile.
+                                   // Other names: create, grow, drain, delete, list all complete meanwhile.
     block_on(r.put("fast", 4096)).unwrap();
     block_on(r.put("busy", 8192)).unwrap();
     block_on(r.drain("busy")).unwrap();
@@ -250,7 +310,11 @@ fn a_slow_create_does_not_block_other_exports() {
 #[test]
 fn metrics_follow_exports() {
     let f = Fixture::new();
-    let cfg = RouterConfig { cache_dir: f.dir.path().into(), max_exports: 10, open_concurrency: 1 };
+    let cfg = RouterConfig {
+        cache_dir: f.dir.path().into(),
+        max_exports: 10,
+        open_concurrency: 1,
+    };
     let m = Metrics::new(true, "v", "s").unwrap();
     let r = Router::new(cfg, f.vols.clone(), None, m.clone()).unwrap();
     r.recover().unwrap();
@@ -263,7 +327,10 @@ fn metrics_follow_exports() {
     block_on(t.read(4096, &mut buf)).unwrap();
     assert_eq!(buf, [7u8; 4096]);
     let text = m.render();
-    assert!(text.contains("glidefs_write_io_size_bytes_bucket{export=\"m1\",le=\"8192\"} 1"), "{text}");
+    assert!(
+        text.contains("glidefs_write_io_size_bytes_bucket{export=\"m1\",le=\"8192\"} 1"),
+        "{text}"
+    );
     assert!(text.contains("glidefs_io_bytes_total{export=\"m1\",op=\"read\"} 4096"));
     assert!(text.contains("glidefs_exports 1"));
     assert!(text.contains("glidefs_cache_hits_total{export=\"m1\"} 1"));

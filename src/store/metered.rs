@@ -58,7 +58,12 @@ impl ObjectStore for MeteredStore {
         r
     }
 
-    async fn put_if(&self, key: &str, data: Bytes, cond: PutCondition) -> Result<String, StoreError> {
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        cond: PutCondition,
+    ) -> Result<String, StoreError> {
         let (n, t) = (data.len(), Instant::now());
         let r = self.inner.put_if(key, data, cond).await;
         self.record("put_if", t, &r);
@@ -130,7 +135,10 @@ mod tests {
             assert!(s.get("nope").await.is_err());
         });
         let text = m.render();
-        assert!(text.contains("glidefs_store_requests_total{op=\"put\",result=\"ok\"} 1"), "{text}");
+        assert!(
+            text.contains("glidefs_store_requests_total{op=\"put\",result=\"ok\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("glidefs_store_requests_total{op=\"get\",result=\"ok\"} 1"));
         assert!(text.contains("glidefs_store_requests_total{op=\"get\",result=\"not_found\"} 1"));
         assert!(text.contains("glidefs_store_bytes_total{direction=\"write\"} 5"));
