@@ -6,7 +6,7 @@
 //!   with backoff + jitter, only what is safe to replay.
 //! - Every request has a timeout (attohttpc's, plus an outer guard in case the
 //!   connect phase hangs).
-//! - Error mapping: 404 → `NotFound`; 412, and 409 on a conditional put
+//! - Error mapping: 404 → `NotFound` (`PreconditionFailed` on a conditional put); 412, and 409 on a conditional put
 //!   (`ConditionalRequestConflict`) → `PreconditionFailed`; 5xx/408/429, timeouts and
 //!   connection errors → `Unavailable`; 501 on a conditional put →
 //!   `ConditionalUnsupported`; anything else → `Other` (with the S3 error code).
@@ -14,9 +14,10 @@
 //!   replayed blindly: after an ambiguous failure (the request may or may not have
 //!   landed) the object is read back; if it holds our bytes the put succeeded, if the
 //!   condition no longer holds it failed, otherwise it is sent again.
-//! - Services that silently ignore conditional headers (Garage, old MinIO, s3s-fs)
-//!   are detected by [`S3Store::probe_conditional`], which the first `put_if` runs
-//!   automatically: they get `ConditionalUnsupported`, never a false success.
+//! - Services that silently ignore conditional headers (Garage), or check them
+//!   non-atomically (s3s-fs 0.14), are detected by [`S3Store::probe_conditional`],
+//!   which the first `put_if` runs automatically: they get `ConditionalUnsupported`,
+//!   never a false success.
 //! - Keys live under an optional prefix (`s3://bucket/prefix` → `prefix/<key>`).
 //!   Etags are returned without the surrounding quotes.
 
@@ -36,6 +37,46 @@ use std::time::Duration;
 /// Default region when neither the options nor the environment name one.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
+/// Concurrent writers in one round of the conditional-write race probe.
+pub const RACE_WRITERS: usize = 8;
+/// Rounds of the race probe (each must have exactly one winner).
+pub const RACE_ROUNDS: usize = 2;
+
+/// What the probe found out about conditional writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConditionalSupport {
+    /// Honoured, and exactly one of concurrent if-absent writers wins.
+    Atomic,
+    /// Honoured one at a time, but concurrent writers can all win.
+    Racy,
+    /// Ignored: a write that must fail succeeds.
+    Ignored,
+}
+
+/// Poll all futures concurrently; results in input order.
+async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 /// Object store on an S3-compatible service.
 pub struct S3Store {
     bucket: Arc<Bucket>,
@@ -46,7 +87,9 @@ pub struct S3Store {
     timeout: Duration,
     retry: RetryPolicy,
     /// Result of the conditional-write probe, once it ran conclusively.
-    conditional: async_lock::OnceCell<bool>,
+    conditional: async_lock::OnceCell<ConditionalSupport>,
+    /// Accept a service whose conditional writes are honoured but not atomic.
+    allow_racy_conditional: bool,
 }
 
 /// Settings after merging [`StoreOptions`] with the environment.
@@ -126,6 +169,10 @@ fn summarize(body: &str) -> String {
 /// Map a rust-s3 error for `key`; `conditional` marks a conditional put.
 fn map_err(e: S3Error, key: &str, conditional: bool) -> StoreError {
     match e {
+        // If-Match on a missing key: AWS and moto answer 404 NoSuchKey.
+        S3Error::HttpFailWithBody(404, _) if conditional => {
+            StoreError::PreconditionFailed(key.to_owned())
+        }
         S3Error::HttpFailWithBody(404, _) => StoreError::NotFound(key.to_owned()),
         S3Error::HttpFailWithBody(412, _) => StoreError::PreconditionFailed(key.to_owned()),
         S3Error::HttpFailWithBody(409, _) if conditional => {
@@ -223,6 +270,7 @@ impl S3Store {
             timeout: opts.timeout,
             retry: opts.retry_policy(),
             conditional: async_lock::OnceCell::new(),
+            allow_racy_conditional: opts.allow_racy_conditional,
         })
     }
 
@@ -344,81 +392,125 @@ impl S3Store {
         }
     }
 
-    /// Check that the service honours conditional writes: write a probe object with
-    /// `IfAbsent` twice and with `IfMatch` of a wrong etag; if either of the later
-    /// writes succeeds, the service ignores the headers and this returns
-    /// `Err(ConditionalUnsupported)`. The probe object is deleted afterwards. Only a
-    /// conclusive answer is cached; `Unavailable` lets a later call probe again.
+    /// Check that the service honours conditional writes, once per store (only a
+    /// conclusive answer is cached; `Unavailable` lets a later call probe again):
+    /// 1. a probe object is written with `IfAbsent` twice, then with `IfMatch` of a
+    ///    wrong and of the right etag: if a write that must fail succeeds, the
+    ///    service ignores the headers (Garage);
+    /// 2. [`RACE_WRITERS`] concurrent `IfAbsent` writes of a fresh key, up to
+    ///    [`RACE_ROUNDS`] times: more than one winner means the check is not atomic
+    ///    (s3s-fs 0.14 checks, then writes).
+    ///
+    /// Returns `Err(ConditionalUnsupported)` in both cases, except that a non-atomic
+    /// service is accepted (with a warning) when `allow_racy_conditional` is set.
+    /// Probe objects live under `.glidefs-probe/` and are deleted afterwards.
     pub async fn probe_conditional(&self) -> Result<(), StoreError> {
-        let supported = self
+        let support = *self
             .conditional
             .get_or_try_init(|| self.run_probe())
             .await?;
-        if *supported {
-            Ok(())
-        } else {
-            Err(StoreError::ConditionalUnsupported(format!(
+        match support {
+            ConditionalSupport::Atomic => Ok(()),
+            ConditionalSupport::Racy if self.allow_racy_conditional => Ok(()),
+            ConditionalSupport::Racy => Err(StoreError::ConditionalUnsupported(format!(
+                "{} honours If-None-Match/If-Match but not atomically (concurrent if-absent writes \
+                 all won); set allow_racy_conditional only if a single writer uses this store",
+                self.describe()
+            ))),
+            ConditionalSupport::Ignored => Err(StoreError::ConditionalUnsupported(format!(
                 "{} ignores If-None-Match/If-Match (a conditional PUT that must fail succeeded)",
                 self.describe()
-            )))
+            ))),
         }
     }
 
-    async fn run_probe(&self) -> Result<bool, StoreError> {
-        let probe = format!(
+    async fn run_probe(&self) -> Result<ConditionalSupport, StoreError> {
+        let base = format!(
             "{}-probe/{:016x}",
             super::key::RESERVED_PREFIX,
             rand::random::<u64>()
         );
-        let data = Bytes::from_static(b"glidefs conditional-write probe");
-        let result = async {
-            let first = self
-                .put_once(&probe, data.clone(), Some(PutCondition::IfAbsent))
-                .await?;
-            match self
-                .put_once(&probe, data.clone(), Some(PutCondition::IfAbsent))
-                .await
-            {
-                Err(StoreError::PreconditionFailed(_)) => {}
-                Ok(_) => return Ok(false),
-                Err(StoreError::ConditionalUnsupported(_)) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            let wrong = if first == "0" { "1" } else { "0" };
-            match self
-                .put_once(
-                    &probe,
-                    data.clone(),
-                    Some(PutCondition::IfMatch(wrong.to_owned())),
-                )
-                .await
-            {
-                Err(StoreError::PreconditionFailed(_)) => {}
-                Ok(_) => return Ok(false),
-                Err(StoreError::ConditionalUnsupported(_)) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            match self
-                .put_once(&probe, data.clone(), Some(PutCondition::IfMatch(first)))
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(StoreError::PreconditionFailed(_) | StoreError::ConditionalUnsupported(_)) => {
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-            }
+        let mut written = Vec::new();
+        let result = self.probe_steps(&base, &mut written).await;
+        for key in written {
+            let _ = self.delete_raw(&key).await;
         }
-        .await;
-        let result = match result {
-            Err(StoreError::ConditionalUnsupported(_)) => Ok(false),
-            other => other,
+        let support = match result {
+            Err(StoreError::ConditionalUnsupported(_)) => ConditionalSupport::Ignored,
+            other => other?,
         };
-        let _ = self.delete_raw(&probe).await;
-        if let Ok(false) = result {
-            tracing::warn!(store = %self.describe(), "object store ignores conditional writes");
+        if support != ConditionalSupport::Atomic {
+            tracing::warn!(store = %self.describe(), ?support, "object store does not honour conditional writes atomically");
         }
-        result
+        Ok(support)
+    }
+
+    async fn probe_steps(
+        &self,
+        base: &str,
+        written: &mut Vec<String>,
+    ) -> Result<ConditionalSupport, StoreError> {
+        let data = Bytes::from_static(b"glidefs conditional-write probe");
+        let key = format!("{base}/seq");
+        written.push(key.clone());
+        let must_fail = |r: Result<String, StoreError>| match r {
+            Err(StoreError::PreconditionFailed(_)) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(e),
+        };
+        let first = self
+            .put_once(&key, data.clone(), Some(PutCondition::IfAbsent))
+            .await?;
+        if !must_fail(
+            self.put_once(&key, data.clone(), Some(PutCondition::IfAbsent))
+                .await,
+        )? {
+            return Ok(ConditionalSupport::Ignored);
+        }
+        let wrong = if first == "0" { "1" } else { "0" };
+        let r = self
+            .put_once(
+                &key,
+                data.clone(),
+                Some(PutCondition::IfMatch(wrong.to_owned())),
+            )
+            .await;
+        if !must_fail(r)? {
+            return Ok(ConditionalSupport::Ignored);
+        }
+        match self
+            .put_once(&key, data.clone(), Some(PutCondition::IfMatch(first)))
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::PreconditionFailed(_)) => return Ok(ConditionalSupport::Ignored),
+            Err(e) => return Err(e),
+        }
+        for round in 0..RACE_ROUNDS {
+            let key = format!("{base}/race{round}");
+            written.push(key.clone());
+            let attempts: Vec<_> = (0..RACE_WRITERS)
+                .map(|i| {
+                    self.put_once(
+                        &key,
+                        Bytes::from(format!("probe writer {i}")),
+                        Some(PutCondition::IfAbsent),
+                    )
+                })
+                .collect();
+            let mut winners = 0;
+            for r in join_all(attempts).await {
+                match r {
+                    Ok(_) => winners += 1,
+                    Err(StoreError::PreconditionFailed(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if winners != 1 {
+                return Ok(ConditionalSupport::Racy);
+            }
+        }
+        Ok(ConditionalSupport::Atomic)
     }
 
     async fn delete_raw(&self, key: &str) -> Result<(), StoreError> {
@@ -542,6 +634,15 @@ impl ObjectStore for S3Store {
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
+        // Some servers (s3s-fs) list no ETag; fetch it so every etag is usable.
+        for m in out.iter_mut().filter(|m| m.etag.is_empty()) {
+            match self.head(&m.key).await {
+                Ok(h) => *m = h,
+                Err(StoreError::NotFound(_)) => m.size = u64::MAX, // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        out.retain(|m| m.size != u64::MAX);
         Ok(out)
     }
 
