@@ -528,6 +528,48 @@ fn moto_outage_conditional_put_is_unavailable_not_wrong() {
     });
 }
 
+/// A conditional put whose response is lost (the write landed) must not be
+/// replayed blindly (it would then fail against itself): it is re-checked.
+#[test]
+fn moto_conditional_put_with_lost_response_is_rechecked() {
+    let srv = TestServer::moto();
+    let proxy = common::proxy::FaultProxy::start(srv.port());
+    let opts = glidefs::store::StoreOptions {
+        endpoint: Some(proxy.endpoint()),
+        ..srv.options()
+    };
+    let s = glidefs::store::S3Store::open(common::servers::BUCKET, "amb", &opts).unwrap();
+    smol::block_on(async {
+        s.probe_conditional().await.unwrap();
+        proxy.drop_next_responses(1);
+        let e1 = s
+            .put_if("lease", payload(1, 10), PutCondition::IfAbsent)
+            .await
+            .unwrap();
+        assert_eq!(proxy.pending_drops(), 0, "the response was dropped");
+        assert_eq!(s.head("lease").await.unwrap().etag, e1);
+        proxy.drop_next_responses(1);
+        let e2 = s
+            .put_if("lease", payload(2, 10), PutCondition::IfMatch(e1.clone()))
+            .await
+            .unwrap();
+        assert_eq!(proxy.pending_drops(), 0);
+        assert_eq!(s.get("lease").await.unwrap(), payload(2, 10));
+        assert_eq!(s.head("lease").await.unwrap().etag, e2);
+        // A lost response does not turn a real loss into a win.
+        proxy.drop_next_responses(1);
+        let r = s
+            .put_if("lease", payload(3, 10), PutCondition::IfMatch(e1))
+            .await;
+        assert!(is_precondition(&r), "{r:?}");
+        assert_eq!(s.get("lease").await.unwrap(), payload(2, 10));
+        // Unconditional puts are simply retried.
+        proxy.drop_next_responses(1);
+        s.put("seg/1", payload(4, 10)).await.unwrap();
+        assert_eq!(s.get("seg/1").await.unwrap(), payload(4, 10));
+    });
+}
+
 // ------------------------------------------- LocalDirStore across processes
 
 const CHILD_ENV: &str = "GLIDEFS_STORE_TEST_CHILD_DIR";

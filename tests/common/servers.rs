@@ -118,6 +118,11 @@ impl TestServer {
         self.kind
     }
 
+    /// The TCP port (stable across restarts).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `http://127.0.0.1:PORT`
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
