@@ -570,6 +570,76 @@ fn moto_conditional_put_with_lost_response_is_rechecked() {
     });
 }
 
+/// A service that ignores conditional headers (moto behind a proxy that strips
+/// them, like Garage) is detected: `put_if` reports it and writes nothing.
+#[test]
+fn store_ignoring_conditional_headers_is_reported() {
+    let srv = TestServer::moto();
+    let proxy = common::proxy::FaultProxy::start(srv.port());
+    proxy.strip_conditional_headers(true);
+    // Even the "racy is fine" escape hatch does not accept ignored headers.
+    let opts = glidefs::store::StoreOptions {
+        endpoint: Some(proxy.endpoint()),
+        allow_racy_conditional: true,
+        ..srv.options()
+    };
+    let s = glidefs::store::open_store(&format!("s3://{}/ign", common::servers::BUCKET), &opts)
+        .unwrap();
+    smol::block_on(async {
+        s.put("k", payload(1, 10)).await.unwrap();
+        let r = s.put_if("k", payload(2, 10), PutCondition::IfAbsent).await;
+        match &r {
+            Err(StoreError::ConditionalUnsupported(m)) => assert!(m.contains("ignores"), "{m}"),
+            other => panic!("expected ConditionalUnsupported, got {other:?}"),
+        }
+        assert_eq!(s.get("k").await.unwrap(), payload(1, 10));
+        conditional_reported_unsupported(&*s).await;
+        // Probe objects are cleaned up and never listed.
+        assert_eq!(s.list("").await.unwrap().len(), 1);
+        let raw = srv.store("");
+        assert_eq!(
+            raw.list("")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.key)
+                .collect::<Vec<_>>(),
+            ["ign/k"]
+        );
+    });
+}
+
+/// A server that accepts connections but never answers: the per-request timeout
+/// turns it into `Unavailable` instead of a hang.
+#[test]
+fn unresponsive_server_times_out_as_unavailable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c); // never read, never answer
+        }
+    });
+    let opts = glidefs::store::StoreOptions {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        access_key: Some("a".into()),
+        secret_key: Some("s".into()),
+        timeout: std::time::Duration::from_millis(500),
+        retries: 1,
+        retry_base_delay: std::time::Duration::from_millis(10),
+        ..Default::default()
+    };
+    let s = glidefs::store::open_store("s3://bucket/p", &opts).unwrap();
+    smol::block_on(async {
+        assert!(matches!(s.get("k").await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            s.put("k", payload(1, 1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+    });
+}
+
 // ------------------------------------------- LocalDirStore across processes
 
 const CHILD_ENV: &str = "GLIDEFS_STORE_TEST_CHILD_DIR";
