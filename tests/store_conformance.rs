@@ -358,7 +358,8 @@ fn mem_store_conformance() {
 fn local_store_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(LocalDirStore::open(dir.path().join("store")).unwrap());
-    smol::block_on(conformance(s.clone(), Conditional::Atomic, true));
+    // 1001 keys matter for S3 pagination only; the local walk has no pages.
+    smol::block_on(conformance(s.clone(), Conditional::Atomic, false));
     // No temp files left behind, and none listed.
     let mut stack = vec![s.root().to_path_buf()];
     while let Some(d) = stack.pop() {
