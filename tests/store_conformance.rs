@@ -458,7 +458,7 @@ fn s3s_fs_racy_conditional_when_allowed() {
         allow_racy_conditional: true,
         ..srv.options()
     };
-    let s = glidefs::store::open_store(&srv.url("allowed"), &opts).unwrap();
+    let s = srv.store_with("allowed", &opts);
     smol::block_on(conditional_semantics(&*s));
 }
 
