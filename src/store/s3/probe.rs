@@ -7,9 +7,9 @@ use bytes::Bytes;
 use futures_lite::future;
 
 /// Concurrent writers in one round of the conditional-write race probe.
-pub const RACE_WRITERS: usize = 8;
+pub const RACE_WRITERS: usize = 16;
 /// Rounds of the race probe (each must have exactly one winner).
-pub const RACE_ROUNDS: usize = 2;
+pub const RACE_ROUNDS: usize = 4;
 
 /// What the probe found out about conditional writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
