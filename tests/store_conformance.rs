@@ -641,6 +641,58 @@ fn unresponsive_server_times_out_as_unavailable() {
     });
 }
 
+// ------------------------------------------- credentials from the environment
+
+const ENV_CHILD: &str = "GLIDEFS_STORE_TEST_ENV_CHILD";
+
+/// Child half of `s3s_fs_credentials_from_aws_env`: opens `s3://…` with default
+/// options, so endpoint, region and keys come from the AWS_* variables.
+#[test]
+fn env_credentials_child() {
+    let Some(expect) = std::env::var_os(ENV_CHILD) else {
+        return;
+    };
+    let url = format!("s3://{}/envtest", common::servers::BUCKET);
+    let s = glidefs::store::open_store(
+        &url,
+        &glidefs::store::StoreOptions {
+            retries: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = smol::block_on(s.put("k", payload(1, 10)));
+    match (expect.to_str().unwrap(), r) {
+        ("ok", Ok(_)) => assert_eq!(smol::block_on(s.get("k")).unwrap(), payload(1, 10)),
+        ("denied", Err(StoreError::Other(m))) => assert!(m.contains("403"), "{m}"),
+        (e, r) => panic!("expected {e}, got {r:?}"),
+    }
+}
+
+/// s3s-fs checks signatures: keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY work,
+/// a wrong secret is refused (so the variables really are used).
+#[test]
+fn s3s_fs_credentials_from_aws_env() {
+    use common::servers::{ACCESS_KEY, REGION, SECRET_KEY};
+    let srv = TestServer::s3s_fs();
+    let exe = std::env::current_exe().unwrap();
+    for (expect, secret) in [("ok", SECRET_KEY), ("denied", "wrong-secret")] {
+        let status = std::process::Command::new(&exe)
+            .args(["--exact", "env_credentials_child", "--test-threads=1"])
+            .env(ENV_CHILD, expect)
+            .env("AWS_ENDPOINT_URL", srv.endpoint())
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env_remove("AWS_ENDPOINT_URL_S3")
+            .env_remove("AWS_SESSION_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "child expecting {expect} failed");
+    }
+}
+
 // ------------------------------------------- LocalDirStore across processes
 
 const CHILD_ENV: &str = "GLIDEFS_STORE_TEST_CHILD_DIR";
