@@ -94,7 +94,7 @@ async fn cycle(inner: &Arc<Inner>) -> Result<(), VolumeError> {
     }
     let jsize = inner.st.lock().journal.size();
     if jsize > inner.cfg.journal_compact_bytes {
-        checkpoint_local(inner, false).await?;
+        checkpoint_local(inner, false, true).await?;
     }
     Ok(())
 }
@@ -245,9 +245,11 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
 
 /// Write the local state file and start a new journal generation (journal
 /// compaction). With `clean_close`, the state is marked as written by a clean close.
+/// `background` jobs are skipped once the flusher is being stopped.
 pub(crate) async fn checkpoint_local(
     inner: &Arc<Inner>,
     clean_close: bool,
+    background: bool,
 ) -> Result<(), VolumeError> {
     let _g = inner.sync_lock.lock().await;
     let gen = inner.st.lock().journal.gen + 1;
@@ -256,19 +258,32 @@ pub(crate) async fn checkpoint_local(
         inner.cfg.cache_dir.clone(),
         inner.uuid,
     );
-    let newj: Journal = {
-        let (fs, dir) = (fs.clone(), dir.clone());
-        smol::unblock(move || Journal::create(&*fs, &dir, gen, uuid))
-            .await
-            .map_err(|e| inner.fail("creating journal", e))?
+    let newj: Option<Journal> = {
+        let (fs, dir, i2) = (fs.clone(), dir.clone(), inner.clone());
+        smol::unblock(move || {
+            let _ops = i2.file_ops.lock();
+            if background && i2.bg_stop.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            Journal::create(&*fs, &dir, gen, uuid).map(Some)
+        })
+        .await
+        .map_err(|e| inner.fail("creating journal", e))?
+    };
+    let Some(newj) = newj else {
+        return Ok(());
     };
     let state = {
         let mut st = inner.st.lock();
         st.journal = newj;
         LocalState::from_map(uuid, gen, clean_close, inner.boot_id.clone(), &st.local)
     };
-    let data = inner.data.clone();
+    let (data, i2) = (inner.data.clone(), inner.clone());
     let r = smol::unblock(move || -> std::io::Result<()> {
+        let _ops = i2.file_ops.lock();
+        if background && i2.bg_stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
         data.sync_data()?;
         fileio::write_atomic(&*fs, &journal::state_path(&dir), &state.encode())?;
         for g in journal::list_journals(&*fs, &dir)? {

@@ -144,6 +144,11 @@ pub(crate) struct Inner {
     pub kick_flag: AtomicBool,
     pub stats: Stats,
     pub closed: AtomicBool,
+    /// Set before the flusher is stopped: blocking jobs it queued must not run.
+    pub bg_stop: AtomicBool,
+    /// Held by every blocking job that changes local files (journal rotation,
+    /// state file), so stopping the flusher can wait for a running one.
+    pub file_ops: Mutex<()>,
     pub failed: AtomicBool,
     pub fenced: Mutex<Option<String>>,
     pub rng: Mutex<u64>,
@@ -471,21 +476,24 @@ impl Volume {
     pub async fn flush(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         inner.check_live()?;
-        {
-            let _g = inner.sync_lock.lock().await;
-            let j = inner.st.lock().journal.file.clone();
-            let data = inner.data.clone();
-            let r = smol::unblock(move || {
-                data.sync_data()?;
-                j.sync_data()
-            })
-            .await;
-            r.map_err(|e| inner.fail("fdatasync", e))?;
-        }
         if inner.cfg.flush_mode == FlushMode::Store {
-            self.drain().await?;
+            // drain ends with a local sync.
+            return self.drain().await;
         }
-        Ok(())
+        self.sync_local().await
+    }
+
+    async fn sync_local(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let _g = inner.sync_lock.lock().await;
+        let j = inner.st.lock().journal.file.clone();
+        let data = inner.data.clone();
+        let r = smol::unblock(move || {
+            data.sync_data()?;
+            j.sync_data()
+        })
+        .await;
+        r.map_err(|e| inner.fail("fdatasync", e))
     }
 
     /// Discard: the range reads back as zeros (holes punched locally; zero blocks
@@ -548,10 +556,14 @@ impl Volume {
         loop {
             inner.check_live()?;
             let l = inner.changed.listen();
-            match inner.st.lock().local.oldest_dirty() {
-                None => return Ok(()),
-                Some(s) if s > target => return Ok(()),
-                Some(_) => {}
+            let done = match inner.st.lock().local.oldest_dirty() {
+                None => true,
+                Some(s) => s > target,
+            };
+            if done {
+                // Make the CLEAN records durable too, so a later power loss cannot
+                // bring back older local data over what was drained.
+                return self.sync_local().await;
             }
             inner.kick();
             l.await;
@@ -571,15 +583,11 @@ impl Volume {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let task = self.flusher.lock().take();
-        if let Some(t) = task {
-            t.cancel().await;
-        }
-        inner.changed.notify(usize::MAX);
+        self.stop_flusher().await;
         if inner.failed.load(Ordering::Acquire) {
             return Err(VolumeError::Closed);
         }
-        flusher::checkpoint_local(inner, true).await
+        flusher::checkpoint_local(inner, true, false).await
     }
 
     /// Simulate `kill -9` (tests): stop the flusher and refuse further I/O without
@@ -587,10 +595,17 @@ impl Volume {
     #[doc(hidden)]
     pub async fn abandon(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.stop_flusher().await;
+    }
+
+    async fn stop_flusher(&self) {
+        self.inner.bg_stop.store(true, Ordering::Release);
         let task = self.flusher.lock().take();
         if let Some(t) = task {
             t.cancel().await;
         }
+        // Wait for a blocking job the flusher may have left running.
+        drop(self.inner.file_ops.lock());
         self.inner.changed.notify(usize::MAX);
     }
 

@@ -320,6 +320,8 @@ pub(crate) async fn open(
         kick_flag: AtomicBool::new(false),
         stats,
         closed: AtomicBool::new(false),
+        bg_stop: AtomicBool::new(false),
+        file_ops: Mutex::new(()),
         failed: AtomicBool::new(false),
         fenced: Mutex::new(None),
         rng: Mutex::new(rng_seed | 1),
