@@ -129,6 +129,8 @@ pub(crate) struct Inner {
     pub store: Arc<dyn ObjectStore>,
     pub prefix: String,
     pub uuid: u64,
+    /// Highest segment seq listed at open (recorded in our segments).
+    pub base_seq: u64,
     pub boot_id: String,
     pub size: AtomicU64,
     pub data: Arc<dyn FileHandle>,
@@ -175,6 +177,13 @@ impl Inner {
         tracing::error!(volume = %self.cfg.name, %msg, "volume fenced");
         *self.fenced.lock() = Some(msg);
         self.changed.notify(usize::MAX);
+    }
+    /// Error out of background work once the flusher is being stopped.
+    pub fn check_bg(&self) -> Result<(), VolumeError> {
+        if self.bg_stop.load(Ordering::Acquire) {
+            return Err(VolumeError::Closed);
+        }
+        Ok(())
     }
     pub fn check_live(&self) -> Result<(), VolumeError> {
         if self.closed.load(Ordering::Acquire) {
@@ -600,9 +609,30 @@ impl Volume {
 
     async fn stop_flusher(&self) {
         self.inner.bg_stop.store(true, Ordering::Release);
+        self.inner.kick();
         let task = self.flusher.lock().take();
-        if let Some(t) = task {
-            t.cancel().await;
+        if let Some(mut t) = task {
+            // Let an in-flight store request finish (a cancelled PUT may still land
+            // later); a hung store is cut off after the grace period.
+            let grace = self
+                .inner
+                .cfg
+                .retry_max
+                .max(std::time::Duration::from_secs(1));
+            let done = futures_lite::future::or(
+                async {
+                    (&mut t).await;
+                    true
+                },
+                async {
+                    smol::Timer::after(grace).await;
+                    false
+                },
+            )
+            .await;
+            if !done {
+                t.cancel().await;
+            }
         }
         // Wait for a blocking job the flusher may have left running.
         drop(self.inner.file_ops.lock());
