@@ -378,3 +378,39 @@ fn power_loss_keeps_flushed_writes_and_sectors_are_old_or_new() {
         v.close().await.unwrap();
     });
 }
+
+#[test]
+fn power_loss_with_journal_on_disk_but_data_lost_reads_old_value() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "jd", MIB);
+        let v = open(&cfg, &store).await;
+        let x = pattern(100, 8192);
+        v.write(0, &x, false).await.unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await; // cold: nothing cached
+        let y = pattern(101, 4096);
+        v.write(0, &y, false).await.unwrap();
+        v.abandon().await;
+        drop(v);
+        // Writeback reached the journal but not the cache file.
+        fs.power_loss_keeping(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("journal."))
+        });
+        let v = open(&cfg, &store).await;
+        let mut got = vec![0u8; 8192];
+        v.read(0, &mut got).await.unwrap();
+        assert!(
+            got[..4096] == x[..4096] || got[..4096] == y[..],
+            "sector 0 is garbage"
+        );
+        assert_eq!(&got[4096..], &x[4096..]);
+        assert!(v.stats().checksum_errors >= 1);
+        v.close().await.unwrap();
+    });
+}

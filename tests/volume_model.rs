@@ -1,6 +1,7 @@
 //! Model-based property test of the volume engine: random write/read/flush/discard/
 //! drain sequences with three failures - process crash (kill -9: page cache kept),
-//! power loss (unsynced data discarded) and cold wake (cache dir deleted) - checked
+//! power loss (unsynced data discarded, or a random subset of unsynced writes
+//! reached the disk first, as background writeback does) and cold wake (cache dir deleted) - checked
 //! against an in-memory model. Runs against MemStore and LocalDirStore (and s3s-fs in
 //! tests/volume_s3.rs). `PROPTEST_CASES` sets the number of cases (default 256).
 
@@ -26,7 +27,7 @@ pub enum Op {
     Drain,
     Wait,
     Crash,
-    PowerLoss,
+    PowerLoss { writeback: u64 },
     ColdWake,
 }
 
@@ -48,7 +49,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Drain),
         1 => Just(Op::Wait),
         1 => Just(Op::Crash),
-        1 => Just(Op::PowerLoss),
+        1 => prop_oneof![Just(0u64), 1u64..u64::MAX].prop_map(|writeback| Op::PowerLoss { writeback }),
         1 => Just(Op::ColdWake),
     ]
 }
@@ -172,10 +173,10 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
                         "op {i}: after crash the volume differs from the model"
                     );
                 }
-                Op::PowerLoss => {
+                Op::PowerLoss { writeback } => {
                     v.abandon().await;
                     drop(v);
-                    fs.power_loss();
+                    fs.power_loss_with_writeback(*writeback);
                     v = open(&cfg, &store).await;
                     let got = read_all(&v).await;
                     for s in 0..SIZE as usize / SS {
