@@ -45,6 +45,9 @@ pub struct LocalDirStore {
 struct Inner {
     root: PathBuf,
     tmp_counter: AtomicU64,
+    /// Unit tests widen the check-to-rename window of `put_if` with this.
+    #[cfg(test)]
+    race_delay: Option<std::time::Duration>,
 }
 
 fn io_err(path: &str, source: io::Error) -> StoreError {
@@ -179,6 +182,10 @@ impl Inner {
             if !holds {
                 return Err(StoreError::PreconditionFailed(key.to_owned()));
             }
+            #[cfg(test)]
+            if let Some(d) = self.race_delay {
+                std::thread::sleep(d);
+            }
         }
         fs::rename(tmp, path).map_err(|e| io_err(key, e))?;
         Ok(etag)
@@ -304,6 +311,8 @@ impl LocalDirStore {
         let inner = Inner {
             root,
             tmp_counter: AtomicU64::new(0),
+            #[cfg(test)]
+            race_delay: None,
         };
         // Fail early (not on the first write) if the directory is not writable.
         drop(inner.lock(false).map_err(|e| io_err(&shown, e))?);
@@ -369,5 +378,82 @@ impl ObjectStore for LocalDirStore {
 
     fn describe(&self) -> String {
         format!("file://{}", self.inner.root.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Threads with separate lock-file descriptions (like separate processes), with
+    /// the check-to-rename window widened: exactly one winner per round.
+    fn race(cond: impl Fn(&Inner) -> PutCondition) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LocalDirStore::open(dir.path()).unwrap();
+        Arc::get_mut(&mut store.inner).unwrap().race_delay = Some(Duration::from_millis(20));
+        let inner = store.inner.clone();
+        inner.write("k", b"0", None).unwrap();
+        let c = cond(&inner);
+        let results: Vec<_> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..8u8)
+                .map(|i| {
+                    let (inner, c) = (&inner, c.clone());
+                    sc.spawn(move || inner.write("k", &[i], Some(&c)))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let wins = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(wins, 1, "{results:?}");
+        assert!(results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::PreconditionFailed(_)))));
+    }
+
+    #[test]
+    fn if_match_race_has_one_winner() {
+        race(|inner| PutCondition::IfMatch(inner.head("k").unwrap().etag));
+    }
+
+    #[test]
+    fn if_absent_race_has_one_winner() {
+        race(|inner| {
+            std::fs::remove_file(inner.path("k")).unwrap();
+            PutCondition::IfAbsent
+        });
+    }
+
+    #[test]
+    fn etag_changes_on_every_write_even_with_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..50 {
+            assert!(seen.insert(store.inner.write("a/b", b"same", None).unwrap()));
+        }
+    }
+
+    #[test]
+    fn key_cannot_be_file_and_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        store.inner.write("a", b"x", None).unwrap();
+        assert!(matches!(
+            store.inner.write("a/b", b"y", None),
+            Err(StoreError::Io { .. })
+        ));
+        assert!(matches!(
+            store.inner.head("a/b"),
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn relative_root_is_a_config_error() {
+        assert!(matches!(
+            LocalDirStore::open("rel/dir"),
+            Err(StoreError::Config(_))
+        ));
     }
 }

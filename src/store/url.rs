@@ -36,6 +36,9 @@ pub struct StoreOptions {
     pub retry_base_delay: Duration,
     /// Largest single backoff.
     pub retry_max_delay: Duration,
+    /// Accept a service that honours conditional writes only one at a time (not
+    /// atomically under concurrency, e.g. s3s-fs). Safe only with a single writer.
+    pub allow_racy_conditional: bool,
 }
 
 impl Default for StoreOptions {
@@ -52,6 +55,7 @@ impl Default for StoreOptions {
             retries: p.retries,
             retry_base_delay: p.base_delay,
             retry_max_delay: p.max_delay,
+            allow_racy_conditional: false,
         }
     }
 }
@@ -70,6 +74,7 @@ impl fmt::Debug for StoreOptions {
             .field("retries", &self.retries)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("retry_max_delay", &self.retry_max_delay)
+            .field("allow_racy_conditional", &self.allow_racy_conditional)
             .finish()
     }
 }

@@ -6,35 +6,46 @@
 //!   with backoff + jitter, only what is safe to replay.
 //! - Every request has a timeout (attohttpc's, plus an outer guard in case the
 //!   connect phase hangs).
-//! - Error mapping: 404 → `NotFound`; 412, and 409 on a conditional put
-//!   (`ConditionalRequestConflict`) → `PreconditionFailed`; 5xx/408/429, timeouts and
-//!   connection errors → `Unavailable`; 501 on a conditional put →
-//!   `ConditionalUnsupported`; anything else → `Other` (with the S3 error code).
+//! - Errors map to `NotFound` / `PreconditionFailed` / `Unavailable` /
+//!   `ConditionalUnsupported` / `Other` as described in `errors.rs`; only
+//!   `Unavailable` is retried.
 //! - Conditional puts send `If-None-Match: *` / `If-Match: "<etag>"`. They are never
 //!   replayed blindly: after an ambiguous failure (the request may or may not have
 //!   landed) the object is read back; if it holds our bytes the put succeeded, if the
 //!   condition no longer holds it failed, otherwise it is sent again.
-//! - Services that silently ignore conditional headers (Garage, old MinIO, s3s-fs)
-//!   are detected by [`S3Store::probe_conditional`], which the first `put_if` runs
-//!   automatically: they get `ConditionalUnsupported`, never a false success.
+//! - Services that silently ignore conditional headers (Garage), or check them
+//!   non-atomically (s3s-fs 0.14), are detected by [`S3Store::probe_conditional`],
+//!   which the first `put_if` runs automatically: they get `ConditionalUnsupported`,
+//!   never a false success.
 //! - Keys live under an optional prefix (`s3://bucket/prefix` → `prefix/<key>`).
-//!   Etags are returned without the surrounding quotes.
+//!   Etags are returned without the surrounding quotes. Listings skip internal
+//!   `.glidefs*` objects and fetch etags the service omits (s3s-fs) with HEAD.
+//!
+//! Submodules: `config` (options + AWS environment), `errors` (mapping), `probe`
+//! (conditional-write detection).
+
+mod config;
+mod errors;
+mod probe;
+
+pub use config::DEFAULT_REGION;
+pub use probe::{RACE_ROUNDS, RACE_WRITERS};
 
 use super::retry::RetryPolicy;
 use super::url::StoreOptions;
 use super::{validate_key, validate_prefix, ObjectMeta, ObjectStore, PutCondition, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;
+use config::resolve;
+use errors::{header, map_err, unquote};
 use futures_lite::future;
+use probe::ConditionalSupport;
 use s3::creds::Credentials;
 use s3::error::S3Error;
 use s3::{Bucket, Region};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// Default region when neither the options nor the environment name one.
-pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// Object store on an S3-compatible service.
 pub struct S3Store {
@@ -46,120 +57,9 @@ pub struct S3Store {
     timeout: Duration,
     retry: RetryPolicy,
     /// Result of the conditional-write probe, once it ran conclusively.
-    conditional: async_lock::OnceCell<bool>,
-}
-
-/// Settings after merging [`StoreOptions`] with the environment.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Resolved {
-    endpoint: Option<String>,
-    region: String,
-    path_style: bool,
-    access_key: String,
-    secret_key: String,
-    session_token: Option<String>,
-}
-
-/// Merge options with the standard AWS environment variables (options win).
-fn resolve(
-    opts: &StoreOptions,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Resolved, StoreError> {
-    let env_nonempty = |name: &str| env(name).filter(|v| !v.is_empty());
-    let endpoint = opts
-        .endpoint
-        .clone()
-        .or_else(|| env_nonempty("AWS_ENDPOINT_URL_S3"))
-        .or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
-    let region = opts
-        .region
-        .clone()
-        .or_else(|| env_nonempty("AWS_REGION"))
-        .or_else(|| env_nonempty("AWS_DEFAULT_REGION"))
-        .unwrap_or_else(|| DEFAULT_REGION.to_owned());
-    let (access_key, secret_key, session_token) = match (&opts.access_key, &opts.secret_key) {
-        (Some(a), Some(s)) => (a.clone(), s.clone(), opts.session_token.clone()),
-        (None, None) => match (env_nonempty("AWS_ACCESS_KEY_ID"), env_nonempty("AWS_SECRET_ACCESS_KEY")) {
-            (Some(a), Some(s)) => (a, s, opts.session_token.clone().or_else(|| env_nonempty("AWS_SESSION_TOKEN"))),
-            _ => {
-                return Err(StoreError::Config(
-                    "no S3 credentials: set access_key and secret_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-                        .to_owned(),
-                ))
-            }
-        },
-        _ => return Err(StoreError::Config("access_key and secret_key must be given together".to_owned())),
-    };
-    if let Some(ep) = &endpoint {
-        if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-            return Err(StoreError::Config(format!(
-                "S3 endpoint {ep:?} must start with http:// or https://"
-            )));
-        }
-    }
-    // A custom endpoint (MinIO, moto, s3s, Garage...) almost always wants path style.
-    let path_style = opts.path_style.unwrap_or(endpoint.is_some());
-    Ok(Resolved {
-        endpoint,
-        region,
-        path_style,
-        access_key,
-        secret_key,
-        session_token,
-    })
-}
-
-/// A short, secret-free description of an S3 error body: its `<Code>` and `<Message>`.
-fn summarize(body: &str) -> String {
-    let tag = |t: &str| -> Option<String> {
-        let start = body.find(&format!("<{t}>"))? + t.len() + 2;
-        let end = body[start..].find(&format!("</{t}>"))? + start;
-        Some(body[start..end].to_owned())
-    };
-    match (tag("Code"), tag("Message")) {
-        (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c,
-        _ => body.chars().take(200).collect(),
-    }
-}
-
-/// Map a rust-s3 error for `key`; `conditional` marks a conditional put.
-fn map_err(e: S3Error, key: &str, conditional: bool) -> StoreError {
-    match e {
-        S3Error::HttpFailWithBody(404, _) => StoreError::NotFound(key.to_owned()),
-        S3Error::HttpFailWithBody(412, _) => StoreError::PreconditionFailed(key.to_owned()),
-        S3Error::HttpFailWithBody(409, _) if conditional => {
-            StoreError::PreconditionFailed(key.to_owned())
-        }
-        S3Error::HttpFailWithBody(501, body) if conditional => {
-            StoreError::ConditionalUnsupported(format!("{key}: HTTP 501 {}", summarize(&body)))
-        }
-        S3Error::HttpFailWithBody(s, body) if s >= 500 || s == 408 || s == 429 => {
-            StoreError::Unavailable(format!("{key}: HTTP {s} {}", summarize(&body)))
-        }
-        S3Error::HttpFailWithBody(s, body) => {
-            StoreError::Other(format!("{key}: HTTP {s} {}", summarize(&body)))
-        }
-        e @ (S3Error::Atto(_) | S3Error::Io(_) | S3Error::HttpFail) => {
-            StoreError::Unavailable(format!("{key}: {e}"))
-        }
-        e @ S3Error::Credentials(_) => StoreError::Config(format!("{key}: {e}")),
-        e => StoreError::Other(format!("{key}: {e}")),
-    }
-}
-
-fn unquote(etag: &str) -> String {
-    etag.trim().trim_matches('"').to_owned()
-}
-
-fn header<'a>(
-    headers: &'a std::collections::HashMap<String, String>,
-    name: &str,
-) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    conditional: async_lock::OnceCell<ConditionalSupport>,
+    /// Accept a service whose conditional writes are honoured but not atomic.
+    allow_racy_conditional: bool,
 }
 
 impl S3Store {
@@ -223,6 +123,7 @@ impl S3Store {
             timeout: opts.timeout,
             retry: opts.retry_policy(),
             conditional: async_lock::OnceCell::new(),
+            allow_racy_conditional: opts.allow_racy_conditional,
         })
     }
 
@@ -344,83 +245,6 @@ impl S3Store {
         }
     }
 
-    /// Check that the service honours conditional writes: write a probe object with
-    /// `IfAbsent` twice and with `IfMatch` of a wrong etag; if either of the later
-    /// writes succeeds, the service ignores the headers and this returns
-    /// `Err(ConditionalUnsupported)`. The probe object is deleted afterwards. Only a
-    /// conclusive answer is cached; `Unavailable` lets a later call probe again.
-    pub async fn probe_conditional(&self) -> Result<(), StoreError> {
-        let supported = self
-            .conditional
-            .get_or_try_init(|| self.run_probe())
-            .await?;
-        if *supported {
-            Ok(())
-        } else {
-            Err(StoreError::ConditionalUnsupported(format!(
-                "{} ignores If-None-Match/If-Match (a conditional PUT that must fail succeeded)",
-                self.describe()
-            )))
-        }
-    }
-
-    async fn run_probe(&self) -> Result<bool, StoreError> {
-        let probe = format!(
-            "{}-probe/{:016x}",
-            super::key::RESERVED_PREFIX,
-            rand::random::<u64>()
-        );
-        let data = Bytes::from_static(b"glidefs conditional-write probe");
-        let result = async {
-            let first = self
-                .put_once(&probe, data.clone(), Some(PutCondition::IfAbsent))
-                .await?;
-            match self
-                .put_once(&probe, data.clone(), Some(PutCondition::IfAbsent))
-                .await
-            {
-                Err(StoreError::PreconditionFailed(_)) => {}
-                Ok(_) => return Ok(false),
-                Err(StoreError::ConditionalUnsupported(_)) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            let wrong = if first == "0" { "1" } else { "0" };
-            match self
-                .put_once(
-                    &probe,
-                    data.clone(),
-                    Some(PutCondition::IfMatch(wrong.to_owned())),
-                )
-                .await
-            {
-                Err(StoreError::PreconditionFailed(_)) => {}
-                Ok(_) => return Ok(false),
-                Err(StoreError::ConditionalUnsupported(_)) => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            match self
-                .put_once(&probe, data.clone(), Some(PutCondition::IfMatch(first)))
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(StoreError::PreconditionFailed(_) | StoreError::ConditionalUnsupported(_)) => {
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-            }
-        }
-        .await;
-        let result = match result {
-            Err(StoreError::ConditionalUnsupported(_)) => Ok(false),
-            other => other,
-        };
-        let _ = self.delete_raw(&probe).await;
-        if let Ok(false) = result {
-            tracing::warn!(store = %self.describe(), "object store ignores conditional writes");
-        }
-        result
-    }
-
     async fn delete_raw(&self, key: &str) -> Result<(), StoreError> {
         let r = self
             .retry
@@ -530,7 +354,7 @@ impl ObjectStore for S3Store {
                 // Skip internal objects (the conditional-write probe).
                 if key
                     .split('/')
-                    .any(|c| c.starts_with(super::key::RESERVED_PREFIX))
+                    .any(|c| c.starts_with(crate::store::key::RESERVED_PREFIX))
                 {
                     return None;
                 }
@@ -542,6 +366,15 @@ impl ObjectStore for S3Store {
             })
             .collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
+        // Some servers (s3s-fs) list no ETag; fetch it so every etag is usable.
+        for m in out.iter_mut().filter(|m| m.etag.is_empty()) {
+            match self.head(&m.key).await {
+                Ok(h) => *m = h,
+                Err(StoreError::NotFound(_)) => m.size = u64::MAX, // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        out.retain(|m| m.size != u64::MAX);
         Ok(out)
     }
 
@@ -569,120 +402,6 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| m.get(k).cloned()
-    }
-
-    #[test]
-    fn options_win_over_env_and_env_fills_gaps() {
-        let e = env(&[
-            ("AWS_ACCESS_KEY_ID", "envak"),
-            ("AWS_SECRET_ACCESS_KEY", "envsk"),
-            ("AWS_SESSION_TOKEN", "envtok"),
-            ("AWS_DEFAULT_REGION", "eu-west-3"),
-            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
-        ]);
-        let r = resolve(&StoreOptions::default(), &e).unwrap();
-        assert_eq!(r.access_key, "envak");
-        assert_eq!(r.secret_key, "envsk");
-        assert_eq!(r.session_token.as_deref(), Some("envtok"));
-        assert_eq!(r.region, "eu-west-3");
-        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:9"));
-        assert!(r.path_style, "custom endpoint defaults to path style");
-
-        let opts = StoreOptions {
-            access_key: Some("ak".into()),
-            secret_key: Some("sk".into()),
-            region: Some("r1".into()),
-            endpoint: Some("https://s3.example".into()),
-            path_style: Some(false),
-            ..StoreOptions::default()
-        };
-        let r = resolve(&opts, &e).unwrap();
-        assert_eq!(
-            (
-                r.access_key.as_str(),
-                r.secret_key.as_str(),
-                r.region.as_str()
-            ),
-            ("ak", "sk", "r1")
-        );
-        assert_eq!(
-            r.session_token, None,
-            "env token must not pair with config keys"
-        );
-        assert!(!r.path_style);
-
-        let r = resolve(
-            &StoreOptions::default(),
-            &env(&[("AWS_ACCESS_KEY_ID", "a"), ("AWS_SECRET_ACCESS_KEY", "s")]),
-        )
-        .unwrap();
-        assert_eq!(r.region, DEFAULT_REGION);
-        assert_eq!(r.endpoint, None);
-        assert!(!r.path_style);
-    }
-
-    #[test]
-    fn missing_or_partial_credentials_and_bad_endpoint_are_config_errors() {
-        assert!(matches!(
-            resolve(&StoreOptions::default(), &env(&[])),
-            Err(StoreError::Config(_))
-        ));
-        let half = StoreOptions {
-            access_key: Some("a".into()),
-            ..StoreOptions::default()
-        };
-        assert!(matches!(
-            resolve(&half, &env(&[])),
-            Err(StoreError::Config(_))
-        ));
-        let bad = StoreOptions {
-            endpoint: Some("127.0.0.1:9000".into()),
-            access_key: Some("a".into()),
-            secret_key: Some("s".into()),
-            ..StoreOptions::default()
-        };
-        let err = resolve(&bad, &env(&[])).unwrap_err();
-        assert!(err.to_string().contains("127.0.0.1:9000"), "{err}");
-    }
-
-    #[test]
-    fn error_mapping() {
-        let body =
-            "<Error><Code>PreconditionFailed</Code><Message>At least one failed</Message></Error>";
-        assert!(matches!(
-            map_err(S3Error::HttpFailWithBody(404, String::new()), "k", false),
-            StoreError::NotFound(_)
-        ));
-        assert!(matches!(
-            map_err(S3Error::HttpFailWithBody(412, body.into()), "k", true),
-            StoreError::PreconditionFailed(_)
-        ));
-        assert!(matches!(
-            map_err(S3Error::HttpFailWithBody(409, String::new()), "k", true),
-            StoreError::PreconditionFailed(_)
-        ));
-        assert!(matches!(
-            map_err(S3Error::HttpFailWithBody(409, String::new()), "k", false),
-            StoreError::Other(_)
-        ));
-        assert!(matches!(
-            map_err(S3Error::HttpFailWithBody(503, String::new()), "k", false),
-            StoreError::Unavailable(_)
-        ));
-        assert!(matches!(
-            map_err(S3Error::HttpFailWithBody(501, String::new()), "k", true),
-            StoreError::ConditionalUnsupported(_)
-        ));
-        let e = map_err(
-            S3Error::HttpFailWithBody(403, "<Error><Code>AccessDenied</Code></Error>".into()),
-            "k",
-            false,
-        );
-        assert!(
-            matches!(&e, StoreError::Other(m) if m.contains("AccessDenied") && m.contains("403")),
-            "{e}"
-        );
-        assert_eq!(summarize(body), "PreconditionFailed: At least one failed");
     }
 
     #[test]
