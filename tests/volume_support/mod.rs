@@ -1,6 +1,8 @@
 //! Helpers shared by the volume engine tests (tests/volume_*.rs).
 #![allow(dead_code)]
 
+pub mod model;
+
 use glidefs::store::ObjectStore;
 use glidefs::volume::{FileIo, SimFs, Volume, VolumeConfig};
 use std::path::{Path, PathBuf};
