@@ -201,6 +201,8 @@ impl FileIo for RealFs {
 struct SimData {
     cur: Vec<u8>,
     synced: Vec<u8>,
+    /// Writes since the last sync, in order: (offset, bytes); punches are zeros.
+    pending: Vec<(usize, Vec<u8>)>,
 }
 
 #[derive(Default)]
@@ -223,13 +225,62 @@ impl SimFs {
     }
     /// Power loss: every file reverts to its last fdatasync'ed content; new boot id.
     pub fn power_loss(&self) {
+        self.power_loss_with_writeback(0);
+    }
+
+    /// Power loss after random background writeback: each write since a file's last
+    /// fdatasync independently reached the disk or not (chosen by `seed`; 0 = none
+    /// did), in any combination across files. New boot id.
+    pub fn power_loss_with_writeback(&self, seed: u64) {
+        let mut x = seed;
+        self.crash(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            seed != 0 && x & 1 == 1
+        });
+    }
+
+    /// Power loss where exactly the unsynced writes to files for which `keep`
+    /// returns true reached the disk. New boot id.
+    pub fn power_loss_keeping(&self, keep: impl Fn(&Path) -> bool) {
+        let st = self.0.lock();
+        let kept: Vec<PathBuf> = st.files.keys().filter(|p| keep(p)).cloned().collect();
+        drop(st);
         let mut st = self.0.lock();
-        for f in st.files.values() {
-            let mut d = f.0.lock();
-            d.cur = d.synced.clone();
+        for (path, f) in st.files.iter() {
+            let k = kept.contains(path);
+            Self::revert(f, |_| k);
         }
         st.boot += 1;
     }
+
+    fn crash(&self, mut survives: impl FnMut(&(usize, Vec<u8>)) -> bool) {
+        let mut st = self.0.lock();
+        for f in st.files.values() {
+            Self::revert(f, &mut survives);
+        }
+        st.boot += 1;
+    }
+
+    fn revert(f: &SimFile, mut survives: impl FnMut(&(usize, Vec<u8>)) -> bool) {
+        let mut d = f.0.lock();
+        let mut img = d.synced.clone();
+        for w in std::mem::take(&mut d.pending) {
+            if survives(&w) {
+                let (off, bytes) = w;
+                let end = off + bytes.len();
+                if img.len() < end {
+                    img.resize(end, 0);
+                }
+                img[off..end].copy_from_slice(&bytes);
+            }
+        }
+        img.resize(d.cur.len(), 0);
+        d.synced.clone_from(&img);
+        d.cur = img;
+    }
+
     /// Flip one byte of a file (corruption tests). Returns false if out of range.
     pub fn corrupt(&self, path: &Path, off: u64) -> bool {
         let st = self.0.lock();
@@ -268,6 +319,7 @@ impl FileHandle for SimHandle {
             d.cur.resize(end, 0);
         }
         d.cur[off as usize..end].copy_from_slice(data);
+        d.pending.push((off as usize, data.to_vec()));
         Ok(())
     }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
@@ -276,12 +328,14 @@ impl FileHandle for SimHandle {
         let a = (off as usize).min(n);
         let b = ((off + len) as usize).min(n);
         d.cur[a..b].fill(0);
+        d.pending.push((a, vec![0u8; b - a]));
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
         let mut d = self.0 .0.lock();
         let d = &mut *d;
         d.synced.clone_from(&d.cur);
+        d.pending.clear();
         Ok(())
     }
     fn len(&self) -> io::Result<u64> {
@@ -290,8 +344,12 @@ impl FileHandle for SimHandle {
     fn set_len(&self, len: u64) -> io::Result<()> {
         // Size changes are metadata: durable at once in the simulator.
         let mut d = self.0 .0.lock();
-        d.cur.resize(len as usize, 0);
-        d.synced.resize(len as usize, 0);
+        let n = len as usize;
+        d.cur.resize(n, 0);
+        d.synced.resize(n, 0);
+        for (off, bytes) in d.pending.iter_mut() {
+            bytes.truncate(n.saturating_sub(*off));
+        }
         Ok(())
     }
 }

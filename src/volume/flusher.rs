@@ -60,7 +60,7 @@ async fn run(inner: Arc<Inner>) {
                 inner.kick_flag.store(false, Ordering::Release);
             }
         }
-        if inner.closed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+        if inner.bg_stop.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
             return;
         }
         let r = cycle(&inner).await;
@@ -70,6 +70,7 @@ async fn run(inner: Arc<Inner>) {
                 inner.set_fenced(m);
                 return;
             }
+            Err(_) if inner.bg_stop.load(Ordering::Acquire) => return,
             Err(e) => {
                 failures = failures.saturating_add(1);
                 bump(&inner.stats.flush_errors, 1);
@@ -87,6 +88,7 @@ async fn cycle(inner: &Arc<Inner>) -> Result<(), VolumeError> {
     let dirty: Vec<u64> = inner.st.lock().local.dirty_set.iter().copied().collect();
     let per = ((inner.cfg.max_segment_bytes / BS).max(1)) as usize;
     for batch in dirty.chunks(per) {
+        inner.check_bg()?;
         flush_batch(inner, batch).await?;
     }
     if !dirty.is_empty() {
@@ -94,7 +96,7 @@ async fn cycle(inner: &Arc<Inner>) -> Result<(), VolumeError> {
     }
     let jsize = inner.st.lock().journal.size();
     if jsize > inner.cfg.journal_compact_bytes {
-        checkpoint_local(inner, false).await?;
+        checkpoint_local(inner, false, true).await?;
     }
     Ok(())
 }
@@ -132,6 +134,7 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
     if snap.is_empty() {
         return Ok(());
     }
+    let epoch = inner.lease.lock().lease.epoch;
     let (obj, entries) = {
         let inner2 = inner.clone();
         let list: Vec<u64> = snap.iter().map(|x| x.0).collect();
@@ -146,12 +149,20 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
                 let (k, p) = segment::encode_block(&buf, inner2.cfg.compress);
                 items.push((b, k, p));
             }
-            Ok(segment::encode(seq, inner2.uuid, &items))
+            Ok(segment::encode(
+                seq,
+                inner2.uuid,
+                epoch,
+                inner2.base_seq,
+                &items,
+            ))
         })
         .await?
     };
+    inner.check_bg()?;
     let held = inner.lease.lock().lease.clone();
     lease::check(inner.store.as_ref(), &inner.lease_key(), &held).await?;
+    inner.check_bg()?;
     let len = obj.len() as u64;
     match inner
         .store
@@ -164,9 +175,10 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
     {
         Ok(_) => {}
         Err(StoreError::PreconditionFailed(k)) => {
-            return Err(VolumeError::Fenced(format!(
-                "segment {k} already exists (another writer)"
-            )))
+            // Either another writer (the lease check says so) or a late PUT of an
+            // earlier instance of ours: skip that sequence number and retry.
+            lease::check(inner.store.as_ref(), &inner.lease_key(), &held).await?;
+            return Err(VolumeError::Store(StoreError::PreconditionFailed(k)));
         }
         Err(e) => return Err(e.into()),
     }
@@ -215,10 +227,23 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
             live,
         )
     };
+    inner.check_bg()?;
     let held = inner.lease.lock().lease.clone();
     lease::check(inner.store.as_ref(), &inner.lease_key(), &held).await?;
+    inner.check_bg()?;
     let mkey = format!("{}manifest/{seq:020}", inner.prefix);
-    inner.store.put(&mkey, Bytes::from(obj)).await?;
+    match inner
+        .store
+        .put_if(&mkey, Bytes::from(obj), PutCondition::IfAbsent)
+        .await
+    {
+        Ok(_) => {}
+        Err(StoreError::PreconditionFailed(_)) => {
+            tracing::warn!(volume = %inner.cfg.name, %mkey, "manifest exists already; skipped");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
     bump(&inner.stats.manifests_written, 1);
     // Garbage collection: older manifests, and segments the manifest covers that hold
     // no live entry.
@@ -245,9 +270,11 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
 
 /// Write the local state file and start a new journal generation (journal
 /// compaction). With `clean_close`, the state is marked as written by a clean close.
+/// `background` jobs are skipped once the flusher is being stopped.
 pub(crate) async fn checkpoint_local(
     inner: &Arc<Inner>,
     clean_close: bool,
+    background: bool,
 ) -> Result<(), VolumeError> {
     let _g = inner.sync_lock.lock().await;
     let gen = inner.st.lock().journal.gen + 1;
@@ -256,19 +283,32 @@ pub(crate) async fn checkpoint_local(
         inner.cfg.cache_dir.clone(),
         inner.uuid,
     );
-    let newj: Journal = {
-        let (fs, dir) = (fs.clone(), dir.clone());
-        smol::unblock(move || Journal::create(&*fs, &dir, gen, uuid))
-            .await
-            .map_err(|e| inner.fail("creating journal", e))?
+    let newj: Option<Journal> = {
+        let (fs, dir, i2) = (fs.clone(), dir.clone(), inner.clone());
+        smol::unblock(move || {
+            let _ops = i2.file_ops.lock();
+            if background && i2.bg_stop.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            Journal::create(&*fs, &dir, gen, uuid).map(Some)
+        })
+        .await
+        .map_err(|e| inner.fail("creating journal", e))?
+    };
+    let Some(newj) = newj else {
+        return Ok(());
     };
     let state = {
         let mut st = inner.st.lock();
         st.journal = newj;
         LocalState::from_map(uuid, gen, clean_close, inner.boot_id.clone(), &st.local)
     };
-    let data = inner.data.clone();
+    let (data, i2) = (inner.data.clone(), inner.clone());
     let r = smol::unblock(move || -> std::io::Result<()> {
+        let _ops = i2.file_ops.lock();
+        if background && i2.bg_stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
         data.sync_data()?;
         fileio::write_atomic(&*fs, &journal::state_path(&dir), &state.encode())?;
         for g in journal::list_journals(&*fs, &dir)? {

@@ -129,6 +129,8 @@ pub(crate) struct Inner {
     pub store: Arc<dyn ObjectStore>,
     pub prefix: String,
     pub uuid: u64,
+    /// Highest segment seq listed at open (recorded in our segments).
+    pub base_seq: u64,
     pub boot_id: String,
     pub size: AtomicU64,
     pub data: Arc<dyn FileHandle>,
@@ -144,6 +146,11 @@ pub(crate) struct Inner {
     pub kick_flag: AtomicBool,
     pub stats: Stats,
     pub closed: AtomicBool,
+    /// Set before the flusher is stopped: blocking jobs it queued must not run.
+    pub bg_stop: AtomicBool,
+    /// Held by every blocking job that changes local files (journal rotation,
+    /// state file), so stopping the flusher can wait for a running one.
+    pub file_ops: Mutex<()>,
     pub failed: AtomicBool,
     pub fenced: Mutex<Option<String>>,
     pub rng: Mutex<u64>,
@@ -170,6 +177,13 @@ impl Inner {
         tracing::error!(volume = %self.cfg.name, %msg, "volume fenced");
         *self.fenced.lock() = Some(msg);
         self.changed.notify(usize::MAX);
+    }
+    /// Error out of background work once the flusher is being stopped.
+    pub fn check_bg(&self) -> Result<(), VolumeError> {
+        if self.bg_stop.load(Ordering::Acquire) {
+            return Err(VolumeError::Closed);
+        }
+        Ok(())
     }
     pub fn check_live(&self) -> Result<(), VolumeError> {
         if self.closed.load(Ordering::Acquire) {
@@ -471,21 +485,24 @@ impl Volume {
     pub async fn flush(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         inner.check_live()?;
-        {
-            let _g = inner.sync_lock.lock().await;
-            let j = inner.st.lock().journal.file.clone();
-            let data = inner.data.clone();
-            let r = smol::unblock(move || {
-                data.sync_data()?;
-                j.sync_data()
-            })
-            .await;
-            r.map_err(|e| inner.fail("fdatasync", e))?;
-        }
         if inner.cfg.flush_mode == FlushMode::Store {
-            self.drain().await?;
+            // drain ends with a local sync.
+            return self.drain().await;
         }
-        Ok(())
+        self.sync_local().await
+    }
+
+    async fn sync_local(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let _g = inner.sync_lock.lock().await;
+        let j = inner.st.lock().journal.file.clone();
+        let data = inner.data.clone();
+        let r = smol::unblock(move || {
+            data.sync_data()?;
+            j.sync_data()
+        })
+        .await;
+        r.map_err(|e| inner.fail("fdatasync", e))
     }
 
     /// Discard: the range reads back as zeros (holes punched locally; zero blocks
@@ -548,10 +565,14 @@ impl Volume {
         loop {
             inner.check_live()?;
             let l = inner.changed.listen();
-            match inner.st.lock().local.oldest_dirty() {
-                None => return Ok(()),
-                Some(s) if s > target => return Ok(()),
-                Some(_) => {}
+            let done = match inner.st.lock().local.oldest_dirty() {
+                None => true,
+                Some(s) => s > target,
+            };
+            if done {
+                // Make the CLEAN records durable too, so a later power loss cannot
+                // bring back older local data over what was drained.
+                return self.sync_local().await;
             }
             inner.kick();
             l.await;
@@ -571,15 +592,11 @@ impl Volume {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let task = self.flusher.lock().take();
-        if let Some(t) = task {
-            t.cancel().await;
-        }
-        inner.changed.notify(usize::MAX);
+        self.stop_flusher().await;
         if inner.failed.load(Ordering::Acquire) {
             return Err(VolumeError::Closed);
         }
-        flusher::checkpoint_local(inner, true).await
+        flusher::checkpoint_local(inner, true, false).await
     }
 
     /// Simulate `kill -9` (tests): stop the flusher and refuse further I/O without
@@ -587,10 +604,38 @@ impl Volume {
     #[doc(hidden)]
     pub async fn abandon(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.stop_flusher().await;
+    }
+
+    async fn stop_flusher(&self) {
+        self.inner.bg_stop.store(true, Ordering::Release);
+        self.inner.kick();
         let task = self.flusher.lock().take();
-        if let Some(t) = task {
-            t.cancel().await;
+        if let Some(mut t) = task {
+            // Let an in-flight store request finish (a cancelled PUT may still land
+            // later); a hung store is cut off after the grace period.
+            let grace = self
+                .inner
+                .cfg
+                .retry_max
+                .max(std::time::Duration::from_secs(1));
+            let done = futures_lite::future::or(
+                async {
+                    (&mut t).await;
+                    true
+                },
+                async {
+                    smol::Timer::after(grace).await;
+                    false
+                },
+            )
+            .await;
+            if !done {
+                t.cancel().await;
+            }
         }
+        // Wait for a blocking job the flusher may have left running.
+        drop(self.inner.file_ops.lock());
         self.inner.changed.notify(usize::MAX);
     }
 

@@ -130,6 +130,9 @@ async fn load_store_map(
         .filter_map(|o| seq_of(&o.key).map(|s| (s, o.key)))
         .collect();
     segs.sort();
+    // Headers first: a segment written by an older lease epoch that landed after a
+    // newer writer had opened the volume (a "zombie" PUT) is ignored.
+    let mut heads = Vec::new();
     for (seq, key) in segs {
         max_seq = max_seq.max(seq);
         if seq <= base {
@@ -148,6 +151,18 @@ async fn load_store_map(
                 h.seq
             )));
         }
+        heads.push((key, h));
+    }
+    let mut min_base: HashMap<u64, u64> = HashMap::new();
+    for (_, h) in &heads {
+        let e = min_base.entry(h.epoch).or_insert(h.base_seq);
+        *e = (*e).min(h.base_seq);
+    }
+    for (key, h) in heads {
+        if min_base.iter().any(|(&e, &b)| e > h.epoch && b < h.seq) {
+            tracing::warn!(%key, epoch = h.epoch, "segment written by a fenced writer; ignored");
+            continue;
+        }
         if h.count == 0 {
             continue;
         }
@@ -161,7 +176,7 @@ async fn load_store_map(
         let entries = segment::decode_index(&h, &ib)
             .map_err(|e| VolumeError::Corrupt(format!("{key}: {e}")))?;
         for e in entries {
-            map.apply(e.block, e.loc(seq));
+            map.apply(e.block, e.loc(h.seq));
         }
     }
     Ok((map, max_seq))
@@ -297,6 +312,7 @@ pub(crate) async fn open(
     stats.checksum_errors.store(errors, Ordering::Relaxed);
     let last_committed = max_seq;
     let inner = Inner {
+        base_seq: max_seq,
         prefix: p,
         uuid,
         boot_id,
@@ -320,6 +336,8 @@ pub(crate) async fn open(
         kick_flag: AtomicBool::new(false),
         stats,
         closed: AtomicBool::new(false),
+        bg_stop: AtomicBool::new(false),
+        file_ops: Mutex::new(()),
         failed: AtomicBool::new(false),
         fenced: Mutex::new(None),
         rng: Mutex::new(rng_seed | 1),

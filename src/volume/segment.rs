@@ -1,7 +1,7 @@
 //! Segment objects: the immutable, self-describing unit a flush commits.
 //!
 //! Layout (little endian, byte by byte in docs/format.md):
-//! header (40 B) | index: `count` entries of 32 B | payloads.
+//! header (56 B) | index: `count` entries of 32 B | payloads.
 //! The header carries a crc32c of itself and of the index; every entry carries the
 //! crc32c of its payload, so one ranged GET of an entry can be verified alone.
 //! A segment is written once (conditional PUT if-absent) and never modified.
@@ -12,7 +12,7 @@ use crate::BLOCK_SIZE;
 /// Magic of a segment object.
 pub const MAGIC: &[u8; 8] = b"GLSEG001";
 /// Header length.
-pub const HEADER_LEN: usize = 40;
+pub const HEADER_LEN: usize = 56;
 /// Index entry length.
 pub const ENTRY_LEN: usize = 32;
 /// Format version.
@@ -55,6 +55,10 @@ pub struct SegHeader {
     pub seq: u64,
     /// Volume uuid.
     pub uuid: u64,
+    /// Lease epoch of the writer.
+    pub epoch: u64,
+    /// Highest segment seq the writer listed when it opened the volume.
+    pub base_seq: u64,
     /// crc32c of the index bytes.
     pub index_crc: u32,
 }
@@ -103,6 +107,8 @@ pub fn decode_payload(loc: &Loc, payload: &[u8]) -> Result<Vec<u8>, String> {
 pub fn encode(
     seq: u64,
     uuid: u64,
+    epoch: u64,
+    base_seq: u64,
     items: &[(u64, EntryKind, Vec<u8>)],
 ) -> (Vec<u8>, Vec<SegEntry>) {
     let count = items.len();
@@ -138,9 +144,11 @@ pub fn encode(
     out[12..16].copy_from_slice(&(count as u32).to_le_bytes());
     out[16..24].copy_from_slice(&seq.to_le_bytes());
     out[24..32].copy_from_slice(&uuid.to_le_bytes());
-    out[32..36].copy_from_slice(&index_crc.to_le_bytes());
-    let hcrc = crc32c::crc32c(&out[0..36]);
-    out[36..40].copy_from_slice(&hcrc.to_le_bytes());
+    out[32..40].copy_from_slice(&epoch.to_le_bytes());
+    out[40..48].copy_from_slice(&base_seq.to_le_bytes());
+    out[48..52].copy_from_slice(&index_crc.to_le_bytes());
+    let hcrc = crc32c::crc32c(&out[0..52]);
+    out[52..56].copy_from_slice(&hcrc.to_le_bytes());
     (out, entries)
 }
 
@@ -164,7 +172,7 @@ pub fn decode_header(b: &[u8]) -> Result<SegHeader, String> {
     if &b[0..8] != MAGIC {
         return Err("bad segment magic".into());
     }
-    if crc32c::crc32c(&b[0..36]) != u32_at(b, 36) {
+    if crc32c::crc32c(&b[0..52]) != u32_at(b, 52) {
         return Err("segment header checksum mismatch".into());
     }
     let version = u32_at(b, 8);
@@ -175,7 +183,9 @@ pub fn decode_header(b: &[u8]) -> Result<SegHeader, String> {
         count: u32_at(b, 12),
         seq: u64_at(b, 16),
         uuid: u64_at(b, 24),
-        index_crc: u32_at(b, 32),
+        epoch: u64_at(b, 32),
+        base_seq: u64_at(b, 40),
+        index_crc: u32_at(b, 48),
     })
 }
 
@@ -227,9 +237,12 @@ mod tests {
                 (9, k, p)
             },
         ];
-        let (obj, entries) = encode(42, 77, &items);
+        let (obj, entries) = encode(42, 77, 3, 40, &items);
         let h = decode_header(&obj).unwrap();
-        assert_eq!((h.count, h.seq, h.uuid), (3, 42, 77));
+        assert_eq!(
+            (h.count, h.seq, h.uuid, h.epoch, h.base_seq),
+            (3, 42, 77, 3, 40)
+        );
         let idx = decode_index(&h, &obj[HEADER_LEN..HEADER_LEN + 3 * ENTRY_LEN]).unwrap();
         assert_eq!(idx, entries);
         assert_eq!(idx[1].kind, EntryKind::Zstd);
