@@ -358,7 +358,8 @@ fn mem_store_conformance() {
 fn local_store_conformance() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(LocalDirStore::open(dir.path().join("store")).unwrap());
-    smol::block_on(conformance(s.clone(), Conditional::Atomic, true));
+    // 1001 keys matter for S3 pagination only; the local walk has no pages.
+    smol::block_on(conformance(s.clone(), Conditional::Atomic, false));
     // No temp files left behind, and none listed.
     let mut stack = vec![s.root().to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -457,7 +458,7 @@ fn s3s_fs_racy_conditional_when_allowed() {
         allow_racy_conditional: true,
         ..srv.options()
     };
-    let s = glidefs::store::open_store(&srv.url("allowed"), &opts).unwrap();
+    let s = srv.store_with("allowed", &opts);
     smol::block_on(conditional_semantics(&*s));
 }
 
@@ -568,6 +569,128 @@ fn moto_conditional_put_with_lost_response_is_rechecked() {
         s.put("seg/1", payload(4, 10)).await.unwrap();
         assert_eq!(s.get("seg/1").await.unwrap(), payload(4, 10));
     });
+}
+
+/// A service that ignores conditional headers (moto behind a proxy that strips
+/// them, like Garage) is detected: `put_if` reports it and writes nothing.
+#[test]
+fn store_ignoring_conditional_headers_is_reported() {
+    let srv = TestServer::moto();
+    let proxy = common::proxy::FaultProxy::start(srv.port());
+    proxy.strip_conditional_headers(true);
+    // Even the "racy is fine" escape hatch does not accept ignored headers.
+    let opts = glidefs::store::StoreOptions {
+        endpoint: Some(proxy.endpoint()),
+        allow_racy_conditional: true,
+        ..srv.options()
+    };
+    let s = glidefs::store::open_store(&format!("s3://{}/ign", common::servers::BUCKET), &opts)
+        .unwrap();
+    smol::block_on(async {
+        s.put("k", payload(1, 10)).await.unwrap();
+        let r = s.put_if("k", payload(2, 10), PutCondition::IfAbsent).await;
+        match &r {
+            Err(StoreError::ConditionalUnsupported(m)) => assert!(m.contains("ignores"), "{m}"),
+            other => panic!("expected ConditionalUnsupported, got {other:?}"),
+        }
+        assert_eq!(s.get("k").await.unwrap(), payload(1, 10));
+        conditional_reported_unsupported(&*s).await;
+        // Probe objects are cleaned up and never listed.
+        assert_eq!(s.list("").await.unwrap().len(), 1);
+        let raw = srv.store("");
+        assert_eq!(
+            raw.list("")
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.key)
+                .collect::<Vec<_>>(),
+            ["ign/k"]
+        );
+    });
+}
+
+/// A server that accepts connections but never answers: the per-request timeout
+/// turns it into `Unavailable` instead of a hang.
+#[test]
+fn unresponsive_server_times_out_as_unavailable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _keep = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming() {
+            held.push(c); // never read, never answer
+        }
+    });
+    let opts = glidefs::store::StoreOptions {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        access_key: Some("a".into()),
+        secret_key: Some("s".into()),
+        timeout: std::time::Duration::from_millis(500),
+        retries: 1,
+        retry_base_delay: std::time::Duration::from_millis(10),
+        ..Default::default()
+    };
+    let s = glidefs::store::open_store("s3://bucket/p", &opts).unwrap();
+    smol::block_on(async {
+        assert!(matches!(s.get("k").await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            s.put("k", payload(1, 1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
+    });
+}
+
+// ------------------------------------------- credentials from the environment
+
+const ENV_CHILD: &str = "GLIDEFS_STORE_TEST_ENV_CHILD";
+
+/// Child half of `s3s_fs_credentials_from_aws_env`: opens `s3://…` with default
+/// options, so endpoint, region and keys come from the AWS_* variables.
+#[test]
+fn env_credentials_child() {
+    let Some(expect) = std::env::var_os(ENV_CHILD) else {
+        return;
+    };
+    let url = format!("s3://{}/envtest", common::servers::BUCKET);
+    let s = glidefs::store::open_store(
+        &url,
+        &glidefs::store::StoreOptions {
+            retries: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let r = smol::block_on(s.put("k", payload(1, 10)));
+    match (expect.to_str().unwrap(), r) {
+        ("ok", Ok(_)) => assert_eq!(smol::block_on(s.get("k")).unwrap(), payload(1, 10)),
+        ("denied", Err(StoreError::Other(m))) => assert!(m.contains("403"), "{m}"),
+        (e, r) => panic!("expected {e}, got {r:?}"),
+    }
+}
+
+/// s3s-fs checks signatures: keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY work,
+/// a wrong secret is refused (so the variables really are used).
+#[test]
+fn s3s_fs_credentials_from_aws_env() {
+    use common::servers::{ACCESS_KEY, REGION, SECRET_KEY};
+    let srv = TestServer::s3s_fs();
+    let exe = std::env::current_exe().unwrap();
+    for (expect, secret) in [("ok", SECRET_KEY), ("denied", "wrong-secret")] {
+        let status = std::process::Command::new(&exe)
+            .args(["--exact", "env_credentials_child", "--test-threads=1"])
+            .env(ENV_CHILD, expect)
+            .env("AWS_ENDPOINT_URL", srv.endpoint())
+            .env("AWS_REGION", REGION)
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env_remove("AWS_ENDPOINT_URL_S3")
+            .env_remove("AWS_SESSION_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "child expecting {expect} failed");
+    }
 }
 
 // ------------------------------------------- LocalDirStore across processes

@@ -3,6 +3,10 @@
 //! upstream has answered (the request took effect, the client sees a dropped
 //! connection): the "ambiguous failure" of a PUT.
 //!
+//! It can also strip `If-None-Match`/`If-Match` request headers, turning a server
+//! that does not check signatures (moto) into one that ignores conditional writes
+//! (like Garage).
+//!
 //! Assumes one HTTP request per connection (attohttpc, used by rust-s3's sync
 //! flavour, does not pool connections).
 
@@ -17,6 +21,7 @@ use std::time::Duration;
 pub struct FaultProxy {
     port: u16,
     drop_responses: Arc<AtomicU32>,
+    strip_conditional: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 }
 
@@ -27,7 +32,12 @@ impl FaultProxy {
         let port = listener.local_addr().unwrap().port();
         let drop_responses = Arc::new(AtomicU32::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (d, st) = (drop_responses.clone(), stop.clone());
+        let strip_conditional = Arc::new(AtomicBool::new(false));
+        let (d, st, strip) = (
+            drop_responses.clone(),
+            stop.clone(),
+            strip_conditional.clone(),
+        );
         thread::spawn(move || {
             for client in listener.incoming() {
                 if st.load(Ordering::SeqCst) {
@@ -37,12 +47,14 @@ impl FaultProxy {
                 let swallow = d
                     .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                     .is_ok();
-                thread::spawn(move || serve(client, upstream, swallow));
+                let strip = strip.load(Ordering::SeqCst);
+                thread::spawn(move || serve(client, upstream, swallow, strip));
             }
         });
         Self {
             port,
             drop_responses,
+            strip_conditional,
             stop,
         }
     }
@@ -55,6 +67,11 @@ impl FaultProxy {
     /// Swallow the responses of the next `n` connections.
     pub fn drop_next_responses(&self, n: u32) {
         self.drop_responses.store(n, Ordering::SeqCst);
+    }
+
+    /// Remove `If-None-Match` and `If-Match` from the requests of new connections.
+    pub fn strip_conditional_headers(&self, on: bool) {
+        self.strip_conditional.store(on, Ordering::SeqCst);
     }
 
     /// Responses still to be swallowed.
@@ -70,12 +87,48 @@ impl Drop for FaultProxy {
     }
 }
 
-fn serve(client: TcpStream, upstream: u16, swallow: bool) {
+/// Read the request head (through the blank line) from `r`; returns it and any
+/// body bytes read past it.
+fn read_head(r: &mut TcpStream) -> (Vec<u8>, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(i + 4);
+            return (buf, rest);
+        }
+        match r.read(&mut chunk) {
+            Ok(0) | Err(_) => return (buf, Vec::new()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn strip_headers(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    text.split_inclusive("\r\n")
+        .filter(|line| {
+            let l = line.to_ascii_lowercase();
+            !(l.starts_with("if-none-match:") || l.starts_with("if-match:"))
+        })
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn serve(client: TcpStream, upstream: u16, swallow: bool, strip: bool) {
     let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
         return;
     };
     let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
     thread::spawn(move || {
+        if strip {
+            let (head, rest) = read_head(&mut c_read);
+            if s_write.write_all(&strip_headers(&head)).is_err()
+                || s_write.write_all(&rest).is_err()
+            {
+                return;
+            }
+        }
         let _ = std::io::copy(&mut c_read, &mut s_write);
         let _ = s_write.shutdown(Shutdown::Write);
     });

@@ -164,6 +164,13 @@ impl TestServer {
         open_store(&self.url(prefix), &self.options()).unwrap()
     }
 
+    /// A store on this server with keys under `prefix` and custom options (start
+    /// from [`Self::options`], e.g. `StoreOptions { allow_racy_conditional: true,
+    /// ..srv.options() }` to use s3s-fs's non-atomic conditional writes).
+    pub fn store_with(&self, prefix: &str, opts: &StoreOptions) -> Arc<dyn ObjectStore> {
+        open_store(&self.url(prefix), opts).unwrap()
+    }
+
     /// The concrete `S3Store` (for `probe_conditional`).
     pub fn s3_store(&self, prefix: &str) -> S3Store {
         S3Store::open(BUCKET, prefix, &self.options()).unwrap()
