@@ -43,11 +43,33 @@ if [ -n "${SCRATCH_IMAGE:-}" ]; then
     fi
 fi
 
+# GLIDEFS_VM_MONITOR=SECONDS: every so often, dump processes, blocked tasks' kernel
+# stacks and new kernel messages to monitor.log (for phases that hang).
+if [ -n "${GLIDEFS_VM_MONITOR:-}" ]; then
+    (
+        while sleep "$GLIDEFS_VM_MONITOR"; do
+            echo "==== $(date +%T) uptime $(cut -d' ' -f1 /proc/uptime)"
+            # shellcheck disable=SC2009 # all processes, kernel threads filtered out
+            ps -eo pid,ppid,stat,wchan:32,etime,args | grep -v ' \[' | cut -c1-200
+            for s in /proc/[0-9]*/stat; do
+                pid="${s#/proc/}"; pid="${pid%/stat}"
+                if [ "$(awk '{print $3}' "$s" 2>/dev/null)" = D ]; then
+                    echo "-- D state: $pid $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-100)"
+                    cat "/proc/$pid/stack" 2>/dev/null
+                fi
+            done
+            dmesg | tail -n 20
+        done
+    ) >>"$RESULTS_DIR/monitor.log" 2>&1 &
+fi
+
 rc=125
 if [ ! -f "$RESULTS_DIR/result" ]; then
     echo "guest: running $PHASE_SCRIPT (deadline ${PHASE_DEADLINE} s, ublks_max $UBLKS_MAX)"
     cd "$WORK_DIR" || true
-    timeout --kill-after=30 "$PHASE_DEADLINE" bash "$PHASE_SCRIPT"
+    # stdin from /dev/null: timeout runs the phase outside the console's foreground
+    # process group, where reading the terminal would stop it (SIGTTIN).
+    timeout --kill-after=30 "$PHASE_DEADLINE" bash "$PHASE_SCRIPT" </dev/null
     rc=$?
     echo "guest: phase exited with status $rc"
     if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then

@@ -372,15 +372,15 @@ fio_verify() {
     fio_summary "$name"
 }
 
-# fio_verify_only NAME DEV RW BS [ARGS...]: re-reads what the same job wrote earlier
-# (same name, sizes and seed) and verifies it.
+# fio_verify_only NAME DEV JOB_ARGS...: re-reads what a job with the same name and
+# JOB_ARGS (--rw, --bs, --size, offsets, seed) wrote earlier and checks every crc32c
+# header: a block never written (zeros), torn or from elsewhere fails.
 fio_verify_only() {
-    local name="$1" dev="$2" rw="$3" bs="$4"
-    shift 4
-    log "fio $name: verify_only $rw bs=$bs on $dev $*"
-    fio_run "$name-verify" --filename="$dev" --rw="$rw" --bs="$bs" \
-        --iodepth="${FIO_IODEPTH:-32}" --verify=crc32c --verify_fatal=1 --verify_only \
-        "$@" || fio_failed "$name-verify"
+    local name="$1" dev="$2"
+    shift 2
+    log "fio $name: verify_only on $dev $*"
+    fio_run "$name" --filename="$dev" --verify=crc32c --verify_fatal=1 --verify_only \
+        "$@" || fio_failed "$name"
 }
 
 fio_failed() {
@@ -457,6 +457,9 @@ bg() {
     BG_PID=$!
     BG_PIDS+=("$BG_PID")
 }
+
+# size_bytes 256M -> 268435456 (IEC suffixes, as fio and the API read them)
+size_bytes() { numfmt --from=iec "${1%B}"; }
 
 # rand_between LO HI
 rand_between() { echo $(($1 + RANDOM % ($2 - $1 + 1))); }
