@@ -53,7 +53,11 @@ S3_BUCKET="${GLIDEFS_S3_BUCKET:-glidefs-test}"
 export GLIDEFS_BIN RESULTS_DIR WORK_DIR GLIDEFS_TOOLS GLIDEFS_S3S_FS
 
 mkdir -p "$RESULTS_DIR" "$WORK_DIR"
-rm -f "$RESULTS_DIR/result" "$RESULTS_DIR/reason" "$RESULTS_DIR/figures"
+# PHASE_KEEP_RESULTS=1: a later boot of a multi-boot phase (powercut) keeps the
+# figures of the earlier ones.
+if [ "${PHASE_KEEP_RESULTS:-0}" != 1 ]; then
+    rm -f "$RESULTS_DIR/result" "$RESULTS_DIR/reason" "$RESULTS_DIR/figures"
+fi
 # Everything the phase prints also lands in $RESULTS_DIR/log.
 exec > >(tee -a "$RESULTS_DIR/log") 2>&1
 
