@@ -63,21 +63,30 @@ done
 # Writes completed on a device so far (sectors written, from sysfs).
 written_sectors() { awk '{print $7}' "/sys/block/$(basename "$1")/stat"; }
 
+# Waits (up to 180 s) until every device has completed new writes: fio is running
+# and the daemon serves it. Fails the phase otherwise.
+wait_writing() {
+    local -A start
+    local name i moving
+    for name in "${!DEV[@]}"; do start[$name]="$(written_sectors "${DEV[$name]}")"; done
+    for ((i = 0; i < 1800; i++)); do
+        moving=1
+        for name in "${!DEV[@]}"; do
+            kill -0 "${FIO_PID[$name]}" 2>/dev/null \
+                || fail "round $round: fio on $name finished before the kill (lower CRASH_RATE_IOPS)"
+            [ "$(written_sectors "${DEV[$name]}")" -gt "${start[$name]}" ] || moving=0
+        done
+        [ "$moving" = 0 ] || return 0
+        sleep 0.1
+    done
+    fail "round $round: some device saw no completed write in 180 s"
+}
+
 total_recovery=0
 for ((round = 1; round <= ROUNDS; round++)); do
-    before=()
-    for name in "${!DEV[@]}"; do before+=("$(written_sectors "${DEV[$name]}")"); done
+    wait_writing
     sleep "$(rand_between "$KILL_MIN" "$KILL_MAX")"
-    for name in "${!DEV[@]}"; do
-        kill -0 "${FIO_PID[$name]}" 2>/dev/null \
-            || fail "round $round: fio on $name finished before the kill (lower CRASH_RATE_IOPS)"
-    done
-    j=0
-    for name in "${!DEV[@]}"; do
-        [ "$(written_sectors "${DEV[$name]}")" -gt "${before[$j]}" ] \
-            || fail "round $round: no write reached ${DEV[$name]} before the kill (fio stuck?)"
-        j=$((j + 1))
-    done
+    wait_writing
     kill9_daemon
     for name in "${!DEV[@]}"; do
         [ -b "${DEV[$name]}" ] || fail "round $round: ${DEV[$name]} vanished after kill -9 (no USER_RECOVERY?)"
