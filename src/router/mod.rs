@@ -355,6 +355,19 @@ impl Router {
         Ok(Arc::new(MeteredTarget::new(volume.clone(), io)))
     }
 
+    /// The I/O target of a live export: what its device serves (volume + metrics).
+    /// Lets host tests and no-device mode drive I/O without a kernel.
+    pub fn io_target(&self, name: &str) -> Result<Arc<dyn IoTarget>, RouterError> {
+        let volume = self
+            .state
+            .read()
+            .exports
+            .get(name)
+            .and_then(|e| e.volume.clone())
+            .ok_or_else(|| RouterError::NotFound(name.to_string()))?;
+        self.target(name, &volume)
+    }
+
     /// Create (or cold-wake) `name` with `size` bytes, grow it, or repair it.
     /// Idempotent: the same request again returns the same state.
     pub async fn put(

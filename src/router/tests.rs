@@ -320,8 +320,7 @@ fn metrics_follow_exports() {
     r.recover().unwrap();
     block_on(r.put("m1", 1 << 20)).unwrap();
     // Drive I/O through the metered target the router built for the device.
-    let vol: Arc<dyn ExportVolume> = f.vols.store.lock()["m1"].clone();
-    let t = MeteredTarget::new(vol, m.export_io("m1").unwrap());
+    let t = r.io_target("m1").unwrap();
     block_on(t.write(0, &[7u8; 8192], false)).unwrap();
     let mut buf = [0u8; 4096];
     block_on(t.read(4096, &mut buf)).unwrap();
