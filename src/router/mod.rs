@@ -36,7 +36,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 /// Router settings (from the config).
@@ -219,7 +219,20 @@ pub struct Router {
     name_locks: Mutex<HashMap<String, Weak<async_lock::Mutex<()>>>>,
     ready: AtomicBool,
     closing: AtomicBool,
+    in_flight: AtomicUsize,
 }
+
+/// Counts a state-changing operation for [`Router::shutdown`], which waits for them.
+struct OpGuard<'a>(&'a AtomicUsize);
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long shutdown waits for in-flight API operations before closing volumes.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Releases a `max_exports` reservation unless consumed.
 struct Reservation<'a> {
@@ -258,6 +271,7 @@ impl Router {
             name_locks: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         });
         metrics.set_source(Arc::new(RouterStats(Arc::downgrade(&router))));
         Ok(router)
@@ -276,6 +290,15 @@ impl Router {
             return Err(RouterError::NotReady);
         }
         Ok(())
+    }
+
+    /// Register a state-changing operation; refused once shutdown started. The
+    /// increment-then-check order pairs with shutdown's set-then-wait.
+    fn begin_op(&self) -> Result<OpGuard<'_>, RouterError> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = OpGuard(&self.in_flight);
+        self.check_open()?;
+        Ok(guard)
     }
 
     fn name_lock(&self, name: &str) -> Arc<async_lock::Mutex<()>> {
@@ -377,7 +400,7 @@ impl Router {
     ) -> Result<(ExportInfo, PutOutcome), RouterError> {
         validate_name(name).map_err(RouterError::InvalidName)?;
         validate_size(size).map_err(RouterError::InvalidSize)?;
-        self.check_open()?;
+        let _op = self.begin_op()?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         self.check_open()?;
@@ -623,7 +646,7 @@ impl Router {
     /// the store and drop the local cache; with `purge` also delete its objects.
     pub async fn delete(&self, name: &str, purge: bool) -> Result<(), RouterError> {
         validate_name(name).map_err(RouterError::InvalidName)?;
-        self.check_open()?;
+        let _op = self.begin_op()?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         let e = self
@@ -704,7 +727,7 @@ impl Router {
     /// Return once everything acknowledged on `name` is in the object store.
     pub async fn drain(&self, name: &str) -> Result<ExportInfo, RouterError> {
         validate_name(name).map_err(RouterError::InvalidName)?;
-        self.check_open()?;
+        let _op = self.begin_op()?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         let e = self
@@ -845,6 +868,19 @@ impl Router {
     /// daemon unless `stop_devices`), then close every volume (fdatasync journals).
     pub fn shutdown(&self, stop_devices: bool) {
         self.closing.store(true, Ordering::SeqCst);
+        // Let API operations already past their checks finish (bounded: a drain
+        // against a dead store would wait forever), so none races the closes below.
+        let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    in_flight = self.in_flight.load(Ordering::SeqCst),
+                    "shutting down with API operations still running"
+                );
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         if let Some(devs) = &self.devices {
             devs.shutdown(stop_devices);
         }

@@ -336,3 +336,46 @@ fn metrics_follow_exports() {
     block_on(r.delete("m1", true)).unwrap();
     assert!(!m.render().contains("export=\"m1\""));
 }
+
+#[test]
+fn shutdown_waits_for_operations_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (etx, erx) = smol::channel::unbounded();
+    let (rtx, rrx) = smol::channel::unbounded();
+    let gated = Arc::new(Gated {
+        inner: MemVolumes::default(),
+        entered: etx,
+        release: rrx,
+    });
+    let cfg = RouterConfig {
+        cache_dir: dir.path().into(),
+        max_exports: 10,
+        open_concurrency: 1,
+    };
+    let r = Router::new(
+        cfg,
+        gated.clone(),
+        None,
+        Metrics::new(true, "v", "s").unwrap(),
+    )
+    .unwrap();
+    r.recover().unwrap();
+    let r2 = r.clone();
+    let slow = std::thread::spawn(move || block_on(r2.put("slow", 4096)));
+    block_on(erx.recv()).unwrap();
+    let r3 = r.clone();
+    let stopper = std::thread::spawn(move || r3.shutdown(false));
+    while r.is_ready() {
+        std::thread::yield_now();
+    }
+    // New operations are refused while shutdown waits...
+    assert!(matches!(
+        block_on(r.put("late", 4096)),
+        Err(RouterError::ShuttingDown)
+    ));
+    // ...and the one in flight completes and is then closed by shutdown.
+    rtx.send_blocking(()).unwrap();
+    slow.join().unwrap().unwrap();
+    stopper.join().unwrap();
+    assert!(gated.inner.store.lock()["slow"].is_closed());
+}
