@@ -379,3 +379,23 @@ fn shutdown_waits_for_operations_in_flight() {
     stopper.join().unwrap();
     assert!(gated.inner.store.lock()["slow"].is_closed());
 }
+
+#[test]
+fn grow_that_loses_the_device_is_repaired_by_put() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("g", 4096)).unwrap();
+    f.devs.fail_add.store(true, Ordering::SeqCst);
+    assert!(block_on(r.put("g", 8192)).is_err());
+    let g = r.get("g").unwrap();
+    assert_eq!((g.state, g.device), (ExportState::Failed, None));
+    f.devs.fail_add.store(false, Ordering::SeqCst);
+    let (info, out) = block_on(r.put("g", 8192)).unwrap();
+    assert_eq!(out, PutOutcome::Repaired);
+    assert_eq!(
+        (info.device.as_deref(), info.size_bytes),
+        (Some("/dev/ublkb0"), 8192)
+    );
+    assert_eq!(f.registry()["g"].size_bytes, 8192);
+    assert_eq!(f.devs.devices.lock().get(&0), Some(&8192));
+}
