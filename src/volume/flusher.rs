@@ -246,7 +246,9 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
     }
     bump(&inner.stats.manifests_written, 1);
     // Garbage collection: older manifests, and segments the manifest covers that hold
-    // no live entry.
+    // no live entry. Re-check the lease: a fenced writer must not delete anything.
+    inner.check_bg()?;
+    lease::check(inner.store.as_ref(), &inner.lease_key(), &held).await?;
     for m in inner
         .store
         .list(&format!("{}manifest/", inner.prefix))

@@ -2,18 +2,20 @@
 //!
 //! Durability rules (docs/format.md, "Journal"):
 //! - a WRITE/ZERO record (with the crc32c of every 4 KiB sector written) is appended
-//!   to the journal before the write is acknowledged; a CLEAN record after a block's
-//!   upload committed. The page cache outlives a killed process, so after kill -9 the
-//!   journal and cache file are exactly as the engine left them.
+//!   before a write is acknowledged that makes a sector dirty (a rewrite of sectors
+//!   that are all dirty already needs no record); a CLEAN record after a block's
+//!   upload committed; a SYNC record at FLUSH after the cache file's fdatasync. The
+//!   page cache outlives a killed process, so after kill -9 the journal and cache
+//!   file are exactly as the engine left them.
 //! - replay = state file + journals `>= state.journal_gen`; a record whose length or
 //!   checksum is wrong ends the journal (torn tail, counted as a checksum error).
-//! - after replay every sector written by a journal record is verified against its
-//!   crc: a mismatch means its data never reached the disk (power loss), so the
-//!   sector falls back to its previous state (dirty data from the state file, else
-//!   "not cached" so reads go to the store) - never garbage.
 //! - if the boot id changed since the state file was written and the last close was
-//!   not clean, clean sectors are dropped (their cache data may be older or newer
-//!   than the store's copy); dirty sectors survive.
+//!   not clean (possible power loss), every sector named by a WRITE/ZERO record after
+//!   the last SYNC is verified against its crc: a mismatch means its data is not what
+//!   the record says (lost, or rewritten later), so the sector falls back to its
+//!   state at the last SYNC (dirty stays dirty, else "not cached" so reads go to the
+//!   store) - never garbage; and clean sectors are dropped (their cache data may be
+//!   older or newer than the store's copy); dirty sectors survive.
 //! - the state file is written atomically, after an fdatasync of the cache file, and
 //!   names the first journal generation to replay.
 
@@ -36,6 +38,7 @@ pub const STATE_MAGIC: &[u8; 8] = b"GLSTATE1";
 const K_WRITE: u8 = 1;
 const K_ZERO: u8 = 2;
 const K_CLEAN: u8 = 3;
+const K_SYNC: u8 = 4;
 const REC_HDR: usize = 12;
 
 /// One journal record.
@@ -60,6 +63,9 @@ pub enum Record {
         /// Block indexes.
         blocks: Vec<u64>,
     },
+    /// The cache file was fdatasync'ed before this record: the data of every
+    /// earlier record is on disk.
+    Sync,
 }
 
 /// crc32c of a zero sector.
@@ -96,6 +102,7 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
             }
             K_CLEAN
         }
+        Record::Sync => K_SYNC,
     };
     let len = (out.len() - start) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -143,6 +150,7 @@ fn decode_one(r: &[u8]) -> Option<Record> {
                 blocks: (0..n).map(|i| u64_at(body, 8 + 8 * i)).collect(),
             })
         }
+        K_SYNC if body.is_empty() => Some(Record::Sync),
         _ => None,
     }
 }
@@ -424,6 +432,7 @@ pub fn replay(
                         note(&mut map, &mut pending, s, zero_sector_crc());
                     }
                 }
+                Record::Sync => pending.clear(),
                 Record::Clean { blocks } => {
                     for b in blocks {
                         map.mark_clean(b);
@@ -435,19 +444,22 @@ pub fn replay(
             }
         }
     }
-    let mut sector = vec![0u8; SECTOR_SIZE];
-    for (s, (crc, base_dirty)) in pending {
-        data.read_at(&mut sector, s * SECTOR_SIZE as u64)
-            .map_err(|e| io("verifying cache data", e))?;
-        if crc32c::crc32c(&sector) != crc {
-            errors += 1;
-            if !base_dirty {
-                map.invalidate(s / spb, 1u32 << (s % spb));
+    // Without a reboot the page cache kept every write: the data is what the
+    // records say. After a possible power loss, verify what was written after the
+    // last SYNC record and drop clean sectors.
+    let power_loss = !st.clean_close && st.boot_id != fs.boot_id();
+    if power_loss {
+        let mut sector = vec![0u8; SECTOR_SIZE];
+        for (s, (crc, base_dirty)) in pending {
+            data.read_at(&mut sector, s * SECTOR_SIZE as u64)
+                .map_err(|e| io("verifying cache data", e))?;
+            if crc32c::crc32c(&sector) != crc {
+                errors += 1;
+                if !base_dirty {
+                    map.invalidate(s / spb, 1u32 << (s % spb));
+                }
             }
         }
-    }
-    if !st.clean_close && st.boot_id != fs.boot_id() {
-        // Possible power loss: clean cache data cannot be trusted to match the store.
         let blocks: Vec<(u64, u32)> = map.blocks.iter().map(|(b, x)| (*b, x.dirty)).collect();
         for (b, d) in blocks {
             map.set(b, d, d, 0);
@@ -476,6 +488,7 @@ mod tests {
                 count: 32,
             },
             Record::Clean { blocks: vec![0, 2] },
+            Record::Sync,
         ];
         let mut buf = Vec::new();
         for r in &recs {
@@ -487,17 +500,17 @@ mod tests {
         let mut torn = buf.clone();
         torn.truncate(buf.len() - 3);
         let (got, _, bad) = parse(&torn);
-        assert_eq!(got.len(), 2);
+        assert_eq!(got.len(), 3);
         assert!(bad);
         let mut flipped = buf.clone();
         let n = flipped.len();
         flipped[n - 1] ^= 0x40;
         let (got, _, bad) = parse(&flipped);
-        assert_eq!(got.len(), 2);
+        assert_eq!(got.len(), 3);
         assert!(bad);
         buf.extend_from_slice(&[0u8; 100]);
         let (got, _, bad) = parse(&buf);
-        assert_eq!((got.len(), bad), (3, false));
+        assert_eq!((got.len(), bad), (4, false));
     }
 
     #[test]

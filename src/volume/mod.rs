@@ -218,21 +218,25 @@ impl Inner {
         b: u64,
         s0: usize,
         buf: &[u8],
-        crcs: Vec<u32>,
     ) -> Result<(), VolumeError> {
         let n = buf.len() / SECTOR_SIZE;
+        let m = mask(s0, n);
         self.data
             .write_at(buf, b * BS + s0 as u64 * SS)
             .map_err(|e| self.fail("cache write", e))?;
-        st.journal
-            .append(&Record::Write {
-                first: b * SECTORS_PER_BLOCK as u64 + s0 as u64,
-                crcs,
-            })
-            .map_err(|e| self.fail("journal append", e))?;
+        // Only a sector that becomes dirty needs a record (see journal.rs).
+        if st.local.get(b).dirty & m != m {
+            let crcs = buf.chunks(SECTOR_SIZE).map(crc32c::crc32c).collect();
+            st.journal
+                .append(&Record::Write {
+                    first: b * SECTORS_PER_BLOCK as u64 + s0 as u64,
+                    crcs,
+                })
+                .map_err(|e| self.fail("journal append", e))?;
+        }
         st.write_seq += 1;
         let ws = st.write_seq;
-        st.local.mark_written(b, mask(s0, n), ws);
+        st.local.mark_written(b, m, ws);
         Ok(())
     }
 }
@@ -428,6 +432,13 @@ impl Volume {
             self.write_in_block(b, in_blk, &data[pos..pos + n]).await?;
             pos += n;
         }
+        // Start flushing early, before writers have to wait at the limit.
+        let dirty = self.inner.st.lock().local.dirty_sectors * SS;
+        if dirty >= self.inner.cfg.dirty_limit_bytes / 2
+            && !self.inner.kick_flag.load(Ordering::Relaxed)
+        {
+            self.inner.kick();
+        }
         if fua {
             self.flush().await?;
         }
@@ -440,9 +451,8 @@ impl Volume {
         let end = in_blk + chunk.len();
         let s1 = end.div_ceil(SECTOR_SIZE);
         if in_blk % SECTOR_SIZE == 0 && end % SECTOR_SIZE == 0 {
-            let crcs = chunk.chunks(SECTOR_SIZE).map(crc32c::crc32c).collect();
             let mut st = inner.st.lock();
-            return inner.commit_write(&mut st, b, s0, chunk, crcs);
+            return inner.commit_write(&mut st, b, s0, chunk);
         }
         // Partial sectors at the edges: merge with the cached (or stored) sector.
         let mut partial = vec![s0];
@@ -472,8 +482,7 @@ impl Volume {
                         }
                     }
                     buf[in_blk - base..end - base].copy_from_slice(chunk);
-                    let crcs = buf.chunks(SECTOR_SIZE).map(crc32c::crc32c).collect();
-                    return inner.commit_write(&mut st, b, s0, &buf, crcs);
+                    return inner.commit_write(&mut st, b, s0, &buf);
                 }
             }
             fetch::fetch_block(inner, b).await?;
@@ -495,14 +504,20 @@ impl Volume {
     async fn sync_local(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let _g = inner.sync_lock.lock().await;
-        let j = inner.st.lock().journal.file.clone();
         let data = inner.data.clone();
-        let r = smol::unblock(move || {
-            data.sync_data()?;
-            j.sync_data()
-        })
-        .await;
-        r.map_err(|e| inner.fail("fdatasync", e))
+        smol::unblock(move || data.sync_data())
+            .await
+            .map_err(|e| inner.fail("fdatasync", e))?;
+        let j = {
+            let mut st = inner.st.lock();
+            st.journal
+                .append(&Record::Sync)
+                .map_err(|e| inner.fail("journal append", e))?;
+            st.journal.file.clone()
+        };
+        smol::unblock(move || j.sync_data())
+            .await
+            .map_err(|e| inner.fail("fdatasync", e))
     }
 
     /// Discard: the range reads back as zeros (holes punched locally; zero blocks
