@@ -139,12 +139,9 @@ impl QueueCtx {
         })
     }
 
-    /// Tag `tag`'s bounce buffer (bounce mode only).
-    pub(crate) fn bounce_buf(&self, tag: u16) -> Option<&mut [u8]> {
-        let b = self.bounce.as_ref()?;
-        // SAFETY: only tag `tag`'s task calls this, once per request, and drops the
-        // slice before committing; tags never share a buffer.
-        unsafe { b.tag_buf(usize::from(tag)) }
+    /// Tag `tag`'s bounce buffer (bounce mode only): start and length.
+    pub(crate) fn bounce_ptr(&self, tag: u16) -> Option<(*mut u8, usize)> {
+        self.bounce.as_ref()?.tag_ptr(usize::from(tag))
     }
 
     fn bounce_addr(&self, tag: u16) -> u64 {
