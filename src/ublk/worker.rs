@@ -251,14 +251,16 @@ impl Reactor {
         self.push(&sqe);
     }
 
-    fn push(&self, sqe: &squeue::Entry) {
+    /// Put `sqe` on the submission queue, flushing it to the kernel if it is full.
+    /// Returns false if the queue stayed full (the kernel refused to take entries).
+    fn push(&self, sqe: &squeue::Entry) -> bool {
         let mut ring = self.ring.borrow_mut();
-        loop {
+        for _ in 0..8 {
             // SAFETY: every SQE we build points only at memory that outlives the
             // operation: the kick buffer (boxed, lives as long as the reactor) and
             // ublk commands, whose payload is copied into the SQE itself.
             if unsafe { ring.submission().push(sqe) }.is_ok() {
-                return;
+                return true;
             }
             // SQ full: hand what we have to the kernel and retry.
             if let Err(e) = ring.submit() {
@@ -267,6 +269,8 @@ impl Reactor {
                 }
             }
         }
+        tracing::error!("io_uring submission queue stays full; failing the operation");
+        false
     }
 
     /// Queue `sqe` and return a future resolving to its CQE result.
@@ -284,7 +288,9 @@ impl Reactor {
                 }
             }
         };
-        self.push(&sqe.user_data(idx as u64));
+        if !self.push(&sqe.user_data(idx as u64)) {
+            self.ops.borrow_mut()[idx] = Some(OpState::Done(-libc::EAGAIN));
+        }
         Op {
             reactor: self.clone(),
             idx,
