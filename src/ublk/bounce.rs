@@ -36,23 +36,14 @@ impl BounceBufs {
         self.map.as_ptr() as u64 + (tag.min(self.tags) * self.buf_bytes) as u64
     }
 
-    /// Tag `tag`'s buffer.
-    ///
-    /// # Safety
-    /// The caller must be the only user of tag `tag`'s buffer while the returned slice
-    /// lives (one task per tag), and must not hold it across a command that lets the
-    /// kernel write the buffer.
-    pub(crate) unsafe fn tag_buf(&self, tag: usize) -> Option<&mut [u8]> {
+    /// Start and length of tag `tag`'s buffer. The memory stays valid (and writable)
+    /// as long as `self` lives; tag `t`'s buffer is only ever used by tag `t`'s task.
+    pub(crate) fn tag_ptr(&self, tag: usize) -> Option<(*mut u8, usize)> {
         if tag >= self.tags {
             return None;
         }
-        // SAFETY: in bounds (tag < tags); exclusivity is the caller's contract. The
-        // mapping is writable (MmapMut) and lives as long as `self`.
-        Some(unsafe {
-            std::slice::from_raw_parts_mut(
-                self.map.as_ptr().add(tag * self.buf_bytes) as *mut u8,
-                self.buf_bytes,
-            )
-        })
+        // SAFETY: `tag < tags`, so the offset stays inside the mapping.
+        let p = unsafe { self.map.as_ptr().add(tag * self.buf_bytes) } as *mut u8;
+        Some((p, self.buf_bytes))
     }
 }

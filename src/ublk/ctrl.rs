@@ -191,12 +191,12 @@ impl CtrlThread {
 
     /// The control for `id`, opening one (GET_DEV_INFO, no ADD_DEV) if needed.
     fn get(&mut self, id: u32) -> Result<&UblkCtrl, UblkError> {
-        if !self.devs.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.devs.entry(id) {
             let iid =
                 i32::try_from(id).map_err(|_| UblkError::Invalid(format!("device id {id}")))?;
             let c = UblkCtrl::new(None, iid, 0, 0, 0, 0, 0, UblkFlags::empty())
                 .map_err(|e| UblkError::from_libublk("GET_DEV_INFO", Some(id), e))?;
-            self.devs.insert(id, c);
+            slot.insert(c);
         }
         self.devs.get(&id).ok_or(UblkError::UnknownDevice(id))
     }

@@ -96,12 +96,16 @@ async fn rw_bounce(
     write: bool,
     fua: bool,
 ) -> io::Result<()> {
-    let buf = q
-        .bounce_buf(tag)
+    let (ptr, cap) = q
+        .bounce_ptr(tag)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
-    let data = buf
-        .get_mut(..len)
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if len > cap {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `ptr..ptr+cap` is tag `tag`'s buffer inside the queue's live mapping
+    // (the queue outlives this call); only this tag's task touches it, and the kernel
+    // only reads/writes it while the tag's command is with the kernel, i.e. not now.
+    let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
     if write {
         q.spec.target.write(offset, data, fua).await
     } else {

@@ -27,6 +27,8 @@ pub mod buffer_pool;
 mod ctrl;
 mod error;
 mod io;
+#[cfg(test)]
+mod kernel_tests;
 pub mod mem_target;
 mod params;
 mod queue;

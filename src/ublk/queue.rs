@@ -1,5 +1,5 @@
 //! One (device, queue) served by one worker: the mmap'ed request descriptors, the
-//! char device's fixed-file slot, and one task per tag running
+//! char device's fixed-file slot (when fixed files are on), and one task per tag running
 //! FETCH_REQ → handle → COMMIT_AND_FETCH_REQ → handle → … until the kernel aborts
 //! the command (UBLK_IO_RES_ABORT after STOP_DEV, or the ring going away).
 //!
@@ -33,7 +33,8 @@ pub(crate) struct QueueSpec {
 /// A queue attached to a worker.
 pub(crate) struct QueueCtx {
     pub(crate) spec: QueueSpec,
-    fixed: u32,
+    /// Fixed-file slot of the char device, when fixed files are in use.
+    fixed: Option<u32>,
     iod: Cell<*mut libc::c_void>,
     iod_len: usize,
     bounce: Option<BounceBufs>,
@@ -94,13 +95,17 @@ impl QueueCtx {
                 }
             }
         };
-        let fixed = match reactor.register_file(spec.char_fd.as_raw_fd()) {
-            Ok(f) => f,
-            Err(e) => {
-                // SAFETY: unmapping the region mapped just above.
-                unsafe { libc::munmap(iod, iod_len) };
-                return Err(e);
+        let fixed = if super::worker::use_fixed_files() {
+            match reactor.register_file(spec.char_fd.as_raw_fd()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    // SAFETY: unmapping the region mapped just above.
+                    unsafe { libc::munmap(iod, iod_len) };
+                    return Err(e);
+                }
             }
+        } else {
+            None
         };
         Ok(QueueCtx {
             spec,
@@ -134,12 +139,9 @@ impl QueueCtx {
         })
     }
 
-    /// Tag `tag`'s bounce buffer (bounce mode only).
-    pub(crate) fn bounce_buf(&self, tag: u16) -> Option<&mut [u8]> {
-        let b = self.bounce.as_ref()?;
-        // SAFETY: only tag `tag`'s task calls this, once per request, and drops the
-        // slice before committing; tags never share a buffer.
-        unsafe { b.tag_buf(usize::from(tag)) }
+    /// Tag `tag`'s bounce buffer (bounce mode only): start and length.
+    pub(crate) fn bounce_ptr(&self, tag: u16) -> Option<(*mut u8, usize)> {
+        self.bounce.as_ref()?.tag_ptr(usize::from(tag))
     }
 
     fn bounce_addr(&self, tag: u16) -> u64 {
@@ -153,7 +155,9 @@ impl QueueCtx {
     /// ended), so that the char device can be fully released.
     pub(crate) fn release(&self, reactor: &Reactor) {
         if !self.released.replace(true) {
-            reactor.unregister_file(self.fixed);
+            if let Some(slot) = self.fixed {
+                reactor.unregister_file(slot);
+            }
         }
         self.unmap();
     }
@@ -197,9 +201,14 @@ pub(crate) async fn serve_tag(q: Rc<QueueCtx>, reactor: Rc<Reactor>, tag: u16) {
             result,
             addr: q.bounce_addr(tag),
         };
-        let sqe = opcode::UringCmd16::new(types::Fixed(q.fixed), cmd_op)
-            .cmd(io_cmd_bytes(&cmd))
-            .build();
+        let sqe = match q.fixed {
+            Some(slot) => opcode::UringCmd16::new(types::Fixed(slot), cmd_op)
+                .cmd(io_cmd_bytes(&cmd))
+                .build(),
+            None => opcode::UringCmd16::new(types::Fd(q.fd()), cmd_op)
+                .cmd(io_cmd_bytes(&cmd))
+                .build(),
+        };
         let res = reactor.submit(sqe).await;
         if res == sys::UBLK_IO_RES_ABORT {
             return;

@@ -147,7 +147,7 @@ impl UblkServer {
     ) -> Result<DeviceInfo, UblkError> {
         self.check_running()?;
         let size = target.size_bytes();
-        if size == 0 || size % crate::SECTOR_SIZE as u64 != 0 {
+        if size == 0 || !size.is_multiple_of(crate::SECTOR_SIZE as u64) {
             return Err(UblkError::Invalid(format!(
                 "device size {size} is not a positive multiple of {}",
                 crate::SECTOR_SIZE
@@ -380,12 +380,10 @@ impl Drop for UblkServer {
 }
 
 /// Run `f` over `items` with at most [`BULK_PARALLELISM`] threads.
-pub(crate) fn parallel_map<T: Send, R: Send>(
-    items: Vec<T>,
-    f: impl Fn(T) -> R + Sync,
-) -> Vec<(u32, R)>
+pub(crate) fn parallel_map<T, R>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<(u32, R)>
 where
-    T: Copy + Into<u32>,
+    T: Send + Copy + Into<u32>,
+    R: Send,
 {
     let queue = Mutex::new(items.into_iter());
     let out = Mutex::new(Vec::new());
