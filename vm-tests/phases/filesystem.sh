@@ -32,17 +32,25 @@ dev="$EXPORT_DEV"
 mnt="$WORK_DIR/mnt"
 mkdir -p "$mnt"
 
-# The tree: some of the system's documentation (many small files, symlinks) plus
-# random files up to TREE_MIB, made on the scratch disk first.
+# The tree, made on the scratch disk first: FS_SMALL_FILES small files (0.5-16 KiB)
+# in nested directories, a few symlinks, then random files of 256 KiB-4 MiB up to
+# TREE_MIB in all.
 src="$WORK_DIR/tree"
-mkdir -p "$src/doc" "$src/data"
-cp -a /usr/share/doc/. "$src/doc/" 2>/dev/null || true
-i=0
-while [ "$(du -sm "$src" | cut -f1)" -lt "$TREE_MIB" ]; do
-    d="$src/data/d$((i % 16))"
+mkdir -p "$src"
+bytes=0
+for ((i = 0; i < ${FS_SMALL_FILES:-1000}; i++)); do
+    d="$src/small/s$((i % 10))/t$((i % 7))"
     mkdir -p "$d"
-    head -c "$((4096 * (1 + RANDOM % 512)))" /dev/urandom >"$d/f$i"
-    i=$((i + 1))
+    n=$((512 * (1 + RANDOM % 32)))
+    head -c "$n" /dev/urandom >"$d/f$i"
+    bytes=$((bytes + n))
+done
+for ((i = 0; i < 10; i++)); do ln -s "../small/s$i" "$src/link$i"; done
+mkdir -p "$src/big"
+for ((i = 0; bytes < TREE_MIB << 20; i++)); do
+    n=$(((256 + RANDOM % 3840) << 10))
+    head -c "$n" /dev/urandom >"$src/big/b$i"
+    bytes=$((bytes + n))
 done
 tree_mib="$(du -sm "$src" | cut -f1)"
 files="$(find "$src" -type f | wc -l)"
