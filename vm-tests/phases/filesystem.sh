@@ -32,26 +32,21 @@ dev="$EXPORT_DEV"
 mnt="$WORK_DIR/mnt"
 mkdir -p "$mnt"
 
-# The tree, made on the scratch disk first: FS_SMALL_FILES small files (0.5-16 KiB)
-# in nested directories, a few symlinks, then random files of 256 KiB-4 MiB up to
-# TREE_MIB in all.
+# The tree, made on the scratch disk first (few processes: forks are slow under TCG):
+# 10 directories of 100 small files (1-10 KiB, one size per directory), symlinks,
+# then random files of 3 MiB up to TREE_MIB in all.
 src="$WORK_DIR/tree"
-mkdir -p "$src"
-bytes=0
-for ((i = 0; i < ${FS_SMALL_FILES:-1000}; i++)); do
-    d="$src/small/s$((i % 10))/t$((i % 7))"
-    mkdir -p "$d"
-    n=$((512 * (1 + RANDOM % 32)))
-    head -c "$n" /dev/urandom >"$d/f$i"
-    bytes=$((bytes + n))
-done
-for ((i = 0; i < 10; i++)); do ln -s "../small/s$i" "$src/link$i"; done
 mkdir -p "$src/big"
-for ((i = 0; bytes < TREE_MIB << 20; i++)); do
-    n=$(((256 + RANDOM % 3840) << 10))
-    head -c "$n" /dev/urandom >"$src/big/b$i"
-    bytes=$((bytes + n))
+bytes=0
+for ((i = 0; i < 10; i++)); do
+    mkdir -p "$src/small/s$i/t"
+    n=$(((i + 1) << 10))
+    head -c "$((n * 100))" /dev/urandom | split -b "$n" -d -a 3 - "$src/small/s$i/t/f"
+    bytes=$((bytes + n * 100))
+    ln -s "small/s$i" "$src/link$i"
 done
+rest=$(((TREE_MIB << 20) - bytes))
+[ "$rest" -le 0 ] || head -c "$rest" /dev/urandom | split -b 3M -d -a 3 - "$src/big/m"
 tree_mib="$(du -sm "$src" | cut -f1)"
 files="$(find "$src" -type f | wc -l)"
 record_figure tree_mib "$tree_mib" MiB
