@@ -46,4 +46,28 @@ fio_run nullblk-randread-4k --filename=/dev/nullb0 --rw=randread --bs=4k --iodep
 iops="$(fio_iops nullblk-randread-4k read)"
 [ "${iops:-0}" -gt 0 ] || fail "null_blk fio reported 0 IOPS"
 record_figure nullblk_randread_4k_qd32_iops "$iops" IOPS
+
+# ublk itself, without glidefs: rublk's null target (when rublk is installed), with
+# per-tag buffers and with USER_COPY. The cost of the ublk round trip in this VM.
+rublk_bin="$(command -v rublk || true)"
+if [ -n "$rublk_bin" ] && [ "${BOOT_RUBLK:-1}" = 1 ]; then
+    for variant in plain usercopy; do
+        flags=()
+        [ "$variant" = usercopy ] && flags=(-u)
+        "$rublk_bin" add null -n 0 -q 1 "${flags[@]}" >"$RESULTS_DIR/rublk-$variant.log" 2>&1 \
+            || fail "rublk add null ${flags[*]} failed: $(tail -n 3 "$RESULTS_DIR/rublk-$variant.log")"
+        wait_blockdev /dev/ublkb0 30
+        fio_run "rublk-null-$variant-randread-4k" --filename=/dev/ublkb0 --rw=randread --bs=4k \
+            --iodepth=32 --time_based --runtime="$runtime" || fio_failed "rublk-null-$variant-randread-4k"
+        record_figure "rublk_null_${variant}_randread_4k_qd32_iops" \
+            "$(fio_iops "rublk-null-$variant-randread-4k" read)" IOPS
+        "$rublk_bin" del -n 0 >/dev/null 2>&1 || fail "rublk del -n 0 failed"
+        for ((i = 0; i < 100; i++)); do
+            [ -b /dev/ublkb0 ] || break
+            sleep 0.1
+        done
+    done
+else
+    log "rublk not installed: no ublk null-target baseline"
+fi
 pass

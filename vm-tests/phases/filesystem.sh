@@ -32,18 +32,21 @@ dev="$EXPORT_DEV"
 mnt="$WORK_DIR/mnt"
 mkdir -p "$mnt"
 
-# The tree: some of the system's documentation (many small files, symlinks) plus
-# random files up to TREE_MIB, made on the scratch disk first.
+# The tree, made on the scratch disk first (few processes: forks are slow under TCG):
+# 10 directories of 100 small files (1-10 KiB, one size per directory), symlinks,
+# then random files of 3 MiB up to TREE_MIB in all.
 src="$WORK_DIR/tree"
-mkdir -p "$src/doc" "$src/data"
-cp -a /usr/share/doc/. "$src/doc/" 2>/dev/null || true
-i=0
-while [ "$(du -sm "$src" | cut -f1)" -lt "$TREE_MIB" ]; do
-    d="$src/data/d$((i % 16))"
-    mkdir -p "$d"
-    head -c "$((4096 * (1 + RANDOM % 512)))" /dev/urandom >"$d/f$i"
-    i=$((i + 1))
+mkdir -p "$src/big"
+bytes=0
+for ((i = 0; i < 10; i++)); do
+    mkdir -p "$src/small/s$i/t"
+    n=$(((i + 1) << 10))
+    head -c "$((n * 100))" /dev/urandom | split -b "$n" -d -a 3 - "$src/small/s$i/t/f"
+    bytes=$((bytes + n * 100))
+    ln -s "small/s$i" "$src/link$i"
 done
+rest=$(((TREE_MIB << 20) - bytes))
+[ "$rest" -le 0 ] || head -c "$rest" /dev/urandom | split -b 3M -d -a 3 - "$src/big/m"
 tree_mib="$(du -sm "$src" | cut -f1)"
 files="$(find "$src" -type f | wc -l)"
 record_figure tree_mib "$tree_mib" MiB

@@ -297,7 +297,7 @@ api() {
     if [ "$#" -ge 3 ]; then
         data=(-H 'Content-Type: application/json' --data-binary "$body")
     fi
-    API_STATUS="$(curl -sS -o "$out" -w '%{http_code}' --max-time "${API_TIMEOUT:-600}" \
+    API_STATUS="$(curl -sS --path-as-is -o "$out" -w '%{http_code}' --max-time "${API_TIMEOUT:-600}" \
         -X "$method" "${data[@]}" "$API$path" 2>/dev/null)" || API_STATUS="${API_STATUS:-000}"
     API_BODY="$(cat "$out")"
     rm -f "$out"
