@@ -111,6 +111,9 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Retries of a failed store request (transient errors only).
     pub retries: u32,
+    /// Accept a store whose conditional writes are honoured but not atomic under
+    /// concurrency (s3s-fs). Only safe with a single writer per volume (test setups).
+    pub allow_racy_conditional: bool,
 }
 
 impl Default for StoreConfig {
@@ -123,6 +126,7 @@ impl Default for StoreConfig {
             credentials_file: None,
             timeout: Duration::from_secs(30),
             retries: 3,
+            allow_racy_conditional: false,
         }
     }
 }

@@ -243,6 +243,7 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
         session_token: creds.as_ref().and_then(|c| c.session_token.clone()),
         timeout: cfg.store.timeout,
         retries: cfg.store.retries,
+        allow_racy_conditional: cfg.store.allow_racy_conditional,
         ..StoreOptions::default()
     };
     let raw_store = open_store(&store_url, &opts).context("opening the object store")?;

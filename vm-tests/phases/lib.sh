@@ -199,6 +199,7 @@ write_config() {
                 echo "endpoint = \"$S3_ENDPOINT\""
                 echo "region = \"us-east-1\""
                 echo "path_style = true"
+                echo "allow_racy_conditional = true # s3s-fs: single writer only"
                 ;;
         esac
         echo
