@@ -317,13 +317,13 @@ impl Volume {
     fn check_req(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         self.inner.check_live()?;
         let a = LOGICAL_BLOCK_SIZE as u64;
-        if offset % a != 0 || len % a != 0 {
+        if !offset.is_multiple_of(a) || !len.is_multiple_of(a) {
             return Err(VolumeError::Invalid(format!(
                 "request offset {offset} len {len} not {a}-byte aligned"
             )));
         }
         let size = self.size_bytes();
-        if offset.checked_add(len).map_or(true, |e| e > size) {
+        if offset.checked_add(len).is_none_or(|e| e > size) {
             return Err(VolumeError::Invalid(format!(
                 "request offset {offset} len {len} beyond size {size}"
             )));
@@ -450,7 +450,7 @@ impl Volume {
         let s0 = in_blk / SECTOR_SIZE;
         let end = in_blk + chunk.len();
         let s1 = end.div_ceil(SECTOR_SIZE);
-        if in_blk % SECTOR_SIZE == 0 && end % SECTOR_SIZE == 0 {
+        if in_blk.is_multiple_of(SECTOR_SIZE) && end.is_multiple_of(SECTOR_SIZE) {
             let mut st = inner.st.lock();
             return inner.commit_write(&mut st, b, s0, chunk);
         }
