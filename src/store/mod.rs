@@ -12,6 +12,7 @@
 pub mod key;
 pub mod local;
 pub mod mem;
+pub mod metered;
 pub mod retry;
 pub mod s3;
 pub mod url;
