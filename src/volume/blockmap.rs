@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 
 /// Sectors per block (32 with 128 KiB blocks and 4 KiB sectors).
 pub const SECTORS_PER_BLOCK: usize = BLOCK_SIZE / SECTOR_SIZE;
-const _: () = assert!(SECTORS_PER_BLOCK <= 32 && BLOCK_SIZE % SECTOR_SIZE == 0);
+const _: () = assert!(SECTORS_PER_BLOCK <= 32 && BLOCK_SIZE.is_multiple_of(SECTOR_SIZE));
 
 /// All sectors of a block.
 pub const FULL: u32 = if SECTORS_PER_BLOCK == 32 {

@@ -30,6 +30,10 @@ pub trait FileHandle: Send + Sync {
     fn sync_data(&self) -> io::Result<()>;
     /// Current size.
     fn len(&self) -> io::Result<u64>;
+    /// Size is zero.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Truncate or extend (sparse).
     fn set_len(&self, len: u64) -> io::Result<()>;
 }

@@ -3,7 +3,7 @@
 //! A volume is a sparse local cache file plus a journal in `cache_dir`, and a
 //! log of immutable segment objects in the store (formats: docs/format.md).
 //!
-//! Data path:
+//! Data path (datapath.rs):
 //! - `write`: data pwrite into the cache file, WRITE journal record (with per-sector
 //!   crc32c), block map update - all under the volume's state lock, before the
 //!   acknowledgement. Sub-block writes never wait on the store; a write that covers
@@ -33,6 +33,7 @@
 
 pub mod blockmap;
 pub mod config;
+mod datapath;
 pub mod error;
 mod fetch;
 pub mod fileio;
@@ -48,7 +49,7 @@ pub use error::VolumeError;
 pub use fileio::{FileHandle, FileIo, RealFs, SimFs};
 
 use crate::store::ObjectStore;
-use crate::{BLOCK_SIZE, LOGICAL_BLOCK_SIZE, SECTOR_SIZE};
+use crate::{BLOCK_SIZE, SECTOR_SIZE};
 use blockmap::{mask, LocalMap, StoreMap, SECTORS_PER_BLOCK};
 use event_listener::Event;
 use journal::{Journal, Record};
@@ -314,181 +315,6 @@ impl Volume {
         &self.inner.cfg.name
     }
 
-    fn check_req(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
-        self.inner.check_live()?;
-        let a = LOGICAL_BLOCK_SIZE as u64;
-        if offset % a != 0 || len % a != 0 {
-            return Err(VolumeError::Invalid(format!(
-                "request offset {offset} len {len} not {a}-byte aligned"
-            )));
-        }
-        let size = self.size_bytes();
-        if offset.checked_add(len).map_or(true, |e| e > size) {
-            return Err(VolumeError::Invalid(format!(
-                "request offset {offset} len {len} beyond size {size}"
-            )));
-        }
-        Ok(())
-    }
-
-    /// Read `buf.len()` bytes at `offset`.
-    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
-        self.check_req(offset, buf.len() as u64)?;
-        let mut pos = 0usize;
-        while pos < buf.len() {
-            let off = offset + pos as u64;
-            let (b, in_blk) = (off / BS, (off % BS) as usize);
-            let n = (BLOCK_SIZE - in_blk).min(buf.len() - pos);
-            self.read_in_block(b, in_blk, &mut buf[pos..pos + n])
-                .await?;
-            pos += n;
-        }
-        Ok(())
-    }
-
-    async fn read_in_block(
-        &self,
-        b: u64,
-        in_blk: usize,
-        out: &mut [u8],
-    ) -> Result<(), VolumeError> {
-        let inner = &self.inner;
-        let s0 = in_blk / SECTOR_SIZE;
-        let s1 = (in_blk + out.len()).div_ceil(SECTOR_SIZE);
-        let need = mask(s0, s1 - s0);
-        let file_off = b * BS + in_blk as u64;
-        let mut missed = false;
-        loop {
-            let (valid, in_store) = {
-                let st = inner.st.lock();
-                (st.local.get(b).valid, st.store.map.contains_key(&b))
-            };
-            if valid & need == need {
-                inner
-                    .data
-                    .read_at(out, file_off)
-                    .map_err(|e| inner.fail("cache read", e))?;
-            } else if !in_store {
-                // Sectors not cached and absent from the store are zeros.
-                for s in s0..s1 {
-                    let a = (s * SECTOR_SIZE).max(in_blk) - in_blk;
-                    let e = ((s + 1) * SECTOR_SIZE).min(in_blk + out.len()) - in_blk;
-                    if valid & (1 << s) != 0 {
-                        inner
-                            .data
-                            .read_at(&mut out[a..e], file_off + a as u64)
-                            .map_err(|e| inner.fail("cache read", e))?;
-                    } else {
-                        out[a..e].fill(0);
-                    }
-                }
-            } else {
-                missed = true;
-                fetch::fetch_block(inner, b).await?;
-                continue;
-            }
-            let c = if missed {
-                &inner.stats.cache_misses
-            } else {
-                &inner.stats.cache_hits
-            };
-            bump(c, 1);
-            return Ok(());
-        }
-    }
-
-    async fn wait_dirty_room(&self, len: u64) -> Result<(), VolumeError> {
-        let inner = &self.inner;
-        let limit = inner.cfg.dirty_limit_bytes;
-        let room = |inner: &Inner| {
-            let d = inner.st.lock().local.dirty_sectors * SS;
-            d == 0 || d + len <= limit
-        };
-        while !room(inner) {
-            inner.check_live()?;
-            let l = inner.changed.listen();
-            inner.kick();
-            if room(inner) {
-                break;
-            }
-            l.await;
-        }
-        Ok(())
-    }
-
-    /// Write `data` at `offset`; with `fua`, durable (per the flush mode) on return.
-    /// Waits (never fails) while the dirty limit is exceeded.
-    pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VolumeError> {
-        self.check_req(offset, data.len() as u64)?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        self.wait_dirty_room(data.len() as u64).await?;
-        let mut pos = 0usize;
-        while pos < data.len() {
-            let off = offset + pos as u64;
-            let (b, in_blk) = (off / BS, (off % BS) as usize);
-            let n = (BLOCK_SIZE - in_blk).min(data.len() - pos);
-            self.write_in_block(b, in_blk, &data[pos..pos + n]).await?;
-            pos += n;
-        }
-        // Start flushing early, before writers have to wait at the limit.
-        let dirty = self.inner.st.lock().local.dirty_sectors * SS;
-        if dirty >= self.inner.cfg.dirty_limit_bytes / 2
-            && !self.inner.kick_flag.load(Ordering::Relaxed)
-        {
-            self.inner.kick();
-        }
-        if fua {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn write_in_block(&self, b: u64, in_blk: usize, chunk: &[u8]) -> Result<(), VolumeError> {
-        let inner = &self.inner;
-        let s0 = in_blk / SECTOR_SIZE;
-        let end = in_blk + chunk.len();
-        let s1 = end.div_ceil(SECTOR_SIZE);
-        if in_blk % SECTOR_SIZE == 0 && end % SECTOR_SIZE == 0 {
-            let mut st = inner.st.lock();
-            return inner.commit_write(&mut st, b, s0, chunk);
-        }
-        // Partial sectors at the edges: merge with the cached (or stored) sector.
-        let mut partial = vec![s0];
-        if s1 - 1 != s0 {
-            partial.push(s1 - 1);
-        }
-        partial.retain(|&s| s * SECTOR_SIZE < in_blk || (s + 1) * SECTOR_SIZE > end);
-        loop {
-            {
-                let mut st = inner.st.lock();
-                let valid = st.local.get(b).valid;
-                let in_store = st.store.map.contains_key(&b);
-                let need_fetch = in_store && partial.iter().any(|&s| valid & (1 << s) == 0);
-                if !need_fetch {
-                    let base = s0 * SECTOR_SIZE;
-                    let mut buf = vec![0u8; (s1 - s0) * SECTOR_SIZE];
-                    for &s in &partial {
-                        if valid & (1 << s) != 0 {
-                            let r = s * SECTOR_SIZE - base;
-                            inner
-                                .data
-                                .read_at(
-                                    &mut buf[r..r + SECTOR_SIZE],
-                                    b * BS + (s * SECTOR_SIZE) as u64,
-                                )
-                                .map_err(|e| inner.fail("cache read", e))?;
-                        }
-                    }
-                    buf[in_blk - base..end - base].copy_from_slice(chunk);
-                    return inner.commit_write(&mut st, b, s0, &buf);
-                }
-            }
-            fetch::fetch_block(inner, b).await?;
-        }
-    }
-
     /// Make every completed write durable: fdatasync cache data and journal
     /// (and in [`FlushMode::Store`], wait for the store commit).
     pub async fn flush(&self) -> Result<(), VolumeError> {
@@ -518,59 +344,6 @@ impl Volume {
         smol::unblock(move || j.sync_data())
             .await
             .map_err(|e| inner.fail("fdatasync", e))
-    }
-
-    /// Discard: the range reads back as zeros (holes punched locally; zero blocks
-    /// are committed as zero entries without data).
-    pub async fn discard(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
-        self.write_zeroes(offset, len).await
-    }
-
-    /// Write zeros over `[offset, offset+len)`.
-    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
-        self.check_req(offset, len)?;
-        let end = offset + len;
-        let a = offset.div_ceil(SS) * SS;
-        let z = (end / SS) * SS;
-        if a >= z {
-            let zeros = vec![0u8; len as usize];
-            return self.write(offset, &zeros, false).await;
-        }
-        if a > offset {
-            self.write(offset, &vec![0u8; (a - offset) as usize], false)
-                .await?;
-        }
-        if z < end {
-            self.write(z, &vec![0u8; (end - z) as usize], false).await?;
-        }
-        let inner = &self.inner;
-        let mut pos = a;
-        while pos < z {
-            let b = pos / BS;
-            let n = (BS - pos % BS).min(z - pos);
-            let s0 = ((pos % BS) / SS) as usize;
-            let cnt = (n / SS) as usize;
-            let mut st = inner.st.lock();
-            let cached = st.local.get(b).valid != 0;
-            if cached || st.store.map.contains_key(&b) {
-                inner
-                    .data
-                    .punch_hole(pos, n)
-                    .map_err(|e| inner.fail("punch hole", e))?;
-                st.journal
-                    .append(&Record::Zero {
-                        first: pos / SS,
-                        count: cnt as u32,
-                    })
-                    .map_err(|e| inner.fail("journal append", e))?;
-                st.write_seq += 1;
-                let ws = st.write_seq;
-                st.local.mark_written(b, mask(s0, cnt), ws);
-            }
-            drop(st);
-            pos += n;
-        }
-        Ok(())
     }
 
     /// Wait until everything acknowledged before this call is committed to the store.

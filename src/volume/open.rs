@@ -204,7 +204,7 @@ pub(crate) async fn open(
             cfg.name
         )));
     }
-    if cfg.size_bytes % SECTOR_SIZE as u64 != 0 {
+    if !cfg.size_bytes.is_multiple_of(SECTOR_SIZE as u64) {
         return Err(VolumeError::Invalid(format!(
             "size {} is not a multiple of {SECTOR_SIZE}",
             cfg.size_bytes
@@ -267,7 +267,7 @@ pub(crate) async fn open(
     // 3. Store map.
     let (smap, max_seq) = load_store_map(store.as_ref(), &p, uuid).await?;
     // 4. Local state.
-    let local_ours = acq.prev_owner.as_deref().map_or(true, |o| o == cfg.owner);
+    let local_ours = acq.prev_owner.as_deref().is_none_or(|o| o == cfg.owner);
     let fs = cfg.fileio.clone();
     let dir = cfg.cache_dir.clone();
     let (data, replayed, boot_id, journal) = smol::unblock(move || -> Result<_, VolumeError> {
@@ -352,7 +352,7 @@ pub(crate) async fn open(
 }
 
 pub(crate) async fn grow(inner: &Inner, new_size: u64) -> Result<(), VolumeError> {
-    if new_size % SECTOR_SIZE as u64 != 0 {
+    if !new_size.is_multiple_of(SECTOR_SIZE as u64) {
         return Err(VolumeError::Invalid(format!(
             "size {new_size} is not a multiple of {SECTOR_SIZE}"
         )));
