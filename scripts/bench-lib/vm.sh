@@ -1,0 +1,70 @@
+# shellcheck shell=bash
+# Boots a QEMU/TCG VM (virtme-ng on the host's root filesystem, read-only except the
+# folders handed over with --rwdir) and runs scripts/bench inside it.
+#
+# The guest sees the repository read-only, so the results folder and a log folder are
+# passed with --rwdir; the guest's /tmp is an overlay held in guest memory, which is
+# where the devices' backing files and glidefs' cache live. vng's exit code is not
+# reliable, so the guest writes "$LOGDIR/status" (the bench exit code) and the host
+# reads that.
+
+vm_kernel() {
+    if [ -n "${GLIDEFS_VM_KERNEL:-}" ]; then
+        echo "$GLIDEFS_VM_KERNEL"
+        return
+    fi
+    ls -d "${GLIDEFS_TOOLS:-/opt/glidefs-tools}"/kernel/*/boot/vmlinuz-* 2>/dev/null | sort -V | tail -1
+}
+
+vm_vng() {
+    local c
+    for c in "${GLIDEFS_TOOLS:-/opt/glidefs-tools}/vng-venv/bin/vng" "$(command -v vng || true)"; do
+        [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return 0; }
+    done
+    return 1
+}
+
+# vm_run REPO OUT ARGS...: runs "scripts/bench ARGS --in-vm --out OUT" in a VM.
+vm_run() {
+    local repo="$1" out="$2"
+    shift 2
+    local kernel vng logdir
+    kernel=$(vm_kernel)
+    [ -n "$kernel" ] && [ -f "$kernel" ] \
+        || die "no VM kernel under ${GLIDEFS_TOOLS:-/opt/glidefs-tools}/kernel (vm-tests/run installs it) and GLIDEFS_VM_KERNEL unset"
+    vng=$(vm_vng) || die "virtme-ng (vng) not found (vm-tests/run installs it)"
+    mkdir -p "$out"
+    logdir=$(mktemp -d /tmp/glidefs-bench-vm.XXXXXX)
+    # Everything the guest needs is in one script, visible to the guest through the
+    # read-only host root.
+    {
+        echo "#!/bin/bash"
+        echo "exec >$logdir/guest.log 2>&1"
+        echo "cd '$repo' || exit 1"
+        local v
+        for v in $(compgen -e | grep -E '^(BENCH_|GLIDEFS_|RUBLK_|RUST_LOG$|CARGO_TARGET_DIR$)'); do
+            printf 'export %s=%q\n' "$v" "${!v}"
+        done
+        printf 'export BENCH_COMMAND=%q\n' "${BENCH_COMMAND:-scripts/bench}"
+        printf 'export PATH=%q\n' "$PATH"
+        printf 'scripts/bench --in-vm --out %q' "$out"
+        printf ' %q' "$@"
+        echo
+        echo "echo \$? >$logdir/status"
+    } >"$logdir/guest.sh"
+    chmod +x "$logdir/guest.sh"
+    log "booting VM: $kernel, ${BENCH_VM_CPUS:-2} vCPUs, ${BENCH_VM_MEMORY:-4G}; guest log $logdir/guest.log"
+    timeout "${BENCH_VM_TIMEOUT:-5400}" "$vng" --run "$kernel" --disable-kvm \
+        --cpus "${BENCH_VM_CPUS:-2}" --memory "${BENCH_VM_MEMORY:-4G}" \
+        --rwdir "$out" --rwdir "$logdir" --exec "$logdir/guest.sh" \
+        </dev/null >"$logdir/vng.log" 2>&1 || true
+    cat "$logdir/guest.log" >&2 2>/dev/null || true
+    local status
+    status=$(cat "$logdir/status" 2>/dev/null || echo "none")
+    if [ "$status" != 0 ]; then
+        log "VM run failed (guest status: $status); vng log: $logdir/vng.log"
+        tail -20 "$logdir/vng.log" >&2
+        return 1
+    fi
+    rm -rf "$logdir"
+}
