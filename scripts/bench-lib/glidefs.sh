@@ -64,7 +64,10 @@ glidefs_start() {
     [ -f "$dir/config.toml" ] || glidefs_config "$dir"
     local envs=(RUST_LOG="${RUST_LOG:-info}")
     [ "$mode" = bounce ] && envs+=(GLIDEFS_BOUNCE_MODE=1)
-    env "${envs[@]}" "$bin" run --config "$dir/config.toml" >>"$dir/daemon.log" 2>&1 &
+    # Its own mount namespace, as the VM phases do (UBLK-FACTS: libublk-rs #50).
+    local ns=()
+    command -v unshare >/dev/null && ns=(unshare --mount --propagation private --)
+    env "${envs[@]}" "${ns[@]}" "$bin" run --config "$dir/config.toml" >>"$dir/daemon.log" 2>&1 &
     GFS_PID=$!
     if ! "$PY" "$BENCH_LIB/api.py" "$GFS_URL" wait-ready "${BENCH_READY_TIMEOUT:-600}"; then
         log "glidefs did not become ready; last log lines:"

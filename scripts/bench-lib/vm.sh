@@ -47,24 +47,65 @@ vm_run() {
         done
         printf 'export BENCH_COMMAND=%q\n' "${BENCH_COMMAND:-scripts/bench}"
         printf 'export PATH=%q\n' "$PATH"
+        # The scratch disk (ext4 image, the only virtio disk) holds WORK_DIR, as in
+        # vm-tests/run, so file-backed targets measure a real block device.
+        echo 'modprobe virtio_blk 2>/dev/null; for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done'
+        echo 'mkdir -p /run/bench-work && mount -o noatime /dev/vda /run/bench-work && export WORK_DIR=/run/bench-work'
         printf 'scripts/bench --in-vm --out %q' "$out"
         printf ' %q' "$@"
         echo
         echo "echo \$? >$logdir/status"
     } >"$logdir/guest.sh"
     chmod +x "$logdir/guest.sh"
+    rm -f "$logdir/scratch.img"
+    truncate -s "${BENCH_VM_DISK:-16G}" "$logdir/scratch.img"
+    mkfs.ext4 -q -F -i 262144 -E lazy_itable_init=0,lazy_journal_init=0 "$logdir/scratch.img" \
+        || die "mkfs.ext4 of the scratch image failed"
     log "booting VM: $kernel, ${BENCH_VM_CPUS:-2} vCPUs, ${BENCH_VM_MEMORY:-4G}; guest log $logdir/guest.log"
     timeout "${BENCH_VM_TIMEOUT:-5400}" "$vng" --run "$kernel" --disable-kvm \
         --cpus "${BENCH_VM_CPUS:-2}" --memory "${BENCH_VM_MEMORY:-4G}" \
-        --rwdir "$out" --rwdir "$logdir" --exec "$logdir/guest.sh" \
+        --rwdir "$out" --rwdir "$logdir" --disk "$logdir/scratch.img" --exec "$logdir/guest.sh" \
         </dev/null >"$logdir/vng.log" 2>&1 || true
     cat "$logdir/guest.log" >&2 2>/dev/null || true
     local status
     status=$(cat "$logdir/status" 2>/dev/null || echo "none")
-    if [ "$status" != 0 ]; then
-        log "VM run failed (guest status: $status); vng log: $logdir/vng.log"
-        tail -20 "$logdir/vng.log" >&2
-        return 1
-    fi
-    rm -rf "$logdir"
+    rm -f "$logdir/scratch.img"
+    case "$status" in
+        0) rm -rf "$logdir" ;;
+        3) log "some targets could not be measured (see the trace)"; return 3 ;;
+        *)
+            log "VM run failed (guest status: $status); vng log: $logdir/vng.log"
+            tail -20 "$logdir/vng.log" >&2
+            return 1
+            ;;
+    esac
+}
+
+# runner_run REPO OUT MODE: runs the bench phases with the project's VM runner
+# (vm-tests/run) and copies their traces to OUT. The runner passes BENCH_* to the
+# `bench` phase and DENSITY_SWEEP_* to `density-sweep`.
+runner_run() {
+    local repo="$1" out="$2" mode="$3" phases=() vmout rc=0
+    case "$mode" in
+        iops) phases=(bench) ;;
+        density) phases=(density-sweep) ;;
+        all) phases=(bench density-sweep) ;;
+    esac
+    vmout=$(mktemp -d /tmp/glidefs-bench-runner.XXXXXX)
+    export DENSITY_SWEEP_N="$BENCH_DENSITY_N" DENSITY_SWEEP_SIZE="$BENCH_DENSITY_SIZE"
+    export DENSITY_SWEEP_COMMAND="$BENCH_COMMAND"
+    export GLIDEFS_VM_CPUS="${BENCH_VM_CPUS:-${GLIDEFS_VM_CPUS:-2}}"
+    export GLIDEFS_VM_MEMORY="${BENCH_VM_MEMORY:-${GLIDEFS_VM_MEMORY:-4G}}"
+    log "vm-tests/run ${phases[*]} (results in $vmout)"
+    GLIDEFS_VM_OUT="$vmout" "$repo/vm-tests/run" "${phases[@]}" || rc=$?
+    mkdir -p "$out"
+    local f
+    for f in "$vmout/bench/iops.txt" "$vmout/density-sweep/density-sweep.txt"; do
+        if [ -f "$f" ]; then
+            cp "$f" "$out/"
+            log "copied $(basename "$f") to $out"
+        fi
+    done
+    [ "$rc" = 0 ] && rm -rf "$vmout"
+    return "$rc"
 }
