@@ -9,6 +9,7 @@ one uncommented table, which scripts/plot-bench reads:
   target workload iops p50_us p99_us mib_s x_rublk_null x_rublk_loop x_1dev
 Ratios are '-' where a figure is missing; failed runs keep their row with iops 0."""
 import re
+import statistics
 import sys
 
 # (what, target, workload, reference workload or target, threshold)
@@ -42,6 +43,29 @@ def load_rows(path):
     return rows
 
 
+def aggregate(rows):
+    """One row per (target, workload), in first-seen order: the median of each
+    figure over the ok runs, the number of runs, and the spread of IOPS
+    ((max - min) / median) when there was more than one ok run."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["wl"]), []).append(r)
+    out = []
+    for (target, wl), runs in groups.items():
+        ok = [r for r in runs if r["status"] == "ok"]
+        agg = {"target": target, "wl": wl, "runs": len(runs), "failed": len(runs) - len(ok)}
+        if ok:
+            for k in ("iops", "p50", "p99", "mib"):
+                agg[k] = statistics.median(r[k] for r in ok)
+            agg["status"] = "ok"
+            vals = [r["iops"] for r in ok]
+            agg["spread"] = (max(vals) - min(vals)) / agg["iops"] if len(ok) > 1 and agg["iops"] else None
+        else:
+            agg.update(iops=0, p50=0, p99=0, mib=0, status="fail", spread=None)
+        out.append(agg)
+    return out
+
+
 def ratio(a, b):
     if not a or not b:
         return None
@@ -53,7 +77,7 @@ def fmt(r):
 
 
 def iops_report(raw, skipped, header):
-    rows = load_rows(raw)
+    rows = aggregate(load_rows(raw))
     by = {(r["target"], r["wl"]): r["iops"] for r in rows if r["status"] == "ok"}
     out = []
     with open(header, encoding="utf-8") as f:
@@ -62,8 +86,10 @@ def iops_report(raw, skipped, header):
     out.append("# Table: IOPS, completion latency p50/p99 (us), MiB/s, and ratios of IOPS to")
     out.append("# rublk null (the ublk ceiling), rublk loop (a peer on a file) and, for")
     out.append("# N-device rows, to the same target's single-device figure.")
+    out.append("# With several runs per figure (BENCH_ROUNDS): medians; runs = ok/total runs,")
+    out.append("# spread = (max - min) / median of the IOPS.")
     cols = ["target", "workload", "iops", "p50_us", "p99_us", "mib_s",
-            "x_rublk_null", "x_rublk_loop", "x_1dev"]
+            "x_rublk_null", "x_rublk_loop", "x_1dev", "runs", "spread"]
     table = []
     for r in rows:
         m = re.match(r"(.*)-\d+dev$", r["wl"])
@@ -75,6 +101,8 @@ def iops_report(raw, skipped, header):
             fmt(ratio(iops, by.get(("rublk-null", r["wl"])))),
             fmt(ratio(iops, by.get(("rublk-loop", r["wl"])))),
             fmt(ratio(iops, by.get((r["target"], base)))) if base else "-",
+            f"{r['runs'] - r['failed']}/{r['runs']}",
+            "-" if r["spread"] is None else f"{100 * r['spread']:.0f}%",
         ])
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c)
               for i, c in enumerate(cols)]

@@ -49,8 +49,11 @@ vm_run() {
         printf 'export PATH=%q\n' "$PATH"
         # The scratch disk (ext4 image, the only virtio disk) holds WORK_DIR, as in
         # vm-tests/run, so file-backed targets measure a real block device.
-        echo 'modprobe virtio_blk 2>/dev/null; for i in $(seq 100); do [ -b /dev/vda ] && break; sleep 0.1; done'
-        echo 'mkdir -p /run/bench-work && mount -o noatime /dev/vda /run/bench-work && export WORK_DIR=/run/bench-work'
+        # (vng attaches it as virtio-scsi: found by its label, not by name).
+        echo 'modprobe -a virtio_scsi sd_mod virtio_blk 2>/dev/null'
+        echo 'for i in $(seq 100); do dev=$(blkid -L bench-work 2>/dev/null) && break; sleep 0.1; done'
+        echo 'mkdir -p /run/bench-work && mount -o noatime "$dev" /run/bench-work && export WORK_DIR=/run/bench-work'
+        echo 'echo "scratch disk ${dev:-none} on ${WORK_DIR:-nothing}"'
         printf 'scripts/bench --in-vm --out %q' "$out"
         printf ' %q' "$@"
         echo
@@ -59,7 +62,7 @@ vm_run() {
     chmod +x "$logdir/guest.sh"
     rm -f "$logdir/scratch.img"
     truncate -s "${BENCH_VM_DISK:-16G}" "$logdir/scratch.img"
-    mkfs.ext4 -q -F -i 262144 -E lazy_itable_init=0,lazy_journal_init=0 "$logdir/scratch.img" \
+    mkfs.ext4 -q -F -L bench-work -i 262144 -E lazy_itable_init=0,lazy_journal_init=0 "$logdir/scratch.img" \
         || die "mkfs.ext4 of the scratch image failed"
     log "booting VM: $kernel, ${BENCH_VM_CPUS:-2} vCPUs, ${BENCH_VM_MEMORY:-4G}; guest log $logdir/guest.log"
     timeout "${BENCH_VM_TIMEOUT:-5400}" "$vng" --run "$kernel" --disable-kvm \
