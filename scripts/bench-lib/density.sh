@@ -94,7 +94,8 @@ density_report() {
     echo "# ((RSS - pool) at N - (RSS - pool) with no export) / N. recovery_ready = kill -9"
     echo "# to API ready; recovery_io = kill -9 to every device having served a 4 KiB read."
     # shellcheck disable=SC2086
-    { echo "# $DENSITY_COLS" | tr ' ' '\t'; cat "$2"; } | column -t -s $'\t' | sed '1!s/^/  /'
+    echo "# density: exports of $BENCH_DENSITY_SIZE each, N = $BENCH_DENSITY_N, daemon in USER_COPY mode"
+    { echo "$DENSITY_COLS" | tr ' ' '\t'; cat "$2"; } | column -t -s $'\t' | sed '1s/^/# /; 1!s/^/  /'
     echo "#"
     echo "# Targets (issue 7):"
     awk '!/^#/ && $1 == 1025 {
