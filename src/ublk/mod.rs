@@ -1,5 +1,133 @@
-//! ublk: control plane on libublk, data plane of our own (pinned workers, io_uring,
-//! USER_COPY, per-worker buffer pool), crash recovery. See docs/architecture.md.
+//! ublk: the control plane on libublk (one control thread), our own data plane
+//! (pinned workers, one io_uring each with a sparse fixed-file table, USER_COPY through
+//! a per-worker buffer pool, or per-tag bounce buffers as a kill switch), and crash
+//! recovery of QUIESCED devices.
+//!
+//! Module map (each file owns one job):
+//! - [`server`]: [`UblkServer`], the public entry point: add / recover / delete devices.
+//! - `ctrl`: the control thread owning every libublk `UblkCtrl`, plus the few raw
+//!   control commands that block on our data plane (START_DEV, END_USER_RECOVERY).
+//! - `worker`: K pinned worker threads; each owns (device, queue) pairs for life.
+//! - `queue`: one (device, queue): the descriptor mmap and its per-tag tasks.
+//! - `io`: request handling (READ/WRITE/FLUSH/DISCARD/WRITE_ZEROES) against an
+//!   [`IoTarget`].
+//! - `user_copy`: pread/pwrite of request data through `/dev/ublkcN`.
+//! - `bounce`: per-tag stable buffers (`GLIDEFS_BOUNCE_MODE=1`, or no USER_COPY).
+//! - [`buffer_pool`]: the per-worker slot pool that bounds data-plane memory.
+//! - `params`: device parameters.
+//! - `recovery`: re-attaching QUIESCED devices after a crash; orphan cleanup.
+//!
+//! Which devices are "ours": every device glidefs creates carries
+//! [`GLIDEFS_DEV_MARKER`] in `ublksrv_ctrl_dev_info.ublksrv_flags`, a field the
+//! kernel stores verbatim for the device's lifetime and returns in GET_DEV_INFO.
+//! It survives the daemon, needs no state file, and cannot go stale.
 
+mod bounce;
+pub mod buffer_pool;
+mod ctrl;
+mod error;
+mod io;
+pub mod mem_target;
+mod params;
+mod queue;
+mod recovery;
+mod server;
 pub mod target;
+mod user_copy;
+mod worker;
+
+pub use buffer_pool::PoolStats;
+pub use error::UblkError;
+pub use mem_target::MemTarget;
+pub use server::UblkServer;
 pub use target::IoTarget;
+
+/// Marker stored in `ublksrv_flags` of every device glidefs creates ("glidefs\0").
+pub const GLIDEFS_DEV_MARKER: u64 = u64::from_be_bytes(*b"glidefs\0");
+
+/// Size of one data-plane buffer slot: one volume block.
+pub const IO_BUF_BYTES: usize = crate::BLOCK_SIZE;
+
+/// Options of a [`UblkServer`].
+#[derive(Debug, Clone)]
+pub struct UblkOptions {
+    /// Worker threads (each pinned to one CPU, one io_uring). Default min(cores, 16).
+    pub workers: usize,
+    /// Hardware queues per device. Default 1.
+    pub queues: u16,
+    /// Tags (in-flight requests) per queue. Default 64, at most 4096.
+    pub queue_depth: u16,
+    /// Buffer pool slots per worker (each [`IO_BUF_BYTES`]). Default 256 (32 MiB).
+    pub pool_slots: usize,
+    /// Use per-tag bounce buffers instead of USER_COPY. Also forced by the environment
+    /// variable `GLIDEFS_BOUNCE_MODE=1`, and used when the kernel lacks USER_COPY.
+    pub bounce_mode: bool,
+}
+
+impl Default for UblkOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        UblkOptions {
+            workers: cores.clamp(1, 16),
+            queues: 1,
+            queue_depth: 64,
+            pool_slots: 256,
+            bounce_mode: false,
+        }
+    }
+}
+
+/// Where a device can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The kernel's device id N.
+    pub dev_id: u32,
+    /// `/dev/ublkbN`.
+    pub block_path: String,
+    /// `/dev/ublkcN`.
+    pub char_path: String,
+}
+
+impl DeviceInfo {
+    pub(crate) fn new(dev_id: u32) -> Self {
+        DeviceInfo {
+            dev_id,
+            block_path: format!("/dev/ublkb{dev_id}"),
+            char_path: format!("/dev/ublkc{dev_id}"),
+        }
+    }
+}
+
+/// A device's state as the kernel reports it (GET_DEV_INFO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Added but not started, or stopped.
+    Dead,
+    /// Started and served.
+    Live,
+    /// Its server died; I/O waits for a new server (USER_RECOVERY).
+    Quiesced,
+    /// Its server died; I/O fails (USER_RECOVERY_FAIL_IO).
+    FailIo,
+    /// A state this build does not know.
+    Unknown(u16),
+}
+
+impl DeviceState {
+    pub(crate) fn from_raw(s: u16) -> Self {
+        match u32::from(s) {
+            libublk::sys::UBLK_S_DEV_DEAD => DeviceState::Dead,
+            libublk::sys::UBLK_S_DEV_LIVE => DeviceState::Live,
+            libublk::sys::UBLK_S_DEV_QUIESCED => DeviceState::Quiesced,
+            libublk::sys::UBLK_S_DEV_FAIL_IO => DeviceState::FailIo,
+            _ => DeviceState::Unknown(s),
+        }
+    }
+}
+
+/// Whether the bounce mode is forced by the environment (`GLIDEFS_BOUNCE_MODE=1`).
+pub fn bounce_mode_from_env() -> bool {
+    std::env::var("GLIDEFS_BOUNCE_MODE").is_ok_and(|v| v == "1")
+}

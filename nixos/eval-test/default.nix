@@ -1,0 +1,310 @@
+# Evaluation test of nixos/module.nix against the stand-in lib/pkgs in this folder.
+# `nix-instantiate --eval --strict --json nixos/eval-test` gives a list of
+# { name; ok; detail; } (scripts/check-nix.sh prints it and fails on any !ok) plus
+# the rendered settings, for a TOML round trip outside Nix.
+let
+  lib = import ./lib.nix;
+  pkgs = import ./pkgs.nix { inherit lib; };
+  renderUnit = import ./unit.nix { inherit lib; };
+
+  eval =
+    modules:
+    lib.evalModules {
+      modules = [
+        ./nixos-base.nix
+        ../module.nix
+      ]
+      ++ modules;
+      specialArgs = { inherit pkgs; };
+    };
+
+  # A configuration with the module enabled on a 6.12 kernel, plus `extra`.
+  withGlidefs =
+    extra:
+    eval [
+      {
+        boot.kernelPackages = pkgs.linuxPackages_6_12;
+        services.glidefs.enable = true;
+      }
+      extra
+    ];
+
+  inherit (import ./checks.nix)
+    contains
+    eq
+    failedAssertions
+    hasMessage
+    that
+    throws
+    ;
+
+  store = builtins.storeDir + "/00000000000000000000000000000000";
+
+  # ---- sample: S3 store, credentials file, API on all interfaces ------------------
+  s3 = withGlidefs {
+    services.glidefs = {
+      maxDevices = 4096;
+      credentialsFile = "/run/secrets/glidefs-s3";
+      openFirewall = true;
+      settings = {
+        store = {
+          url = "s3://volumes/host-a";
+          endpoint = "http://127.0.0.1:9000";
+          region = "us-east-1";
+          path_style = true;
+        };
+        cache = {
+          dirty_limit = "1G";
+          flush_interval = "5s";
+          flush_mode = "local";
+        };
+        api.listen = "0.0.0.0:8080";
+        ublk = {
+          workers = 2;
+          queues = 2;
+          queue_depth = 64;
+          pool_slots = 256;
+        };
+        limits.max_exports = 4096;
+      };
+    };
+  };
+  s3c = s3.config;
+  s3svc = s3c.systemd.services.glidefs;
+  s3sc = s3svc.serviceConfig;
+  s3unit = renderUnit s3svc;
+  s3cfgFile = s3c.services.glidefs.configFile;
+  s3toml = s3cfgFile.configFile.text;
+
+  # ---- sample: all defaults ------------------------------------------------------
+  defaults = withGlidefs { };
+  dc = defaults.config;
+  dsc = dc.systemd.services.glidefs.serviceConfig;
+
+  # ---- broken or edge configurations ---------------------------------------------
+  oldKernel = eval [
+    {
+      boot.kernelPackages = pkgs.linuxPackages_6_1;
+      services.glidefs.enable = true;
+    }
+  ];
+  secretInSettings = withGlidefs { services.glidefs.settings.store.secret_access_key = "hunter2"; };
+  loopbackFirewall = withGlidefs { services.glidefs.openFirewall = true; };
+  otherCredPath = withGlidefs {
+    services.glidefs.credentialsFile = "/run/secrets/s3";
+    services.glidefs.settings.store.credentials_file = "/etc/glidefs/s3";
+  };
+  secretInStore = withGlidefs {
+    services.glidefs.environmentFile = "${builtins.storeDir}/abc-glidefs.env";
+  };
+  badListen = withGlidefs { services.glidefs.settings.api.listen = "localhost"; };
+  nullSetting = withGlidefs { services.glidefs.settings.store.endpoint = null; };
+  typo = withGlidefs { services.glidefs.maxDevice = 10; };
+  disabled = eval [ { boot.kernelPackages = pkgs.linuxPackages_6_12; } ];
+  unchecked = withGlidefs { services.glidefs.checkConfig = false; };
+  socket = withGlidefs { services.glidefs.settings.api.listen = "/srv/glidefs/api.sock"; };
+  unixSocket = withGlidefs { services.glidefs.settings.api.listen = "unix:/run/glidefs/api.sock"; };
+  lowPort = withGlidefs { services.glidefs.settings.api.listen = "[::]:443"; };
+  elsewhere = withGlidefs {
+    services.glidefs.settings = {
+      cache.dir = "/srv/glidefs-cache";
+      store.url = "file:///srv/glidefs-store";
+    };
+  };
+  envFile = withGlidefs {
+    services.glidefs.environmentFile = "/run/secrets/glidefs.env";
+    services.glidefs.settings.store.url = "s3://b/p";
+  };
+  userPriority = withGlidefs {
+    services.glidefs.settings.cache.dir = lib.mkForce "/mnt/cache";
+    services.glidefs.settings.cache.dirty_limit = lib.mkDefault "2G";
+  };
+
+  expectedS3Toml = ''
+    [api]
+    listen = "0.0.0.0:8080"
+
+    [cache]
+    dir = "/var/lib/glidefs/cache"
+    dirty_limit = "1G"
+    flush_interval = "5s"
+    flush_mode = "local"
+
+    [limits]
+    max_exports = 4096
+
+    [store]
+    credentials_file = "/run/credentials/glidefs.service/s3"
+    endpoint = "http://127.0.0.1:9000"
+    path_style = true
+    region = "us-east-1"
+    url = "s3://volumes/host-a"
+
+    [ublk]
+    pool_slots = 256
+    queue_depth = 64
+    queues = 2
+    workers = 2
+  '';
+
+  expectedDefaultToml = ''
+    [api]
+    listen = "127.0.0.1:8080"
+
+    [cache]
+    dir = "/var/lib/glidefs/cache"
+
+    [limits]
+    max_exports = 20000
+
+    [store]
+    url = "file:///var/lib/glidefs/store"
+  '';
+
+  checks = [
+    # the S3 sample
+    (eq "s3: no undeclared options are defined" s3.unknownOptions [ ])
+    (eq "s3: no failed assertions" (failedAssertions s3c) [ ])
+    (eq "s3: no warnings" s3c.warnings [ ])
+    (eq "s3: rendered TOML" s3toml expectedS3Toml)
+    (eq "s3: ExecStart runs the checked config" s3sc.ExecStart
+      "${store}-glidefs-0.1.0/bin/glidefs run --config ${store}-glidefs-checked.toml"
+    )
+    (contains "s3: build-time check-config of the generated file" s3cfgFile.buildCommand
+      "/bin/glidefs check-config \"$configFile\""
+    )
+    (eq "s3: Type=notify" s3sc.Type "notify")
+    (eq "s3: Restart=always" s3sc.Restart "always")
+    (eq "s3: small restart delay" s3sc.RestartSec "1s")
+    (eq "s3: never stop restarting" s3svc.unitConfig.StartLimitIntervalSec 0)
+    (eq "s3: KillMode=mixed" s3sc.KillMode "mixed")
+    (eq "s3: StateDirectory (cache only: the store is S3)" s3sc.StateDirectory [
+      "glidefs"
+      "glidefs/cache"
+    ])
+    (eq "s3: LimitNOFILE" s3sc.LimitNOFILE 1048576)
+    (eq "s3: LoadCredential" s3sc.LoadCredential [ "s3:/run/secrets/glidefs-s3" ])
+    (that "s3: no EnvironmentFile" (!(s3sc ? EnvironmentFile)))
+    (eq "s3: capabilities" s3sc.CapabilityBoundingSet [ "CAP_SYS_ADMIN" ])
+    (eq "s3: DeviceAllow" s3sc.DeviceAllow [
+      "/dev/ublk-control rw"
+      "char-ublk-char rw"
+    ])
+    (eq "s3: DevicePolicy" s3sc.DevicePolicy "closed")
+    (eq "s3: PrivateDevices off" s3sc.PrivateDevices false)
+    (eq "s3: ProtectKernelModules on" s3sc.ProtectKernelModules true)
+    (eq "s3: ProtectSystem strict" s3sc.ProtectSystem "strict")
+    (that "s3: PrivateUsers not set" (!(s3sc ? PrivateUsers)))
+    (eq "s3: SystemCallFilter" s3sc.SystemCallFilter [ "@system-service" ])
+    (eq "s3: after network for S3" s3svc.after [
+      "systemd-modules-load.service"
+      "network-online.target"
+    ])
+    (eq "s3: ublk_drv loaded" s3c.boot.kernelModules [ "ublk_drv" ])
+    (eq "s3: ublks_max from maxDevices" s3c.boot.extraModprobeConfig
+      "options ublk_drv ublks_max=4096\n"
+    )
+    (eq "s3: firewall opens the API port" s3c.networking.firewall.allowedTCPPorts [ 8080 ])
+    (eq "s3: package installed" (map (p: p.name) s3c.environment.systemPackages) [ "glidefs-0.1.0" ])
+    (contains "s3: unit has Type=notify" s3unit "\nType=notify\n")
+    (contains "s3: unit has KillMode=mixed" s3unit "\nKillMode=mixed\n")
+    (contains "s3: unit has Restart=always" s3unit "\nRestart=always\n")
+    (contains "s3: unit has PrivateDevices=false" s3unit "\nPrivateDevices=false\n")
+    (contains "s3: unit has both DeviceAllow lines" s3unit
+      "\nDeviceAllow=/dev/ublk-control rw\nDeviceAllow=char-ublk-char rw\n"
+    )
+    (contains "s3: unit has ExecStart" s3unit
+      "\nExecStart=${store}-glidefs-0.1.0/bin/glidefs run --config "
+    )
+    (contains "s3: unit is wanted by multi-user.target" s3unit
+      "[Install]\nWantedBy=multi-user.target\n"
+    )
+
+    # defaults
+    (eq "defaults: no failed assertions" (failedAssertions dc) [ ])
+    (eq "defaults: rendered TOML" dc.services.glidefs.configFile.configFile.text expectedDefaultToml)
+    (eq "defaults: maxDevices follows max_exports" dc.boot.extraModprobeConfig
+      "options ublk_drv ublks_max=20000\n"
+    )
+    (eq "defaults: no firewall port" dc.networking.firewall.allowedTCPPorts [ ])
+    (that "defaults: no LoadCredential" (!(dsc ? LoadCredential)))
+    (eq "defaults: no extra writable paths" dsc.ReadWritePaths [ ])
+    (eq "defaults: systemd creates the cache and store directories" dsc.StateDirectory [
+      "glidefs"
+      "glidefs/cache"
+      "glidefs/store"
+    ])
+    (eq "defaults: no network dependency for a file store" dc.systemd.services.glidefs.after [
+      "systemd-modules-load.service"
+    ])
+
+    # what must be rejected
+    (that "kernel 6.1 is rejected (USER_COPY needs 6.5)" (
+      hasMessage "needs kernel >= 6.5" oldKernel.config
+    ))
+    (that "S3 keys in settings are rejected" (hasMessage "secret_access_key" secretInSettings.config))
+    (that "openFirewall on loopback is rejected" (
+      hasMessage "openFirewall is set" loopbackFirewall.config
+    ))
+    (that "a second credentials_file path is rejected" (
+      hasMessage "credentials_file is set to another path" otherCredPath.config
+    ))
+    (that "secret files in the Nix store are rejected" (hasMessage "outside" secretInStore.config))
+    (that "a listen address without port is rejected" (hasMessage "neither host:port" badListen.config))
+    (throws "null in settings is a type error (TOML has no null)" nullSetting.config.services.glidefs.settings)
+    (eq "a misspelt option is reported" typo.unknownOptions [ "services.glidefs.maxDevice" ])
+
+    # variations
+    (eq "disabled: no service" disabled.config.systemd.services { })
+    (eq "disabled: no kernel module" disabled.config.boot.kernelModules [ ])
+    (eq "checkConfig off: unchecked file"
+      unchecked.config.systemd.services.glidefs.serviceConfig.ExecStart
+      "${store}-glidefs-0.1.0/bin/glidefs run --config ${store}-glidefs.toml"
+    )
+    (eq "socket: its directory is writable"
+      socket.config.systemd.services.glidefs.serviceConfig.ReadWritePaths
+      [
+        "/srv/glidefs"
+      ]
+    )
+    (eq "socket: no firewall port" socket.config.networking.firewall.allowedTCPPorts [ ])
+    (eq "unix:/path socket: accepted" (failedAssertions unixSocket.config) [ ])
+    (eq "unix:/path socket in /run/glidefs: nothing extra writable"
+      unixSocket.config.systemd.services.glidefs.serviceConfig.ReadWritePaths
+      [ ]
+    )
+    (eq "port < 1024 adds CAP_NET_BIND_SERVICE"
+      lowPort.config.systemd.services.glidefs.serviceConfig.CapabilityBoundingSet
+      [
+        "CAP_SYS_ADMIN"
+        "CAP_NET_BIND_SERVICE"
+      ]
+    )
+    (eq "cache and store outside /var/lib are writable"
+      elsewhere.config.systemd.services.glidefs.serviceConfig.ReadWritePaths
+      [
+        "/srv/glidefs-cache"
+        "/srv/glidefs-store"
+      ]
+    )
+    (eq "environmentFile: EnvironmentFile set"
+      envFile.config.systemd.services.glidefs.serviceConfig.EnvironmentFile
+      "/run/secrets/glidefs.env"
+    )
+    (eq "environmentFile: no warning about credentials" envFile.config.warnings [ ])
+    (eq "mkForce/mkDefault inside settings" userPriority.config.services.glidefs.settings.cache {
+      dir = "/mnt/cache";
+      dirty_limit = "2G";
+    })
+  ]
+  ++ import ./flake-and-tests.nix { inherit lib pkgs eval; };
+in
+{
+  inherit checks;
+  # For the TOML round trip in scripts/check-nix.sh: the text must parse back to
+  # exactly these settings.
+  roundTrip = {
+    settings = s3c.services.glidefs.settings;
+    toml = s3toml;
+  };
+}

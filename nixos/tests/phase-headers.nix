@@ -1,0 +1,50 @@
+# The "# key: value" headers of a vm-tests phase script, read the way vm-tests/run
+# reads them (first 40 lines, first match wins), with the runner's defaults:
+#   ublks_max (64), deadline in seconds (1800), needs (a list of words).
+# Pure builtins, so the evaluation test can check it without nixpkgs.
+script:
+let
+  inherit (builtins)
+    elemAt
+    filter
+    fromJSON
+    genList
+    head
+    isString
+    length
+    match
+    split
+    ;
+  lines = filter isString (split "\n" (builtins.readFile script));
+  top = genList (elemAt lines) (if length lines < 40 then length lines else 40);
+  trimmed =
+    s:
+    let
+      m = match "[[:space:]]*(.*[^[:space:]])[[:space:]]*" s;
+    in
+    if m == null then "" else head m;
+  value =
+    key:
+    let
+      found = filter (m: m != null) (map (match "# ${key}:(.*)") top);
+    in
+    if found == [ ] then null else trimmed (head (head found));
+  number =
+    key: default:
+    let
+      v = value key;
+    in
+    if v == null || v == "" then
+      default
+    else if match "[0-9]+" v != null then
+      fromJSON v
+    else
+      throw "${toString script}: header `${key}: ${v}' is not a number";
+  needs = value "needs";
+in
+{
+  ublksMax = number "ublks_max" 64;
+  deadline = number "deadline" 1800;
+  needs =
+    if needs == null then [ ] else filter (w: isString w && w != "") (split "[[:space:]]+" needs);
+}

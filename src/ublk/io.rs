@@ -1,0 +1,110 @@
+//! Request handling: turns one ublk descriptor into [`IoTarget`] calls and returns
+//! the value to commit (bytes transferred, 0, or `-errno`).
+//!
+//! USER_COPY: for READ/WRITE a slot is taken from the worker's pool (waiting when it
+//! is empty: that wait is the memory backpressure), the request is walked in
+//! slot-sized chunks (pread → target.write, or target.read → pwrite), then the slot
+//! goes back. Bounce: the tag's own buffer already holds (WRITE) or will carry (READ)
+//! the data. FUA on a WRITE becomes `write(…, fua = true)` for every chunk.
+
+use std::io;
+
+use libublk::sys;
+
+use super::buffer_pool;
+use super::queue::QueueCtx;
+use super::user_copy::{copy_from_request, copy_to_request};
+
+fn neg_errno(e: &io::Error) -> i32 {
+    -e.raw_os_error().filter(|e| *e > 0).unwrap_or(libc::EIO)
+}
+
+/// Handle request `iod` of tag `tag`; the return value is the commit result.
+pub(crate) async fn handle(q: &QueueCtx, tag: u16, iod: &sys::ublksrv_io_desc) -> i32 {
+    let op = iod.op_flags & 0xff;
+    let flags = iod.op_flags >> 8 << 8;
+    let offset = iod.start_sector << 9;
+    let len = u64::from(iod.nr_sectors) << 9;
+    let target = &q.spec.target;
+    let res = match op {
+        sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => {
+            if len > u64::from(q.spec.max_io_bytes) {
+                return -libc::EINVAL;
+            }
+            let write = op == sys::UBLK_IO_OP_WRITE;
+            let fua = flags & sys::UBLK_IO_F_FUA != 0;
+            let r = if q.spec.user_copy {
+                rw_user_copy(q, tag, offset, len as usize, write, fua).await
+            } else {
+                rw_bounce(q, tag, offset, len as usize, write, fua).await
+            };
+            r.map(|_| len as i32)
+        }
+        sys::UBLK_IO_OP_FLUSH => target.flush().await.map(|_| 0),
+        sys::UBLK_IO_OP_DISCARD => target.discard(offset, len).await.map(|_| 0),
+        sys::UBLK_IO_OP_WRITE_ZEROES => target.write_zeroes(offset, len).await.map(|_| 0),
+        _ => return -libc::EOPNOTSUPP,
+    };
+    match res {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::debug!(
+                dev_id = q.spec.dev_id,
+                op,
+                offset,
+                len,
+                "request failed: {e}"
+            );
+            neg_errno(&e)
+        }
+    }
+}
+
+async fn rw_user_copy(
+    q: &QueueCtx,
+    tag: u16,
+    offset: u64,
+    len: usize,
+    write: bool,
+    fua: bool,
+) -> io::Result<()> {
+    let pool = buffer_pool::worker_pool()?;
+    let mut slot = pool.acquire().await;
+    let buf = slot.as_mut_slice();
+    let mut done = 0usize;
+    while done < len {
+        let n = (len - done).min(buf.len());
+        let chunk = &mut buf[..n];
+        let pos = offset + done as u64;
+        if write {
+            copy_from_request(q.fd(), q.spec.qid, tag, done as u32, chunk)?;
+            q.spec.target.write(pos, chunk, fua).await?;
+        } else {
+            q.spec.target.read(pos, chunk).await?;
+            copy_to_request(q.fd(), q.spec.qid, tag, done as u32, chunk)?;
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+async fn rw_bounce(
+    q: &QueueCtx,
+    tag: u16,
+    offset: u64,
+    len: usize,
+    write: bool,
+    fua: bool,
+) -> io::Result<()> {
+    let buf = q
+        .bounce_buf(tag)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))?;
+    let data = buf
+        .get_mut(..len)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+    if write {
+        q.spec.target.write(offset, data, fua).await
+    } else {
+        q.spec.target.read(offset, data).await
+    }
+}

@@ -1,0 +1,177 @@
+//! Crash recovery: a new daemon re-attaches the devices a killed one left behind.
+//!
+//! Per device of ours (marker in `ublksrv_flags`) that the caller knows a target for:
+//! - QUIESCED / FAIL_IO: START_USER_RECOVERY (retried while EBUSY: the dead server's
+//!   char device is not fully released yet) → open `/dev/ublkcN`, attach every queue
+//!   (all tags FETCH) → END_USER_RECOVERY. Same id, same `/dev/ublkbN`; the data mode
+//!   (USER_COPY or bounce) follows the device's own flags, not this daemon's option.
+//! - LIVE with a dead server pid: wait (bounded) for the kernel to quiesce it.
+//! - DEAD (added but never started): deleted and added again with the same id.
+//! - absent: added with the same id.
+//!
+//! Devices of ours with no known target (orphans) are deleted with a log line; other
+//! programs' devices are never touched. Devices are handled in parallel, bounded by
+//! [`BULK_PARALLELISM`](super::server::BULK_PARALLELISM).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libublk::sys;
+
+use super::ctrl;
+use super::error::UblkError;
+use super::server::{parallel_map, UblkServer};
+use super::target::IoTarget;
+use super::{DeviceInfo, DeviceState, GLIDEFS_DEV_MARKER};
+
+/// How long to wait for the old char device to be released / a LIVE device with a
+/// dead server to turn QUIESCED.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+pub(crate) fn recover_devices(
+    server: &UblkServer,
+    known: Vec<(u32, Arc<dyn IoTarget>)>,
+) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
+    if server.check_running().is_err() {
+        return known
+            .into_iter()
+            .map(|(id, _)| (id, Err(UblkError::ShutDown)))
+            .collect();
+    }
+    let t0 = Instant::now();
+    let mut in_kernel = HashMap::new();
+    for id in ctrl::list_dev_ids() {
+        match server.ctrl.dev_info(id) {
+            Ok(info) => {
+                in_kernel.insert(id, info);
+            }
+            Err(e) => tracing::warn!(dev_id = id, "GET_DEV_INFO: {e}"),
+        }
+    }
+    let known: HashMap<u32, Arc<dyn IoTarget>> = known.into_iter().collect();
+    let served = server.served_devices();
+    let orphans: Vec<u32> = in_kernel
+        .iter()
+        .filter(|(id, info)| {
+            info.ublksrv_flags == GLIDEFS_DEV_MARKER
+                && !known.contains_key(id)
+                && !served.contains(id)
+        })
+        .map(|(id, _)| *id)
+        .collect();
+    for (id, r) in parallel_map(orphans, |id| server.teardown(id)) {
+        match r {
+            Ok(()) => tracing::warn!(
+                dev_id = id,
+                "deleted orphan ublk device (ours, no known volume)"
+            ),
+            Err(e) => tracing::error!(dev_id = id, "deleting orphan ublk device failed: {e}"),
+        }
+    }
+    let ids: Vec<u32> = known.keys().copied().collect();
+    let results = parallel_map(ids, |id| {
+        let target = known
+            .get(&id)
+            .cloned()
+            .ok_or(UblkError::UnknownDevice(id))?;
+        recover_one(server, id, in_kernel.get(&id).copied(), target)
+    });
+    let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+    tracing::info!(
+        devices = results.len(),
+        ok,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "ublk recovery finished"
+    );
+    results
+}
+
+fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for the process's existence.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+fn recover_one(
+    server: &UblkServer,
+    id: u32,
+    info: Option<sys::ublksrv_ctrl_dev_info>,
+    target: Arc<dyn IoTarget>,
+) -> Result<DeviceInfo, UblkError> {
+    if server.served_devices().contains(&id) {
+        return Ok(DeviceInfo::new(id));
+    }
+    let Some(mut info) = info else {
+        return server.add_device(Some(id), target);
+    };
+    if info.ublksrv_flags != GLIDEFS_DEV_MARKER {
+        return Err(UblkError::NotOurs(id));
+    }
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match DeviceState::from_raw(info.state) {
+            DeviceState::Quiesced | DeviceState::FailIo => break,
+            DeviceState::Dead => {
+                tracing::warn!(dev_id = id, "device was never started; re-creating it");
+                server.teardown(id)?;
+                return server.add_device(Some(id), target);
+            }
+            DeviceState::Live
+                if pid_alive(info.ublksrv_pid) && info.ublksrv_pid != std::process::id() as i32 =>
+            {
+                return Err(UblkError::Kernel {
+                    cmd: "recover (served by a live process)",
+                    dev_id: Some(id),
+                    errno: libc::EBUSY,
+                });
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(UblkError::Kernel {
+                    cmd: "recover (device did not quiesce)",
+                    dev_id: Some(id),
+                    errno: libc::ETIMEDOUT,
+                });
+            }
+            _ => {
+                std::thread::sleep(Duration::from_millis(50));
+                info = server.ctrl.dev_info(id)?;
+            }
+        }
+    }
+    let t0 = Instant::now();
+    ctrl::start_user_recovery(id, PATIENCE)?;
+    let user_copy = info.flags & u64::from(sys::UBLK_F_USER_COPY) != 0;
+    let res = server
+        .attach_device(
+            id,
+            info.nr_hw_queues,
+            info.queue_depth,
+            info.max_io_buf_bytes,
+            user_copy,
+            target,
+        )
+        .and_then(|_| ctrl::end_user_recovery(id));
+    match res {
+        Ok(()) => {
+            tracing::info!(
+                dev_id = id,
+                user_copy,
+                elapsed_ms = t0.elapsed().as_millis() as u64,
+                "ublk device recovered"
+            );
+            Ok(DeviceInfo::new(id))
+        }
+        Err(e) => {
+            tracing::error!(dev_id = id, "recovery failed: {e}");
+            // The device stays QUIESCED for another attempt. Queues already attached
+            // keep their commands until the daemon exits: the kernel offers no way
+            // to abort one queue's FETCH_REQs short of STOP_DEV.
+            server.devices.lock().remove(&id);
+            Err(e)
+        }
+    }
+}

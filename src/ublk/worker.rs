@@ -1,0 +1,586 @@
+//! The worker pool: K threads, each pinned to one CPU, each driving one io_uring and
+//! one smol `LocalExecutor` in a single loop (run ready tasks → reap completions →
+//! sleep in `io_uring_enter` until a completion or a kick arrives).
+//!
+//! Invariants:
+//! - A (device, queue) is attached to exactly one worker for its whole life: the
+//!   kernel requires every command of a queue to come from one task (thread).
+//! - Each worker's ring has a sparse fixed-file table; a queue's char device takes one
+//!   slot (`register_files_update`) while attached and frees it when detached, so
+//!   adding or removing a device never disturbs the others.
+//! - Other threads talk to a worker only through its message channel plus an eventfd
+//!   kick; the ring keeps one read of that eventfd armed, so a kick always ends the
+//!   sleep. Futures woken from another thread (e.g. a target finishing on a blocking
+//!   pool) kick the worker too (see [`Kicking`]).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use io_uring::{opcode, squeue, types, IoUring};
+use parking_lot::Mutex;
+use smol::LocalExecutor;
+
+use super::error::UblkError;
+use super::queue::{QueueCtx, QueueSpec};
+
+const KICK_TOKEN: u64 = u64::MAX;
+const SQ_ENTRIES: u32 = 1024;
+const CQ_ENTRIES: u32 = 8192;
+/// Tasks run per loop turn before completions are reaped again.
+const TICK_BUDGET: usize = 512;
+/// How long a detach waits for the kernel to abort a queue's commands.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    static WORKER_INDEX: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Messages to a worker.
+pub(crate) enum WorkerMsg {
+    /// Start serving a queue; reply once its FETCH_REQs are queued for submission.
+    Attach(QueueSpec, mpsc::SyncSender<Result<(), UblkError>>),
+    /// Wait until the queue's tag tasks ended (the kernel aborted their commands
+    /// after STOP_DEV), then release its file slot; reply when done.
+    Detach(u32, u16, mpsc::SyncSender<Result<(), UblkError>>),
+    /// Leave the loop: dropping the ring cancels outstanding commands, which the
+    /// kernel treats like a dead server (devices go QUIESCED, recoverable).
+    Exit,
+}
+
+/// Wakes a sleeping worker.
+pub(crate) struct Kick {
+    efd: OwnedFd,
+    index: usize,
+}
+
+impl Kick {
+    fn kick(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a local u64 to an eventfd we own.
+        let _ = unsafe { libc::write(self.efd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+}
+
+/// The handle other threads keep for a worker.
+pub(crate) struct WorkerHandle {
+    tx: Mutex<mpsc::Sender<WorkerMsg>>,
+    kick: Arc<Kick>,
+    /// Queues attached (the placement load).
+    pub(crate) load: AtomicUsize,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl WorkerHandle {
+    pub(crate) fn send(&self, msg: WorkerMsg) -> Result<(), UblkError> {
+        self.tx.lock().send(msg).map_err(|_| UblkError::ShutDown)?;
+        self.kick.kick();
+        Ok(())
+    }
+
+    pub(crate) fn attach(&self, spec: QueueSpec) -> Result<(), UblkError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(WorkerMsg::Attach(spec, tx))?;
+        rx.recv().map_err(|_| UblkError::ShutDown)??;
+        self.load.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn detach(&self, dev_id: u32, qid: u16) -> Result<(), UblkError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(WorkerMsg::Detach(dev_id, qid, tx))?;
+        let r = rx.recv().map_err(|_| UblkError::ShutDown)?;
+        if r.is_ok() {
+            self.load.fetch_sub(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    pub(crate) fn exit(&self) {
+        let _ = self.send(WorkerMsg::Exit);
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Start worker `index`, pinned to `cpu` (if any).
+pub(crate) fn spawn_worker(
+    index: usize,
+    cpu: Option<usize>,
+    files: u32,
+) -> Result<WorkerHandle, UblkError> {
+    // SAFETY: eventfd has no memory-safety preconditions; we check the result.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(UblkError::io("eventfd", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let efd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let kick = Arc::new(Kick { efd, index });
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+    let k2 = kick.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("ublk-w{index}"))
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                pin_to_cpu(cpu);
+            }
+            WORKER_INDEX.with(|w| w.set(index));
+            match Reactor::new(k2, files) {
+                Ok(r) => {
+                    let _ = ready_tx.send(Ok(()));
+                    worker_loop(Rc::new(r), rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| UblkError::io("spawn worker", e))?;
+    ready_rx.recv().map_err(|_| UblkError::ShutDown)??;
+    Ok(WorkerHandle {
+        tx: Mutex::new(tx),
+        kick,
+        load: AtomicUsize::new(0),
+        thread: Mutex::new(Some(thread)),
+    })
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity
+    // reads `size_of::<cpu_set_t>()` bytes from it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            tracing::warn!(
+                cpu,
+                "cannot pin worker: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// The CPUs this process may run on, in order.
+pub(crate) fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: as in `pin_to_cpu`; sched_getaffinity fills the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
+    }
+}
+
+enum OpState {
+    Waiting(Option<Waker>),
+    Done(i32),
+    /// The future was dropped before the completion arrived.
+    Abandoned,
+}
+
+/// One worker's ring, its in-flight operations and its fixed-file slots.
+pub(crate) struct Reactor {
+    ring: RefCell<IoUring>,
+    ops: RefCell<Vec<Option<OpState>>>,
+    free_ops: RefCell<Vec<usize>>,
+    free_files: RefCell<Vec<u32>>,
+    kick: Arc<Kick>,
+    kick_buf: Box<Cell<u64>>,
+}
+
+impl Reactor {
+    fn new(kick: Arc<Kick>, files: u32) -> Result<Reactor, UblkError> {
+        let ring = IoUring::builder()
+            .setup_cqsize(CQ_ENTRIES)
+            .build(SQ_ENTRIES)
+            .map_err(|e| UblkError::io("io_uring_setup", e))?;
+        ring.submitter()
+            .register_files_sparse(files)
+            .map_err(|e| UblkError::io("register_files_sparse", e))?;
+        let r = Reactor {
+            ring: RefCell::new(ring),
+            ops: RefCell::new(Vec::new()),
+            free_ops: RefCell::new(Vec::new()),
+            free_files: RefCell::new((0..files).rev().collect()),
+            kick,
+            kick_buf: Box::new(Cell::new(0)),
+        };
+        r.arm_kick();
+        Ok(r)
+    }
+
+    fn arm_kick(&self) {
+        let sqe = opcode::Read::new(
+            types::Fd(self.kick.efd.as_raw_fd()),
+            self.kick_buf.as_ptr().cast(),
+            8,
+        )
+        .build()
+        .user_data(KICK_TOKEN);
+        self.push(&sqe);
+    }
+
+    fn push(&self, sqe: &squeue::Entry) {
+        let mut ring = self.ring.borrow_mut();
+        loop {
+            // SAFETY: every SQE we build points only at memory that outlives the
+            // operation: the kick buffer (boxed, lives as long as the reactor) and
+            // ublk commands, whose payload is copied into the SQE itself.
+            if unsafe { ring.submission().push(sqe) }.is_ok() {
+                return;
+            }
+            // SQ full: hand what we have to the kernel and retry.
+            if let Err(e) = ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
+                    tracing::error!("io_uring submit: {e}");
+                }
+            }
+        }
+    }
+
+    /// Queue `sqe` and return a future resolving to its CQE result.
+    pub(crate) fn submit(self: &Rc<Self>, sqe: squeue::Entry) -> Op {
+        let idx = {
+            let mut ops = self.ops.borrow_mut();
+            match self.free_ops.borrow_mut().pop() {
+                Some(i) => {
+                    ops[i] = Some(OpState::Waiting(None));
+                    i
+                }
+                None => {
+                    ops.push(Some(OpState::Waiting(None)));
+                    ops.len() - 1
+                }
+            }
+        };
+        self.push(&sqe.user_data(idx as u64));
+        Op {
+            reactor: self.clone(),
+            idx,
+            done: false,
+        }
+    }
+
+    /// Put `fd` in a free fixed-file slot.
+    pub(crate) fn register_file(&self, fd: i32) -> Result<u32, UblkError> {
+        let slot = self
+            .free_files
+            .borrow_mut()
+            .pop()
+            .ok_or(UblkError::Kernel {
+                cmd: "register_files_update",
+                dev_id: None,
+                errno: libc::EMFILE,
+            })?;
+        let res = self
+            .ring
+            .borrow()
+            .submitter()
+            .register_files_update(slot, &[fd]);
+        match res {
+            Ok(_) => Ok(slot),
+            Err(e) => {
+                self.free_files.borrow_mut().push(slot);
+                Err(UblkError::io("register_files_update", e))
+            }
+        }
+    }
+
+    /// Empty fixed-file slot `slot` (drops the ring's reference to the file).
+    pub(crate) fn unregister_file(&self, slot: u32) {
+        match self
+            .ring
+            .borrow()
+            .submitter()
+            .register_files_update(slot, &[-1])
+        {
+            Ok(_) => self.free_files.borrow_mut().push(slot),
+            Err(e) => tracing::error!(slot, "unregister fixed file: {e}"),
+        }
+    }
+
+    /// Handle every available completion; returns how many tasks were woken.
+    fn reap(&self) -> usize {
+        let mut wake = Vec::new();
+        let mut rearm = false;
+        {
+            let mut ring = self.ring.borrow_mut();
+            let mut ops = self.ops.borrow_mut();
+            let mut free = self.free_ops.borrow_mut();
+            for cqe in ring.completion() {
+                let ud = cqe.user_data();
+                if ud == KICK_TOKEN {
+                    rearm = true;
+                    continue;
+                }
+                let i = ud as usize;
+                match ops.get_mut(i).and_then(|s| s.take()) {
+                    Some(OpState::Waiting(w)) => {
+                        ops[i] = Some(OpState::Done(cqe.result()));
+                        if let Some(w) = w {
+                            wake.push(w);
+                        }
+                    }
+                    Some(OpState::Abandoned) => free.push(i),
+                    Some(done @ OpState::Done(_)) => ops[i] = Some(done),
+                    None => {}
+                }
+            }
+        }
+        if rearm {
+            self.arm_kick();
+        }
+        let n = wake.len();
+        for w in wake {
+            w.wake();
+        }
+        n
+    }
+}
+
+/// The future of one submitted operation.
+pub(crate) struct Op {
+    reactor: Rc<Reactor>,
+    idx: usize,
+    done: bool,
+}
+
+impl Future for Op {
+    type Output = i32;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<i32> {
+        let r = self.reactor.clone();
+        let mut ops = r.ops.borrow_mut();
+        match ops.get_mut(self.idx) {
+            Some(Some(OpState::Done(res))) => {
+                let res = *res;
+                ops[self.idx] = None;
+                r.free_ops.borrow_mut().push(self.idx);
+                self.done = true;
+                Poll::Ready(res)
+            }
+            Some(Some(OpState::Waiting(w))) => {
+                match w {
+                    Some(old) if old.will_wake(cx.waker()) => {}
+                    _ => *w = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            _ => {
+                self.done = true;
+                Poll::Ready(-libc::EIO)
+            }
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut ops = self.reactor.ops.borrow_mut();
+        match ops.get_mut(self.idx) {
+            Some(slot @ Some(OpState::Waiting(_))) => *slot = Some(OpState::Abandoned),
+            Some(slot @ Some(OpState::Done(_))) => {
+                *slot = None;
+                self.reactor.free_ops.borrow_mut().push(self.idx);
+            }
+            _ => {}
+        }
+    }
+}
+
+struct KickWaker {
+    inner: Waker,
+    kick: Arc<Kick>,
+}
+
+impl Wake for KickWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.inner.wake_by_ref();
+        if WORKER_INDEX.with(|w| w.get()) != self.kick.index {
+            self.kick.kick();
+        }
+    }
+}
+
+/// Wraps a task's future so that a wake from another thread also kicks the worker
+/// out of `io_uring_enter` (the executor alone would only queue the task).
+pub(crate) struct Kicking<F> {
+    fut: Pin<Box<F>>,
+    kick: Arc<Kick>,
+    cached: Option<(Waker, Waker)>,
+}
+
+impl<F: Future> Future for Kicking<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let reuse = matches!(&this.cached, Some((orig, _)) if orig.will_wake(cx.waker()));
+        if !reuse {
+            let w = Waker::from(Arc::new(KickWaker {
+                inner: cx.waker().clone(),
+                kick: this.kick.clone(),
+            }));
+            this.cached = Some((cx.waker().clone(), w));
+        }
+        match &this.cached {
+            Some((_, w)) => {
+                let mut cx2 = Context::from_waker(w);
+                this.fut.as_mut().poll(&mut cx2)
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// What a worker knows about the queues it serves.
+pub(crate) struct WorkerCtx {
+    pub(crate) reactor: Rc<Reactor>,
+    pub(crate) ex: Rc<LocalExecutor<'static>>,
+    queues: RefCell<HashMap<(u32, u16), AttachedQueue>>,
+}
+
+struct AttachedQueue {
+    ctx: Rc<QueueCtx>,
+    tasks: Vec<smol::Task<()>>,
+}
+
+impl WorkerCtx {
+    /// Spawn `fut` on this worker's executor, kick-aware.
+    pub(crate) fn spawn<F: Future + 'static>(&self, fut: F) -> smol::Task<F::Output> {
+        self.ex.spawn(Kicking {
+            fut: Box::pin(fut),
+            kick: self.reactor.kick.clone(),
+            cached: None,
+        })
+    }
+
+    fn attach(self: &Rc<Self>, spec: QueueSpec) -> Result<(), UblkError> {
+        let key = (spec.dev_id, spec.qid);
+        if self.queues.borrow().contains_key(&key) {
+            return Err(UblkError::Invalid(format!(
+                "queue {key:?} already attached"
+            )));
+        }
+        let ctx = Rc::new(QueueCtx::new(spec, &self.reactor)?);
+        let tasks = (0..ctx.depth())
+            .map(|tag| {
+                self.spawn(super::queue::serve_tag(
+                    ctx.clone(),
+                    self.reactor.clone(),
+                    tag,
+                ))
+            })
+            .collect();
+        self.queues
+            .borrow_mut()
+            .insert(key, AttachedQueue { ctx, tasks });
+        Ok(())
+    }
+
+    fn detach(
+        self: &Rc<Self>,
+        dev_id: u32,
+        qid: u16,
+        reply: mpsc::SyncSender<Result<(), UblkError>>,
+    ) {
+        let Some(q) = self.queues.borrow_mut().remove(&(dev_id, qid)) else {
+            let _ = reply.send(Err(UblkError::UnknownDevice(dev_id)));
+            return;
+        };
+        let reactor = self.reactor.clone();
+        self.spawn(async move {
+            let AttachedQueue { ctx, tasks } = q;
+            let drained = async {
+                for t in tasks {
+                    t.await;
+                }
+                true
+            };
+            let timeout = async {
+                smol::Timer::after(DRAIN_TIMEOUT).await;
+                false
+            };
+            let ok = smol::future::or(drained, timeout).await;
+            // Either way the tag tasks are gone now (a timeout dropped them).
+            ctx.release(&reactor);
+            if ok {
+                let _ = reply.send(Ok(()));
+            } else {
+                tracing::error!(dev_id, qid, "queue did not drain after STOP_DEV");
+                let _ = reply.send(Err(UblkError::Kernel {
+                    cmd: "drain queue",
+                    dev_id: Some(dev_id),
+                    errno: libc::ETIMEDOUT,
+                }));
+            }
+        })
+        .detach();
+    }
+}
+
+fn worker_loop(reactor: Rc<Reactor>, rx: mpsc::Receiver<WorkerMsg>) {
+    let ctx = Rc::new(WorkerCtx {
+        reactor: reactor.clone(),
+        ex: Rc::new(LocalExecutor::new()),
+        queues: RefCell::new(HashMap::new()),
+    });
+    loop {
+        loop {
+            match rx.try_recv() {
+                Ok(WorkerMsg::Attach(spec, reply)) => {
+                    let _ = reply.send(ctx.attach(spec));
+                }
+                Ok(WorkerMsg::Detach(dev_id, qid, reply)) => ctx.detach(dev_id, qid, reply),
+                Ok(WorkerMsg::Exit) | Err(mpsc::TryRecvError::Disconnected) => {
+                    // Drop tasks before the ring: their ops are abandoned, then the
+                    // ring's exit cancels the kernel side.
+                    ctx.queues.borrow_mut().clear();
+                    return;
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+            }
+        }
+        let mut ran = 0;
+        while ran < TICK_BUDGET && ctx.ex.try_tick() {
+            ran += 1;
+        }
+        // Sleep only if no task is runnable: none left after the budget and none
+        // woken by the completions already waiting.
+        let busy = reactor.reap() > 0 || ran == TICK_BUDGET;
+        let res = {
+            let ring = reactor.ring.borrow();
+            if busy {
+                ring.submit()
+            } else {
+                ring.submit_and_wait(1)
+            }
+        };
+        if let Err(e) = res {
+            match e.raw_os_error() {
+                Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => tracing::error!("io_uring_enter: {e}"),
+            }
+        }
+        reactor.reap();
+    }
+}
