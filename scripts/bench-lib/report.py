@@ -21,6 +21,12 @@ TARGETS = [
     ("cache-hit 4k randread QD1 vs rublk loop", "glidefs", "rr4k-qd1", "rublk-loop", 1.0),
     ("4k randwrite QD32 vs rublk loop", "glidefs", "rw4k-qd32", "rublk-loop", 1.0),
 ]
+# (USER_COPY target, bounce twin, what they are) for the bounce comparison.
+BOUNCE_PAIRS = [
+    ("glidefs", "glidefs-bounce", "the daemon"),
+    ("dp-mem", "dp-mem-bounce", "data plane, in-memory target"),
+    ("dp-null", "dp-null-bounce", "data plane, null target"),
+]
 # Issue 7's reference figures (2 vCPU TCG, kernel 6.12), to place this VM.
 REFERENCE = [
     ("null_blk", "rr4k-qd32", 64000),
@@ -122,29 +128,34 @@ def iops_report(raw, skipped, header):
         for s in skips:
             out.append(f"#   {s[0]}: {s[1] if len(s) > 1 else '?'}")
 
-    wls = sorted({r["wl"] for r in rows if r["target"] in ("glidefs", "glidefs-bounce")})
-    if wls:
+    for uc_t, bo_t, what in BOUNCE_PAIRS:
+        wls = [r["wl"] for r in rows if r["target"] == uc_t]
+        if not wls or not any(r["target"] == bo_t for r in rows):
+            continue
         out.append("#")
-        out.append("# USER_COPY + pool (glidefs) vs bounce mode (glidefs-bounce), IOPS:")
+        out.append(f"# USER_COPY + pool ({uc_t}) vs bounce mode ({bo_t}), {what}, IOPS:")
         out.append("#   workload        usercopy  bounce  usercopy/bounce  uc/rublk_null  bounce/rublk_null")
         for wl in wls:
-            uc, bo, nu = by.get(("glidefs", wl)), by.get(("glidefs-bounce", wl)), by.get(("rublk-null", wl))
+            uc, bo, nu = by.get((uc_t, wl)), by.get((bo_t, wl)), by.get(("rublk-null", wl))
             out.append(f"#   {wl:<15} {uc or 0:>8.0f}  {bo or 0:>6.0f}  {fmt(ratio(uc, bo)):>15}"
                        f"  {fmt(ratio(uc, nu)):>13}  {fmt(ratio(bo, nu)):>17}")
 
-    out.append("#")
-    out.append("# Targets (issue 7):")
-    for what, tgt, wl, ref, thr in TARGETS:
-        r = ratio(by.get((tgt, wl)), by.get((ref, wl)))
-        verdict = "n/a (not measured)" if r is None else ("PASS" if r >= thr else "MISS")
-        out.append(f"#   {what:<42} >= {thr:.1f}x  measured {fmt(r):>5}  {verdict}")
-    multi = [r["wl"] for r in rows if r["target"] == "glidefs" and re.match(r".*-\d+dev$", r["wl"])]
-    for wl in multi or ["rr4k-qd32-8dev", "rw4k-qd32-8dev"]:
-        base, n = re.match(r"(.*)-(\d+)dev$", wl).groups()
-        r = ratio(by.get(("glidefs", wl)), by.get(("glidefs", base)))
-        verdict = "n/a (not measured)" if r is None else ("PASS" if r >= 1.0 else "MISS")
-        what = f"{n}-device aggregate vs 1 device, {base}"
-        out.append(f"#   {what:<42} >= 1.0x  measured {fmt(r):>5}  {verdict}")
+    for subject, label in (("glidefs", "the daemon"), ("dp-mem", "data plane only, examples/ublk_mem")):
+        if subject == "dp-mem" and not any(r["target"] == "dp-mem" for r in rows):
+            continue
+        out.append("#")
+        out.append(f"# Targets (issue 7) for {subject} ({label}):")
+        for what, _, wl, ref, thr in TARGETS:
+            r = ratio(by.get((subject, wl)), by.get((ref, wl)))
+            verdict = "n/a (not measured)" if r is None else ("PASS" if r >= thr else "MISS")
+            out.append(f"#   {what:<42} >= {thr:.1f}x  measured {fmt(r):>5}  {verdict}")
+        multi = [r["wl"] for r in rows if r["target"] == subject and re.match(r".*-\d+dev$", r["wl"])]
+        for wl in multi or ["rr4k-qd32-8dev", "rw4k-qd32-8dev"]:
+            base, n = re.match(r"(.*)-(\d+)dev$", wl).groups()
+            r = ratio(by.get((subject, wl)), by.get((subject, base)))
+            verdict = "n/a (not measured)" if r is None else ("PASS" if r >= 1.0 else "MISS")
+            what = f"{n}-device aggregate vs 1 device, {base}"
+            out.append(f"#   {what:<42} >= 1.0x  measured {fmt(r):>5}  {verdict}")
 
     out.append("#")
     out.append("# This VM against issue 7's reference machine (2 vCPU TCG, 6.12):")

@@ -5,10 +5,25 @@
 #   target_unavailable NAME -> prints a reason when NAME cannot run here
 # Targets: null_blk, brd (kernel baselines), rublk-null (the ublk ceiling),
 # rublk-loop (a ublk peer doing comparable work: a file beside glidefs' cache),
-# glidefs (USER_COPY + pool) and glidefs-bounce (GLIDEFS_BOUNCE_MODE=1).
+# glidefs (USER_COPY + pool) and glidefs-bounce (GLIDEFS_BOUNCE_MODE=1): the daemon;
+# dp-null, dp-mem and their -bounce twins: glidefs' ublk data plane alone
+# (examples/ublk_mem with a null or an in-memory target), which isolates the data
+# plane's cost from the volume engine's.
 # All ublk targets use the same queues/depth ($BENCH_UBLK_QUEUES/$BENCH_UBLK_DEPTH).
 
 RUBLK_BASE_ID="${BENCH_RUBLK_ID:-900}"
+UM_PID=""
+
+# glidefs' data plane without the daemon: examples/ublk_mem (in-memory or --null
+# targets behind the same worker pool, USER_COPY + pool or bounce mode).
+ublk_mem_bin() {
+    local c
+    for c in "${BENCH_UBLK_MEM_BIN:-}" "${CARGO_TARGET_DIR:-/nonexistent}/release/examples/ublk_mem" \
+        "$BENCH_LIB/../../target/release/examples/ublk_mem"; do
+        [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return 0; }
+    done
+    return 1
+}
 
 rublk_bin() {
     local c
@@ -28,6 +43,11 @@ target_unavailable() {
         glidefs | glidefs-bounce)
             ensure_ublk 64 || { echo "ublk_drv not available"; return; }
             glidefs_unavailable
+            ;;
+        dp-null | dp-null-bounce | dp-mem | dp-mem-bounce)
+            ensure_ublk 64 || { echo "ublk_drv not available"; return; }
+            ublk_mem_bin >/dev/null \
+                || echo "no examples/ublk_mem (cargo build --release --example ublk_mem, or BENCH_UBLK_MEM_BIN)"
             ;;
         *) echo "unknown target $1" ;;
     esac
@@ -75,6 +95,30 @@ target_up() {
             for d in $devs; do wait_block "$d" 30 || return 1; done
             echo "$devs"
             ;;
+        dp-null | dp-null-bounce | dp-mem | dp-mem-bounce)
+            local bin envs=() args i=0
+            bin=$(ublk_mem_bin) || return 1
+            args=(--devices "$count" --size-mib "$BENCH_DEV_MIB" --queues "$BENCH_UBLK_QUEUES"
+                --depth "$BENCH_UBLK_DEPTH" --workers "${BENCH_WORKERS:-$(nproc)}")
+            case "$name" in dp-null*) args+=(--null) ;; esac
+            case "$name" in *-bounce) envs+=(GLIDEFS_BOUNCE_MODE=1) ;; esac
+            env "${envs[@]}" "$bin" "${args[@]}" >"$WORK/ublk_mem.out" 2>>"$WORK/ublk_mem.log" &
+            UM_PID=$!
+            until grep -q '^READY' "$WORK/ublk_mem.out"; do
+                if ! kill -0 "$UM_PID" 2>/dev/null || [ $i -ge 1200 ]; then
+                    log "ublk_mem did not become ready; its log:"
+                    tail -20 "$WORK/ublk_mem.log" >&2
+                    return 1
+                fi
+                sleep 0.1
+                i=$((i + 1))
+            done
+            local d
+            for d in $(awk '/^DEVICE/ {print $3}' "$WORK/ublk_mem.out"); do
+                wait_block "$d" 30 || return 1
+                echo "$d"
+            done
+            ;;
         *) return 1 ;;
     esac
 }
@@ -90,6 +134,18 @@ target_down() {
                 [ "$id" -ge "$RUBLK_BASE_ID" ] && "$bin" del -n "$id" >>"$WORK/rublk.log" 2>&1
             done
             rm -f "$BENCH_DATA_DIR"/rublk-loop*.img
+            ;;
+        dp-null | dp-null-bounce | dp-mem | dp-mem-bounce)
+            [ -n "$UM_PID" ] || return 0
+            kill -TERM "$UM_PID" 2>/dev/null || true
+            local i=0
+            while kill -0 "$UM_PID" 2>/dev/null && [ $i -lt 600 ]; do
+                sleep 0.1
+                i=$((i + 1))
+            done
+            kill -KILL "$UM_PID" 2>/dev/null || true
+            wait "$UM_PID" 2>/dev/null || true
+            UM_PID=""
             ;;
         glidefs | glidefs-bounce)
             [ -n "$GFS_PID" ] && [ "${GFS_COUNT:-0}" -gt 0 ] \
