@@ -21,7 +21,7 @@ fi
 
 command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
 
-for step in install-test-servers.sh setup-vm.sh install-nix-tools.sh install-bench-tools.sh; do
+for step in install-test-servers.sh setup-vm.sh; do
   if [ -x "$here/$step" ]; then
     echo "setup: $step"
     "$here/$step"

@@ -1,1 +1,740 @@
-//! (to be written)
+//! The daemon's TOML configuration: parsing, defaults and validation.
+//!
+//! Invariants:
+//! - every key has a default, so an empty file (or no file) runs with zero set-up:
+//!   cache in /var/lib/glidefs, a local-directory store under it, API on loopback;
+//! - unknown keys and bad values are rejected at start, and every error names the key
+//!   (`cache.dirty_limit: ...`); nothing is silently clamped;
+//! - secrets never appear in the config file or in errors: S3 credentials come from
+//!   `store.credentials_file` or the `AWS_*` environment (see [`resolve_credentials`]).
+//!
+//! Every key is documented in docs/operations.md; [`DEFAULT_CONFIG`] is what
+//! `glidefs init` writes and must parse to [`Config::default`].
+
+use crate::size::ByteSize;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Configuration errors. Each names the offending key or file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// TOML syntax error, unknown key, or a value of the wrong type/format.
+    #[error("config key `{key}`: {message}")]
+    Parse {
+        /// Dotted key path (e.g. `cache.dirty_limit`), or `(file)` for syntax errors.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value that parsed but is out of range or inconsistent.
+    #[error("config key `{key}`: {message}")]
+    Invalid {
+        /// Dotted key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The credentials file is unreadable or malformed (its content is never echoed).
+    #[error("store.credentials_file {path}: {message}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key (or file) the error is about.
+    pub fn key(&self) -> String {
+        match self {
+            ConfigError::Read { path, .. } | ConfigError::Credentials { path, .. } => {
+                path.display().to_string()
+            }
+            ConfigError::Parse { key, .. } | ConfigError::Invalid { key, .. } => key.clone(),
+        }
+    }
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[store]`: where the durable copy lives.
+    pub store: StoreConfig,
+    /// `[cache]`: the local write-back cache.
+    pub cache: CacheConfig,
+    /// `[api]`: the HTTP API and metrics endpoint.
+    pub api: ApiConfig,
+    /// `[ublk]`: the block-device data plane.
+    pub ublk: UblkConfig,
+    /// `[limits]`: capacity limits.
+    pub limits: LimitsConfig,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `file:///abs/path` or `s3://bucket[/prefix]`; default `file://<cache.dir>/store`.
+    pub url: Option<String>,
+    /// S3 endpoint URL (`http(s)://host:port`); default AWS (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    /// S3 region; default `AWS_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style S3 addressing; default: on when `endpoint` is set (MinIO and most
+    /// self-hosted servers need it), off for AWS.
+    pub path_style: Option<bool>,
+    /// File with S3 credentials (AWS profile or `KEY=value` lines).
+    pub credentials_file: Option<PathBuf>,
+    /// Timeout of one store request.
+    #[serde(deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Retries of a failed store request (transient errors only).
+    pub retries: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            endpoint: None,
+            region: None,
+            path_style: None,
+            credentials_file: None,
+            timeout: Duration::from_secs(30),
+            retries: 3,
+        }
+    }
+}
+
+/// When a guest FLUSH completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushMode {
+    /// After data and journal are fdatasync'ed on the local cache (default).
+    Local,
+    /// Only after the dirty data is committed to the object store.
+    Store,
+}
+
+/// `[cache]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Cache directory (cache files, journals, the export registry).
+    pub dir: PathBuf,
+    /// Per-export limit of dirty (not yet in the store) bytes; writers wait beyond it.
+    pub dirty_limit: ByteSize,
+    /// Dirty data older than this is flushed to the store.
+    #[serde(deserialize_with = "de_duration")]
+    pub flush_interval: Duration,
+    /// `local` or `store`: see [`FlushMode`].
+    pub flush_mode: FlushMode,
+    /// zstd-compress segments written to the store.
+    pub compress: bool,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: PathBuf::from("/var/lib/glidefs"),
+            dirty_limit: ByteSize(1 << 30),
+            flush_interval: Duration::from_secs(5),
+            flush_mode: FlushMode::Local,
+            compress: true,
+        }
+    }
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `host:port`, or a unix socket path (absolute, or `unix:/path`).
+    pub listen: String,
+    /// Emit per-export metric series (switch off for very many exports).
+    pub per_export_metrics: bool,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:8080".to_string(),
+            per_export_metrics: true,
+        }
+    }
+}
+
+/// `[ublk]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UblkConfig {
+    /// Serve block devices. `false`: exports have volumes but no device (testing).
+    pub enabled: bool,
+    /// Data-plane worker threads; 0 = one per CPU.
+    pub workers: u32,
+    /// Hardware queues per device.
+    pub queues: u32,
+    /// Tags (in-flight requests) per queue.
+    pub queue_depth: u32,
+    /// I/O buffer slots per worker (its memory cap: slots × 128 KiB).
+    pub pool_slots: u32,
+    /// Legacy per-tag buffers instead of USER_COPY (kill switch).
+    pub bounce_mode: bool,
+}
+
+impl Default for UblkConfig {
+    fn default() -> Self {
+        UblkConfig {
+            enabled: true,
+            workers: 0,
+            queues: 1,
+            queue_depth: 64,
+            pool_slots: 256,
+            bounce_mode: false,
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most exports this daemon serves.
+    pub max_exports: u32,
+    /// Volumes opened (or closed) in parallel at start-up and shutdown.
+    pub open_concurrency: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_exports: 20_000,
+            open_concurrency: 16,
+        }
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"5s\", \"250ms\" or \"2m\"")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("negative duration"))
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+            humantime::parse_duration(v)
+                .map_err(|e| E::custom(format!("invalid duration {v:?}: {e} (e.g. \"5s\")")))
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Where the API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// TCP address.
+    Tcp(SocketAddr),
+    /// Unix domain socket path.
+    Unix(PathBuf),
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Parse an `api.listen` value: `host:port`, `/abs/path` or `unix:/abs/path`.
+pub fn parse_listen(s: &str) -> Result<Listen, String> {
+    let path = s.strip_prefix("unix:").unwrap_or(s);
+    if path.starts_with('/') {
+        return Ok(Listen::Unix(PathBuf::from(path)));
+    }
+    if s.starts_with("unix:") {
+        return Err(format!("unix socket path must be absolute: {s:?}"));
+    }
+    s.parse::<SocketAddr>().map(Listen::Tcp).map_err(|_| {
+        format!("expected \"ip:port\" (e.g. \"127.0.0.1:8080\") or an absolute unix socket path, got {s:?}")
+    })
+}
+
+/// A validated store location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `file:///abs/path`.
+    File(PathBuf),
+    /// `s3://bucket[/prefix]`.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix without leading/trailing `/` (may be empty).
+        prefix: String,
+    },
+}
+
+/// Validate a store URL (`file:///abs/path` or `s3://bucket[/prefix]`).
+pub fn parse_store_url(s: &str) -> Result<StoreUrl, String> {
+    if let Some(path) = s.strip_prefix("file://") {
+        if !path.starts_with('/') {
+            return Err(format!(
+                "file:// URL needs an absolute path (file:///dir), got {s:?}"
+            ));
+        }
+        if path.split('/').any(|c| c == "..") {
+            return Err("file:// path must not contain `..`".to_string());
+        }
+        return Ok(StoreUrl::File(PathBuf::from(path)));
+    }
+    if let Some(rest) = s.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let ok_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !ok_bucket {
+            return Err(format!(
+                "invalid S3 bucket name {bucket:?} (3-63 of a-z, 0-9, '-', '.')"
+            ));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.contains('@')
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+            || prefix.split('/').any(|c| c == ".." || c == ".")
+        {
+            return Err("S3 prefix may only contain A-Z a-z 0-9 . _ - /".to_string());
+        }
+        return Ok(StoreUrl::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        });
+    }
+    Err("expected file:///path or s3://bucket/prefix".to_string())
+}
+
+impl Config {
+    /// Parse and validate a TOML document.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            ConfigError::Parse {
+                key: if key == "." {
+                    "(file)".to_string()
+                } else {
+                    key
+                },
+                message: inner.message().to_string()
+                    + &inner
+                        .span()
+                        .map(|s| {
+                            let line =
+                                text.get(..s.start).map_or(0, |t| t.matches('\n').count()) + 1;
+                            format!(" (line {line})")
+                        })
+                        .unwrap_or_default(),
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// Range and consistency checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.cache.dir.is_absolute() {
+            return Err(invalid("cache.dir", "must be an absolute path"));
+        }
+        if self.cache.dirty_limit.0 < crate::BLOCK_SIZE as u64 {
+            return Err(invalid(
+                "cache.dirty_limit",
+                format!("must be at least {} (one block)", crate::BLOCK_SIZE),
+            ));
+        }
+        if self.cache.flush_interval.is_zero() {
+            return Err(invalid("cache.flush_interval", "must be greater than 0"));
+        }
+        if let Some(url) = &self.store.url {
+            parse_store_url(url).map_err(|m| invalid("store.url", m))?;
+        }
+        if let Some(ep) = &self.store.endpoint {
+            let rest = ep
+                .strip_prefix("http://")
+                .or_else(|| ep.strip_prefix("https://"));
+            match rest {
+                Some(r) if !r.is_empty() && !r.contains('@') => {}
+                _ => {
+                    return Err(invalid(
+                        "store.endpoint",
+                        "expected http(s)://host[:port] without credentials",
+                    ))
+                }
+            }
+        }
+        if let Some(r) = &self.store.region {
+            if r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(invalid(
+                    "store.region",
+                    "expected a region name like us-east-1",
+                ));
+            }
+        }
+        if self.store.timeout.is_zero() {
+            return Err(invalid("store.timeout", "must be greater than 0"));
+        }
+        if self.store.retries > 100 {
+            return Err(invalid("store.retries", "must be at most 100"));
+        }
+        parse_listen(&self.api.listen).map_err(|m| invalid("api.listen", m))?;
+        let u = &self.ublk;
+        if u.workers > 1024 {
+            return Err(invalid("ublk.workers", "must be 0 (one per CPU) to 1024"));
+        }
+        if !(1..=256).contains(&u.queues) {
+            return Err(invalid("ublk.queues", "must be 1 to 256"));
+        }
+        if !(1..=4096).contains(&u.queue_depth) {
+            return Err(invalid("ublk.queue_depth", "must be 1 to 4096"));
+        }
+        if !(1..=1 << 20).contains(&u.pool_slots) {
+            return Err(invalid("ublk.pool_slots", "must be 1 to 1048576"));
+        }
+        if !(1..=1 << 20).contains(&self.limits.max_exports) {
+            return Err(invalid("limits.max_exports", "must be 1 to 1048576"));
+        }
+        if !(1..=1024).contains(&self.limits.open_concurrency) {
+            return Err(invalid("limits.open_concurrency", "must be 1 to 1024"));
+        }
+        Ok(())
+    }
+
+    /// The effective store URL (default: `file://<cache.dir>/store`).
+    pub fn store_url(&self) -> String {
+        match &self.store.url {
+            Some(u) => u.clone(),
+            None => format!("file://{}", self.cache.dir.join("store").display()),
+        }
+    }
+
+    /// The validated listen address.
+    pub fn listen(&self) -> Result<Listen, ConfigError> {
+        parse_listen(&self.api.listen).map_err(|m| invalid("api.listen", m))
+    }
+}
+
+/// S3 credentials. `Debug` never shows the secret parts.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Credentials {
+    /// Access key id.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+    /// Optional session token.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key", &"<redacted>")
+            .field("secret_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Resolve S3 credentials: `store.credentials_file` if set (a relative path is looked
+/// up in `$CREDENTIALS_DIRECTORY`, systemd's LoadCredential), else the environment
+/// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); `None` when
+/// neither gives an access key (anonymous access or a `file://` store).
+pub fn resolve_credentials(
+    store: &StoreConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Credentials>, ConfigError> {
+    if let Some(file) = &store.credentials_file {
+        let path = match env("CREDENTIALS_DIRECTORY") {
+            Some(dir) if file.is_relative() => Path::new(&dir).join(file),
+            _ => file.clone(),
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Credentials {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+        return parse_credentials(&text, &profile)
+            .map(Some)
+            .map_err(|message| ConfigError::Credentials { path, message });
+    }
+    let access = env("AWS_ACCESS_KEY_ID").filter(|s| !s.is_empty());
+    let secret = env("AWS_SECRET_ACCESS_KEY").filter(|s| !s.is_empty());
+    match (access, secret) {
+        (Some(access_key), Some(secret_key)) => Ok(Some(Credentials {
+            access_key,
+            secret_key,
+            session_token: env("AWS_SESSION_TOKEN").filter(|s| !s.is_empty()),
+        })),
+        (None, None) => Ok(None),
+        _ => Err(invalid(
+            "store (environment)",
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set together",
+        )),
+    }
+}
+
+/// Parse a credentials file: an AWS shared-credentials file (`[profile]` sections with
+/// `aws_access_key_id = ...`) or plain `KEY=value` lines (environment-file style,
+/// `AWS_ACCESS_KEY_ID=...` or `access_key_id=...`). Values may be quoted; `#` and `;`
+/// start comments. Error messages never contain values.
+pub fn parse_credentials(text: &str, profile: &str) -> Result<Credentials, String> {
+    let mut section: Option<String> = None;
+    let mut saw_sections = false;
+    let (mut access, mut secret, mut token) = (None, None, None);
+    for (n, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            saw_sections = true;
+            let name = name.trim();
+            section = Some(
+                name.strip_prefix("profile ")
+                    .unwrap_or(name)
+                    .trim()
+                    .to_string(),
+            );
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=value", n + 1));
+        };
+        if saw_sections && section.as_deref() != Some(profile) {
+            continue;
+        }
+        let k = k
+            .trim()
+            .trim_start_matches("export ")
+            .trim()
+            .to_ascii_lowercase();
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(v)
+            .to_string();
+        match k.as_str() {
+            "aws_access_key_id" | "access_key_id" | "access_key" => access = Some(v),
+            "aws_secret_access_key" | "secret_access_key" | "secret_key" => secret = Some(v),
+            "aws_session_token" | "session_token" => token = Some(v),
+            _ => {} // other keys (region, output...) are not ours
+        }
+    }
+    match (access, secret) {
+        (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Ok(Credentials {
+            access_key: a,
+            secret_key: s,
+            session_token: token.filter(|t| !t.is_empty()),
+        }),
+        _ if saw_sections => Err(format!(
+            "profile [{profile}] needs aws_access_key_id and aws_secret_access_key"
+        )),
+        _ => Err("needs an access key id and a secret access key".to_string()),
+    }
+}
+
+/// The file `glidefs init` writes: every key, commented, at its default.
+pub const DEFAULT_CONFIG: &str = include_str!("config_default.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_is_default() {
+        assert_eq!(Config::from_toml("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn default_template_parses_to_defaults() {
+        assert_eq!(
+            Config::from_toml(DEFAULT_CONFIG).unwrap(),
+            Config::default()
+        );
+        // And with every commented line un-commented.
+        let uncommented: String = DEFAULT_CONFIG
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = Config::from_toml(&uncommented).unwrap();
+        assert_eq!(cfg.cache, CacheConfig::default());
+        assert_eq!(cfg.api, ApiConfig::default());
+    }
+
+    #[test]
+    fn default_store_url_is_under_cache_dir() {
+        let cfg = Config::from_toml("[cache]\ndir = \"/srv/g\"").unwrap();
+        assert_eq!(cfg.store_url(), "file:///srv/g/store");
+    }
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            parse_store_url("file:///a/b"),
+            Ok(StoreUrl::File("/a/b".into()))
+        );
+        assert_eq!(
+            parse_store_url("s3://my-bucket/a/b/"),
+            Ok(StoreUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: "a/b".into()
+            })
+        );
+        for bad in [
+            "file://rel",
+            "file:///a/../b",
+            "s3://",
+            "s3://UP",
+            "s3://b/../x",
+            "http://x",
+            "s3://bk/p@q",
+        ] {
+            assert!(parse_store_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            parse_listen("127.0.0.1:1"),
+            Ok(Listen::Tcp("127.0.0.1:1".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("[::1]:80"),
+            Ok(Listen::Tcp("[::1]:80".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("/run/g.sock"),
+            Ok(Listen::Unix("/run/g.sock".into()))
+        );
+        assert_eq!(
+            parse_listen("unix:/run/g.sock"),
+            Ok(Listen::Unix("/run/g.sock".into()))
+        );
+        assert!(parse_listen("unix:rel").is_err());
+        assert!(parse_listen("localhost").is_err());
+    }
+
+    #[test]
+    fn credentials_formats() {
+        let aws = "[other]\naws_access_key_id = X\n[default]\naws_access_key_id = AK\naws_secret_access_key = \"SK\"\n";
+        let c = parse_credentials(aws, "default").unwrap();
+        assert_eq!((c.access_key.as_str(), c.secret_key.as_str()), ("AK", "SK"));
+        let env = "# comment\nAWS_ACCESS_KEY_ID=AK\nexport AWS_SECRET_ACCESS_KEY='SK'\nAWS_SESSION_TOKEN=T\n";
+        let c = parse_credentials(env, "default").unwrap();
+        assert_eq!(c.session_token.as_deref(), Some("T"));
+        assert_eq!(c.secret_key, "SK");
+        let err = parse_credentials("[default]\naws_access_key_id = SECRETVALUE\n", "default")
+            .unwrap_err();
+        assert!(!err.contains("SECRETVALUE"));
+        let err = parse_credentials("garbage SECRETVALUE\n", "default").unwrap_err();
+        assert!(!err.contains("SECRETVALUE"), "{err}");
+        assert!(!format!("{c:?}").contains("SK"));
+    }
+
+    #[test]
+    fn credentials_from_env_and_file() {
+        let store = StoreConfig::default();
+        let none = resolve_credentials(&store, &|_| None).unwrap();
+        assert!(none.is_none());
+        let env = |k: &str| match k {
+            "AWS_ACCESS_KEY_ID" => Some("AK".to_string()),
+            "AWS_SECRET_ACCESS_KEY" => Some("SK".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            resolve_credentials(&store, &env)
+                .unwrap()
+                .unwrap()
+                .access_key,
+            "AK"
+        );
+        let half = |k: &str| (k == "AWS_ACCESS_KEY_ID").then(|| "AK".to_string());
+        assert!(resolve_credentials(&store, &half).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s3"),
+            "access_key_id=FK\nsecret_access_key=FS\n",
+        )
+        .unwrap();
+        let store = StoreConfig {
+            credentials_file: Some("s3".into()),
+            ..Default::default()
+        };
+        let d = dir.path().display().to_string();
+        let env = move |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| d.clone());
+        assert_eq!(
+            resolve_credentials(&store, &env)
+                .unwrap()
+                .unwrap()
+                .access_key,
+            "FK"
+        );
+        let store = StoreConfig {
+            credentials_file: Some("/nonexistent/x".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            resolve_credentials(&store, &|_| None),
+            Err(ConfigError::Credentials { .. })
+        ));
+    }
+}

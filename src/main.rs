@@ -1,3 +1,409 @@
+//! The `glidefs` binary: the daemon (`run`), config helpers (`init`, `check-config`)
+//! and the export CLI, which talks to a running daemon's HTTP API.
+//!
+//! `run` lifecycle (docs/operations.md#lifecycle): load and validate the config →
+//! open the store → start ublk (unless `[ublk] enabled = false`) → start the API
+//! (`/health` 200, `/health/ready` 503) → recover every export → ready, sd_notify
+//! `READY=1` → on SIGTERM/SIGINT: stop the API, stop the data plane (devices stay
+//! for the next daemon, or are deleted with `--stop-devices`), close every volume
+//! (journals fdatasync'ed) → exit 0.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use glidefs::api::{client::encode_segment, ApiServer, ApiState, Client, Endpoint};
+use glidefs::config::{resolve_credentials, Config, DEFAULT_CONFIG};
+use glidefs::metrics::Metrics;
+use glidefs::router::real::{ublk_options, EngineVolumes, UblkDevices, VolumeSettings};
+use glidefs::router::{DeviceBackend, Router, RouterConfig};
+use glidefs::size::ByteSize;
+use glidefs::store::metered::MeteredStore;
+use glidefs::store::{open_store, ObjectStore, StoreOptions};
+use glidefs::ublk::UblkServer;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const GIT_SHA: &str = env!("VERGEN_GIT_SHA");
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ngit sha: ",
+    env!("VERGEN_GIT_SHA"),
+    "\nbuild date: ",
+    env!("VERGEN_BUILD_DATE"),
+    "\ntarget: ",
+    env!("VERGEN_CARGO_TARGET_TRIPLE"),
+);
+
+/// Block devices over ublk, with a local write-back cache and S3-compatible durable storage.
+#[derive(Parser)]
+#[command(name = "glidefs", version = VERSION, long_version = LONG_VERSION, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run {
+        /// Config file (TOML). Without it, every default applies.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// On shutdown, delete the block devices instead of leaving them for the next daemon.
+        #[arg(long)]
+        stop_devices: bool,
+    },
+    /// Write a commented default config file (never overwrites). `-` prints it.
+    Init {
+        /// Where to write it.
+        #[arg(default_value = "/etc/glidefs/glidefs.toml")]
+        file: PathBuf,
+    },
+    /// Validate a config file (syntax, keys, values) and exit.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Manage exports of a running daemon through its API.
+    Export {
+        /// API address: http://host:port, unix:/path or a socket path.
+        #[arg(
+            long,
+            env = "GLIDEFS_API",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        api: String,
+        /// Timeout of one request in seconds (0: none; drains wait without one by default).
+        #[arg(long, global = true)]
+        timeout: Option<u64>,
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Create an export (or grow it, or wake it from the store).
+    Create {
+        /// Export name: 1-64 of a-z 0-9 . _ - starting with a letter or digit.
+        name: String,
+        /// Size: 10G, 512M, 1.5T or bytes (units are powers of 1024).
+        #[arg(long)]
+        size: ByteSize,
+    },
+    /// List exports.
+    List,
+    /// Show one export.
+    Get {
+        /// Export name.
+        name: String,
+    },
+    /// Delete an export (its data stays in the store unless --purge).
+    Delete {
+        /// Export name.
+        name: String,
+        /// Also delete its objects in the store.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Wait until everything written to the export is in the store.
+    Drain {
+        /// Export name.
+        name: String,
+    },
+}
+
 fn main() {
-    println!("glidefs {}", env!("CARGO_PKG_VERSION"));
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Run {
+            config,
+            stop_devices,
+        } => exit_code(run(config.as_deref(), stop_devices)),
+        Command::Init { file } => exit_code(init(&file)),
+        Command::CheckConfig { file } => exit_code(check_config(&file)),
+        Command::Export {
+            api,
+            timeout,
+            command,
+        } => match export(&api, timeout, command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("glidefs: {e:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn exit_code(r: Result<()>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("glidefs: {e:#}");
+            tracing::error!("exiting: {e:#}");
+            1
+        }
+    }
+}
+
+fn init(file: &Path) -> Result<()> {
+    if file == Path::new("-") {
+        print!("{DEFAULT_CONFIG}");
+        return Ok(());
+    }
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(file)
+        .with_context(|| {
+            format!(
+                "{} (init never overwrites an existing file)",
+                file.display()
+            )
+        })?;
+    f.write_all(DEFAULT_CONFIG.as_bytes())?;
+    f.sync_all()?;
+    println!("wrote {}", file.display());
+    Ok(())
+}
+
+fn check_config(file: &Path) -> Result<()> {
+    let cfg = Config::load(file)?;
+    println!(
+        "{}: ok (store {}, cache {}, api {})",
+        file.display(),
+        redact_url(&cfg.store_url()),
+        cfg.cache.dir.display(),
+        cfg.api.listen
+    );
+    Ok(())
+}
+
+/// Store URLs carry no secrets by construction (validated), but never print a
+/// query string or user-info anyway.
+fn redact_url(u: &str) -> String {
+    let cut = u.find(['?', '#']).unwrap_or(u.len());
+    let u = &u[..cut];
+    match u.split_once('@') {
+        Some((scheme_user, rest)) => {
+            let scheme = scheme_user.split("://").next().unwrap_or("");
+            format!("{scheme}://<redacted>@{rest}")
+        }
+        None => u.to_string(),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
+    init_tracing();
+    let cfg = match config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let listen = cfg.listen()?;
+    tracing::info!(version = VERSION, git_sha = GIT_SHA, config = ?config, "glidefs starting");
+
+    // Signals first, so a SIGTERM during recovery is honoured once it finishes.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing signal handlers")?;
+
+    let metrics = Metrics::new(cfg.api.per_export_metrics, VERSION, GIT_SHA).context("metrics")?;
+    let creds = resolve_credentials(&cfg.store, &|k| std::env::var(k).ok())?;
+    let store_url = cfg.store_url();
+    if let Some(p) = store_url.strip_prefix("file://") {
+        std::fs::create_dir_all(p).with_context(|| format!("creating local store {p}"))?;
+    }
+    let opts = StoreOptions {
+        endpoint: cfg.store.endpoint.clone(),
+        region: cfg.store.region.clone(),
+        path_style: cfg.store.path_style,
+        access_key: creds.as_ref().map(|c| c.access_key.clone()),
+        secret_key: creds.as_ref().map(|c| c.secret_key.clone()),
+        session_token: creds.as_ref().and_then(|c| c.session_token.clone()),
+        timeout: cfg.store.timeout,
+        retries: cfg.store.retries,
+        ..StoreOptions::default()
+    };
+    let raw_store = open_store(&store_url, &opts).context("opening the object store")?;
+    tracing::info!(store = %raw_store.describe(), "object store opened");
+    let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw_store, metrics.store()));
+
+    let devices: Option<Arc<dyn DeviceBackend>> = if cfg.ublk.enabled {
+        if !UblkServer::available() {
+            bail!("ublk is not available (/dev/ublk-control missing): `modprobe ublk_drv`, or set [ublk] enabled = false to serve exports without block devices");
+        }
+        Some(Arc::new(
+            UblkDevices::start(ublk_options(&cfg)).context("starting the ublk server")?,
+        ))
+    } else {
+        tracing::warn!("[ublk] enabled = false: exports get volumes but no block device");
+        None
+    };
+
+    let volumes = Arc::new(EngineVolumes::new(store, VolumeSettings::from_config(&cfg)));
+    let router = Router::new(
+        RouterConfig {
+            cache_dir: cfg.cache.dir.clone(),
+            max_exports: cfg.limits.max_exports as usize,
+            open_concurrency: cfg.limits.open_concurrency as usize,
+        },
+        volumes,
+        devices,
+        metrics.clone(),
+    )?;
+    let api = ApiServer::start(
+        &listen,
+        Arc::new(ApiState {
+            router: router.clone(),
+            metrics,
+        }),
+    )?;
+    if !is_loopback(&listen) {
+        tracing::warn!(listen = %listen, "API listens beyond loopback; it has no authentication");
+    }
+    tracing::info!(listen = %api.addr(), "api listening");
+
+    let summary = router.recover()?;
+    tracing::info!(
+        recovered = summary.recovered,
+        failed = summary.failed,
+        "recovery done; ready"
+    );
+    if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "sd_notify READY failed");
+    }
+
+    let sig = signals.forever().next();
+    tracing::info!(signal = ?sig, stop_devices, "stopping");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    api.stop();
+    router.shutdown(stop_devices);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn is_loopback(l: &glidefs::config::Listen) -> bool {
+    match l {
+        glidefs::config::Listen::Tcp(a) => a.ip().is_loopback(),
+        glidefs::config::Listen::Unix(_) => true,
+    }
+}
+
+fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
+    let endpoint = Endpoint::parse(api)?;
+    let is_drain = matches!(
+        cmd,
+        ExportCommand::Drain { .. } | ExportCommand::Delete { .. }
+    );
+    let timeout = match timeout {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None if is_drain => None,
+        None => Some(Duration::from_secs(300)),
+    };
+    let client = Client::new(endpoint, timeout);
+    let path = |n: &str| format!("/api/exports/{}", encode_segment(n));
+    let resp = match &cmd {
+        ExportCommand::Create { name, size } => {
+            let body = serde_json::json!({ "size_bytes": size.0 }).to_string();
+            client.request("PUT", &path(name), Some(&body))?
+        }
+        ExportCommand::List => client.request("GET", "/api/exports", None)?,
+        ExportCommand::Get { name } => client.request("GET", &path(name), None)?,
+        ExportCommand::Delete { name, purge } => {
+            let q = if *purge { "?purge=true" } else { "" };
+            client.request("DELETE", &format!("{}{q}", path(name)), None)?
+        }
+        ExportCommand::Drain { name } => {
+            client.request("POST", &format!("{}/drain", path(name)), None)?
+        }
+    };
+    if resp.status >= 400 {
+        eprintln!("glidefs: {} (HTTP {})", resp.error_message(), resp.status);
+        return Ok(match resp.status {
+            404 => 2,
+            400..=499 => 3,
+            _ => 4,
+        });
+    }
+    let v: serde_json::Value = serde_json::from_str(&resp.body).context("response is not JSON")?;
+    let mut out = String::new();
+    match cmd {
+        ExportCommand::List => {
+            out += &format!(
+                "{:<32} {:>10} {:<16} {}\n",
+                "NAME", "SIZE", "DEVICE", "STATE"
+            );
+            for e in v["exports"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                out += &format!(
+                    "{:<32} {:>10} {:<16} {}\n",
+                    e["name"].as_str().unwrap_or(""),
+                    e["size"].as_str().unwrap_or(""),
+                    e["device"].as_str().unwrap_or("-"),
+                    e["state"].as_str().unwrap_or("")
+                );
+            }
+        }
+        ExportCommand::Delete { name, purge } => {
+            out = format!(
+                "deleted {name}{}\n",
+                if purge { " (objects purged)" } else { "" }
+            );
+        }
+        _ => out = serde_json::to_string_pretty(&v)? + "\n",
+    }
+    // A closed pipe (`| head`) is not an error worth a panic.
+    match std::io::stdout().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_url("s3://b/p"), "s3://b/p");
+        assert_eq!(redact_url("s3://AK:SK@b/p?x=1"), "s3://<redacted>@b/p");
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from(["glidefs", "export", "create", "a", "--size", "10G"]).unwrap();
+        match c.command {
+            Command::Export {
+                command: ExportCommand::Create { size, .. },
+                ..
+            } => assert_eq!(size.0, 10 << 30),
+            _ => panic!("wrong command"),
+        }
+        assert!(
+            Cli::try_parse_from(["glidefs", "export", "create", "a", "--size", "10GB"]).is_err()
+        );
+    }
 }

@@ -1,1 +1,550 @@
-//! (to be written)
+//! Prometheus metrics of the daemon (names: docs/operations.md#metrics).
+//!
+//! Invariants:
+//! - one [`Metrics`] per daemon, with its own `prometheus::Registry` (never the global
+//!   one), so tests can run several daemons in one process;
+//! - the I/O path never looks up a label: each export gets pre-resolved handles
+//!   ([`IoMetrics`]) at create time; observing is a few atomic operations, no lock;
+//! - with `per_export_metrics = false` every export shares one unlabelled set of
+//!   handles, so the series count does not grow with the number of exports;
+//! - values owned by other layers (volume stats, buffer-pool stats) are read at scrape
+//!   time through [`StatsSource`] callbacks, never pushed from hot paths.
+
+use parking_lot::Mutex;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::Arc;
+
+/// Bucket bounds of the I/O size histograms: 512 B .. 1 MiB, powers of two.
+pub const IO_SIZE_BUCKETS: [f64; 12] = [
+    512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0, 131072.0, 262144.0, 524288.0,
+    1048576.0,
+];
+
+/// Bucket bounds of the store latency histogram, in seconds.
+pub const STORE_LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+/// Per-volume values read at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeCounters {
+    /// Bytes written but not yet committed to the store.
+    pub dirty_bytes: u64,
+    /// Reads served from the local cache.
+    pub cache_hits: u64,
+    /// Reads that fetched from the store.
+    pub cache_misses: u64,
+    /// Failed flush attempts.
+    pub flush_errors: u64,
+}
+
+/// Buffer-pool values summed over workers, read at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounters {
+    /// Slots handed out.
+    pub acquires: u64,
+    /// Acquisitions that had to wait for a free slot.
+    pub backpressure_waits: u64,
+    /// Workers whose pool is initialised.
+    pub workers_initialized: u64,
+}
+
+/// Where scrape-time values come from (set once by the daemon).
+pub trait StatsSource: Send + Sync + 'static {
+    /// `(export name, counters)` of every open volume.
+    fn volumes(&self) -> Vec<(String, VolumeCounters)>;
+    /// Buffer-pool totals, `None` without a data plane.
+    fn pool(&self) -> Option<PoolCounters>;
+    /// Number of exports (in any state).
+    fn export_count(&self) -> usize;
+}
+
+/// Pre-resolved handles for one export's I/O path.
+#[derive(Clone)]
+pub struct IoMetrics {
+    /// Histogram of read request sizes.
+    pub read_size: Histogram,
+    /// Histogram of write request sizes.
+    pub write_size: Histogram,
+    /// Read requests.
+    pub read_ops: IntCounter,
+    /// Write requests.
+    pub write_ops: IntCounter,
+    /// Bytes read.
+    pub read_bytes: IntCounter,
+    /// Bytes written.
+    pub write_bytes: IntCounter,
+    /// Flush requests.
+    pub flush_ops: IntCounter,
+    /// Discard and write-zeroes requests.
+    pub discard_ops: IntCounter,
+    /// Requests completed with an error.
+    pub errors: IntCounter,
+}
+
+struct IoFamilies {
+    read_size: HistogramVec,
+    write_size: HistogramVec,
+    bytes: IntCounterVec,
+    ops: IntCounterVec,
+    errors: IntCounterVec,
+}
+
+/// Store request metrics used by [`crate::store::metered::MeteredStore`].
+#[derive(Clone)]
+pub struct StoreMetrics {
+    /// Requests by operation and outcome (`ok` / `error`).
+    pub requests: IntCounterVec,
+    /// Request latency by operation.
+    pub latency: HistogramVec,
+    /// Bytes moved, by direction (`read` / `write`).
+    pub bytes: IntCounterVec,
+}
+
+/// All metrics of one daemon.
+pub struct Metrics {
+    registry: Registry,
+    per_export: bool,
+    io: IoFamilies,
+    shared_io: Option<IoMetrics>,
+    store: StoreMetrics,
+    scrape: Arc<ScrapeCollector>,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("glidefs")
+}
+
+impl Metrics {
+    /// Create the registry and every metric family. `version`/`git_sha` feed
+    /// `glidefs_build_info`.
+    pub fn new(
+        per_export: bool,
+        version: &str,
+        git_sha: &str,
+    ) -> Result<Arc<Metrics>, prometheus::Error> {
+        let registry = Registry::new();
+        let lbl: &[&str] = if per_export { &["export"] } else { &[] };
+        let lbl_op: &[&str] = if per_export {
+            &["export", "op"]
+        } else {
+            &["op"]
+        };
+        let hist = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help)
+                    .namespace("glidefs")
+                    .buckets(IO_SIZE_BUCKETS.to_vec()),
+                lbl,
+            )
+        };
+        let io = IoFamilies {
+            read_size: hist("read_io_size_bytes", "Size of read requests in bytes.")?,
+            write_size: hist("write_io_size_bytes", "Size of write requests in bytes.")?,
+            bytes: IntCounterVec::new(
+                opts(
+                    "io_bytes_total",
+                    "Bytes transferred by block I/O, by op (read/write).",
+                ),
+                lbl_op,
+            )?,
+            ops: IntCounterVec::new(
+                opts(
+                    "io_requests_total",
+                    "Block requests completed, by op (read/write/flush/discard).",
+                ),
+                lbl_op,
+            )?,
+            errors: IntCounterVec::new(
+                opts("io_errors_total", "Block requests completed with an error."),
+                lbl,
+            )?,
+        };
+        registry.register(Box::new(io.read_size.clone()))?;
+        registry.register(Box::new(io.write_size.clone()))?;
+        registry.register(Box::new(io.bytes.clone()))?;
+        registry.register(Box::new(io.ops.clone()))?;
+        registry.register(Box::new(io.errors.clone()))?;
+
+        let store = StoreMetrics {
+            requests: IntCounterVec::new(
+                opts(
+                    "store_requests_total",
+                    "Object store requests, by op and result (ok/error).",
+                ),
+                &["op", "result"],
+            )?,
+            latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "store_request_duration_seconds",
+                    "Object store request latency.",
+                )
+                .namespace("glidefs")
+                .buckets(STORE_LATENCY_BUCKETS.to_vec()),
+                &["op"],
+            )?,
+            bytes: IntCounterVec::new(
+                opts(
+                    "store_bytes_total",
+                    "Bytes moved to/from the object store, by direction (read/write).",
+                ),
+                &["direction"],
+            )?,
+        };
+        registry.register(Box::new(store.requests.clone()))?;
+        registry.register(Box::new(store.latency.clone()))?;
+        registry.register(Box::new(store.bytes.clone()))?;
+
+        let build = IntGaugeVec::new(
+            opts("build_info", "Build information; the value is always 1."),
+            &["version", "git_sha"],
+        )?;
+        build.with_label_values(&[version, git_sha]).set(1);
+        registry.register(Box::new(build))?;
+
+        let scrape = Arc::new(ScrapeCollector::new(per_export)?);
+        registry.register(Box::new(ScrapeHandle(scrape.clone())))?;
+
+        let mut m = Metrics {
+            registry,
+            per_export,
+            io,
+            shared_io: None,
+            store,
+            scrape,
+        };
+        if !per_export {
+            m.shared_io = Some(m.resolve(&[])?);
+        }
+        Ok(Arc::new(m))
+    }
+
+    fn resolve(&self, export: &[&str]) -> Result<IoMetrics, prometheus::Error> {
+        fn with_op<'a>(export: &[&'a str], op: &'a str) -> Vec<&'a str> {
+            let mut v = export.to_vec();
+            v.push(op);
+            v
+        }
+        // `get_metric_with_label_values` instead of `with_label_values`: no panic path.
+        Ok(IoMetrics {
+            read_size: self.io.read_size.get_metric_with_label_values(export)?,
+            write_size: self.io.write_size.get_metric_with_label_values(export)?,
+            read_ops: self
+                .io
+                .ops
+                .get_metric_with_label_values(&with_op(export, "read"))?,
+            write_ops: self
+                .io
+                .ops
+                .get_metric_with_label_values(&with_op(export, "write"))?,
+            read_bytes: self
+                .io
+                .bytes
+                .get_metric_with_label_values(&with_op(export, "read"))?,
+            write_bytes: self
+                .io
+                .bytes
+                .get_metric_with_label_values(&with_op(export, "write"))?,
+            flush_ops: self
+                .io
+                .ops
+                .get_metric_with_label_values(&with_op(export, "flush"))?,
+            discard_ops: self
+                .io
+                .ops
+                .get_metric_with_label_values(&with_op(export, "discard"))?,
+            errors: self.io.errors.get_metric_with_label_values(export)?,
+        })
+    }
+
+    /// Handles for one export's I/O path (shared handles when per-export is off).
+    pub fn export_io(&self, name: &str) -> Result<IoMetrics, prometheus::Error> {
+        match &self.shared_io {
+            Some(shared) => Ok(shared.clone()),
+            None => self.resolve(&[name]),
+        }
+    }
+
+    /// Drop an export's series (after delete).
+    pub fn remove_export(&self, name: &str) {
+        if !self.per_export {
+            return;
+        }
+        let _ = self.io.read_size.remove_label_values(&[name]);
+        let _ = self.io.write_size.remove_label_values(&[name]);
+        let _ = self.io.errors.remove_label_values(&[name]);
+        for op in ["read", "write"] {
+            let _ = self.io.bytes.remove_label_values(&[name, op]);
+        }
+        for op in ["read", "write", "flush", "discard"] {
+            let _ = self.io.ops.remove_label_values(&[name, op]);
+        }
+    }
+
+    /// Metrics for the store decorator.
+    pub fn store(&self) -> StoreMetrics {
+        self.store.clone()
+    }
+
+    /// Set where scrape-time values come from.
+    pub fn set_source(&self, source: Arc<dyn StatsSource>) {
+        *self.scrape.source.lock() = Some(source);
+    }
+
+    /// Gather everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let families = self.registry.gather();
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// Families filled from [`StatsSource`] on every scrape.
+struct ScrapeCollector {
+    per_export: bool,
+    source: Mutex<Option<Arc<dyn StatsSource>>>,
+    // Serialises reset-and-refill across concurrent scrapes.
+    fill: Mutex<()>,
+    cache_hits: IntCounterVec,
+    cache_misses: IntCounterVec,
+    flush_errors: IntCounterVec,
+    dirty_bytes: IntGaugeVec,
+    exports: IntGauge,
+    pool_acquires: IntCounter,
+    pool_waits: IntCounter,
+    pool_workers: IntGauge,
+}
+
+impl ScrapeCollector {
+    fn new(per_export: bool) -> Result<Self, prometheus::Error> {
+        let lbl: &[&str] = if per_export { &["export"] } else { &[] };
+        Ok(ScrapeCollector {
+            per_export,
+            source: Mutex::new(None),
+            fill: Mutex::new(()),
+            cache_hits: IntCounterVec::new(
+                opts("cache_hits_total", "Reads served from the local cache."),
+                lbl,
+            )?,
+            cache_misses: IntCounterVec::new(
+                opts(
+                    "cache_misses_total",
+                    "Reads that fetched from the object store.",
+                ),
+                lbl,
+            )?,
+            flush_errors: IntCounterVec::new(
+                opts("flush_errors_total", "Failed flushes to the object store."),
+                lbl,
+            )?,
+            dirty_bytes: IntGaugeVec::new(
+                opts(
+                    "dirty_bytes",
+                    "Bytes not yet committed to the object store.",
+                ),
+                lbl,
+            )?,
+            exports: IntGauge::with_opts(opts("exports", "Number of exports."))?,
+            pool_acquires: IntCounter::with_opts(opts(
+                "ublk_buffer_pool_acquires_total",
+                "I/O buffer slots acquired, all workers.",
+            ))?,
+            pool_waits: IntCounter::with_opts(opts(
+                "ublk_buffer_pool_backpressure_waits_total",
+                "Buffer acquisitions that waited for a free slot.",
+            ))?,
+            pool_workers: IntGauge::with_opts(opts(
+                "ublk_buffer_pool_workers_initialized",
+                "Workers whose buffer pool is initialised.",
+            ))?,
+        })
+    }
+}
+
+fn counter_set(c: &IntCounter, v: u64) {
+    c.reset();
+    c.inc_by(v);
+}
+
+struct ScrapeHandle(Arc<ScrapeCollector>);
+
+impl Collector for ScrapeHandle {
+    fn desc(&self) -> Vec<&Desc> {
+        let s = &self.0;
+        let mut d = Vec::new();
+        d.extend(s.cache_hits.desc());
+        d.extend(s.cache_misses.desc());
+        d.extend(s.flush_errors.desc());
+        d.extend(s.dirty_bytes.desc());
+        d.extend(s.exports.desc());
+        d.extend(s.pool_acquires.desc());
+        d.extend(s.pool_waits.desc());
+        d.extend(s.pool_workers.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let s = &self.0;
+        let _fill = s.fill.lock();
+        let source = s.source.lock().clone();
+        let mut out = Vec::new();
+        let Some(source) = source else {
+            return out;
+        };
+        s.cache_hits.reset();
+        s.cache_misses.reset();
+        s.flush_errors.reset();
+        s.dirty_bytes.reset();
+        let vols = source.volumes();
+        if s.per_export {
+            for (name, c) in &vols {
+                let l = [name.as_str()];
+                if let (Ok(h), Ok(m), Ok(f), Ok(d)) = (
+                    s.cache_hits.get_metric_with_label_values(&l),
+                    s.cache_misses.get_metric_with_label_values(&l),
+                    s.flush_errors.get_metric_with_label_values(&l),
+                    s.dirty_bytes.get_metric_with_label_values(&l),
+                ) {
+                    h.inc_by(c.cache_hits);
+                    m.inc_by(c.cache_misses);
+                    f.inc_by(c.flush_errors);
+                    d.set(i64::try_from(c.dirty_bytes).unwrap_or(i64::MAX));
+                }
+            }
+        } else {
+            let sum = vols
+                .iter()
+                .fold(VolumeCounters::default(), |a, (_, c)| VolumeCounters {
+                    dirty_bytes: a.dirty_bytes.saturating_add(c.dirty_bytes),
+                    cache_hits: a.cache_hits.saturating_add(c.cache_hits),
+                    cache_misses: a.cache_misses.saturating_add(c.cache_misses),
+                    flush_errors: a.flush_errors.saturating_add(c.flush_errors),
+                });
+            if let (Ok(h), Ok(m), Ok(f), Ok(d)) = (
+                s.cache_hits.get_metric_with_label_values(&[]),
+                s.cache_misses.get_metric_with_label_values(&[]),
+                s.flush_errors.get_metric_with_label_values(&[]),
+                s.dirty_bytes.get_metric_with_label_values(&[]),
+            ) {
+                h.inc_by(sum.cache_hits);
+                m.inc_by(sum.cache_misses);
+                f.inc_by(sum.flush_errors);
+                d.set(i64::try_from(sum.dirty_bytes).unwrap_or(i64::MAX));
+            }
+        }
+        out.extend(s.cache_hits.collect());
+        out.extend(s.cache_misses.collect());
+        out.extend(s.flush_errors.collect());
+        out.extend(s.dirty_bytes.collect());
+        s.exports
+            .set(i64::try_from(source.export_count()).unwrap_or(i64::MAX));
+        out.extend(s.exports.collect());
+        if let Some(p) = source.pool() {
+            counter_set(&s.pool_acquires, p.acquires);
+            counter_set(&s.pool_waits, p.backpressure_waits);
+            s.pool_workers
+                .set(i64::try_from(p.workers_initialized).unwrap_or(i64::MAX));
+            out.extend(s.pool_acquires.collect());
+            out.extend(s.pool_waits.collect());
+            out.extend(s.pool_workers.collect());
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Src;
+    impl StatsSource for Src {
+        fn volumes(&self) -> Vec<(String, VolumeCounters)> {
+            vec![
+                (
+                    "a".into(),
+                    VolumeCounters {
+                        dirty_bytes: 4096,
+                        cache_hits: 3,
+                        cache_misses: 1,
+                        flush_errors: 0,
+                    },
+                ),
+                (
+                    "b".into(),
+                    VolumeCounters {
+                        dirty_bytes: 0,
+                        cache_hits: 2,
+                        cache_misses: 0,
+                        flush_errors: 5,
+                    },
+                ),
+            ]
+        }
+        fn pool(&self) -> Option<PoolCounters> {
+            Some(PoolCounters {
+                acquires: 7,
+                backpressure_waits: 2,
+                workers_initialized: 2,
+            })
+        }
+        fn export_count(&self) -> usize {
+            2
+        }
+    }
+
+    #[test]
+    fn per_export_series_and_scrape_values() {
+        let m = Metrics::new(true, "0.1.0", "abc123").unwrap();
+        m.set_source(Arc::new(Src));
+        let io = m.export_io("vol1").unwrap();
+        io.read_size.observe(4096.0);
+        io.write_size.observe(131072.0);
+        io.write_bytes.inc_by(131072);
+        let text = m.render();
+        assert!(
+            text.contains("glidefs_build_info{git_sha=\"abc123\",version=\"0.1.0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("glidefs_read_io_size_bytes_bucket{export=\"vol1\",le=\"4096\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("glidefs_write_io_size_bytes_count{export=\"vol1\"} 1"));
+        assert!(text.contains("glidefs_io_bytes_total{export=\"vol1\",op=\"write\"} 131072"));
+        assert!(text.contains("glidefs_cache_hits_total{export=\"a\"} 3"));
+        assert!(text.contains("glidefs_dirty_bytes{export=\"a\"} 4096"));
+        assert!(text.contains("glidefs_flush_errors_total{export=\"b\"} 5"));
+        assert!(text.contains("glidefs_exports 2"));
+        assert!(text.contains("glidefs_ublk_buffer_pool_acquires_total 7"));
+        assert!(text.contains("glidefs_ublk_buffer_pool_backpressure_waits_total 2"));
+        assert!(text.contains("glidefs_ublk_buffer_pool_workers_initialized 2"));
+        // Scraping twice does not double counters.
+        let again = m.render();
+        assert!(again.contains("glidefs_cache_hits_total{export=\"a\"} 3"));
+        m.remove_export("vol1");
+        assert!(!m.render().contains("export=\"vol1\""));
+    }
+
+    #[test]
+    fn aggregate_mode_has_no_export_label() {
+        let m = Metrics::new(false, "0.1.0", "abc").unwrap();
+        m.set_source(Arc::new(Src));
+        let a = m.export_io("a").unwrap();
+        let b = m.export_io("b").unwrap();
+        a.read_size.observe(512.0);
+        b.read_size.observe(512.0);
+        let text = m.render();
+        assert!(!text.contains("export="), "{text}");
+        assert!(text.contains("glidefs_read_io_size_bytes_count 2"));
+        assert!(text.contains("glidefs_cache_hits_total 5"));
+        assert!(text.contains("glidefs_dirty_bytes 4096"));
+    }
+}

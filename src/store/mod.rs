@@ -9,6 +9,21 @@
 //!
 //! See docs/format.md for the objects the volume engine writes.
 
+pub mod key;
+pub mod local;
+pub mod mem;
+pub mod metered;
+pub mod retry;
+pub mod s3;
+pub mod url;
+
+pub use key::{validate_key, validate_prefix};
+pub use local::LocalDirStore;
+pub use mem::MemStore;
+pub use retry::RetryPolicy;
+pub use s3::S3Store;
+pub use url::{open_store, StoreOptions, StoreUrl};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::ops::Range;
@@ -39,6 +54,14 @@ pub enum StoreError {
         path: String,
         /// Underlying error.
         source: std::io::Error,
+    },
+    /// The key (or listing prefix) is not acceptable; see [`key::validate_key`].
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey {
+        /// The offending key.
+        key: String,
+        /// Why it was rejected.
+        reason: String,
     },
     /// Any other store-side error (4xx other than the above).
     #[error("store error: {0}")]
@@ -71,8 +94,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Write (replace) an object; returns its new etag.
     async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError>;
     /// Conditional write; `Err(PreconditionFailed)` when the condition does not hold.
-    async fn put_if(&self, key: &str, data: Bytes, cond: PutCondition)
-        -> Result<String, StoreError>;
+    async fn put_if(
+        &self,
+        key: &str,
+        data: Bytes,
+        cond: PutCondition,
+    ) -> Result<String, StoreError>;
     /// Read a whole object.
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
     /// Read `range` (end exclusive) of an object.

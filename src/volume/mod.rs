@@ -1,15 +1,662 @@
 //! The volume engine: one per export, no kernel dependency.
 //!
-//! INTERFACE CONTRACT (used by the router and the ublk target adapter; the
-//! implementation behind it is free):
+//! A volume is a sparse local cache file plus a journal in `cache_dir`, and a
+//! log of immutable segment objects in the store (formats: docs/format.md).
 //!
+//! Data path:
+//! - `write`: data pwrite into the cache file, WRITE journal record (with per-sector
+//!   crc32c), block map update - all under the volume's state lock, before the
+//!   acknowledgement. Sub-block writes never wait on the store; a write that covers
+//!   only part of a 4 KiB sector not yet cached fetches that block first.
+//! - `read`: valid sectors come from the cache file; blocks absent from the store
+//!   read as zeros; otherwise one ranged GET of the block's segment entry, verified,
+//!   written into the cache (single-flight per block).
+//! - the flusher (one task on smol's global executor) uploads dirty blocks as one
+//!   segment per batch and marks them clean unless rewritten meanwhile (generation
+//!   counters); see [`flusher`].
+//!
+//! Locking: `Inner::st` (parking_lot) is never held across an await; `sync_lock`
+//! (async) orders FLUSH against journal rotation. Lock order: sync_lock → st.
+//!
+//! INTERFACE CONTRACT (used by the router and the ublk target adapter):
 //! ```text
-//! VolumeConfig { name, size_bytes, cache_dir, dirty_limit_bytes, flush_interval, flush_mode, ... }
+//! VolumeConfig::new(name, size, cache_dir) + pub fields
 //! Volume::open(cfg, store) -> Result<Arc<Volume>, VolumeError>   // create, reopen, or cold wake
-//! Volume::exists_in_store(store, name) -> Result<Option<u64 /*size*/>, VolumeError>
-//! Volume::purge(store, cache_dir, name) -> Result<(), VolumeError>
+//! Volume::exists_in_store(&store, name) -> Result<Option<u64 /*size*/>, VolumeError>
+//! Volume::purge(&store, name) -> Result<(), VolumeError>          // remote objects only
+//! Volume::purge_cache(&cfg) -> Result<(), VolumeError>            // local cache dir
 //! vol.size_bytes() -> u64
 //! vol.read(offset, &mut buf).await; vol.write(offset, &data, fua).await
 //! vol.flush().await; vol.discard(offset, len).await; vol.write_zeroes(offset, len).await
 //! vol.drain().await; vol.grow(new_size).await; vol.close().await; vol.stats()
 //! ```
+
+pub mod blockmap;
+pub mod config;
+pub mod error;
+mod fetch;
+pub mod fileio;
+mod flusher;
+pub mod journal;
+pub mod lease;
+pub mod manifest;
+mod open;
+pub mod segment;
+
+pub use config::{Clock, FlushMode, SystemClock, VolumeConfig};
+pub use error::VolumeError;
+pub use fileio::{FileHandle, FileIo, RealFs, SimFs};
+
+use crate::store::ObjectStore;
+use crate::{BLOCK_SIZE, LOGICAL_BLOCK_SIZE, SECTOR_SIZE};
+use blockmap::{mask, LocalMap, StoreMap, SECTORS_PER_BLOCK};
+use event_listener::Event;
+use journal::{Journal, Record};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+const BS: u64 = BLOCK_SIZE as u64;
+const SS: u64 = SECTOR_SIZE as u64;
+
+/// Counters of one volume (a snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VolumeStats {
+    /// Size of the volume.
+    pub size_bytes: u64,
+    /// Bytes acknowledged but not yet committed to the store.
+    pub dirty_bytes: u64,
+    /// Read chunks served without the store.
+    pub cache_hits: u64,
+    /// Read chunks that needed a store GET.
+    pub cache_misses: u64,
+    /// Failed flush attempts (retried).
+    pub flush_errors: u64,
+    /// Segments committed.
+    pub segments_written: u64,
+    /// Bytes of segment objects uploaded.
+    pub bytes_uploaded: u64,
+    /// Bytes fetched from the store on misses.
+    pub bytes_fetched: u64,
+    /// Checksum failures (store entries, journal records, cache sectors at replay).
+    pub checksum_errors: u64,
+    /// Manifests written.
+    pub manifests_written: u64,
+    /// Objects deleted by garbage collection.
+    pub gc_deleted: u64,
+    /// The lease was lost: nothing more can be committed.
+    pub fenced: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub flush_errors: AtomicU64,
+    pub segments_written: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub checksum_errors: AtomicU64,
+    pub manifests_written: AtomicU64,
+    pub gc_deleted: AtomicU64,
+}
+
+pub(crate) fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Mutable state under `Inner::st`.
+pub(crate) struct State {
+    pub local: LocalMap,
+    pub store: StoreMap,
+    pub journal: Journal,
+    /// Incremented by every write/zero (the order of acknowledgements).
+    pub write_seq: u64,
+    /// Blocks being fetched (single flight); waiters listen on the event.
+    pub fetching: HashMap<u64, Arc<Event>>,
+    /// Next segment sequence number.
+    pub next_seq: u64,
+    /// Newest committed segment.
+    pub last_committed: u64,
+    /// Segments committed since the last manifest.
+    pub segs_since_manifest: u32,
+}
+
+pub(crate) struct Inner {
+    pub cfg: VolumeConfig,
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: String,
+    pub uuid: u64,
+    /// Highest segment seq listed at open (recorded in our segments).
+    pub base_seq: u64,
+    pub boot_id: String,
+    pub size: AtomicU64,
+    pub data: Arc<dyn FileHandle>,
+    pub st: Mutex<State>,
+    pub sync_lock: async_lock::Mutex<()>,
+    /// Etag of the meta object (for grow).
+    pub meta: async_lock::Mutex<(manifest::VolumeMeta, String)>,
+    pub lease: Mutex<lease::Held>,
+    /// Notified when dirty data was committed, or on fencing/close.
+    pub changed: Event,
+    /// Wakes the flusher.
+    pub kick: Event,
+    pub kick_flag: AtomicBool,
+    pub stats: Stats,
+    pub closed: AtomicBool,
+    /// Set before the flusher is stopped: blocking jobs it queued must not run.
+    pub bg_stop: AtomicBool,
+    /// Held by every blocking job that changes local files (journal rotation,
+    /// state file), so stopping the flusher can wait for a running one.
+    pub file_ops: Mutex<()>,
+    pub failed: AtomicBool,
+    pub fenced: Mutex<Option<String>>,
+    pub rng: Mutex<u64>,
+}
+
+impl Inner {
+    pub fn seg_key(&self, seq: u64) -> String {
+        seg_key(&self.prefix, seq)
+    }
+    pub fn lease_key(&self) -> String {
+        format!("{}lease", self.prefix)
+    }
+    pub fn kick(&self) {
+        self.kick_flag.store(true, Ordering::Release);
+        self.kick.notify(usize::MAX);
+    }
+    pub fn fail(&self, context: &str, e: std::io::Error) -> VolumeError {
+        tracing::error!(volume = %self.cfg.name, %context, error = %e, "local I/O error; volume failed");
+        self.failed.store(true, Ordering::Release);
+        self.changed.notify(usize::MAX);
+        VolumeError::io(context, e)
+    }
+    pub fn set_fenced(&self, msg: String) {
+        tracing::error!(volume = %self.cfg.name, %msg, "volume fenced");
+        *self.fenced.lock() = Some(msg);
+        self.changed.notify(usize::MAX);
+    }
+    /// Error out of background work once the flusher is being stopped.
+    pub fn check_bg(&self) -> Result<(), VolumeError> {
+        if self.bg_stop.load(Ordering::Acquire) {
+            return Err(VolumeError::Closed);
+        }
+        Ok(())
+    }
+    pub fn check_live(&self) -> Result<(), VolumeError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(VolumeError::Closed);
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(VolumeError::io(
+                "volume failed after a local I/O error",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        if let Some(m) = self.fenced.lock().clone() {
+            return Err(VolumeError::Fenced(m));
+        }
+        Ok(())
+    }
+    /// Next pseudo-random number (xorshift64*), for jitter.
+    pub fn rand(&self) -> u64 {
+        let mut s = self.rng.lock();
+        let mut x = *s;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        *s = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Write sectors `s0..` of block `b` (sector-aligned `buf`) under the state lock:
+    /// cache pwrite, journal record, map update.
+    pub fn commit_write(
+        &self,
+        st: &mut State,
+        b: u64,
+        s0: usize,
+        buf: &[u8],
+        crcs: Vec<u32>,
+    ) -> Result<(), VolumeError> {
+        let n = buf.len() / SECTOR_SIZE;
+        self.data
+            .write_at(buf, b * BS + s0 as u64 * SS)
+            .map_err(|e| self.fail("cache write", e))?;
+        st.journal
+            .append(&Record::Write {
+                first: b * SECTORS_PER_BLOCK as u64 + s0 as u64,
+                crcs,
+            })
+            .map_err(|e| self.fail("journal append", e))?;
+        st.write_seq += 1;
+        let ws = st.write_seq;
+        st.local.mark_written(b, mask(s0, n), ws);
+        Ok(())
+    }
+}
+
+pub(crate) fn seg_key(prefix: &str, seq: u64) -> String {
+    format!("{prefix}seg/{seq:020}")
+}
+
+/// One open volume. Cheap to share (`Arc<Volume>`); all I/O methods take `&self`.
+pub struct Volume {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<smol::Task<()>>>,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume")
+            .field("name", &self.inner.cfg.name)
+            .field("size", &self.size_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        // Dropping the task cancels the flusher at its next await point.
+        self.flusher.lock().take();
+    }
+}
+
+impl Volume {
+    /// Open a volume: create it (absent in the store), reopen it (replaying the
+    /// journal after a crash) or cold-wake it from the store (empty cache dir).
+    /// Takes the lease; see [`lease`].
+    pub async fn open(
+        cfg: VolumeConfig,
+        store: Arc<dyn ObjectStore>,
+    ) -> Result<Arc<Volume>, VolumeError> {
+        let inner = open::open(cfg, store).await?;
+        let task = flusher::spawn(inner.clone());
+        Ok(Arc::new(Volume {
+            inner,
+            flusher: Mutex::new(Some(task)),
+        }))
+    }
+
+    /// Size of volume `name` if it exists in the store.
+    pub async fn exists_in_store(
+        store: &Arc<dyn ObjectStore>,
+        name: &str,
+    ) -> Result<Option<u64>, VolumeError> {
+        open::exists_in_store(store.as_ref(), name).await
+    }
+
+    /// Delete every object of volume `name` (segments, manifests, meta, lease last).
+    /// The caller must have closed the volume.
+    pub async fn purge(store: &Arc<dyn ObjectStore>, name: &str) -> Result<(), VolumeError> {
+        open::purge(store.as_ref(), name).await
+    }
+
+    /// Delete the local cache directory of a (closed) volume.
+    pub fn purge_cache(cfg: &VolumeConfig) -> Result<(), VolumeError> {
+        cfg.fileio
+            .remove_dir_all(&cfg.cache_dir)
+            .map_err(|e| VolumeError::io(format!("removing {}", cfg.cache_dir.display()), e))
+    }
+
+    /// Current size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.inner.size.load(Ordering::Acquire)
+    }
+
+    /// Volume name.
+    pub fn name(&self) -> &str {
+        &self.inner.cfg.name
+    }
+
+    fn check_req(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.inner.check_live()?;
+        let a = LOGICAL_BLOCK_SIZE as u64;
+        if offset % a != 0 || len % a != 0 {
+            return Err(VolumeError::Invalid(format!(
+                "request offset {offset} len {len} not {a}-byte aligned"
+            )));
+        }
+        let size = self.size_bytes();
+        if offset.checked_add(len).map_or(true, |e| e > size) {
+            return Err(VolumeError::Invalid(format!(
+                "request offset {offset} len {len} beyond size {size}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Read `buf.len()` bytes at `offset`.
+    pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
+        self.check_req(offset, buf.len() as u64)?;
+        let mut pos = 0usize;
+        while pos < buf.len() {
+            let off = offset + pos as u64;
+            let (b, in_blk) = (off / BS, (off % BS) as usize);
+            let n = (BLOCK_SIZE - in_blk).min(buf.len() - pos);
+            self.read_in_block(b, in_blk, &mut buf[pos..pos + n])
+                .await?;
+            pos += n;
+        }
+        Ok(())
+    }
+
+    async fn read_in_block(
+        &self,
+        b: u64,
+        in_blk: usize,
+        out: &mut [u8],
+    ) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let s0 = in_blk / SECTOR_SIZE;
+        let s1 = (in_blk + out.len()).div_ceil(SECTOR_SIZE);
+        let need = mask(s0, s1 - s0);
+        let file_off = b * BS + in_blk as u64;
+        let mut missed = false;
+        loop {
+            let (valid, in_store) = {
+                let st = inner.st.lock();
+                (st.local.get(b).valid, st.store.map.contains_key(&b))
+            };
+            if valid & need == need {
+                inner
+                    .data
+                    .read_at(out, file_off)
+                    .map_err(|e| inner.fail("cache read", e))?;
+            } else if !in_store {
+                // Sectors not cached and absent from the store are zeros.
+                for s in s0..s1 {
+                    let a = (s * SECTOR_SIZE).max(in_blk) - in_blk;
+                    let e = ((s + 1) * SECTOR_SIZE).min(in_blk + out.len()) - in_blk;
+                    if valid & (1 << s) != 0 {
+                        inner
+                            .data
+                            .read_at(&mut out[a..e], file_off + a as u64)
+                            .map_err(|e| inner.fail("cache read", e))?;
+                    } else {
+                        out[a..e].fill(0);
+                    }
+                }
+            } else {
+                missed = true;
+                fetch::fetch_block(inner, b).await?;
+                continue;
+            }
+            let c = if missed {
+                &inner.stats.cache_misses
+            } else {
+                &inner.stats.cache_hits
+            };
+            bump(c, 1);
+            return Ok(());
+        }
+    }
+
+    async fn wait_dirty_room(&self, len: u64) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let limit = inner.cfg.dirty_limit_bytes;
+        let room = |inner: &Inner| {
+            let d = inner.st.lock().local.dirty_sectors * SS;
+            d == 0 || d + len <= limit
+        };
+        while !room(inner) {
+            inner.check_live()?;
+            let l = inner.changed.listen();
+            inner.kick();
+            if room(inner) {
+                break;
+            }
+            l.await;
+        }
+        Ok(())
+    }
+
+    /// Write `data` at `offset`; with `fua`, durable (per the flush mode) on return.
+    /// Waits (never fails) while the dirty limit is exceeded.
+    pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VolumeError> {
+        self.check_req(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.wait_dirty_room(data.len() as u64).await?;
+        let mut pos = 0usize;
+        while pos < data.len() {
+            let off = offset + pos as u64;
+            let (b, in_blk) = (off / BS, (off % BS) as usize);
+            let n = (BLOCK_SIZE - in_blk).min(data.len() - pos);
+            self.write_in_block(b, in_blk, &data[pos..pos + n]).await?;
+            pos += n;
+        }
+        if fua {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_in_block(&self, b: u64, in_blk: usize, chunk: &[u8]) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let s0 = in_blk / SECTOR_SIZE;
+        let end = in_blk + chunk.len();
+        let s1 = end.div_ceil(SECTOR_SIZE);
+        if in_blk % SECTOR_SIZE == 0 && end % SECTOR_SIZE == 0 {
+            let crcs = chunk.chunks(SECTOR_SIZE).map(crc32c::crc32c).collect();
+            let mut st = inner.st.lock();
+            return inner.commit_write(&mut st, b, s0, chunk, crcs);
+        }
+        // Partial sectors at the edges: merge with the cached (or stored) sector.
+        let mut partial = vec![s0];
+        if s1 - 1 != s0 {
+            partial.push(s1 - 1);
+        }
+        partial.retain(|&s| s * SECTOR_SIZE < in_blk || (s + 1) * SECTOR_SIZE > end);
+        loop {
+            {
+                let mut st = inner.st.lock();
+                let valid = st.local.get(b).valid;
+                let in_store = st.store.map.contains_key(&b);
+                let need_fetch = in_store && partial.iter().any(|&s| valid & (1 << s) == 0);
+                if !need_fetch {
+                    let base = s0 * SECTOR_SIZE;
+                    let mut buf = vec![0u8; (s1 - s0) * SECTOR_SIZE];
+                    for &s in &partial {
+                        if valid & (1 << s) != 0 {
+                            let r = s * SECTOR_SIZE - base;
+                            inner
+                                .data
+                                .read_at(
+                                    &mut buf[r..r + SECTOR_SIZE],
+                                    b * BS + (s * SECTOR_SIZE) as u64,
+                                )
+                                .map_err(|e| inner.fail("cache read", e))?;
+                        }
+                    }
+                    buf[in_blk - base..end - base].copy_from_slice(chunk);
+                    let crcs = buf.chunks(SECTOR_SIZE).map(crc32c::crc32c).collect();
+                    return inner.commit_write(&mut st, b, s0, &buf, crcs);
+                }
+            }
+            fetch::fetch_block(inner, b).await?;
+        }
+    }
+
+    /// Make every completed write durable: fdatasync cache data and journal
+    /// (and in [`FlushMode::Store`], wait for the store commit).
+    pub async fn flush(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        inner.check_live()?;
+        if inner.cfg.flush_mode == FlushMode::Store {
+            // drain ends with a local sync.
+            return self.drain().await;
+        }
+        self.sync_local().await
+    }
+
+    async fn sync_local(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let _g = inner.sync_lock.lock().await;
+        let j = inner.st.lock().journal.file.clone();
+        let data = inner.data.clone();
+        let r = smol::unblock(move || {
+            data.sync_data()?;
+            j.sync_data()
+        })
+        .await;
+        r.map_err(|e| inner.fail("fdatasync", e))
+    }
+
+    /// Discard: the range reads back as zeros (holes punched locally; zero blocks
+    /// are committed as zero entries without data).
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.write_zeroes(offset, len).await
+    }
+
+    /// Write zeros over `[offset, offset+len)`.
+    pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check_req(offset, len)?;
+        let end = offset + len;
+        let a = offset.div_ceil(SS) * SS;
+        let z = (end / SS) * SS;
+        if a >= z {
+            let zeros = vec![0u8; len as usize];
+            return self.write(offset, &zeros, false).await;
+        }
+        if a > offset {
+            self.write(offset, &vec![0u8; (a - offset) as usize], false)
+                .await?;
+        }
+        if z < end {
+            self.write(z, &vec![0u8; (end - z) as usize], false).await?;
+        }
+        let inner = &self.inner;
+        let mut pos = a;
+        while pos < z {
+            let b = pos / BS;
+            let n = (BS - pos % BS).min(z - pos);
+            let s0 = ((pos % BS) / SS) as usize;
+            let cnt = (n / SS) as usize;
+            let mut st = inner.st.lock();
+            let cached = st.local.get(b).valid != 0;
+            if cached || st.store.map.contains_key(&b) {
+                inner
+                    .data
+                    .punch_hole(pos, n)
+                    .map_err(|e| inner.fail("punch hole", e))?;
+                st.journal
+                    .append(&Record::Zero {
+                        first: pos / SS,
+                        count: cnt as u32,
+                    })
+                    .map_err(|e| inner.fail("journal append", e))?;
+                st.write_seq += 1;
+                let ws = st.write_seq;
+                st.local.mark_written(b, mask(s0, cnt), ws);
+            }
+            drop(st);
+            pos += n;
+        }
+        Ok(())
+    }
+
+    /// Wait until everything acknowledged before this call is committed to the store.
+    pub async fn drain(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        let target = inner.st.lock().write_seq;
+        loop {
+            inner.check_live()?;
+            let l = inner.changed.listen();
+            let done = match inner.st.lock().local.oldest_dirty() {
+                None => true,
+                Some(s) => s > target,
+            };
+            if done {
+                // Make the CLEAN records durable too, so a later power loss cannot
+                // bring back older local data over what was drained.
+                return self.sync_local().await;
+            }
+            inner.kick();
+            l.await;
+        }
+    }
+
+    /// Grow the volume to `new_size` (a larger multiple of 4 KiB).
+    pub async fn grow(&self, new_size: u64) -> Result<(), VolumeError> {
+        self.inner.check_live()?;
+        open::grow(&self.inner, new_size).await
+    }
+
+    /// Stop the flusher (without draining) and make the local state durable
+    /// (cache data, journal, state file). Nothing remote is released.
+    pub async fn close(&self) -> Result<(), VolumeError> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.stop_flusher().await;
+        if inner.failed.load(Ordering::Acquire) {
+            return Err(VolumeError::Closed);
+        }
+        flusher::checkpoint_local(inner, true, false).await
+    }
+
+    /// Simulate `kill -9` (tests): stop the flusher and refuse further I/O without
+    /// syncing anything. What the engine wrote stays in the (simulated) page cache.
+    #[doc(hidden)]
+    pub async fn abandon(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.stop_flusher().await;
+    }
+
+    async fn stop_flusher(&self) {
+        self.inner.bg_stop.store(true, Ordering::Release);
+        self.inner.kick();
+        let task = self.flusher.lock().take();
+        if let Some(mut t) = task {
+            // Let an in-flight store request finish (a cancelled PUT may still land
+            // later); a hung store is cut off after the grace period.
+            let grace = self
+                .inner
+                .cfg
+                .retry_max
+                .max(std::time::Duration::from_secs(1));
+            let done = futures_lite::future::or(
+                async {
+                    (&mut t).await;
+                    true
+                },
+                async {
+                    smol::Timer::after(grace).await;
+                    false
+                },
+            )
+            .await;
+            if !done {
+                t.cancel().await;
+            }
+        }
+        // Wait for a blocking job the flusher may have left running.
+        drop(self.inner.file_ops.lock());
+        self.inner.changed.notify(usize::MAX);
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> VolumeStats {
+        let i = &self.inner;
+        let s = &i.stats;
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        VolumeStats {
+            size_bytes: self.size_bytes(),
+            dirty_bytes: i.st.lock().local.dirty_sectors * SS,
+            cache_hits: l(&s.cache_hits),
+            cache_misses: l(&s.cache_misses),
+            flush_errors: l(&s.flush_errors),
+            segments_written: l(&s.segments_written),
+            bytes_uploaded: l(&s.bytes_uploaded),
+            bytes_fetched: l(&s.bytes_fetched),
+            checksum_errors: l(&s.checksum_errors),
+            manifests_written: l(&s.manifests_written),
+            gc_deleted: l(&s.gc_deleted),
+            fenced: i.fenced.lock().is_some(),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Request routing and handlers of the HTTP API, as a pure function of
+//! (method, path, body) → response, so they can be tested without sockets.
+//!
+//! Endpoints (docs/operations.md#http-api):
+//! `PUT|GET|DELETE /api/exports/{name}`, `GET /api/exports`,
+//! `POST /api/exports/{name}/drain`, `GET /health`, `GET /health/ready`, `GET /metrics`.
+//!
+//! Invariants: every error is JSON `{"error": "..."}` with a 4xx/5xx status chosen
+//! from the router's [`ErrorKind`]; input is validated before anything is changed;
+//! the raw (undecoded) path segment is the name, so `%2e%2e` or `/` never become a
+//! name — they fail validation.
+
+use crate::metrics::Metrics;
+use crate::router::{ErrorKind, PutOutcome, Router, RouterError};
+use crate::size::ByteSize;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// A response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// HTTP status code.
+    pub status: u16,
+    /// Content type.
+    pub content_type: &'static str,
+    /// Body.
+    pub body: String,
+    /// `Allow` header for 405 replies.
+    pub allow: Option<&'static str>,
+}
+
+impl Reply {
+    fn json(status: u16, v: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            content_type: "application/json",
+            body: v.to_string() + "\n",
+            allow: None,
+        }
+    }
+
+    /// A JSON error reply.
+    pub fn error(status: u16, msg: impl Into<String>) -> Reply {
+        Reply::json(status, json!({ "error": msg.into() }))
+    }
+
+    fn method_not_allowed(allow: &'static str) -> Reply {
+        Reply {
+            allow: Some(allow),
+            ..Reply::error(405, format!("method not allowed; use {allow}"))
+        }
+    }
+}
+
+/// HTTP status for an error kind.
+pub fn status_of(kind: ErrorKind) -> u16 {
+    match kind {
+        ErrorKind::Invalid => 400,
+        ErrorKind::NotFound => 404,
+        ErrorKind::Conflict => 409,
+        ErrorKind::Limit => 507,
+        ErrorKind::Unavailable => 503,
+        ErrorKind::Internal => 500,
+    }
+}
+
+fn router_error(e: RouterError) -> Reply {
+    let status = status_of(e.kind());
+    if status >= 500 {
+        tracing::warn!(error = %e, status, "request failed");
+    }
+    Reply::error(status, e.to_string())
+}
+
+/// What the handlers need.
+pub struct ApiState {
+    /// The export router.
+    pub router: Arc<Router>,
+    /// Metrics to render on `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    size: Option<ByteSize>,
+    size_bytes: Option<u64>,
+}
+
+fn parse_put_body(body: &[u8]) -> Result<u64, Reply> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Reply::error(
+            400,
+            "missing JSON body: {\"size\": \"10G\"} or {\"size_bytes\": N}",
+        ));
+    }
+    let b: PutBody = serde_json::from_slice(body)
+        .map_err(|e| Reply::error(400, format!("invalid JSON body: {e}")))?;
+    match (b.size, b.size_bytes) {
+        (Some(s), None) => Ok(s.0),
+        (None, Some(n)) => Ok(n),
+        (Some(_), Some(_)) => Err(Reply::error(
+            400,
+            "give either \"size\" or \"size_bytes\", not both",
+        )),
+        (None, None) => Err(Reply::error(
+            400,
+            "missing \"size\" (e.g. \"10G\") or \"size_bytes\"",
+        )),
+    }
+}
+
+/// Parse `purge=true|false` (the only query parameter, and only on DELETE).
+fn parse_purge(query: Option<&str>) -> Result<bool, Reply> {
+    let mut purge = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("purge", "true" | "1")) => purge = true,
+            Some(("purge", "false" | "0")) => purge = false,
+            Some(("purge", v)) => {
+                return Err(Reply::error(
+                    400,
+                    format!("purge must be true or false, got {v:?}"),
+                ))
+            }
+            _ => {
+                return Err(Reply::error(
+                    400,
+                    format!("unknown query parameter {pair:?}"),
+                ))
+            }
+        }
+    }
+    Ok(purge)
+}
+
+/// Handle one request. Blocking: runs router operations to completion.
+pub fn handle(state: &ApiState, method: &str, url: &str, body: &[u8]) -> Reply {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    if query.is_some() && !(method == "DELETE" && path.starts_with("/api/exports/")) {
+        return Reply::error(400, "unexpected query string");
+    }
+    match path {
+        "/health" => match method {
+            "GET" | "HEAD" => Reply::json(200, json!({ "status": "ok" })),
+            _ => Reply::method_not_allowed("GET"),
+        },
+        "/health/ready" => match method {
+            "GET" | "HEAD" if state.router.is_ready() => {
+                Reply::json(200, json!({ "status": "ready" }))
+            }
+            "GET" | "HEAD" => Reply::error(503, "not ready"),
+            _ => Reply::method_not_allowed("GET"),
+        },
+        "/metrics" => match method {
+            "GET" => Reply {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: state.metrics.render(),
+                allow: None,
+            },
+            _ => Reply::method_not_allowed("GET"),
+        },
+        "/api/exports" => match method {
+            "GET" => Reply::json(200, json!({ "exports": state.router.list() })),
+            _ => Reply::method_not_allowed("GET"),
+        },
+        "/api/exports/" if method == "GET" => {
+            Reply::json(200, json!({ "exports": state.router.list() }))
+        }
+        _ => match path.strip_prefix("/api/exports/") {
+            Some(rest) => export_route(state, method, rest, query, body),
+            None => Reply::error(404, format!("no such endpoint: {path}")),
+        },
+    }
+}
+
+fn export_route(
+    state: &ApiState,
+    method: &str,
+    rest: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Reply {
+    if let Some(name) = rest.strip_suffix("/drain") {
+        return match method {
+            "POST" => match smol::block_on(state.router.drain(name)) {
+                Ok(info) => Reply::json(200, json!(info)),
+                Err(e) => router_error(e),
+            },
+            _ => Reply::method_not_allowed("POST"),
+        };
+    }
+    let name = rest;
+    match method {
+        "GET" => match state.router.get(name) {
+            Ok(info) => Reply::json(200, json!(info)),
+            Err(e) => router_error(e),
+        },
+        "PUT" => {
+            // Validate the name before the body, so a bad name is always a 400 about it.
+            if let Err(m) = crate::router::validate_name(name) {
+                return Reply::error(400, m);
+            }
+            let size = match parse_put_body(body) {
+                Ok(s) => s,
+                Err(r) => return r,
+            };
+            match smol::block_on(state.router.put(name, size)) {
+                Ok((info, outcome)) => {
+                    let status = match outcome {
+                        PutOutcome::Created | PutOutcome::Woken => 201,
+                        _ => 200,
+                    };
+                    Reply::json(status, json!(info))
+                }
+                Err(e) => router_error(e),
+            }
+        }
+        "DELETE" => {
+            let purge = match parse_purge(query) {
+                Ok(p) => p,
+                Err(r) => return r,
+            };
+            match smol::block_on(state.router.delete(name, purge)) {
+                Ok(()) => Reply::json(200, json!({ "deleted": name, "purged": purge })),
+                Err(e) => router_error(e),
+            }
+        }
+        _ => Reply::method_not_allowed("GET, PUT, DELETE"),
+    }
+}

@@ -1,0 +1,97 @@
+//! What the router drives, as small traits: [`VolumeFactory`] / [`ExportVolume`]
+//! (the volume engine) and [`DeviceBackend`] (the ublk server). The daemon plugs the
+//! real layers in (src/router/real.rs); host tests use in-memory fakes
+//! ([`crate::router::fake`]). Errors are classified into a few kinds
+//! ([`BackendError`]) that the API maps to HTTP status codes.
+
+use crate::metrics::{PoolCounters, VolumeCounters};
+use crate::ublk::IoTarget;
+use async_trait::async_trait;
+use std::sync::Arc;
+
+/// A failure of the volume engine or the device layer, by kind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The request is invalid for this volume (e.g. shrinking); not retryable.
+    #[error("{0}")]
+    Invalid(String),
+    /// A dependency (object store, kernel) is unavailable; retrying may succeed.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// Another host holds the volume's lease.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// Stored or cached data is corrupt; needs an operator.
+    #[error("data error: {0}")]
+    Data(String),
+    /// Anything else.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One open volume, as the router and the I/O adapter see it. The data path
+/// (`read`, `write`, ...) is the [`IoTarget`] part.
+#[async_trait]
+pub trait ExportVolume: IoTarget {
+    /// Grow to `new_size` bytes (never shrinks).
+    async fn grow(&self, new_size: u64) -> Result<(), BackendError>;
+    /// Return once everything acknowledged so far is committed to the object store.
+    async fn drain(&self) -> Result<(), BackendError>;
+    /// Stop background work and make journals durable locally (fdatasync).
+    async fn close(&self) -> Result<(), BackendError>;
+    /// Scrape-time counters.
+    fn counters(&self) -> VolumeCounters;
+}
+
+/// Opens volumes by name (create, reopen from the local cache, or cold wake from
+/// the store) and removes them.
+#[async_trait]
+pub trait VolumeFactory: Send + Sync + 'static {
+    /// Open `name`; a new volume gets `size_bytes`, an existing one keeps its size
+    /// (the router grows it afterwards when asked to).
+    async fn open(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<Arc<dyn ExportVolume>, BackendError>;
+    /// The size of `name` in the object store, if it exists there.
+    async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError>;
+    /// Delete `name`'s objects in the store and its local cache (volume closed).
+    async fn purge(&self, name: &str) -> Result<(), BackendError>;
+    /// Delete `name`'s local cache files only (volume closed and drained).
+    async fn forget_local(&self, name: &str) -> Result<(), BackendError>;
+}
+
+/// A block device attached to an export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// ublk device id (`N` in `/dev/ublkbN`).
+    pub dev_id: u32,
+    /// Block device path.
+    pub path: String,
+}
+
+/// The block-device layer (ublk). Calls may block (kernel control commands).
+pub trait DeviceBackend: Send + Sync + 'static {
+    /// Create a device serving `target`, with id `dev_id` if given.
+    fn add(
+        &self,
+        dev_id: Option<u32>,
+        target: Arc<dyn IoTarget>,
+    ) -> Result<DeviceInfo, BackendError>;
+    /// Re-attach devices left by a previous daemon (or re-create them with the same
+    /// ids when they are gone), many in parallel. `devices` is the complete list:
+    /// devices of ours not in it are orphans and may be deleted, so this is called
+    /// once, at start-up.
+    fn recover(
+        &self,
+        devices: Vec<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
+    /// Stop and delete a device.
+    fn delete(&self, dev_id: u32) -> Result<(), BackendError>;
+    /// Buffer-pool totals for metrics.
+    fn pool(&self) -> Option<PoolCounters>;
+    /// Stop serving: delete devices (`stop_devices`) or leave them for the next daemon.
+    fn shutdown(&self, stop_devices: bool);
+}

@@ -1,0 +1,244 @@
+//! The router's backends on the real layers: [`EngineVolumes`] opens
+//! [`crate::volume::Volume`]s in `<cache dir>/volumes/<name>` against the (metered)
+//! object store; [`UblkDevices`] drives a [`UblkServer`]. Both map their layer's
+//! errors to the router's error kinds.
+
+use super::backend::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
+use crate::config::{Config, FlushMode as CfgFlushMode};
+use crate::metrics::{PoolCounters, VolumeCounters};
+use crate::store::{ObjectStore, StoreError};
+use crate::ublk::IoTarget;
+use crate::ublk::{UblkError, UblkOptions, UblkServer};
+use crate::volume::{FlushMode, Volume, VolumeConfig, VolumeError};
+use async_trait::async_trait;
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Classify a volume error.
+pub fn classify(e: VolumeError) -> BackendError {
+    let msg = e.to_string();
+    match e {
+        VolumeError::Invalid(_) | VolumeError::Unsupported(_) => BackendError::Invalid(msg),
+        VolumeError::LeaseHeld { .. } | VolumeError::Fenced(_) => BackendError::Fenced(msg),
+        VolumeError::Checksum(_) | VolumeError::Corrupt(_) => BackendError::Data(msg),
+        VolumeError::Store(StoreError::Config(_)) => BackendError::Internal(msg),
+        VolumeError::Store(_) => BackendError::Unavailable(msg),
+        _ => BackendError::Internal(msg),
+    }
+}
+
+/// Per-volume settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct VolumeSettings {
+    /// Parent of the per-volume cache directories.
+    pub root: PathBuf,
+    /// `cache.dirty_limit`.
+    pub dirty_limit_bytes: u64,
+    /// `cache.flush_interval`.
+    pub flush_interval: Duration,
+    /// `cache.flush_mode`.
+    pub flush_mode: FlushMode,
+    /// `cache.compress`.
+    pub compress: bool,
+}
+
+impl VolumeSettings {
+    /// From the daemon config: volumes live in `<cache.dir>/volumes/<name>`.
+    pub fn from_config(cfg: &Config) -> VolumeSettings {
+        VolumeSettings {
+            root: cfg.cache.dir.join("volumes"),
+            dirty_limit_bytes: cfg.cache.dirty_limit.0,
+            flush_interval: cfg.cache.flush_interval,
+            flush_mode: match cfg.cache.flush_mode {
+                CfgFlushMode::Local => FlushMode::Local,
+                CfgFlushMode::Store => FlushMode::Store,
+            },
+            compress: cfg.cache.compress,
+        }
+    }
+}
+
+/// Opens engine volumes.
+pub struct EngineVolumes {
+    store: Arc<dyn ObjectStore>,
+    settings: VolumeSettings,
+}
+
+impl EngineVolumes {
+    /// Volumes in `settings.root` backed by `store`.
+    pub fn new(store: Arc<dyn ObjectStore>, settings: VolumeSettings) -> EngineVolumes {
+        EngineVolumes { store, settings }
+    }
+
+    fn cfg(&self, name: &str, size: u64) -> VolumeConfig {
+        let s = &self.settings;
+        let mut c = VolumeConfig::new(name, size, s.root.join(name));
+        c.dirty_limit_bytes = s.dirty_limit_bytes;
+        c.flush_interval = s.flush_interval;
+        c.flush_mode = s.flush_mode;
+        c.compress = s.compress;
+        c
+    }
+}
+
+#[async_trait]
+impl VolumeFactory for EngineVolumes {
+    async fn open(
+        &self,
+        name: &str,
+        size_bytes: u64,
+    ) -> Result<Arc<dyn ExportVolume>, BackendError> {
+        let v = Volume::open(self.cfg(name, size_bytes), self.store.clone())
+            .await
+            .map_err(classify)?;
+        Ok(Arc::new(EngineVolume(v)))
+    }
+    async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError> {
+        Volume::exists_in_store(&self.store, name)
+            .await
+            .map_err(classify)
+    }
+    async fn purge(&self, name: &str) -> Result<(), BackendError> {
+        Volume::purge(&self.store, name).await.map_err(classify)?;
+        self.forget_local(name).await
+    }
+    async fn forget_local(&self, name: &str) -> Result<(), BackendError> {
+        let cfg = self.cfg(name, 0);
+        if !cfg.cache_dir.exists() {
+            return Ok(());
+        }
+        Volume::purge_cache(&cfg).map_err(classify)
+    }
+}
+
+/// An engine volume as the router sees it.
+pub struct EngineVolume(pub Arc<Volume>);
+
+#[async_trait]
+impl IoTarget for EngineVolume {
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        Ok(self.0.read(offset, buf).await?)
+    }
+    async fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        Ok(self.0.write(offset, data, fua).await?)
+    }
+    async fn flush(&self) -> io::Result<()> {
+        Ok(self.0.flush().await?)
+    }
+    async fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        Ok(self.0.discard(offset, len).await?)
+    }
+    async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        Ok(self.0.write_zeroes(offset, len).await?)
+    }
+}
+
+#[async_trait]
+impl ExportVolume for EngineVolume {
+    async fn grow(&self, new_size: u64) -> Result<(), BackendError> {
+        self.0.grow(new_size).await.map_err(classify)
+    }
+    async fn drain(&self) -> Result<(), BackendError> {
+        self.0.drain().await.map_err(classify)
+    }
+    async fn close(&self) -> Result<(), BackendError> {
+        self.0.close().await.map_err(classify)
+    }
+    fn counters(&self) -> VolumeCounters {
+        let s = self.0.stats();
+        VolumeCounters {
+            dirty_bytes: s.dirty_bytes,
+            cache_hits: s.cache_hits,
+            cache_misses: s.cache_misses,
+            flush_errors: s.flush_errors,
+        }
+    }
+}
+
+/// Classify a ublk error.
+pub fn classify_ublk(e: UblkError) -> BackendError {
+    let msg = e.to_string();
+    match e {
+        UblkError::NotAvailable | UblkError::ShutDown => BackendError::Unavailable(msg),
+        UblkError::Invalid(_) => BackendError::Invalid(msg),
+        _ => BackendError::Internal(msg),
+    }
+}
+
+/// ublk server options from the config.
+pub fn ublk_options(cfg: &Config) -> UblkOptions {
+    let u = &cfg.ublk;
+    let mut o = UblkOptions::default();
+    if u.workers > 0 {
+        o.workers = u.workers as usize;
+    }
+    // Ranges are validated by `Config::validate` (queues <= 256, depth <= 4096).
+    o.queues = u16::try_from(u.queues).unwrap_or(u16::MAX);
+    o.queue_depth = u16::try_from(u.queue_depth).unwrap_or(u16::MAX);
+    o.pool_slots = u.pool_slots as usize;
+    o.bounce_mode = u.bounce_mode;
+    o
+}
+
+/// The device layer on a [`UblkServer`].
+pub struct UblkDevices {
+    server: UblkServer,
+}
+
+impl UblkDevices {
+    /// Start a ublk server with `opts`.
+    pub fn start(opts: UblkOptions) -> Result<UblkDevices, UblkError> {
+        Ok(UblkDevices {
+            server: UblkServer::start(opts)?,
+        })
+    }
+}
+
+fn device_info(d: crate::ublk::DeviceInfo) -> DeviceInfo {
+    DeviceInfo {
+        dev_id: d.dev_id,
+        path: d.block_path,
+    }
+}
+
+impl DeviceBackend for UblkDevices {
+    fn add(
+        &self,
+        dev_id: Option<u32>,
+        target: Arc<dyn IoTarget>,
+    ) -> Result<DeviceInfo, BackendError> {
+        self.server
+            .add_device(dev_id, target)
+            .map(device_info)
+            .map_err(classify_ublk)
+    }
+    fn recover(
+        &self,
+        devices: Vec<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
+        self.server
+            .recover_devices(devices)
+            .into_iter()
+            .map(|(id, r)| (id, r.map(device_info).map_err(classify_ublk)))
+            .collect()
+    }
+    fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
+        self.server.delete_device(dev_id).map_err(classify_ublk)
+    }
+    fn pool(&self) -> Option<PoolCounters> {
+        let p = UblkServer::pool_stats();
+        Some(PoolCounters {
+            acquires: p.acquires,
+            backpressure_waits: p.backpressure_waits,
+            workers_initialized: p.workers_initialized,
+        })
+    }
+    fn shutdown(&self, stop_devices: bool) {
+        self.server.shutdown(stop_devices);
+    }
+}

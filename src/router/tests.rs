@@ -1,0 +1,401 @@
+//! Router behaviour against in-memory fakes.
+
+use super::fake::{FakeDevices, MemVolumes};
+use super::*;
+use async_trait::async_trait;
+use smol::block_on;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    vols: Arc<MemVolumes>,
+    devs: Arc<FakeDevices>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            vols: Arc::new(MemVolumes::default()),
+            devs: Arc::new(FakeDevices::default()),
+        }
+    }
+
+    fn router(&self, max: usize, with_devices: bool) -> Arc<Router> {
+        let cfg = RouterConfig {
+            cache_dir: self.dir.path().join("cache"),
+            max_exports: max,
+            open_concurrency: 4,
+        };
+        let devs: Option<Arc<dyn DeviceBackend>> = with_devices.then(|| self.devs.clone() as _);
+        let r = Router::new(
+            cfg,
+            self.vols.clone(),
+            devs,
+            Metrics::new(true, "v", "s").unwrap(),
+        )
+        .unwrap();
+        r.recover().unwrap();
+        r
+    }
+
+    fn registry(&self) -> BTreeMap<String, RegEntry> {
+        Registry::new(&self.dir.path().join("cache"))
+            .load()
+            .unwrap()
+    }
+}
+
+#[test]
+fn create_get_list_grow_and_idempotence() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    let (info, out) = block_on(r.put("vm-1", 1 << 20)).unwrap();
+    assert_eq!(out, PutOutcome::Created);
+    assert_eq!(info.device.as_deref(), Some("/dev/ublkb0"));
+    assert_eq!(info.state, ExportState::Live);
+    let (again, out) = block_on(r.put("vm-1", 1 << 20)).unwrap();
+    assert_eq!((again.clone(), out), (info.clone(), PutOutcome::Unchanged));
+    assert!(matches!(
+        block_on(r.put("vm-1", 1 << 19)),
+        Err(RouterError::Conflict(_))
+    ));
+    let (grown, out) = block_on(r.put("vm-1", 2 << 20)).unwrap();
+    assert_eq!((grown.size_bytes, out), (2 << 20, PutOutcome::Grown));
+    assert_eq!(f.devs.devices.lock().get(&0), Some(&(2 << 20)));
+    assert_eq!(f.registry()["vm-1"].size_bytes, 2 << 20);
+    assert_eq!(r.get("vm-1").unwrap().size_bytes, 2 << 20);
+    block_on(r.put("vm-0", 4096)).unwrap();
+    let names: Vec<_> = r.list().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["vm-0", "vm-1"]);
+    assert!(matches!(r.get("nope"), Err(RouterError::NotFound(_))));
+    assert!(matches!(r.get("../x"), Err(RouterError::InvalidName(_))));
+}
+
+#[test]
+fn bad_input_is_rejected_before_anything_happens() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    for bad in ["", "../x", "A", "é", &"a".repeat(65)] {
+        assert!(
+            matches!(block_on(r.put(bad, 4096)), Err(RouterError::InvalidName(_))),
+            "{bad:?}"
+        );
+    }
+    for size in [0, 4095, 1 << 60] {
+        assert!(matches!(
+            block_on(r.put("a", size)),
+            Err(RouterError::InvalidSize(_))
+        ));
+    }
+    assert!(r.is_empty());
+    assert!(f.vols.store.lock().is_empty());
+}
+
+#[test]
+fn limit_is_enforced_and_freed_by_delete() {
+    let f = Fixture::new();
+    let r = f.router(2, false);
+    block_on(r.put("a", 4096)).unwrap();
+    block_on(r.put("b", 4096)).unwrap();
+    let err = block_on(r.put("c", 4096)).unwrap_err();
+    assert!(matches!(err, RouterError::LimitReached(2)));
+    assert_eq!(err.kind(), ErrorKind::Limit);
+    assert!(!f.vols.store.lock().contains_key("c"));
+    // Existing exports may still be grown at the limit.
+    block_on(r.put("a", 8192)).unwrap();
+    block_on(r.delete("a", false)).unwrap();
+    block_on(r.put("c", 4096)).unwrap();
+}
+
+#[test]
+fn delete_drains_or_purges() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("keep", 4096)).unwrap();
+    block_on(r.put("gone", 4096)).unwrap();
+    let keep = f.vols.store.lock()["keep"].clone();
+    block_on(r.delete("keep", false)).unwrap();
+    assert_eq!(keep.drains(), 1);
+    assert!(keep.is_closed());
+    assert!(
+        f.vols.store.lock().contains_key("keep"),
+        "non-purge delete keeps the store copy"
+    );
+    block_on(r.delete("gone", true)).unwrap();
+    assert!(!f.vols.store.lock().contains_key("gone"));
+    assert!(f.devs.devices.lock().is_empty());
+    assert!(f.registry().is_empty());
+    assert!(matches!(
+        block_on(r.delete("gone", false)),
+        Err(RouterError::NotFound(_))
+    ));
+}
+
+#[test]
+fn cold_wake_opens_the_stored_volume() {
+    let f = Fixture::new();
+    {
+        let r = f.router(10, false);
+        let (_, out) = block_on(r.put("moved", 8192)).unwrap();
+        assert_eq!(out, PutOutcome::Created);
+        block_on(r.delete("moved", false)).unwrap();
+    }
+    // Lost cache: a fresh cache dir, same "store".
+    let g = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        vols: f.vols.clone(),
+        devs: f.devs.clone(),
+    };
+    let r = g.router(10, false);
+    assert!(matches!(
+        block_on(r.put("moved", 4096)),
+        Err(RouterError::Conflict(_))
+    ));
+    assert!(r.is_empty());
+    let (info, out) = block_on(r.put("moved", 8192)).unwrap();
+    assert_eq!((out, info.size_bytes), (PutOutcome::Woken, 8192));
+}
+
+#[test]
+fn failed_create_changes_nothing() {
+    let f = Fixture::new();
+    let r = f.router(1, true);
+    f.devs.fail_add.store(true, Ordering::SeqCst);
+    let err = block_on(r.put("x", 4096)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    assert!(r.is_empty());
+    assert!(f.registry().is_empty());
+    assert!(
+        !f.vols.store.lock().contains_key("x"),
+        "a new volume is purged on failure"
+    );
+    f.devs.fail_add.store(false, Ordering::SeqCst);
+    // The reservation was released: the single slot is still free.
+    block_on(r.put("x", 4096)).unwrap();
+}
+
+#[test]
+fn restart_recovers_the_same_devices() {
+    let f = Fixture::new();
+    {
+        let r = f.router(10, true);
+        block_on(r.put("a", 4096)).unwrap();
+        block_on(r.put("b", 8192)).unwrap();
+        block_on(r.put("c", 4096)).unwrap();
+        block_on(r.delete("b", true)).unwrap();
+        r.shutdown(false);
+        assert_eq!(*f.devs.shut.lock(), Some(false));
+    }
+    let r = f.router(10, true);
+    assert!(r.is_ready());
+    let list = r.list();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].device.as_deref(), Some("/dev/ublkb0"));
+    assert_eq!(list[1].device.as_deref(), Some("/dev/ublkb2"));
+}
+
+#[test]
+fn failed_recovery_is_reported_and_repaired_by_put() {
+    let f = Fixture::new();
+    {
+        let r = f.router(10, true);
+        block_on(r.put("a", 4096)).unwrap();
+        block_on(r.put("b", 4096)).unwrap();
+        r.shutdown(false);
+    }
+    f.vols.fail.lock().insert("b".into());
+    let r = f.router(10, true);
+    let b = r.get("b").unwrap();
+    assert_eq!(b.state, ExportState::Failed);
+    assert!(b.error.unwrap().contains("injected"));
+    assert_eq!(r.get("a").unwrap().state, ExportState::Live);
+    assert!(matches!(
+        block_on(r.drain("b")),
+        Err(RouterError::Conflict(_))
+    ));
+    f.vols.fail.lock().clear();
+    let (info, out) = block_on(r.put("b", 4096)).unwrap();
+    assert_eq!(out, PutOutcome::Repaired);
+    assert_eq!(info.device.as_deref(), Some("/dev/ublkb1"));
+}
+
+#[test]
+fn not_ready_before_recovery() {
+    let f = Fixture::new();
+    let cfg = RouterConfig {
+        cache_dir: f.dir.path().into(),
+        max_exports: 1,
+        open_concurrency: 1,
+    };
+    let r = Router::new(
+        cfg,
+        f.vols.clone(),
+        None,
+        Metrics::new(true, "v", "s").unwrap(),
+    )
+    .unwrap();
+    assert!(!r.is_ready());
+    assert!(matches!(
+        block_on(r.put("a", 4096)),
+        Err(RouterError::NotReady)
+    ));
+    r.recover().unwrap();
+    block_on(r.put("a", 4096)).unwrap();
+    r.shutdown(false);
+    assert!(matches!(
+        block_on(r.put("b", 4096)),
+        Err(RouterError::ShuttingDown)
+    ));
+}
+
+/// A factory whose `open` of "slow" blocks until released.
+struct Gated {
+    inner: MemVolumes,
+    entered: smol::channel::Sender<()>,
+    release: smol::channel::Receiver<()>,
+}
+
+#[async_trait]
+impl VolumeFactory for Gated {
+    async fn open(&self, name: &str, size: u64) -> Result<Arc<dyn ExportVolume>, BackendError> {
+        if name == "slow" {
+            let _ = self.entered.send(()).await;
+            let _ = self.release.recv().await;
+        }
+        self.inner.open(name, size).await
+    }
+    async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError> {
+        self.inner.exists_in_store(name).await
+    }
+    async fn purge(&self, name: &str) -> Result<(), BackendError> {
+        self.inner.purge(name).await
+    }
+    async fn forget_local(&self, name: &str) -> Result<(), BackendError> {
+        self.inner.forget_local(name).await
+    }
+}
+
+#[test]
+fn a_slow_create_does_not_block_other_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (etx, erx) = smol::channel::unbounded();
+    let (rtx, rrx) = smol::channel::unbounded();
+    let gated = Arc::new(Gated {
+        inner: MemVolumes::default(),
+        entered: etx,
+        release: rrx,
+    });
+    let cfg = RouterConfig {
+        cache_dir: dir.path().into(),
+        max_exports: 10,
+        open_concurrency: 1,
+    };
+    let r = Router::new(cfg, gated, None, Metrics::new(true, "v", "s").unwrap()).unwrap();
+    r.recover().unwrap();
+    block_on(r.put("busy", 4096)).unwrap();
+    let r2 = r.clone();
+    let slow = std::thread::spawn(move || block_on(r2.put("slow", 4096)));
+    block_on(erx.recv()).unwrap(); // "slow" is inside open, holding its name lock
+                                   // Other names: create, grow, drain, delete, list all complete meanwhile.
+    block_on(r.put("fast", 4096)).unwrap();
+    block_on(r.put("busy", 8192)).unwrap();
+    block_on(r.drain("busy")).unwrap();
+    block_on(r.delete("fast", true)).unwrap();
+    assert_eq!(r.list().len(), 1);
+    rtx.send_blocking(()).unwrap();
+    slow.join().unwrap().unwrap();
+    assert_eq!(r.list().len(), 2);
+}
+
+#[test]
+fn metrics_follow_exports() {
+    let f = Fixture::new();
+    let cfg = RouterConfig {
+        cache_dir: f.dir.path().into(),
+        max_exports: 10,
+        open_concurrency: 1,
+    };
+    let m = Metrics::new(true, "v", "s").unwrap();
+    let r = Router::new(cfg, f.vols.clone(), None, m.clone()).unwrap();
+    r.recover().unwrap();
+    block_on(r.put("m1", 1 << 20)).unwrap();
+    // Drive I/O through the metered target the router built for the device.
+    let t = r.io_target("m1").unwrap();
+    block_on(t.write(0, &[7u8; 8192], false)).unwrap();
+    let mut buf = [0u8; 4096];
+    block_on(t.read(4096, &mut buf)).unwrap();
+    assert_eq!(buf, [7u8; 4096]);
+    let text = m.render();
+    assert!(
+        text.contains("glidefs_write_io_size_bytes_bucket{export=\"m1\",le=\"8192\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("glidefs_io_bytes_total{export=\"m1\",op=\"read\"} 4096"));
+    assert!(text.contains("glidefs_exports 1"));
+    assert!(text.contains("glidefs_cache_hits_total{export=\"m1\"} 1"));
+    block_on(r.delete("m1", true)).unwrap();
+    assert!(!m.render().contains("export=\"m1\""));
+}
+
+#[test]
+fn shutdown_waits_for_operations_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (etx, erx) = smol::channel::unbounded();
+    let (rtx, rrx) = smol::channel::unbounded();
+    let gated = Arc::new(Gated {
+        inner: MemVolumes::default(),
+        entered: etx,
+        release: rrx,
+    });
+    let cfg = RouterConfig {
+        cache_dir: dir.path().into(),
+        max_exports: 10,
+        open_concurrency: 1,
+    };
+    let r = Router::new(
+        cfg,
+        gated.clone(),
+        None,
+        Metrics::new(true, "v", "s").unwrap(),
+    )
+    .unwrap();
+    r.recover().unwrap();
+    let r2 = r.clone();
+    let slow = std::thread::spawn(move || block_on(r2.put("slow", 4096)));
+    block_on(erx.recv()).unwrap();
+    let r3 = r.clone();
+    let stopper = std::thread::spawn(move || r3.shutdown(false));
+    while r.is_ready() {
+        std::thread::yield_now();
+    }
+    // New operations are refused while shutdown waits...
+    assert!(matches!(
+        block_on(r.put("late", 4096)),
+        Err(RouterError::ShuttingDown)
+    ));
+    // ...and the one in flight completes and is then closed by shutdown.
+    rtx.send_blocking(()).unwrap();
+    slow.join().unwrap().unwrap();
+    stopper.join().unwrap();
+    assert!(gated.inner.store.lock()["slow"].is_closed());
+}
+
+#[test]
+fn grow_that_loses_the_device_is_repaired_by_put() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("g", 4096)).unwrap();
+    f.devs.fail_add.store(true, Ordering::SeqCst);
+    assert!(block_on(r.put("g", 8192)).is_err());
+    let g = r.get("g").unwrap();
+    assert_eq!((g.state, g.device), (ExportState::Failed, None));
+    f.devs.fail_add.store(false, Ordering::SeqCst);
+    let (info, out) = block_on(r.put("g", 8192)).unwrap();
+    assert_eq!(out, PutOutcome::Repaired);
+    assert_eq!(
+        (info.device.as_deref(), info.size_bytes),
+        (Some("/dev/ublkb0"), 8192)
+    );
+    assert_eq!(f.registry()["g"].size_bytes, 8192);
+    assert_eq!(f.devs.devices.lock().get(&0), Some(&8192));
+}

@@ -1,0 +1,236 @@
+//! Store URLs and options: [`open_store`] turns `file:///abs/path` or
+//! `s3://bucket[/prefix]` plus [`StoreOptions`] into an `Arc<dyn ObjectStore>`.
+//!
+//! Unset S3 options fall back to the standard AWS environment variables (see
+//! docs/stores.md); secrets never appear in `Debug` output or error messages.
+
+use super::local::LocalDirStore;
+use super::retry::RetryPolicy;
+use super::s3::S3Store;
+use super::{ObjectStore, StoreError};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings for remote stores (ignored by `file://`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// S3 endpoint URL (`http(s)://host:port`); default `AWS_ENDPOINT_URL_S3`,
+    /// `AWS_ENDPOINT_URL`, else AWS itself.
+    pub endpoint: Option<String>,
+    /// Region; default `AWS_REGION`, `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`); default: on iff an endpoint is set.
+    pub path_style: Option<bool>,
+    /// Access key id; default `AWS_ACCESS_KEY_ID` (given together with `secret_key`).
+    pub access_key: Option<String>,
+    /// Secret access key; default `AWS_SECRET_ACCESS_KEY`.
+    pub secret_key: Option<String>,
+    /// Session token; default `AWS_SESSION_TOKEN` (only with keys from the environment).
+    pub session_token: Option<String>,
+    /// Timeout of one request (each attempt).
+    pub timeout: Duration,
+    /// Extra attempts for a request that failed transiently.
+    pub retries: u32,
+    /// First backoff ceiling; doubles per retry, capped at `retry_max_delay`.
+    pub retry_base_delay: Duration,
+    /// Largest single backoff.
+    pub retry_max_delay: Duration,
+    /// Accept a service that honours conditional writes only one at a time (not
+    /// atomically under concurrency, e.g. s3s-fs). Safe only with a single writer.
+    pub allow_racy_conditional: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        let p = RetryPolicy::default();
+        Self {
+            endpoint: None,
+            region: None,
+            path_style: None,
+            access_key: None,
+            secret_key: None,
+            session_token: None,
+            timeout: Duration::from_secs(30),
+            retries: p.retries,
+            retry_base_delay: p.base_delay,
+            retry_max_delay: p.max_delay,
+            allow_racy_conditional: false,
+        }
+    }
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
+        f.debug_struct("StoreOptions")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("path_style", &self.path_style)
+            .field("access_key", &self.access_key)
+            .field("secret_key", &redact(&self.secret_key))
+            .field("session_token", &redact(&self.session_token))
+            .field("timeout", &self.timeout)
+            .field("retries", &self.retries)
+            .field("retry_base_delay", &self.retry_base_delay)
+            .field("retry_max_delay", &self.retry_max_delay)
+            .field("allow_racy_conditional", &self.allow_racy_conditional)
+            .finish()
+    }
+}
+
+impl StoreOptions {
+    /// The retry policy these options describe.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            retries: self.retries,
+            base_delay: self.retry_base_delay,
+            max_delay: self.retry_max_delay,
+        }
+    }
+}
+
+/// A parsed store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `file:///abs/path`
+    Local(std::path::PathBuf),
+    /// `s3://bucket[/prefix]`
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix without trailing `/` (may be empty).
+        prefix: String,
+    },
+}
+
+fn bad_url(url: &str, why: &str) -> StoreError {
+    StoreError::Config(format!(
+        "bad store URL {url:?}: {why} (expected file:///absolute/path or s3://bucket[/prefix])"
+    ))
+}
+
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+        && b.as_bytes()[0].is_ascii_alphanumeric()
+        && b.as_bytes()[b.len() - 1].is_ascii_alphanumeric()
+}
+
+impl StoreUrl {
+    /// Parse a store URL; the error names the URL.
+    pub fn parse(url: &str) -> Result<Self, StoreError> {
+        if let Some(path) = url.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(bad_url(
+                    url,
+                    "file:// URLs need an absolute path (three slashes)",
+                ));
+            }
+            if path.contains('%') || path.contains('?') || path.contains('#') {
+                return Err(bad_url(
+                    url,
+                    "percent-encoding, queries and fragments are not supported",
+                ));
+            }
+            return Ok(Self::Local(path.into()));
+        }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if !valid_bucket(bucket) {
+                return Err(bad_url(
+                    url,
+                    "bucket names are 3-63 characters of [a-z0-9.-]",
+                ));
+            }
+            let prefix = prefix.trim_end_matches('/');
+            if !prefix.is_empty() {
+                super::validate_key(prefix).map_err(|e| bad_url(url, &format!("prefix: {e}")))?;
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_owned(),
+                prefix: prefix.to_owned(),
+            });
+        }
+        Err(bad_url(url, "unknown scheme"))
+    }
+}
+
+/// Open the store named by `url` (`file:///abs/path` or `s3://bucket[/prefix]`).
+///
+/// No network traffic happens here; an S3 store checks that conditional writes are
+/// honoured on its first `put_if` (or call `S3Store::probe_conditional` explicitly).
+pub fn open_store(url: &str, opts: &StoreOptions) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    match StoreUrl::parse(url)? {
+        StoreUrl::Local(path) => Ok(Arc::new(LocalDirStore::open(path)?)),
+        StoreUrl::S3 { bucket, prefix } => Ok(Arc::new(S3Store::open(&bucket, &prefix, opts)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_good_urls() {
+        assert_eq!(
+            StoreUrl::parse("file:///var/lib/x").unwrap(),
+            StoreUrl::Local("/var/lib/x".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("s3://my-bucket").unwrap(),
+            StoreUrl::S3 {
+                bucket: "my-bucket".into(),
+                prefix: String::new()
+            }
+        );
+        assert_eq!(
+            StoreUrl::parse("s3://my.bucket/a/b/").unwrap(),
+            StoreUrl::S3 {
+                bucket: "my.bucket".into(),
+                prefix: "a/b".into()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_named() {
+        for url in [
+            "file://rel/path",
+            "http://x/y",
+            "s3://",
+            "s3://Upper",
+            "s3://ab",
+            "s3://bucket/a/../b",
+            "/abs",
+            "",
+        ] {
+            let err = StoreUrl::parse(url).unwrap_err();
+            assert!(matches!(err, StoreError::Config(_)), "{url}: {err}");
+            assert!(
+                err.to_string().contains(&format!("{url:?}")),
+                "{err} must name {url:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let o = StoreOptions {
+            secret_key: Some("TOPSECRET".into()),
+            session_token: Some("TOK".into()),
+            ..Default::default()
+        };
+        let s = format!("{o:?}");
+        assert!(!s.contains("TOPSECRET") && !s.contains("TOK\""), "{s}");
+    }
+
+    #[test]
+    fn open_store_file_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("s").display());
+        let s = open_store(&url, &StoreOptions::default()).unwrap();
+        assert!(s.describe().starts_with("file:///"));
+    }
+}

@@ -1,0 +1,146 @@
+//! Volume configuration ([`VolumeConfig`]) and the injected clock.
+//!
+//! Everything the engine needs from its environment is injected here: the file layer
+//! (so tests can simulate power loss), the clock (lease staleness) and the RNG seed
+//! (retry jitter, volume uuids), so model and crash tests are deterministic.
+
+use super::fileio::{FileIo, RealFs};
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// When a guest FLUSH / FUA write returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FlushMode {
+    /// Data and journal fdatasync'ed on the local cache (survives power loss).
+    #[default]
+    Local,
+    /// Additionally wait until everything acknowledged is committed to the store.
+    Store,
+}
+
+/// Wall clock in milliseconds since the Unix epoch (injected for determinism).
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Configuration of one volume. Build with [`VolumeConfig::new`] and adjust fields.
+#[derive(Clone)]
+pub struct VolumeConfig {
+    /// Volume name: 1..=128 chars of `[A-Za-z0-9._-]`, not starting with `.`.
+    pub name: String,
+    /// Size in bytes (multiple of 4 KiB). When the volume exists in the store, a larger
+    /// value grows it, a smaller one is an error, and 0 means "use the stored size".
+    pub size_bytes: u64,
+    /// Per-volume cache directory (cache file, journal, local state).
+    pub cache_dir: PathBuf,
+    /// Dirty bytes beyond which writes wait for the flusher (never fail).
+    pub dirty_limit_bytes: u64,
+    /// The flusher uploads dirty data at least this often.
+    pub flush_interval: Duration,
+    /// What FLUSH/FUA wait for.
+    pub flush_mode: FlushMode,
+    /// zstd-compress segment entries when it saves space.
+    pub compress: bool,
+    /// Write a manifest (checkpoint) object every this many segments.
+    pub checkpoint_every: u32,
+    /// Upper bound of one segment object's payload.
+    pub max_segment_bytes: u64,
+    /// Compact the journal (local checkpoint + new journal) beyond this size.
+    pub journal_compact_bytes: u64,
+    /// A lease not renewed for this long may be taken by another owner.
+    pub lease_ttl: Duration,
+    /// Take the lease even when another owner holds it (operator override).
+    pub takeover: bool,
+    /// Lease owner identity; default `<hostname>:<cache_dir>`.
+    pub owner: String,
+    /// First retry delay after a failed flush (doubles up to `retry_max`, with jitter).
+    pub retry_base: Duration,
+    /// Largest retry delay.
+    pub retry_max: Duration,
+    /// Attempts for a cache-miss GET before the read fails with EIO.
+    pub read_attempts: u32,
+    /// File layer (real files, or the power-loss simulator in tests).
+    pub fileio: Arc<dyn FileIo>,
+    /// Clock used for lease timestamps.
+    pub clock: Arc<dyn Clock>,
+    /// Seed of the RNG used for jitter and new volume uuids (0 = from the OS).
+    pub seed: u64,
+}
+
+impl fmt::Debug for VolumeConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VolumeConfig")
+            .field("name", &self.name)
+            .field("size_bytes", &self.size_bytes)
+            .field("cache_dir", &self.cache_dir)
+            .field("dirty_limit_bytes", &self.dirty_limit_bytes)
+            .field("flush_interval", &self.flush_interval)
+            .field("flush_mode", &self.flush_mode)
+            .field("compress", &self.compress)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "localhost".to_string())
+}
+
+impl VolumeConfig {
+    /// Defaults: 256 MiB dirty limit, 5 s flush interval, local flush mode, zstd on,
+    /// manifest every 16 segments, 8 MiB segments, 60 s lease TTL.
+    pub fn new(name: impl Into<String>, size_bytes: u64, cache_dir: impl Into<PathBuf>) -> Self {
+        let cache_dir = cache_dir.into();
+        let owner = format!("{}:{}", hostname(), cache_dir.display());
+        VolumeConfig {
+            name: name.into(),
+            size_bytes,
+            cache_dir,
+            dirty_limit_bytes: 256 << 20,
+            flush_interval: Duration::from_secs(5),
+            flush_mode: FlushMode::Local,
+            compress: true,
+            checkpoint_every: 16,
+            max_segment_bytes: 8 << 20,
+            journal_compact_bytes: 4 << 20,
+            lease_ttl: Duration::from_secs(60),
+            takeover: false,
+            owner,
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(10),
+            read_attempts: 3,
+            fileio: Arc::new(RealFs),
+            clock: Arc::new(SystemClock),
+            seed: 0,
+        }
+    }
+}
+
+/// True if `name` is a valid volume name (it becomes part of object keys and paths).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}

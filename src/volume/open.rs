@@ -1,0 +1,383 @@
+//! Opening a volume (create / reopen after crash / cold wake), plus the store-level
+//! operations that need no open volume: exists, purge, grow.
+//!
+//! Open order: meta object (create if absent) → lease → store map (newest manifest
+//! plus newer segments) → local state (replay if the cache belongs to this volume
+//! uuid and the previous lease holder was us, else discard it) → fresh local
+//! checkpoint and journal generation. Segment sequence numbers continue after the
+//! highest listed segment, so nothing is ever overwritten.
+
+use super::blockmap::{LocalMap, StoreMap};
+use super::config::valid_name;
+use super::journal::{self, Journal, LocalState};
+use super::lease;
+use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
+use super::segment;
+use super::{fileio, Inner, State, Stats, VolumeConfig, VolumeError};
+use crate::store::{ObjectStore, PutCondition, StoreError};
+use crate::{BLOCK_SIZE, SECTOR_SIZE};
+use bytes::Bytes;
+use event_listener::Event;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+fn prefix(name: &str) -> String {
+    format!("volumes/{name}/")
+}
+
+fn parse_meta(b: &[u8]) -> Result<VolumeMeta, VolumeError> {
+    let m: VolumeMeta =
+        serde_json::from_slice(b).map_err(|e| VolumeError::Corrupt(format!("volume meta: {e}")))?;
+    if m.format != FORMAT_VERSION {
+        return Err(VolumeError::Corrupt(format!(
+            "unsupported volume format {}",
+            m.format
+        )));
+    }
+    if m.block_size != BLOCK_SIZE as u64 {
+        return Err(VolumeError::Corrupt(format!(
+            "volume block size {} differs from this build's {}",
+            m.block_size, BLOCK_SIZE
+        )));
+    }
+    Ok(m)
+}
+
+fn meta_bytes(m: &VolumeMeta) -> Result<Bytes, VolumeError> {
+    serde_json::to_vec(m)
+        .map(Bytes::from)
+        .map_err(|e| VolumeError::Corrupt(format!("meta encoding: {e}")))
+}
+
+async fn read_meta(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> Result<Option<(VolumeMeta, String)>, VolumeError> {
+    let etag = match store.head(key).await {
+        Ok(m) => m.etag,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    match store.get(key).await {
+        Ok(b) => Ok(Some((parse_meta(&b)?, etag))),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) async fn exists_in_store(
+    store: &dyn ObjectStore,
+    name: &str,
+) -> Result<Option<u64>, VolumeError> {
+    if !valid_name(name) {
+        return Err(VolumeError::Invalid(format!("bad volume name {name:?}")));
+    }
+    Ok(read_meta(store, &format!("{}meta", prefix(name)))
+        .await?
+        .map(|(m, _)| m.size_bytes))
+}
+
+pub(crate) async fn purge(store: &dyn ObjectStore, name: &str) -> Result<(), VolumeError> {
+    if !valid_name(name) {
+        return Err(VolumeError::Invalid(format!("bad volume name {name:?}")));
+    }
+    let p = prefix(name);
+    let (meta, lease) = (format!("{p}meta"), format!("{p}lease"));
+    for o in store.list(&p).await? {
+        if o.key != meta && o.key != lease {
+            store.delete(&o.key).await?;
+        }
+    }
+    store.delete(&meta).await?;
+    store.delete(&lease).await?;
+    Ok(())
+}
+
+/// Load the newest manifest plus newer segments. Returns (map, highest seq listed).
+async fn load_store_map(
+    store: &dyn ObjectStore,
+    p: &str,
+    uuid: u64,
+) -> Result<(StoreMap, u64), VolumeError> {
+    let seq_of = |k: &str| k.rsplit('/').next().and_then(|s| s.parse::<u64>().ok());
+    let mut map = StoreMap::default();
+    let mut base = 0u64;
+    let manifests = store.list(&format!("{p}manifest/")).await?;
+    if let Some(m) = manifests
+        .iter()
+        .filter(|m| seq_of(&m.key).is_some())
+        .max_by_key(|m| seq_of(&m.key))
+    {
+        let b = store.get(&m.key).await?;
+        let (seq, muuid, mmap) =
+            manifest::decode(&b).map_err(|e| VolumeError::Corrupt(format!("{}: {e}", m.key)))?;
+        if muuid != uuid {
+            return Err(VolumeError::Corrupt(format!(
+                "{} belongs to another volume incarnation",
+                m.key
+            )));
+        }
+        map = mmap;
+        base = seq;
+    }
+    let mut max_seq = base;
+    let mut segs: Vec<(u64, String)> = store
+        .list(&format!("{p}seg/"))
+        .await?
+        .into_iter()
+        .filter_map(|o| seq_of(&o.key).map(|s| (s, o.key)))
+        .collect();
+    segs.sort();
+    // Headers first: a segment written by an older lease epoch that landed after a
+    // newer writer had opened the volume (a "zombie" PUT) is ignored.
+    let mut heads = Vec::new();
+    for (seq, key) in segs {
+        max_seq = max_seq.max(seq);
+        if seq <= base {
+            continue;
+        }
+        let hb = store.get_range(&key, 0..segment::HEADER_LEN as u64).await?;
+        let h =
+            segment::decode_header(&hb).map_err(|e| VolumeError::Corrupt(format!("{key}: {e}")))?;
+        if h.uuid != uuid {
+            tracing::warn!(%key, "segment of another volume incarnation; ignored");
+            continue;
+        }
+        if h.seq != seq {
+            return Err(VolumeError::Corrupt(format!(
+                "{key}: header says seq {}",
+                h.seq
+            )));
+        }
+        heads.push((key, h));
+    }
+    let mut min_base: HashMap<u64, u64> = HashMap::new();
+    for (_, h) in &heads {
+        let e = min_base.entry(h.epoch).or_insert(h.base_seq);
+        *e = (*e).min(h.base_seq);
+    }
+    for (key, h) in heads {
+        if min_base.iter().any(|(&e, &b)| e > h.epoch && b < h.seq) {
+            tracing::warn!(%key, epoch = h.epoch, "segment written by a fenced writer; ignored");
+            continue;
+        }
+        if h.count == 0 {
+            continue;
+        }
+        let start = segment::HEADER_LEN as u64;
+        let ib = store
+            .get_range(
+                &key,
+                start..start + u64::from(h.count) * segment::ENTRY_LEN as u64,
+            )
+            .await?;
+        let entries = segment::decode_index(&h, &ib)
+            .map_err(|e| VolumeError::Corrupt(format!("{key}: {e}")))?;
+        for e in entries {
+            map.apply(e.block, e.loc(h.seq));
+        }
+    }
+    Ok((map, max_seq))
+}
+
+fn new_uuid(seed: u64) -> u64 {
+    let mut x = if seed == 0 {
+        rand::random::<u64>()
+    } else {
+        seed
+    };
+    if x == 0 {
+        x = 1;
+    }
+    x
+}
+
+pub(crate) async fn open(
+    cfg: VolumeConfig,
+    store: Arc<dyn ObjectStore>,
+) -> Result<Arc<Inner>, VolumeError> {
+    if !valid_name(&cfg.name) {
+        return Err(VolumeError::Invalid(format!(
+            "bad volume name {:?}",
+            cfg.name
+        )));
+    }
+    if cfg.size_bytes % SECTOR_SIZE as u64 != 0 {
+        return Err(VolumeError::Invalid(format!(
+            "size {} is not a multiple of {SECTOR_SIZE}",
+            cfg.size_bytes
+        )));
+    }
+    let p = prefix(&cfg.name);
+    let meta_key = format!("{p}meta");
+    let mut rng_seed = new_uuid(cfg.seed);
+    // 1. Volume metadata.
+    let (mut meta, mut etag) = loop {
+        if let Some(m) = read_meta(store.as_ref(), &meta_key).await? {
+            break m;
+        }
+        if cfg.size_bytes == 0 {
+            return Err(VolumeError::NotFound(cfg.name.clone()));
+        }
+        let m = VolumeMeta {
+            format: FORMAT_VERSION,
+            block_size: BLOCK_SIZE as u64,
+            size_bytes: cfg.size_bytes,
+            uuid: format!("{:016x}", new_uuid(cfg.seed ^ 0x9e37_79b9_7f4a_7c15)),
+        };
+        match store
+            .put_if(&meta_key, meta_bytes(&m)?, PutCondition::IfAbsent)
+            .await
+        {
+            Ok(e) => break (m, e),
+            Err(StoreError::PreconditionFailed(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let uuid = meta.uuid_u64().map_err(VolumeError::Corrupt)?;
+    if cfg.size_bytes != 0 && cfg.size_bytes < meta.size_bytes {
+        return Err(VolumeError::Unsupported(format!(
+            "volume {} is {} bytes; shrinking to {} is not supported",
+            cfg.name, meta.size_bytes, cfg.size_bytes
+        )));
+    }
+    // 2. Lease.
+    let acq = lease::acquire(
+        store.as_ref(),
+        &format!("{p}lease"),
+        &cfg.owner,
+        cfg.clock.now_ms(),
+        cfg.lease_ttl.as_millis() as u64,
+        cfg.takeover,
+    )
+    .await?;
+    if cfg.size_bytes > meta.size_bytes {
+        let m = VolumeMeta {
+            size_bytes: cfg.size_bytes,
+            ..meta.clone()
+        };
+        etag = store
+            .put_if(&meta_key, meta_bytes(&m)?, PutCondition::IfMatch(etag))
+            .await?;
+        meta = m;
+    }
+    let size = meta.size_bytes;
+    // 3. Store map.
+    let (smap, max_seq) = load_store_map(store.as_ref(), &p, uuid).await?;
+    // 4. Local state.
+    let local_ours = acq.prev_owner.as_deref().map_or(true, |o| o == cfg.owner);
+    let fs = cfg.fileio.clone();
+    let dir = cfg.cache_dir.clone();
+    let (data, replayed, boot_id, journal) = smol::unblock(move || -> Result<_, VolumeError> {
+        let io = |c: &str, e| VolumeError::io(format!("{c} in {}", dir.display()), e);
+        fs.create_dir_all(&dir).map_err(|e| io("creating cache dir", e))?;
+        let data = fs.open(&dir.join("data"), true).map_err(|e| io("opening cache file", e))?;
+        let mut replayed = None;
+        if local_ours {
+            replayed = journal::replay(&*fs, &dir, uuid, &*data)?;
+        } else {
+            tracing::warn!(dir = %dir.display(), "lease was held by another owner; discarding local cache");
+        }
+        let boot_id = fs.boot_id();
+        let (map, errors, last_gen) = match replayed {
+            Some(r) => (r.map, r.checksum_errors, r.last_gen),
+            None => {
+                data.set_len(0).map_err(|e| io("resetting cache file", e))?;
+                (LocalMap::default(), 0, journal::list_journals(&*fs, &dir).map_err(|e| io("listing", e))?.last().copied().unwrap_or(0))
+            }
+        };
+        let cur = data.len().map_err(|e| io("cache file size", e))?;
+        if cur != size {
+            data.set_len(size).map_err(|e| io("sizing cache file", e))?;
+        }
+        // Fresh checkpoint: the replayed state becomes the base, journal starts anew.
+        let gen = last_gen + 1;
+        let j = Journal::create(&*fs, &dir, gen, uuid).map_err(|e| io("creating journal", e))?;
+        data.sync_data().map_err(|e| io("syncing cache file", e))?;
+        let st = LocalState::from_map(uuid, gen, false, boot_id.clone(), &map);
+        fileio::write_atomic(&*fs, &journal::state_path(&dir), &st.encode()).map_err(|e| io("writing state", e))?;
+        for g in journal::list_journals(&*fs, &dir).map_err(|e| io("listing", e))? {
+            if g < gen {
+                fs.remove_file(&journal::journal_path(&dir, g)).map_err(|e| io("removing journal", e))?;
+            }
+        }
+        Ok((data, (map, errors), boot_id, j))
+    })
+    .await?;
+    rng_seed ^= 0x2545_f491_4f6c_dd1d;
+    let (map, errors) = replayed;
+    let stats = Stats::default();
+    stats.checksum_errors.store(errors, Ordering::Relaxed);
+    let last_committed = max_seq;
+    let inner = Inner {
+        base_seq: max_seq,
+        prefix: p,
+        uuid,
+        boot_id,
+        size: AtomicU64::new(size),
+        data,
+        st: Mutex::new(State {
+            local: map,
+            store: smap,
+            journal,
+            write_seq: 0,
+            fetching: HashMap::new(),
+            next_seq: max_seq + 1,
+            last_committed,
+            segs_since_manifest: 0,
+        }),
+        sync_lock: async_lock::Mutex::new(()),
+        meta: async_lock::Mutex::new((meta, etag)),
+        lease: Mutex::new(acq.held),
+        changed: Event::new(),
+        kick: Event::new(),
+        kick_flag: AtomicBool::new(false),
+        stats,
+        closed: AtomicBool::new(false),
+        bg_stop: AtomicBool::new(false),
+        file_ops: Mutex::new(()),
+        failed: AtomicBool::new(false),
+        fenced: Mutex::new(None),
+        rng: Mutex::new(rng_seed | 1),
+        store,
+        cfg,
+    };
+    let inner = Arc::new(inner);
+    if inner.st.lock().local.dirty_sectors > 0 {
+        inner.kick();
+    }
+    Ok(inner)
+}
+
+pub(crate) async fn grow(inner: &Inner, new_size: u64) -> Result<(), VolumeError> {
+    if new_size % SECTOR_SIZE as u64 != 0 {
+        return Err(VolumeError::Invalid(format!(
+            "size {new_size} is not a multiple of {SECTOR_SIZE}"
+        )));
+    }
+    let mut g = inner.meta.lock().await;
+    if new_size < g.0.size_bytes {
+        return Err(VolumeError::Unsupported("shrinking a volume".into()));
+    }
+    if new_size == g.0.size_bytes {
+        return Ok(());
+    }
+    let m = VolumeMeta {
+        size_bytes: new_size,
+        ..g.0.clone()
+    };
+    let key = format!("{}meta", inner.prefix);
+    let etag = inner
+        .store
+        .put_if(&key, meta_bytes(&m)?, PutCondition::IfMatch(g.1.clone()))
+        .await?;
+    inner
+        .data
+        .set_len(new_size)
+        .map_err(|e| inner.fail("growing cache file", e))?;
+    *g = (m, etag);
+    inner.size.store(new_size, Ordering::Release);
+    Ok(())
+}

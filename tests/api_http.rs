@@ -1,0 +1,479 @@
+//! The HTTP API on 127.0.0.1:0 (and a unix socket), in no-device mode, with the real
+//! volume engine on a `file://` store in a temp dir. Every bad input gets the right
+//! status and a JSON error, and changes nothing.
+
+use glidefs::api::{ApiServer, ApiState, Client, Endpoint};
+use glidefs::config::{Config, Listen};
+use glidefs::metrics::Metrics;
+use glidefs::router::real::{EngineVolumes, VolumeSettings};
+use glidefs::router::{Router, RouterConfig};
+use glidefs::store::metered::MeteredStore;
+use glidefs::store::{open_store, ObjectStore, StoreOptions};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Daemon {
+    dir: tempfile::TempDir,
+    router: Arc<Router>,
+    server: Option<ApiServer>,
+    client: Client,
+    store: Arc<dyn ObjectStore>,
+}
+
+fn start_with(max_exports: u32, listen: Option<Listen>, recover: bool) -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.cache.dir = dir.path().join("cache");
+    cfg.cache.flush_interval = Duration::from_millis(50);
+    cfg.limits.max_exports = max_exports;
+    let metrics = Metrics::new(true, "test", "abc").unwrap();
+    let store_dir = dir.path().join("store");
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let raw = open_store(
+        &format!("file://{}", store_dir.display()),
+        &StoreOptions::default(),
+    )
+    .unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw.clone(), metrics.store()));
+    let vols = Arc::new(EngineVolumes::new(store, VolumeSettings::from_config(&cfg)));
+    let router = Router::new(
+        RouterConfig {
+            cache_dir: cfg.cache.dir.clone(),
+            max_exports: max_exports as usize,
+            open_concurrency: 4,
+        },
+        vols,
+        None,
+        metrics.clone(),
+    )
+    .unwrap();
+    let listen = listen.unwrap_or(Listen::Tcp("127.0.0.1:0".parse().unwrap()));
+    let server = ApiServer::start(
+        &listen,
+        Arc::new(ApiState {
+            router: router.clone(),
+            metrics,
+        }),
+    )
+    .unwrap();
+    let client = Client::new(
+        Endpoint::parse(server.addr()).unwrap(),
+        Some(Duration::from_secs(60)),
+    );
+    if recover {
+        router.recover().unwrap();
+    }
+    Daemon {
+        dir,
+        router,
+        server: Some(server),
+        client,
+        store: raw,
+    }
+}
+
+fn start(max_exports: u32) -> Daemon {
+    start_with(max_exports, None, true)
+}
+
+impl Daemon {
+    fn req(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let r = self.client.request(method, path, body).unwrap();
+        let v = serde_json::from_str(&r.body).unwrap_or(Value::String(r.body.clone()));
+        (r.status, v)
+    }
+
+    fn put(&self, name: &str, body: &str) -> (u16, Value) {
+        self.req("PUT", &format!("/api/exports/{name}"), Some(body))
+    }
+
+    fn assert_error(&self, (status, v): (u16, Value), want: u16, ctx: &str) {
+        assert_eq!(status, want, "{ctx}: {v}");
+        assert!(
+            v["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{ctx}: no JSON error: {v}"
+        );
+    }
+
+    fn exports(&self) -> Vec<Value> {
+        let (s, v) = self.req("GET", "/api/exports", None);
+        assert_eq!(s, 200);
+        v["exports"].as_array().unwrap().clone()
+    }
+
+    fn store_keys(&self) -> Vec<String> {
+        smol::block_on(self.store.list(""))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect()
+    }
+}
+
+#[test]
+fn health_and_readiness() {
+    let d = start_with(10, None, false);
+    assert_eq!(d.req("GET", "/health", None).0, 200);
+    d.assert_error(d.req("GET", "/health/ready", None), 503, "before recovery");
+    d.assert_error(
+        d.put("a", r#"{"size":"1M"}"#),
+        503,
+        "create before recovery",
+    );
+    d.router.recover().unwrap();
+    assert_eq!(
+        d.req("GET", "/health/ready", None),
+        (200, serde_json::json!({"status": "ready"}))
+    );
+}
+
+#[test]
+fn bad_names_are_400_and_change_nothing() {
+    let d = start(10);
+    let long = "a".repeat(65);
+    for name in [
+        "../x",
+        "..%2fx",
+        "%2e%2e",
+        "VM1",
+        "Upper",
+        "%C3%A9t%C3%A9",
+        "a%20b",
+        "-a",
+        ".a",
+        "a%00",
+        long.as_str(),
+    ] {
+        d.assert_error(d.put(name, r#"{"size":"1M"}"#), 400, name);
+        d.assert_error(
+            d.req("GET", &format!("/api/exports/{name}"), None),
+            400,
+            name,
+        );
+        d.assert_error(
+            d.req("DELETE", &format!("/api/exports/{name}"), None),
+            400,
+            name,
+        );
+        d.assert_error(
+            d.req("POST", &format!("/api/exports/{name}/drain"), None),
+            400,
+            name,
+        );
+    }
+    // Empty name.
+    d.assert_error(
+        d.req("PUT", "/api/exports/", Some(r#"{"size":"1M"}"#)),
+        400,
+        "empty",
+    );
+    d.assert_error(d.req("DELETE", "/api/exports/", None), 400, "empty");
+    // 64 chars is fine.
+    assert_eq!(d.put(&"a".repeat(64), r#"{"size":"1M"}"#).0, 201);
+    assert_eq!(d.exports().len(), 1);
+}
+
+#[test]
+fn bad_sizes_and_bodies_are_400_and_change_nothing() {
+    let d = start(10);
+    for body in [
+        r#"{"size_bytes": 0}"#,
+        r#"{"size": "0"}"#,
+        r#"{"size_bytes": 4097}"#,
+        r#"{"size": "4097"}"#,
+        r#"{"size_bytes": 1152921504606846976}"#,
+        r#"{"size": "1048576T"}"#,
+        r#"{"size": "1E"}"#,
+        r#"{"size_bytes": -1}"#,
+        r#"{"size": "-1G"}"#,
+        r#"{"size": -4096}"#,
+        r#"{"size": "lots"}"#,
+        r#"{"size": "10GB"}"#,
+        r#"{"size": ""}"#,
+        r#"{"size": null}"#,
+        r#"{"size_bytes": 1.5}"#,
+        r#"{"size_bytes": "1G"}"#,
+        r#"{"size": "1G", "size_bytes": 1073741824}"#,
+        r#"{}"#,
+        r#"{"size": "1G", "name": "x"}"#,
+        r#"{"sise": "1G"}"#,
+        r#"{"size": "1G""#,
+        r#"not json"#,
+        r#"[]"#,
+        r#""1G""#,
+        "",
+        "   ",
+    ] {
+        d.assert_error(d.put("vm", body), 400, body);
+    }
+    assert!(d.exports().is_empty());
+    assert!(
+        d.store_keys().is_empty(),
+        "store touched: {:?}",
+        d.store_keys()
+    );
+    // Oversized body.
+    let big = format!(r#"{{"size": "1G", "pad": "{}"}}"#, "x".repeat(70_000));
+    d.assert_error(d.put("vm", &big), 413, "huge body");
+}
+
+#[test]
+fn create_is_idempotent_grow_and_shrink() {
+    let d = start(10);
+    let (s1, v1) = d.put("vm-1", r#"{"size": "1M"}"#);
+    assert_eq!(s1, 201, "{v1}");
+    assert_eq!(v1["name"], "vm-1");
+    assert_eq!(v1["size_bytes"], 1 << 20);
+    assert_eq!(v1["size"], "1M");
+    assert_eq!(v1["device"], Value::Null);
+    assert_eq!(v1["state"], "live");
+    let (s2, v2) = d.put("vm-1", r#"{"size_bytes": 1048576}"#);
+    assert_eq!((s2, &v2), (200, &v1), "same size is a no-op");
+    let (s3, v3) = d.put("vm-1", r#"{"size": "2M"}"#);
+    assert_eq!((s3, v3["size_bytes"].as_u64()), (200, Some(2 << 20)));
+    d.assert_error(d.put("vm-1", r#"{"size": "1M"}"#), 409, "shrink");
+    assert_eq!(
+        d.req("GET", "/api/exports/vm-1", None).1["size_bytes"],
+        2 << 20
+    );
+    let names: Vec<_> = d
+        .exports()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["vm-1"]);
+}
+
+#[test]
+fn delete_drain_and_not_found() {
+    let d = start(10);
+    d.assert_error(
+        d.req("DELETE", "/api/exports/nope", None),
+        404,
+        "delete unknown",
+    );
+    d.assert_error(d.req("GET", "/api/exports/nope", None), 404, "get unknown");
+    d.assert_error(
+        d.req("POST", "/api/exports/nope/drain", None),
+        404,
+        "drain unknown",
+    );
+    assert_eq!(d.put("keep", r#"{"size": "1M"}"#).0, 201);
+    assert_eq!(d.put("gone", r#"{"size": "1M"}"#).0, 201);
+    let (s, v) = d.req("POST", "/api/exports/keep/drain", None);
+    assert_eq!((s, v["name"].as_str()), (200, Some("keep")));
+    d.assert_error(
+        d.req("DELETE", "/api/exports/keep?purge=maybe", None),
+        400,
+        "bad purge",
+    );
+    d.assert_error(
+        d.req("DELETE", "/api/exports/keep?force=1", None),
+        400,
+        "unknown query",
+    );
+    d.assert_error(
+        d.req("GET", "/api/exports/keep?x=1", None),
+        400,
+        "query on GET",
+    );
+    assert_eq!(d.exports().len(), 2, "failed deletes changed nothing");
+    assert_eq!(d.req("DELETE", "/api/exports/keep", None).0, 200);
+    assert!(
+        d.store_keys().iter().any(|k| k.contains("keep")),
+        "non-purge delete keeps objects"
+    );
+    assert_eq!(d.req("DELETE", "/api/exports/gone?purge=true", None).0, 200);
+    assert!(
+        !d.store_keys().iter().any(|k| k.contains("gone")),
+        "purge removes objects"
+    );
+    assert!(!d.dir.path().join("cache/volumes/gone").exists());
+    d.assert_error(d.req("GET", "/api/exports/gone", None), 404, "after delete");
+    assert!(d.exports().is_empty());
+}
+
+#[test]
+fn cold_wake_from_the_store() {
+    let d = start(10);
+    assert_eq!(d.put("mover", r#"{"size": "2M"}"#).0, 201);
+    assert_eq!(d.req("DELETE", "/api/exports/mover", None).0, 200);
+    assert!(
+        !d.dir.path().join("cache/volumes/mover").exists(),
+        "local cache dropped"
+    );
+    d.assert_error(
+        d.put("mover", r#"{"size": "1M"}"#),
+        409,
+        "smaller than stored",
+    );
+    assert!(d.exports().is_empty());
+    let (s, v) = d.put("mover", r#"{"size": "2M"}"#);
+    assert_eq!((s, v["size_bytes"].as_u64()), (201, Some(2 << 20)));
+}
+
+#[test]
+fn export_limit_is_507_and_changes_nothing() {
+    let d = start(2);
+    assert_eq!(d.put("a", r#"{"size": "1M"}"#).0, 201);
+    assert_eq!(d.put("b", r#"{"size": "1M"}"#).0, 201);
+    let (s, v) = d.put("c", r#"{"size": "1M"}"#);
+    d.assert_error((s, v.clone()), 507, "limit");
+    assert!(v["error"].as_str().unwrap().contains("max_exports"), "{v}");
+    assert!(!d
+        .store_keys()
+        .iter()
+        .any(|k| k.contains("/c/") || k.starts_with("c/")));
+    assert_eq!(d.exports().len(), 2);
+    assert_eq!(
+        d.put("a", r#"{"size": "1M"}"#).0,
+        200,
+        "idempotent PUT at the limit"
+    );
+}
+
+#[test]
+fn methods_paths_and_metrics() {
+    let d = start(10);
+    d.assert_error(d.req("GET", "/nope", None), 404, "unknown path");
+    d.assert_error(d.req("POST", "/api/exports", None), 405, "POST list");
+    d.assert_error(d.req("PATCH", "/api/exports/a", None), 405, "PATCH");
+    d.assert_error(d.req("GET", "/api/exports/a/drain", None), 405, "GET drain");
+    d.assert_error(d.req("POST", "/health", None), 405, "POST health");
+    assert_eq!(d.put("m", r#"{"size": "1M"}"#).0, 201);
+    let r = d.client.request("GET", "/metrics", None).unwrap();
+    assert_eq!(r.status, 200);
+    for want in [
+        "glidefs_build_info{git_sha=\"abc\",version=\"test\"} 1",
+        "glidefs_exports 1",
+        "glidefs_dirty_bytes{export=\"m\"}",
+        "glidefs_cache_hits_total{export=\"m\"}",
+        "glidefs_store_requests_total{op=\"put",
+        "glidefs_store_request_duration_seconds_bucket",
+    ] {
+        assert!(r.body.contains(want), "missing {want}:\n{}", r.body);
+    }
+}
+
+#[test]
+fn unix_socket_listener() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sock = tmp.path().join("run/api.sock");
+    let mut d = start_with(10, Some(Listen::Unix(sock.clone())), true);
+    assert_eq!(d.req("GET", "/health", None).0, 200);
+    assert_eq!(d.put("u", r#"{"size": "1M"}"#).0, 201);
+    // A second server on the same live socket is refused.
+    let again = ApiServer::start(
+        &Listen::Unix(sock.clone()),
+        Arc::new(ApiState {
+            router: d.router.clone(),
+            metrics: Metrics::new(true, "t", "s").unwrap(),
+        }),
+    );
+    assert!(again.is_err());
+    d.server.take().unwrap().stop();
+    assert!(!sock.exists(), "socket removed on stop");
+}
+
+#[test]
+fn restart_recovers_exports() {
+    let d = start(10);
+    assert_eq!(d.put("r1", r#"{"size": "1M"}"#).0, 201);
+    assert_eq!(d.put("r2", r#"{"size": "3M"}"#).0, 201);
+    let Daemon {
+        dir,
+        router,
+        server,
+        ..
+    } = d;
+    drop(server);
+    router.shutdown(false);
+    drop(router);
+    // A new daemon on the same cache dir and store.
+    let mut cfg = Config::default();
+    cfg.cache.dir = dir.path().join("cache");
+    let metrics = Metrics::new(true, "t", "s").unwrap();
+    let raw = open_store(
+        &format!("file://{}", dir.path().join("store").display()),
+        &StoreOptions::default(),
+    )
+    .unwrap();
+    let vols = Arc::new(EngineVolumes::new(raw, VolumeSettings::from_config(&cfg)));
+    let router = Router::new(
+        RouterConfig {
+            cache_dir: cfg.cache.dir.clone(),
+            max_exports: 10,
+            open_concurrency: 2,
+        },
+        vols,
+        None,
+        metrics,
+    )
+    .unwrap();
+    let summary = router.recover().unwrap();
+    assert_eq!((summary.recovered, summary.failed), (2, 0));
+    let sizes: Vec<_> = router
+        .list()
+        .into_iter()
+        .map(|e| (e.name, e.size_bytes))
+        .collect();
+    assert_eq!(
+        sizes,
+        [("r1".to_string(), 1 << 20), ("r2".to_string(), 3 << 20)]
+    );
+}
+
+#[test]
+fn data_survives_delete_and_cold_wake_and_moves_the_histograms() {
+    let d = start(10);
+    assert_eq!(d.put("data", r#"{"size": "4M"}"#).0, 201);
+    let t = d.router.io_target("data").unwrap();
+    let pattern: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    smol::block_on(async {
+        t.write(0, &pattern, false).await.unwrap();
+        t.write(3 << 20, &pattern[..4096], true).await.unwrap();
+        t.flush().await.unwrap();
+        let mut back = vec![0u8; 4096];
+        t.read(3 << 20, &mut back).await.unwrap();
+        assert_eq!(back, pattern[..4096]);
+    });
+    let m = d.client.request("GET", "/metrics", None).unwrap().body;
+    assert!(
+        m.contains("glidefs_write_io_size_bytes_bucket{export=\"data\",le=\"4096\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("glidefs_write_io_size_bytes_count{export=\"data\"} 2"),
+        "{m}"
+    );
+    assert!(
+        m.contains("glidefs_read_io_size_bytes_count{export=\"data\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("glidefs_io_bytes_total{export=\"data\",op=\"write\"} 266240"),
+        "{m}"
+    );
+    drop(t);
+    // Delete without purge drains to the store and drops the local cache...
+    assert_eq!(d.req("DELETE", "/api/exports/data", None).0, 200);
+    assert!(!d.dir.path().join("cache/volumes/data").exists());
+    assert!(!d
+        .client
+        .request("GET", "/metrics", None)
+        .unwrap()
+        .body
+        .contains("export=\"data\""));
+    // ...so a PUT wakes it from the store with the data intact.
+    assert_eq!(d.put("data", r#"{"size": "4M"}"#).0, 201);
+    let t = d.router.io_target("data").unwrap();
+    smol::block_on(async {
+        let mut back = vec![0u8; pattern.len()];
+        t.read(0, &mut back).await.unwrap();
+        assert!(back == pattern, "data differs after cold wake");
+        let mut zero = vec![1u8; 4096];
+        t.read(2 << 20, &mut zero).await.unwrap();
+        assert!(zero.iter().all(|&b| b == 0));
+    });
+}

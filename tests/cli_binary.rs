@@ -1,0 +1,272 @@
+//! Drives the real `glidefs` binary: --version, init, check-config, and `run` (no-device
+//! mode, unix socket) with the export CLI, SIGTERM, restart and kill -9 → restart.
+//! Polls with deadlines, never sleeps for a fixed time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_glidefs");
+
+fn glidefs(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn version_shows_sha_date_and_target() {
+    let o = glidefs(&["--version"]);
+    assert!(o.status.success());
+    let out = text(&o.stdout);
+    assert!(
+        out.starts_with(&format!("glidefs {}", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
+    for field in ["git sha: ", "build date: ", "target: "] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("no {field} in {out}"));
+        assert!(line.len() > field.len() + 3, "{line}");
+    }
+}
+
+#[test]
+fn init_writes_once_and_check_config_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("etc/glidefs.toml");
+    let fs = f.to_str().unwrap();
+    let o = glidefs(&["init", fs]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let written = std::fs::read_to_string(&f).unwrap();
+    assert!(written.contains("[store]") && written.contains("max_exports"));
+    std::fs::write(&f, "# mine\n").unwrap();
+    let o = glidefs(&["init", fs]);
+    assert!(!o.status.success(), "init overwrote");
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "# mine\n");
+    assert!(text(&o.stderr).contains("never overwrites"));
+    let o = glidefs(&["init", "-"]);
+    assert_eq!(text(&o.stdout), written);
+
+    assert!(glidefs(&["check-config", fs]).status.success());
+    std::fs::write(&f, "[cache]\ndirty_limit = \"huge\"\n").unwrap();
+    let o = glidefs(&["check-config", fs]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("cache.dirty_limit"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = glidefs(&["check-config", "/nonexistent/glidefs.toml"]);
+    assert!(!o.status.success());
+}
+
+#[test]
+fn size_arguments_are_checked_by_the_cli() {
+    let o = glidefs(&[
+        "export",
+        "--api",
+        "unix:/nonexistent.sock",
+        "create",
+        "a",
+        "--size",
+        "10GB",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
+    assert!(text(&o.stderr).contains("ambiguous"), "{}", text(&o.stderr));
+    let o = glidefs(&["export", "--api", "unix:/nonexistent.sock", "list"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("cannot reach"),
+        "{}",
+        text(&o.stderr)
+    );
+}
+
+struct Daemon {
+    child: Child,
+    sock: PathBuf,
+    log: PathBuf,
+}
+
+fn spawn(dir: &Path) -> Daemon {
+    let cfg = dir.join("glidefs.toml");
+    let sock = dir.join("api.sock");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cache]\ndir = \"{}\"\nflush_interval = \"100ms\"\n[api]\nlisten = \"{}\"\n[ublk]\nenabled = false\n",
+            dir.join("cache").display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let log = dir.join(format!("log-{n}.txt"));
+    let child = Command::new(BIN)
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let d = Daemon { child, sock, log };
+    d.wait_ready();
+    d
+}
+
+impl Daemon {
+    fn cli(&self, args: &[&str]) -> Output {
+        let mut a = vec!["export", "--api", self.sock.to_str().unwrap()];
+        a.extend_from_slice(args);
+        glidefs(&a)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let c = glidefs::api::Client::new(
+                glidefs::api::Endpoint::Unix(self.sock.clone()),
+                Some(Duration::from_secs(5)),
+            );
+            if let Ok(r) = c.request("GET", "/health/ready", None) {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready; log:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // kill(1) keeps `unsafe` (libc::kill) out of the tests.
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    fn wait_exit(mut self) -> (Option<i32>, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (
+                    st.code(),
+                    std::fs::read_to_string(&self.log).unwrap_or_default(),
+                );
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn run_export_cli_sigterm_restart_and_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = spawn(dir.path());
+    let o = d.cli(&["create", "vm-1", "--size", "8M"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["size_bytes"], 8 << 20);
+    assert!(d
+        .cli(&["create", "vm-2", "--size", "1.5M"])
+        .status
+        .success());
+    assert!(
+        d.cli(&["create", "vm-2", "--size", "3M"]).status.success(),
+        "grow"
+    );
+    let o = d.cli(&["create", "vm-2", "--size", "1M"]);
+    assert_eq!(o.status.code(), Some(3), "shrink is a 4xx");
+    let o = d.cli(&["get", "nope"]);
+    assert_eq!(o.status.code(), Some(2), "404 exit code");
+    assert!(text(&o.stderr).contains("not found"));
+    let o = d.cli(&["create", "../etc", "--size", "1M"]);
+    assert_eq!(o.status.code(), Some(3));
+    let o = d.cli(&["list"]);
+    let list = text(&o.stdout);
+    assert!(
+        list.contains("vm-1") && list.contains("vm-2") && list.contains("3M"),
+        "{list}"
+    );
+    assert!(d.cli(&["drain", "vm-1"]).status.success());
+    let o = d.cli(&["get", "vm-2"]);
+    assert!(
+        text(&o.stdout).contains("\"size\": \"3M\""),
+        "{}",
+        text(&o.stdout)
+    );
+
+    // SIGTERM: clean exit 0.
+    d.signal(15);
+    let (code, log) = d.wait_exit();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+    assert!(!log.to_lowercase().contains("secret"), "{log}");
+
+    // Restart: the same exports come back.
+    let d = spawn(dir.path());
+    let list = text(&d.cli(&["list"]).stdout);
+    assert!(list.contains("vm-1") && list.contains("vm-2"), "{list}");
+    assert!(d.cli(&["delete", "vm-1", "--purge"]).status.success());
+
+    // kill -9, restart: what was acknowledged before is still there.
+    d.signal(9);
+    let (code, _) = d.wait_exit();
+    assert_eq!(code, None, "killed by a signal");
+    let d = spawn(dir.path());
+    let list = text(&d.cli(&["list"]).stdout);
+    assert!(list.contains("vm-2") && !list.contains("vm-1"), "{list}");
+    d.signal(2);
+    let (code, log) = d.wait_exit();
+    assert_eq!(code, Some(0), "SIGINT exits 0: {log}");
+}
+
+#[test]
+fn run_without_ublk_fails_clearly() {
+    if Path::new("/dev/ublk-control").exists() {
+        eprintln!("skipped: this host has ublk");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[cache]\ndir = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("c").display()
+        ),
+    )
+    .unwrap();
+    let o = glidefs(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("ublk is not available") && err.contains("enabled = false"),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_rejects_a_bad_config_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(&cfg, "[limits]\nmax_exports = 0\n").unwrap();
+    let o = glidefs(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("limits.max_exports"),
+        "{}",
+        text(&o.stderr)
+    );
+}

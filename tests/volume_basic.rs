@@ -1,0 +1,416 @@
+//! Targeted volume engine tests: I/O semantics, cold wake, corruption, lease, outage.
+
+mod volume_support;
+
+use bytes::Bytes;
+use glidefs::store::{MemStore, ObjectStore};
+use glidefs::volume::{FileIo, SimFs, Volume, VolumeError};
+use glidefs::BLOCK_SIZE;
+use std::sync::Arc;
+use volume_support::*;
+
+const MIB: u64 = 1 << 20;
+
+fn mem() -> (Arc<MemStore>, Arc<dyn ObjectStore>) {
+    let m = Arc::new(MemStore::new());
+    let s: Arc<dyn ObjectStore> = m.clone();
+    (m, s)
+}
+
+#[test]
+fn write_read_unaligned_and_unwritten() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let v = open(&sim_cfg(&fs, "a", MIB), &store).await;
+        let gets0 = m.get_count();
+        // Never-written data reads as zeros without touching the store.
+        let mut buf = vec![1u8; 256 << 10];
+        v.read(0, &mut buf).await.unwrap();
+        assert!(buf.iter().all(|&b| b == 0));
+        assert_eq!(m.get_count(), gets0);
+        let a = pattern(1, 4096);
+        v.write(8192, &a, false).await.unwrap();
+        let b = pattern(2, 512);
+        v.write(8192 + 1024, &b, false).await.unwrap();
+        let c = pattern(3, 1536);
+        v.write(BLOCK_SIZE as u64 - 512, &c, false).await.unwrap(); // spans two blocks
+        let mut want = vec![0u8; MIB as usize];
+        want[8192..8192 + 4096].copy_from_slice(&a);
+        want[8192 + 1024..8192 + 1536].copy_from_slice(&b);
+        want[BLOCK_SIZE - 512..BLOCK_SIZE + 1024].copy_from_slice(&c);
+        assert_eq!(read_all(&v).await, want);
+        // Misaligned and out-of-range requests are rejected.
+        let e = v.write(100, &[0u8; 512], false).await.unwrap_err();
+        assert_eq!(e.errno(), libc::EINVAL);
+        let e = v.read(MIB - 512, &mut [0u8; 1024]).await.unwrap_err();
+        assert!(matches!(e, VolumeError::Invalid(_)));
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn drain_then_cold_wake_equals_written_data() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "cw", 2 * MIB);
+        let v = open(&cfg, &store).await;
+        let mut want = vec![0u8; 2 * MIB as usize];
+        for i in 0..12u64 {
+            let off = (i * 151 * 4096) % (2 * MIB - 65536);
+            let d = pattern(i, 65536);
+            v.write(off, &d, false).await.unwrap();
+            want[off as usize..off as usize + 65536].copy_from_slice(&d);
+        }
+        v.drain().await.unwrap();
+        let st = v.stats();
+        assert_eq!(st.dirty_bytes, 0);
+        assert!(st.segments_written >= 1);
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await;
+        let gets = m.get_count();
+        assert_eq!(read_all(&v).await, want);
+        assert!(m.get_count() > gets, "cold reads must come from the store");
+        assert!(v.stats().cache_misses > 0);
+        // Second read is served from the cache.
+        let gets = m.get_count();
+        assert_eq!(read_all(&v).await, want);
+        assert_eq!(m.get_count(), gets);
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn sub_block_write_after_cold_wake_merges_at_flush() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "merge", MIB);
+        let v = open(&cfg, &store).await;
+        let a = pattern(10, BLOCK_SIZE);
+        v.write(0, &a, false).await.unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await;
+        let gets = m.get_count();
+        let p = pattern(11, 8192);
+        v.write(16384, &p, false).await.unwrap();
+        assert_eq!(
+            m.get_count(),
+            gets,
+            "a sector-aligned write must not wait on the store"
+        );
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await;
+        let mut want = a.clone();
+        want[16384..16384 + 8192].copy_from_slice(&p);
+        let mut got = vec![0u8; BLOCK_SIZE];
+        v.read(0, &mut got).await.unwrap();
+        assert_eq!(got, want);
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn discard_reads_zeros_and_uploads_no_data() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "disc", MIB);
+        let v = open(&cfg, &store).await;
+        let a = pattern(20, 4 * BLOCK_SIZE);
+        v.write(0, &a, false).await.unwrap();
+        v.drain().await.unwrap();
+        let up = v.stats().bytes_uploaded;
+        v.discard(0, 4 * BLOCK_SIZE as u64 - 512).await.unwrap();
+        v.write_zeroes(4 * BLOCK_SIZE as u64 - 512, 512)
+            .await
+            .unwrap();
+        let mut got = vec![1u8; 4 * BLOCK_SIZE];
+        v.read(0, &mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == 0));
+        v.drain().await.unwrap();
+        let added = v.stats().bytes_uploaded - up;
+        assert!(
+            added < 4096,
+            "zero blocks must not upload data ({added} bytes)"
+        );
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await;
+        v.read(0, &mut got).await.unwrap();
+        assert!(got.iter().all(|&b| b == 0));
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn corrupted_segment_is_an_io_error_never_data() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "corr", MIB);
+        cfg.compress = false;
+        let v = open(&cfg, &store).await;
+        v.write(0, &pattern(30, BLOCK_SIZE), false).await.unwrap();
+        v.write(BLOCK_SIZE as u64, &pattern(31, BLOCK_SIZE), false)
+            .await
+            .unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        let segs = store.list("volumes/corr/seg/").await.unwrap();
+        assert_eq!(segs.len(), 1);
+        let key = &segs[0].key;
+        let mut obj = store.get(key).await.unwrap().to_vec();
+        let n = obj.len();
+        obj[n - 100] ^= 0x01; // inside the second block's payload
+        m.corrupt(key, Bytes::from(obj)).unwrap();
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await;
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        v.read(0, &mut buf).await.unwrap();
+        assert_eq!(buf, pattern(30, BLOCK_SIZE));
+        let e = v.read(BLOCK_SIZE as u64, &mut buf).await.unwrap_err();
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(matches!(e, VolumeError::Checksum(_)), "{e}");
+        assert!(v.stats().checksum_errors >= 1);
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn corrupted_journal_tail_is_reported_and_never_returns_other_data() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "jt", MIB);
+        let v = open(&cfg, &store).await;
+        let a = pattern(40, 4096);
+        let b = pattern(41, 4096);
+        v.write(0, &a, false).await.unwrap();
+        v.flush().await.unwrap();
+        v.write(4096, &b, false).await.unwrap();
+        v.abandon().await; // kill -9
+        drop(v);
+        let j = newest_journal(&fs, &cfg.cache_dir);
+        let len = fs.open(&j, false).unwrap().len().unwrap();
+        assert!(fs.corrupt(&j, len - 1));
+        let v = open(&cfg, &store).await;
+        assert!(v.stats().checksum_errors >= 1);
+        let mut got = vec![0u8; 8192];
+        v.read(0, &mut got).await.unwrap();
+        assert_eq!(&got[..4096], &a[..]);
+        let s1 = &got[4096..];
+        assert!(
+            s1 == &b[..] || s1.iter().all(|&x| x == 0),
+            "sector 1 holds other data"
+        );
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn lease_is_exclusive_and_takeover_fences_the_old_writer() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "ls", MIB);
+        let v1 = open(&cfg, &store).await;
+        v1.write(0, &pattern(50, 4096), false).await.unwrap();
+        let mut other = cfg.clone();
+        other.cache_dir = "/sim/other".into();
+        other.owner = "host2:/sim/other".into();
+        let e = Volume::open(other.clone(), store.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, VolumeError::LeaseHeld { .. }), "{e}");
+        assert_eq!(e.errno(), libc::EBUSY);
+        other.takeover = true;
+        let v2 = Volume::open(other, store.clone()).await.unwrap();
+        let e = v1.drain().await.unwrap_err();
+        assert!(matches!(e, VolumeError::Fenced(_)), "{e}");
+        assert!(v1.stats().fenced);
+        v2.write(0, &pattern(51, 4096), false).await.unwrap();
+        v2.drain().await.unwrap();
+        v2.close().await.unwrap();
+        v1.abandon().await;
+    });
+}
+
+#[test]
+fn store_outage_writes_land_locally_and_drain_completes_after() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "out", MIB);
+        let v = open(&cfg, &store).await;
+        m.set_offline(true);
+        let mut want = vec![0u8; MIB as usize];
+        for i in 0..6u64 {
+            let d = pattern(60 + i, 32768);
+            let off = i * 40960;
+            v.write(off, &d, false).await.unwrap();
+            want[off as usize..off as usize + d.len()].copy_from_slice(&d);
+        }
+        let drain = smol::spawn({
+            let v = v.clone();
+            async move { v.drain().await }
+        });
+        // The flusher fails and retries while offline.
+        while v.stats().flush_errors < 2 {
+            smol::Timer::after(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(v.stats().dirty_bytes > 0);
+        m.set_offline(false);
+        drain.await.unwrap();
+        assert_eq!(v.stats().dirty_bytes, 0);
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await;
+        assert_eq!(read_all(&v).await, want);
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn writes_wait_at_the_dirty_limit_and_never_fail() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "lim", MIB);
+        cfg.dirty_limit_bytes = 256 << 10;
+        let v = open(&cfg, &store).await;
+        m.set_offline(true);
+        v.write(0, &pattern(70, 128 << 10), false).await.unwrap();
+        v.write(128 << 10, &pattern(71, 128 << 10), false)
+            .await
+            .unwrap();
+        let mut w = Box::pin({
+            let v = v.clone();
+            async move { v.write(256 << 10, &pattern(72, 4096), false).await }
+        });
+        assert!(futures_lite::future::poll_once(&mut w).await.is_none());
+        m.set_offline(false);
+        w.await.unwrap();
+        let mut got = vec![0u8; 4096];
+        v.read(256 << 10, &mut got).await.unwrap();
+        assert_eq!(got, pattern(72, 4096));
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn grow_exists_and_purge() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "gr", MIB);
+        assert_eq!(Volume::exists_in_store(&store, "gr").await.unwrap(), None);
+        let v = open(&cfg, &store).await;
+        assert_eq!(
+            Volume::exists_in_store(&store, "gr").await.unwrap(),
+            Some(MIB)
+        );
+        assert!(v.grow(MIB / 2).await.is_err());
+        v.grow(2 * MIB).await.unwrap();
+        assert_eq!(v.size_bytes(), 2 * MIB);
+        v.write(MIB + 4096, &pattern(80, 4096), false)
+            .await
+            .unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        let mut c0 = cfg.clone();
+        c0.size_bytes = 0;
+        let v = open(&c0, &store).await;
+        assert_eq!(v.size_bytes(), 2 * MIB);
+        let mut got = vec![0u8; 4096];
+        v.read(MIB + 4096, &mut got).await.unwrap();
+        assert_eq!(got, pattern(80, 4096));
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge(&store, "gr").await.unwrap();
+        assert!(store.list("volumes/gr/").await.unwrap().is_empty());
+        assert_eq!(Volume::exists_in_store(&store, "gr").await.unwrap(), None);
+    });
+}
+
+#[test]
+fn power_loss_keeps_flushed_writes_and_sectors_are_old_or_new() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "pl", MIB);
+        let v = open(&cfg, &store).await;
+        let a = pattern(90, 65536);
+        v.write(0, &a, false).await.unwrap();
+        v.flush().await.unwrap();
+        let b = pattern(91, 65536);
+        v.write(4096, &b, false).await.unwrap();
+        v.abandon().await;
+        drop(v);
+        fs.power_loss();
+        let v = open(&cfg, &store).await;
+        let mut got = vec![0u8; 65536 + 4096];
+        v.read(0, &mut got).await.unwrap();
+        assert_eq!(&got[..4096], &a[..4096]);
+        for s in 1..17usize {
+            let g = &got[s * 4096..(s + 1) * 4096];
+            let new = &b[(s - 1) * 4096..s * 4096];
+            let old: &[u8] = if s < 16 {
+                &a[s * 4096..(s + 1) * 4096]
+            } else {
+                &[0u8; 4096]
+            };
+            assert!(g == new || g == old, "sector {s} is neither old nor new");
+        }
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn power_loss_with_journal_on_disk_but_data_lost_reads_old_value() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "jd", MIB);
+        let v = open(&cfg, &store).await;
+        let x = pattern(100, 8192);
+        v.write(0, &x, false).await.unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await; // cold: nothing cached
+        let y = pattern(101, 4096);
+        v.write(0, &y, false).await.unwrap();
+        v.abandon().await;
+        drop(v);
+        // Writeback reached the journal but not the cache file.
+        fs.power_loss_keeping(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("journal."))
+        });
+        let v = open(&cfg, &store).await;
+        let mut got = vec![0u8; 8192];
+        v.read(0, &mut got).await.unwrap();
+        assert!(
+            got[..4096] == x[..4096] || got[..4096] == y[..],
+            "sector 0 is garbage"
+        );
+        assert_eq!(&got[4096..], &x[4096..]);
+        assert!(v.stats().checksum_errors >= 1);
+        v.close().await.unwrap();
+    });
+}

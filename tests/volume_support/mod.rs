@@ -1,0 +1,59 @@
+//! Helpers shared by the volume engine tests (tests/volume_*.rs).
+#![allow(dead_code)]
+
+pub mod model;
+
+use glidefs::store::ObjectStore;
+use glidefs::volume::{FileIo, SimFs, Volume, VolumeConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A config on the simulated file system with fast retries and no timer flushes.
+pub fn sim_cfg(fs: &SimFs, name: &str, size: u64) -> VolumeConfig {
+    let mut c = VolumeConfig::new(name, size, PathBuf::from(format!("/sim/{name}")));
+    c.fileio = Arc::new(fs.clone());
+    c.flush_interval = Duration::from_secs(3600);
+    c.retry_base = Duration::from_millis(2);
+    c.retry_max = Duration::from_millis(20);
+    c.seed = 7;
+    c.max_segment_bytes = 256 << 10;
+    c.checkpoint_every = 2;
+    c.journal_compact_bytes = 8 << 10;
+    c
+}
+
+/// Deterministic, distinct bytes for (seed, len).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub async fn open(cfg: &VolumeConfig, store: &Arc<dyn ObjectStore>) -> Arc<Volume> {
+    Volume::open(cfg.clone(), store.clone()).await.unwrap()
+}
+
+pub async fn read_all(v: &Volume) -> Vec<u8> {
+    let mut buf = vec![0u8; v.size_bytes() as usize];
+    v.read(0, &mut buf).await.unwrap();
+    buf
+}
+
+/// The newest journal file of a simulated cache dir.
+pub fn newest_journal(fs: &SimFs, dir: &Path) -> PathBuf {
+    let mut names: Vec<String> = fs
+        .list_dir(dir)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("journal."))
+        .collect();
+    names.sort();
+    dir.join(names.last().expect("a journal"))
+}

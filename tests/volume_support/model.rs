@@ -1,0 +1,212 @@
+//! The volume model test shared by tests/volume_model.rs and tests/volume_s3.rs:
+//! op strategies, the in-memory model and one case runner.
+
+use super::*;
+use glidefs::store::ObjectStore;
+use glidefs::volume::{FlushMode, SimFs, Volume, VolumeConfig};
+use proptest::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+const SIZE: u64 = 1 << 20;
+const SECTORS_512: u32 = (SIZE / 512) as u32;
+const SS: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    Write { at: u32, len: u32, fua: bool },
+    Read { at: u32, len: u32 },
+    Discard { at: u32, len: u32 },
+    Flush,
+    Drain,
+    Wait,
+    Crash,
+    PowerLoss { writeback: u64 },
+    ColdWake,
+}
+
+/// (offset in 512-byte units, length in 512-byte units): half 4 KiB aligned.
+pub fn range() -> impl Strategy<Value = (u32, u32)> {
+    prop_oneof![
+        (0..SECTORS_512 / 8, 1u32..=40).prop_map(|(a, l)| (a * 8, l * 8)),
+        (0..SECTORS_512, 1u32..=300),
+    ]
+    .prop_map(|(a, l)| (a, l.min(SECTORS_512 - a)))
+}
+
+pub fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (range(), any::<bool>()).prop_map(|((at, len), f)| Op::Write { at, len, fua: f && len % 3 == 0 }),
+        4 => range().prop_map(|(at, len)| Op::Read { at, len }),
+        2 => range().prop_map(|(at, len)| Op::Discard { at, len }),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Drain),
+        1 => Just(Op::Wait),
+        1 => Just(Op::Crash),
+        1 => prop_oneof![Just(0u64), 1u64..u64::MAX].prop_map(|writeback| Op::PowerLoss { writeback }),
+        1 => Just(Op::ColdWake),
+    ]
+}
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub fast_flusher: bool,
+    pub small_dirty_limit: bool,
+    pub compress: bool,
+    pub store_mode: bool,
+}
+
+pub fn params() -> impl Strategy<Value = Params> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        prop::bool::weighted(0.15),
+    )
+        .prop_map(|(a, b, c, d)| Params {
+            fast_flusher: a,
+            small_dirty_limit: b,
+            compress: c,
+            store_mode: d,
+        })
+}
+
+/// The model: current bytes, and per 4 KiB sector every value a power loss may
+/// leave (the value at the last flush, then each later write).
+struct Model {
+    cur: Vec<u8>,
+    cands: Vec<Vec<Vec<u8>>>,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            cur: vec![0; SIZE as usize],
+            cands: vec![vec![vec![0; SS]]; SIZE as usize / SS],
+        }
+    }
+    fn write(&mut self, off: usize, data: &[u8]) {
+        self.cur[off..off + data.len()].copy_from_slice(data);
+        for s in off / SS..(off + data.len()).div_ceil(SS) {
+            let v = self.cur[s * SS..(s + 1) * SS].to_vec();
+            self.cands[s].push(v);
+        }
+    }
+    fn durable(&mut self) {
+        for (s, c) in self.cands.iter_mut().enumerate() {
+            if c.len() > 1 || c[0] != self.cur[s * SS..(s + 1) * SS] {
+                *c = vec![self.cur[s * SS..(s + 1) * SS].to_vec()];
+            }
+        }
+    }
+}
+
+fn config(fs: &SimFs, p: &Params) -> VolumeConfig {
+    let mut cfg = sim_cfg(fs, "model", SIZE);
+    if p.fast_flusher {
+        cfg.flush_interval = Duration::from_millis(1);
+    }
+    if p.small_dirty_limit {
+        cfg.dirty_limit_bytes = 192 << 10;
+    }
+    cfg.compress = p.compress;
+    if p.store_mode {
+        cfg.flush_mode = FlushMode::Store;
+    }
+    cfg
+}
+
+pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
+    smol::block_on(async {
+        let fs = SimFs::new();
+        let cfg = config(&fs, p);
+        let mut v = open(&cfg, &store).await;
+        let mut m = Model::new();
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                Op::Write { at, len, fua } => {
+                    let (off, n) = (*at as usize * 512, *len as usize * 512);
+                    let data = pattern(i as u64 + 1, n);
+                    v.write(off as u64, &data, *fua).await.unwrap();
+                    m.write(off, &data);
+                    if *fua {
+                        m.durable();
+                    }
+                }
+                Op::Read { at, len } => {
+                    let (off, n) = (*at as usize * 512, *len as usize * 512);
+                    let mut buf = vec![0u8; n];
+                    v.read(off as u64, &mut buf).await.unwrap();
+                    assert!(
+                        buf == m.cur[off..off + n],
+                        "op {i}: read {off}+{n} differs from the model"
+                    );
+                }
+                Op::Discard { at, len } => {
+                    let (off, n) = (*at as usize * 512, *len as usize * 512);
+                    v.discard(off as u64, n as u64).await.unwrap();
+                    m.write(off, &vec![0u8; n]);
+                }
+                Op::Flush => {
+                    v.flush().await.unwrap();
+                    m.durable();
+                }
+                Op::Drain => {
+                    v.drain().await.unwrap();
+                    m.durable();
+                }
+                Op::Wait => {
+                    smol::Timer::after(Duration::from_millis(3)).await;
+                }
+                Op::Crash => {
+                    v.abandon().await;
+                    drop(v);
+                    v = open(&cfg, &store).await;
+                    assert!(
+                        read_all(&v).await == m.cur,
+                        "op {i}: after crash the volume differs from the model"
+                    );
+                }
+                Op::PowerLoss { writeback } => {
+                    v.abandon().await;
+                    drop(v);
+                    fs.power_loss_with_writeback(*writeback);
+                    v = open(&cfg, &store).await;
+                    let got = read_all(&v).await;
+                    for s in 0..SIZE as usize / SS {
+                        let g = &got[s * SS..(s + 1) * SS];
+                        assert!(
+                            m.cands[s].iter().any(|c| c[..] == *g),
+                            "op {i}: after power loss sector {s} is neither flushed nor a later value"
+                        );
+                    }
+                    m.cur = got;
+                    m.durable();
+                }
+                Op::ColdWake => {
+                    v.drain().await.unwrap();
+                    v.close().await.unwrap();
+                    drop(v);
+                    Volume::purge_cache(&cfg).unwrap();
+                    v = open(&cfg, &store).await;
+                    assert!(
+                        read_all(&v).await == m.cur,
+                        "op {i}: after cold wake the volume differs from the model"
+                    );
+                    m.durable();
+                }
+            }
+        }
+        // Final: everything drains and a cold wake equals the model.
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        Volume::purge_cache(&cfg).unwrap();
+        let v = open(&cfg, &store).await;
+        assert!(
+            read_all(&v).await == m.cur,
+            "final cold wake differs from the model"
+        );
+        v.close().await.unwrap();
+    });
+}

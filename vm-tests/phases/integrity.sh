@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# phase: integrity (issue 5) - six fio cases with --verify=crc32c --verify_fatal=1,
+# 4k blocks, iodepth 32, on one export (INTEGRITY_SIZE, default 1G) backed by the S3
+# store (s3s-fs on 127.0.0.1 inside the guest), in USER_COPY mode and again in
+# bounce mode (GLIDEFS_BOUNCE_MODE=1):
+#   sequential        write + read back
+#   random            randwrite + read back
+#   mixed             randrw 70/30 + read back
+#   after_cold_wake   write, drain, stop, delete the cache dir, start, PUT, verify
+#   cold_wake_stress  INTEGRITY_STRESS_CYCLES (5) x [4 jobs x depth 64 writes, drain,
+#                     stop, cache wipe, start, PUT, verify]
+#   random_cold_wake  random writes, sequential overwrite, drain, cold restart, verify
+# A cold wake reopens the volume from the store alone (the cache dir is gone).
+# ublks_max: 16
+# deadline: 5400
+# needs: glidefs s3s-fs
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SIZE="${INTEGRITY_SIZE:-1G}"
+CYCLES="${INTEGRITY_STRESS_CYCLES:-5}"
+MODES="${INTEGRITY_MODES:-usercopy bounce}"
+CASES="${INTEGRITY_CASES:-sequential random mixed after_cold_wake cold_wake_stress random_cold_wake}"
+unset GLIDEFS_BOUNCE_MODE
+
+require_ublk
+require_daemon
+s3_start
+
+MODE_ENV=()
+NAME=""
+DEV=""
+
+# (Re)starts the daemon with an empty cache dir and opens export $NAME: the data can
+# only come from the store.
+cold_restart() {
+    export_drain "$NAME"
+    stop_daemon
+    log "wiping the cache dir $CACHE_DIR"
+    rm -rf "$CACHE_DIR"
+    mkdir -p "$CACHE_DIR"
+    start_daemon "$DAEMON_CONFIG" "${MODE_ENV[@]}"
+    wait_ready 300
+    export_create "$NAME" "$SIZE"
+    DEV="$EXPORT_DEV"
+    log "cold wake: $NAME reopened on $DEV"
+}
+
+base=(--bs=4k --iodepth=32 --size="$SIZE")
+
+run_case() { # MODE CASE
+    local m="$1" c="$2" tag="$1-$2"
+    log "---- $m / $c"
+    case "$c" in
+        sequential) fio_verify "$tag" "$DEV" write 4k --iodepth=32 --size="$SIZE" ;;
+        random) fio_verify "$tag" "$DEV" randwrite 4k --iodepth=32 --size="$SIZE" ;;
+        mixed)
+            fio_verify "$tag" "$DEV" randrw 4k --iodepth=32 --size="$SIZE" --rwmixread=70
+            ;;
+        after_cold_wake)
+            fio_run "$tag-write" --filename="$DEV" --rw=write "${base[@]}" \
+                --verify=crc32c --do_verify=0 || fio_failed "$tag-write"
+            cold_restart
+            fio_verify_only "$tag-verify" "$DEV" --rw=write "${base[@]}"
+            ;;
+        cold_wake_stress)
+            local cycle quarter
+            quarter=$(($(size_bytes "$SIZE") / 4))
+            for ((cycle = 1; cycle <= CYCLES; cycle++)); do
+                log "cold_wake_stress cycle $cycle/$CYCLES"
+                # Four jobs, each its own quarter; a new seed per cycle so every cycle
+                # writes different data over the previous cycle's.
+                local jobs=(--rw=randwrite --bs=4k --iodepth=64 --numjobs=4
+                    --size="$quarter" --offset_increment="$quarter" --randseed="$cycle")
+                fio_run "$tag-$cycle-write" --filename="$DEV" "${jobs[@]}" \
+                    --verify=crc32c --do_verify=0 || fio_failed "$tag-$cycle-write"
+                cold_restart
+                fio_verify_only "$tag-$cycle-verify" "$DEV" "${jobs[@]}"
+            done
+            ;;
+        random_cold_wake)
+            fio_run "$tag-random" --filename="$DEV" --rw=randwrite "${base[@]}" \
+                --verify=crc32c --do_verify=0 --randseed=7 || fio_failed "$tag-random"
+            fio_run "$tag-seq" --filename="$DEV" --rw=write "${base[@]}" \
+                --verify=crc32c --do_verify=0 --randseed=8 || fio_failed "$tag-seq"
+            cold_restart
+            fio_verify_only "$tag-verify" "$DEV" --rw=write "${base[@]}" --randseed=8
+            ;;
+        *) fail "unknown case $c" ;;
+    esac
+    record_figure "${m}_${c}_write_iops" "$(jq -s '[.[].jobs[].write.iops] | add | floor' \
+        "$RESULTS_DIR"/fio-"$tag"*.json 2>/dev/null || echo 0)" IOPS
+    log "---- $m / $c passed"
+}
+
+for mode in $MODES; do
+    case "$mode" in
+        usercopy) MODE_ENV=() ;;
+        bounce) MODE_ENV=(GLIDEFS_BOUNCE_MODE=1) ;;
+        *) fail "unknown mode $mode" ;;
+    esac
+    CACHE_DIR="$WORK_DIR/$mode/cache"
+    write_config "$WORK_DIR/$mode.toml" "$(s3_url "integrity-$mode")"
+    start_daemon "$DAEMON_CONFIG" "${MODE_ENV[@]}"
+    wait_ready 120
+    for c in $CASES; do
+        # A fresh export per case, so no case sees another's data.
+        NAME="int-$mode-${c//_/-}"
+        export_create "$NAME" "$SIZE"
+        DEV="$EXPORT_DEV"
+        run_case "$mode" "$c"
+        export_delete "$NAME"
+    done
+    stop_daemon
+done
+pass
