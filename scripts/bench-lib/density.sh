@@ -83,6 +83,8 @@ density_sweep() {
     for n in $BENCH_DENSITY_N; do
         log "density N=$n"
         density_one "$n" >>"$DENSITY_RAW"
+        # The trace so far, so a sweep cut short still leaves its figures.
+        [ -n "${DENSITY_PARTIAL:-}" ] && "$DENSITY_PARTIAL"
     done
 }
 

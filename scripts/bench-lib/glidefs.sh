@@ -81,10 +81,9 @@ glidefs_start() {
 glidefs_stop() {
     [ -n "$GFS_PID" ] || return 0
     kill -TERM "$GFS_PID" 2>/dev/null || true
-    local i=0
-    while kill -0 "$GFS_PID" 2>/dev/null && [ $i -lt 600 ]; do
-        sleep 0.1
-        i=$((i + 1))
+    local deadline=$(($(date +%s) + 60))
+    while kill -0 "$GFS_PID" 2>/dev/null && [ "$(date +%s)" -lt $deadline ]; do
+        sleep 0.2
     done
     kill -0 "$GFS_PID" 2>/dev/null && glidefs_kill
     wait "$GFS_PID" 2>/dev/null || true

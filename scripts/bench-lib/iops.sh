@@ -40,6 +40,12 @@ iops_target() {
         return 0
     fi
     mapfile -t devs <"$WORK/devs"
+    if [ "${#devs[@]}" -lt "$count" ] || [ -z "${devs[0]}" ]; then
+        log "target $t came up with ${#devs[@]} of $count devices"
+        printf '%s\t%s\n' "$t" "came up without its devices in round $round" >>"$WORK/skipped"
+        target_down "$t"
+        return 0
+    fi
     log "target $t: ${devs[*]}"
     prefill "${devs[@]}"
     for wl in $IOPS_WORKLOADS; do

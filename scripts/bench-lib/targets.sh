@@ -102,10 +102,13 @@ target_up() {
                 --depth "$BENCH_UBLK_DEPTH" --workers "${BENCH_WORKERS:-$(nproc)}")
             case "$name" in dp-null*) args+=(--null) ;; esac
             case "$name" in *-bounce) envs+=(GLIDEFS_BOUNCE_MODE=1) ;; esac
-            env "${envs[@]}" "$bin" "${args[@]}" >"$WORK/ublk_mem.out" 2>>"$WORK/ublk_mem.log" &
+            rm -f "$WORK/ublk_mem.out"
+            : >"$WORK/ublk_mem.out"
+            env "${envs[@]}" "$bin" "${args[@]}" >>"$WORK/ublk_mem.out" 2>>"$WORK/ublk_mem.log" &
             UM_PID=$!
+            local deadline=$(($(date +%s) + 120))
             until grep -q '^READY' "$WORK/ublk_mem.out"; do
-                if ! kill -0 "$UM_PID" 2>/dev/null || [ $i -ge 1200 ]; then
+                if ! kill -0 "$UM_PID" 2>/dev/null || [ "$(date +%s)" -ge $deadline ]; then
                     log "ublk_mem did not become ready; its log:"
                     tail -20 "$WORK/ublk_mem.log" >&2
                     return 1
@@ -138,11 +141,11 @@ target_down() {
         dp-null | dp-null-bounce | dp-mem | dp-mem-bounce)
             [ -n "$UM_PID" ] || return 0
             kill -TERM "$UM_PID" 2>/dev/null || true
-            local i=0
-            while kill -0 "$UM_PID" 2>/dev/null && [ $i -lt 600 ]; do
-                sleep 0.1
-                i=$((i + 1))
+            local deadline=$(($(date +%s) + 60))
+            while kill -0 "$UM_PID" 2>/dev/null && [ "$(date +%s)" -lt $deadline ]; do
+                sleep 0.2
             done
+            kill -0 "$UM_PID" 2>/dev/null && log "ublk_mem still running 60 s after SIGTERM: SIGKILL"
             kill -KILL "$UM_PID" 2>/dev/null || true
             wait "$UM_PID" 2>/dev/null || true
             UM_PID=""

@@ -46,6 +46,7 @@ vm_run() {
             printf 'export %s=%q\n' "$v" "${!v}"
         done
         printf 'export BENCH_COMMAND=%q\n' "${BENCH_COMMAND:-scripts/bench}"
+        printf 'export BENCH_LOG_DIR=%q\n' "$logdir/logs"
         printf 'export PATH=%q\n' "$PATH"
         # The scratch disk (ext4 image, the only virtio disk) holds WORK_DIR, as in
         # vm-tests/run, so file-backed targets measure a real block device.
