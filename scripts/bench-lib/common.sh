@@ -26,7 +26,7 @@ env_facts() {
         "$(cat /sys/devices/virtual/dmi/id/product_name 2>/dev/null)"
     echo "# fio: $(fio --version 2>/dev/null)"
     echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "# git: $(git -C "$BENCH_LIB/../.." describe --always --dirty 2>/dev/null || echo unknown)"
+    echo "# git: ${BENCH_GIT_REV:-$(git -C "$BENCH_LIB/../.." describe --always --dirty 2>/dev/null || echo unknown)}"
 }
 
 # Loads a module with the given parameters, unloading it first if already loaded
