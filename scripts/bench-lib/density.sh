@@ -6,7 +6,7 @@
 # One row per N goes to $DENSITY_RAW (tab separated, see DENSITY_COLS); a failed
 # step gives status "fail:<step>" and zeros, never a made-up figure.
 
-DENSITY_COLS="n rss_kib pool_kib per_export_excl_kib per_export_incl_kib marginal_kib threads vmsize_mib create_s create_ms_each recovery_ready_s recovery_io_s delete_s status"
+DENSITY_COLS="n rss_kib pool_kib per_export_excl_kib per_export_incl_kib marginal_kib threads vmsize_mib create_s create_ms_each recovery_ready_s recovery_io_s delete_s probe_s status"
 
 # read_all DEVICES_FILE SECONDS: one direct 4 KiB read from each device, 16 at a
 # time; fails if any read fails or the whole pass exceeds SECONDS.
@@ -21,7 +21,7 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
 density_one() {
     local n="$1" dir="$BENCH_DATA_DIR/density-$n" status=ok
     local rss0=0 thr0=0 vm0=0 pool0=0 rss=0 thr=0 vm=0 pool=0 npool=0
-    local t_create=0 t_ready=0 t_io=0 t_delete=0 t0
+    local t_create=0 t_ready=0 t_io=0 t_delete=0 t_probe=0 t0
     rm -rf "$dir"
     glidefs_config "$dir"
     ensure_ublk $((n + 64)) || { echo "fail:ublks_max"; return; }
@@ -37,6 +37,11 @@ density_one() {
             read -r pool npool < <(glidefs_pool_kib)
             log "density N=$n: created in ${t_create}s, RSS ${rss} KiB (pool $pool KiB in $npool maps), $thr threads"
             read_all "$dir/devices" 600 || fail read-before-kill
+            # What the probe itself costs (start-up of the poller against a daemon
+            # that is already ready): part of recovery_ready, not the daemon's.
+            t0=$(now)
+            "$PY" "$BENCH_LIB/api.py" "$GFS_URL" wait-ready 60 || fail probe
+            t_probe=$(elapsed "$t0")
             glidefs_kill
             t0=$(now)
             if glidefs_start "$dir" usercopy; then
@@ -65,10 +70,10 @@ density_one() {
     rm -rf "$dir"
     awk -v n="$n" -v rss="$rss" -v pool="$pool" -v rss0="$rss0" -v pool0="$pool0" \
         -v thr="$thr" -v vm="$vm" -v tc="$t_create" -v tr="$t_ready" -v ti="$t_io" \
-        -v td="$t_delete" -v st="$status" 'BEGIN {
+        -v td="$t_delete" -v tp="$t_probe" -v st="$status" 'BEGIN {
             ex = (rss - pool) / n; inc = rss / n; mg = ((rss - pool) - (rss0 - pool0)) / n
-            printf "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.3f\t%.2f\t%.3f\t%.3f\t%.3f\t%s\n",
-                n, rss, pool, ex, inc, mg, thr, vm / 1024, tc, tc * 1000 / n, tr, ti, td, st }'
+            printf "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.3f\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\n",
+                n, rss, pool, ex, inc, mg, thr, vm / 1024, tc, tc * 1000 / n, tr, ti, td, tp, st }'
 }
 
 density_sweep() {
@@ -94,7 +99,8 @@ density_report() {
     echo "#"
     echo "# RSS per export: excl = (RSS - resident pool) / N; incl = RSS / N; marginal ="
     echo "# ((RSS - pool) at N - (RSS - pool) with no export) / N. recovery_ready = kill -9"
-    echo "# to API ready; recovery_io = kill -9 to every device having served a 4 KiB read."
+    echo "# to API ready; recovery_io = kill -9 to every device having served a 4 KiB read;"
+    echo "# probe = what the ready probe costs on a daemon already up (in recovery_ready)."
     # shellcheck disable=SC2086
     echo "# density: exports of $BENCH_DENSITY_SIZE each, N = $BENCH_DENSITY_N, daemon in USER_COPY mode"
     { echo "$DENSITY_COLS" | tr ' ' '\t'; cat "$2"; } | column -t -s $'\t' | sed '1s/^/# /; 1!s/^/  /'

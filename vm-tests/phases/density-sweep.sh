@@ -22,7 +22,7 @@ export BENCH_DENSITY_SIZE="${DENSITY_SWEEP_SIZE:-64M}"
 rc=0
 "$REPO/scripts/bench" density --in-vm --out "$RESULTS_DIR" || rc=$?
 [ -f "$RESULTS_DIR/density-sweep.txt" ] || fail "scripts/bench wrote no density-sweep.txt (status $rc)"
-while read -r n rss _ excl incl _ threads _ create _ ready io _ status; do
+while read -r n rss _ excl incl _ threads _ create _ ready io _ _ status; do
     record_figure "density_n${n}_rss" "$rss" KiB
     record_figure "density_n${n}_rss_per_export_excl_pool" "$excl" KiB
     record_figure "density_n${n}_rss_per_export_incl_pool" "$incl" KiB
