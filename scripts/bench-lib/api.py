@@ -13,6 +13,7 @@ BASE is like http://127.0.0.1:8080. Any non-2xx answer is an error (exit 1) that
 names the export and quotes the body: a figure is never printed for a failed run."""
 import http.client
 import json
+import os
 import sys
 import time
 import urllib.parse
@@ -24,8 +25,8 @@ class Api:
         self.host, self.port = u.hostname, u.port or 80
         self.conn = None
 
-    def request(self, method, path, body=None, timeout=120):
-        for attempt in range(2):
+    def request(self, method, path, body=None, timeout=120, tries=2):
+        for attempt in range(tries):
             if self.conn is None:
                 self.conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             try:
@@ -42,7 +43,7 @@ class Api:
                 if self.conn is not None:
                     self.conn.close()
                 self.conn = None
-                if attempt == 1:
+                if attempt == tries - 1:
                     raise
         raise RuntimeError("unreachable")
 
@@ -84,7 +85,9 @@ def delete(api, prefix, n):
     t0 = time.monotonic()
     for i in range(int(n)):
         name = f"{prefix}{i}"
-        status, text = api.request("DELETE", f"/api/exports/{name}")
+        # No retry: a DELETE that timed out may still be running in the daemon.
+        status, text = api.request("DELETE", f"/api/exports/{name}",
+                                   timeout=float(os.environ.get("BENCH_DELETE_TIMEOUT", "60")), tries=1)
         if status // 100 != 2:
             print(f"DELETE {name}: HTTP {status}: {text.strip()}", file=sys.stderr)
             return 1

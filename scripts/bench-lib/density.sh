@@ -24,7 +24,8 @@ density_one() {
     local t_create=0 t_ready=0 t_io=0 t_delete=0 t_probe=0 t0
     rm -rf "$dir"
     glidefs_config "$dir"
-    ensure_ublk $((n + 64)) || { echo "fail:ublks_max"; return; }
+    # Room for this N and for devices a previous N may have left behind.
+    ensure_ublk $((2 * n + 1100)) || { echo "fail:ublks_max"; return; }
     fail() { status="fail:$1"; log "density N=$n: $1 failed"; }
 
     if glidefs_start "$dir" usercopy; then
