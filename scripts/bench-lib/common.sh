@@ -9,7 +9,10 @@
 #   - nothing here writes outside $WORK and $OUT.
 
 BENCH_LIB="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PY="$(command -v python3 || echo /usr/bin/python3)"
+# The system interpreter, not a version-manager shim: under TCG a shim (a shell
+# script that execs another program) costs tens of seconds per call.
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY="$(command -v python3)"
 
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
