@@ -33,11 +33,13 @@ density_one() {
         read -r pool0 _ < <(glidefs_pool_kib)
         if glidefs_create dens "$n" "$BENCH_DENSITY_SIZE" >"$dir/devices"; then
             t_create=$(cat "$WORK/last-elapsed")
+            # One read per device first, so every worker that serves a device has
+            # initialised its pool: "pool included" then counts the whole pool.
+            read_all "$dir/devices" 600 || fail read-before-kill
             sleep 1
             read -r rss thr vm < <(glidefs_proc_facts)
             read -r pool npool < <(glidefs_pool_kib)
-            log "density N=$n: created in ${t_create}s, RSS ${rss} KiB (pool $pool KiB in $npool maps), $thr threads"
-            read_all "$dir/devices" 600 || fail read-before-kill
+            log "density N=$n: created in ${t_create}s, RSS ${rss} KiB (pool $pool KiB, $npool pools), $thr threads"
             # What the probe itself costs (start-up of the poller against a daemon
             # that is already ready): part of recovery_ready, not the daemon's.
             t0=$(now)

@@ -119,11 +119,19 @@ glidefs_proc_facts() {
         "/proc/$GFS_PID/status"
 }
 
-# Resident KiB of the buffer pools: anonymous mappings whose size is exactly one
-# pool (pool_slots x 128 KiB), as the pool is one mmap per worker. Prints
-# "resident_kib count".
+# KiB of the buffer pools and how many there are: "kib count". Each initialised
+# worker pre-faults one pool of pool_slots x 128 KiB, so the daemon's gauge
+# glidefs_ublk_buffer_pool_workers_initialized gives it; without /metrics, the
+# anonymous mappings of exactly one pool's size in smaps (which misses pools the
+# kernel merged with a neighbouring mapping).
 glidefs_pool_kib() {
-    local pool_kib=$((BENCH_POOL_SLOTS * 128))
+    local pool_kib=$((BENCH_POOL_SLOTS * 128)) w
+    w=$(curl -fsS --max-time 10 "$GFS_URL/metrics" 2>/dev/null \
+        | awk '/^glidefs_ublk_buffer_pool_workers_initialized / {print int($2)}')
+    if [ -n "$w" ]; then
+        echo "$((w * pool_kib)) $w"
+        return
+    fi
     awk -v want="$pool_kib" '
         /^[0-9a-f]+-[0-9a-f]+ / { inmap = 0; if ($6 == "") inmap = 1 }
         inmap && /^Size:/ { size = $2 }
