@@ -1,0 +1,60 @@
+# shellcheck shell=bash
+# The IOPS suite: every target in $BENCH_TARGETS gets the single-device workloads on
+# its first device; targets in $BENCH_MULTI_TARGETS also get the 8-device workloads.
+# Rows go to $RAW; targets that cannot run are listed in $WORK/skipped with the
+# reason, and report.py prints them, so a missing figure is never silent.
+# BENCH_ROUNDS > 1 repeats the whole pass (targets in turn, so slow drifts of a
+# shared host hit every target alike); report.py takes the median per figure.
+
+IOPS_WORKLOADS="${BENCH_WORKLOADS:-rr4k-qd1 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128k-qd8}"
+IOPS_MULTI_WORKLOADS="${BENCH_MULTI_WORKLOADS:-rr4k-qd32 rw4k-qd32}"
+
+iops_suite() {
+    local round t
+    : >"$WORK/skipped"
+    for ((round = 1; round <= ${BENCH_ROUNDS:-1}; round++)); do
+        log "round $round of ${BENCH_ROUNDS:-1}"
+        for t in $BENCH_TARGETS; do
+            iops_target "$t" "$round"
+        done
+    done
+}
+
+# iops_target TARGET ROUND: all workloads on one target (skip noted in round 1 only).
+iops_target() {
+    local t="$1" round="$2" why count devs wl
+    why=$(target_unavailable "$t")
+    if [ -n "$why" ]; then
+        log "skip $t: $why"
+        [ "$round" = 1 ] && printf '%s\t%s\n' "$t" "$why" >>"$WORK/skipped"
+        return 0
+    fi
+    count=1
+    case " $BENCH_MULTI_TARGETS " in *" $t "*) count="$BENCH_MULTI_DEVICES" ;; esac
+    log "target $t: bringing up $count device(s)"
+    # Not in $(...): target_up keeps daemon state in this shell.
+    if ! target_up "$t" "$count" >"$WORK/devs"; then
+        log "target $t failed to come up"
+        printf '%s\t%s\n' "$t" "setup failed in round $round (see bench log)" >>"$WORK/skipped"
+        target_down "$t"
+        return 0
+    fi
+    mapfile -t devs <"$WORK/devs"
+    if [ "${#devs[@]}" -lt "$count" ] || [ -z "${devs[0]}" ]; then
+        log "target $t came up with ${#devs[@]} of $count devices"
+        printf '%s\t%s\n' "$t" "came up without its devices in round $round" >>"$WORK/skipped"
+        target_down "$t"
+        return 0
+    fi
+    log "target $t: ${devs[*]}"
+    prefill "${devs[@]}"
+    for wl in $IOPS_WORKLOADS; do
+        run_fio "$t" "$wl" "${devs[0]}"
+    done
+    if [ "$count" -gt 1 ]; then
+        for wl in $IOPS_MULTI_WORKLOADS; do
+            run_fio "$t" "$wl" "${devs[@]}"
+        done
+    fi
+    target_down "$t"
+}

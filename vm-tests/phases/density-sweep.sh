@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# phase: density-sweep - issue 7's density sweep (scripts/bench density): for N = 1,
+# 64, 256, 1025 exports (DENSITY_SWEEP_N overrides), daemon RSS, RSS per export with
+# and without the buffer pool, threads, time to create, recovery time after kill -9
+# and delete time. The trace (density-sweep.txt) lands in the results folder;
+# `scripts/bench density` on the host copies it to scripts/bench-results/.
+# ublks_max: 1100
+# deadline: 5400
+# needs: glidefs
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+require_ublk
+require_cmd python3 dd
+REPO="$(cd "$PHASES_DIR/../.." && pwd)"
+export WORK_DIR GLIDEFS_BIN GLIDEFS_TOOLS
+export BENCH_API_PORT="${BENCH_API_PORT:-$API_PORT}" BENCH_LOG_DIR="$RESULTS_DIR/logs"
+export BENCH_DENSITY_N="${DENSITY_SWEEP_N:-1 64 256 1025}"
+export BENCH_DENSITY_SIZE="${DENSITY_SWEEP_SIZE:-64M}"
+[ -n "${DENSITY_SWEEP_COMMAND:-}" ] && export BENCH_COMMAND="$DENSITY_SWEEP_COMMAND"
+
+rc=0
+"$REPO/scripts/bench" density --in-vm --out "$RESULTS_DIR" || rc=$?
+[ -f "$RESULTS_DIR/density-sweep.txt" ] || fail "scripts/bench wrote no density-sweep.txt (status $rc)"
+while read -r n rss _ excl incl _ threads _ create _ ready io _ _ status; do
+    record_figure "density_n${n}_rss" "$rss" KiB
+    record_figure "density_n${n}_rss_per_export_excl_pool" "$excl" KiB
+    record_figure "density_n${n}_rss_per_export_incl_pool" "$incl" KiB
+    record_figure "density_n${n}_threads" "$threads"
+    record_figure "density_n${n}_create" "$create" s
+    record_figure "density_n${n}_recovery_ready" "$ready" s
+    record_figure "density_n${n}_recovery_io" "$io" s
+    [ "$status" = ok ] || rc=1
+done < <(grep -v '^#' "$RESULTS_DIR/density-sweep.txt")
+[ "$rc" = 0 ] && pass
+fail "scripts/bench density: status $rc (see the status column of density-sweep.txt)"
