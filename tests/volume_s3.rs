@@ -1,7 +1,8 @@
 //! The volume engine against a real S3-compatible server (s3s-fs on 127.0.0.1,
 //! started by the test harness in tests/common): the model property test, a
 //! store outage while writing, and a corrupted stored segment.
-//! `PROPTEST_CASES` sets the model cases (default 256).
+//! `GLIDEFS_S3_MODEL_CASES` sets the model cases, else `PROPTEST_CASES` (default 256):
+//! each case talks HTTP to the server, so CI may want fewer here than in-process.
 
 mod common;
 mod volume_support;
@@ -33,7 +34,8 @@ fn shared_server() -> &'static TestServer {
 }
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
+    std::env::var("GLIDEFS_S3_MODEL_CASES")
+        .or_else(|_| std::env::var("PROPTEST_CASES"))
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(256)
