@@ -4,6 +4,8 @@
 #   GLIDEFS_TOOLS (default /opt/glidefs-tools): where test servers, the VM kernel,
 #   virtme-ng and Nix tools go.
 set -euo pipefail
+# rustup installs cargo under ~/.cargo/bin, which a non-login shell may not have.
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 here=$(cd "$(dirname "$0")" && pwd)
 export GLIDEFS_TOOLS=${GLIDEFS_TOOLS:-/opt/glidefs-tools}
 mkdir -p "$GLIDEFS_TOOLS"
