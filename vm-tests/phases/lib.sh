@@ -302,6 +302,29 @@ api() {
         -X "$method" "${data[@]}" "$API$path" 2>/dev/null)" || API_STATUS="${API_STATUS:-000}"
     API_BODY="$(cat "$out")"
     rm -f "$out"
+    # No answer at all: record where the daemon is stuck before anyone kills it.
+    [ "$API_STATUS" != 000 ] || dump_stuck "no answer to $method $path"
+}
+
+# dump_stuck WHY: the kernel stack of every daemon thread, blocked tasks (sysrq w)
+# and the tail of dmesg, into $RESULTS_DIR/stuck.N.txt (for hangs).
+dump_stuck() {
+    STUCK_N=$((${STUCK_N:-0} + 1))
+    local out="$RESULTS_DIR/stuck.$STUCK_N.txt" t
+    log "dumping daemon thread stacks to $out ($1)"
+    {
+        echo "== $1 ($(date +%T))"
+        if [ -n "$DAEMON_PID" ] && [ -d "/proc/$DAEMON_PID" ]; then
+            for t in /proc/"$DAEMON_PID"/task/*; do
+                echo "-- thread ${t##*/} $(cat "$t/comm" 2>/dev/null) state $(awk '{print $3}' "$t/stat" 2>/dev/null) wchan $(cat "$t/wchan" 2>/dev/null)"
+                cat "$t/stack" 2>/dev/null
+            done
+        fi
+        echo w >/proc/sysrq-trigger 2>/dev/null || true
+        sleep 1
+        echo "== dmesg"
+        dmesg | tail -n 200
+    } >"$out" 2>&1
 }
 
 # api_ok METHOD PATH [BODY]: like api, fails the phase unless the status is 2xx.

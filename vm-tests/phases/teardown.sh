@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# phase: teardown - DELETE /api/exports/NAME must return, and the device must be gone,
+# in every state a device can be deleted from (the "DELETE hang" regression):
+#   after-io        fio 4k randwrite, drain, delete (what `smoke` does)
+#   no-drain        fio, delete without an explicit drain (delete drains itself)
+#   after-recovery  fio, kill -9 the daemon mid-write, restart, delete once ready
+#   bounce          after-io with GLIDEFS_BOUNCE_MODE=1
+#   busy            delete while fio is still writing (fio sees errors; DELETE returns
+#                   once fio has closed the device)
+# TEARDOWN_ROUNDS (3) rounds of each. A DELETE that does not answer within
+# TEARDOWN_TIMEOUT_S (120) seconds fails the phase, after dump_stuck has saved every
+# daemon thread's kernel stack to stuck.N.txt.
+# ublks_max: 16
+# deadline: 2400
+# needs: glidefs
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+SIZE="${TEARDOWN_SIZE:-64M}"
+ROUNDS="${TEARDOWN_ROUNDS:-3}"
+CASES="${TEARDOWN_CASES:-after-io no-drain after-recovery bounce busy}"
+API_TIMEOUT="${TEARDOWN_TIMEOUT_S:-120}"
+IO_SECONDS="${TEARDOWN_IO_S:-6}"
+
+unset GLIDEFS_BOUNCE_MODE
+require_ublk
+require_daemon
+
+mkdir -p "$WORK_DIR/store"
+write_config "$WORK_DIR/teardown.toml" "file://$WORK_DIR/store"
+
+# write_load NAME DEV: fio 4k randwrite QD32 for IO_SECONDS, in the background.
+write_load() {
+    bg fio_run "$1" --filename="$2" --rw=randwrite --bs=4k --iodepth=32 \
+        --size="$SIZE" --time_based --runtime="$IO_SECONDS"
+}
+
+# timed_delete NAME DEV: DELETE must answer 2xx within API_TIMEOUT and remove DEV.
+timed_delete() {
+    local t0 i
+    t0="$(now_ms)"
+    api DELETE "/api/exports/$1"
+    case "$API_STATUS" in
+        2??) ;;
+        000) fail "DELETE /api/exports/$1 did not answer within $API_TIMEOUT s (stacks in stuck.*.txt)" ;;
+        *) fail "DELETE /api/exports/$1 returned $API_STATUS: $API_BODY" ;;
+    esac
+    for ((i = 0; i < 300; i++)); do
+        [ -b "$2" ] || break
+        sleep 0.1
+    done
+    [ ! -b "$2" ] || fail "$2 still exists 30 s after DELETE returned"
+    log "deleted $1 ($2) in $(($(now_ms) - t0)) ms"
+    DELETE_MS=$(($(now_ms) - t0))
+}
+
+max_delete=0
+deletes=0
+note_delete() {
+    deletes=$((deletes + 1))
+    [ "$DELETE_MS" -le "$max_delete" ] || max_delete="$DELETE_MS"
+}
+
+for ((round = 1; round <= ROUNDS; round++)); do
+    for case in $CASES; do
+        name="td-$case-$round"
+        env_mode=()
+        [ "$case" != bounce ] || env_mode=(GLIDEFS_BOUNCE_MODE=1)
+        start_daemon "$DAEMON_CONFIG" "${env_mode[@]}"
+        wait_ready 120
+        export_create "$name" "$SIZE"
+        dev="$EXPORT_DEV"
+        log "round $round case $case: $name on $dev"
+        write_load "$name" "$dev"
+        case "$case" in
+            after-io | bounce)
+                wait "$BG_PID" || fio_failed "$name"
+                export_drain "$name"
+                ;;
+            no-drain)
+                wait "$BG_PID" || fio_failed "$name"
+                ;;
+            after-recovery)
+                sleep "$(rand_between 2 "$IO_SECONDS")"
+                kill9_daemon
+                start_daemon "$DAEMON_CONFIG"
+                wait_ready 120
+                wait "$BG_PID" || fio_failed "$name"
+                ;;
+            busy)
+                sleep 2
+                kill -0 "$BG_PID" 2>/dev/null || fail "fio ended before the busy delete"
+                ;;
+            *) fail "unknown case $case" ;;
+        esac
+        timed_delete "$name" "$dev"
+        note_delete
+        # fio on a deleted device ends with an error; it only has to end.
+        [ "$case" != busy ] || wait "$BG_PID" || true
+        BG_PIDS=()
+        stop_daemon
+    done
+done
+record_figure deletes "$deletes"
+record_figure delete_ms_max "$max_delete" ms
+pass
