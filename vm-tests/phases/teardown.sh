@@ -7,6 +7,9 @@
 #   bounce          after-io with GLIDEFS_BOUNCE_MODE=1
 #   busy            delete while fio is still writing (fio sees errors; DELETE returns
 #                   once fio has closed the device)
+#   stop-recovered  fio, kill -9, restart (the device is recovered), drain, then
+#                   SIGTERM: the daemon must exit 0 within 60 s leaving the device for
+#                   the next one, which recovers it again and deletes it
 # TEARDOWN_ROUNDS (3) rounds of each. A DELETE that does not answer within
 # TEARDOWN_TIMEOUT_S (120) seconds fails the phase, after dump_stuck has saved every
 # daemon thread's kernel stack to stuck.N.txt.
@@ -18,7 +21,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SIZE="${TEARDOWN_SIZE:-64M}"
 ROUNDS="${TEARDOWN_ROUNDS:-3}"
-CASES="${TEARDOWN_CASES:-after-io no-drain after-recovery bounce busy}"
+CASES="${TEARDOWN_CASES:-after-io no-drain after-recovery bounce busy stop-recovered}"
 API_TIMEOUT="${TEARDOWN_TIMEOUT_S:-120}"
 IO_SECONDS="${TEARDOWN_IO_S:-6}"
 
@@ -86,6 +89,18 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 start_daemon "$DAEMON_CONFIG"
                 wait_ready 120
                 wait "$BG_PID" || fio_failed "$name"
+                ;;
+            stop-recovered)
+                sleep "$(rand_between 2 "$IO_SECONDS")"
+                kill9_daemon
+                start_daemon "$DAEMON_CONFIG"
+                wait_ready 120
+                wait "$BG_PID" || fio_failed "$name"
+                export_drain "$name"
+                stop_daemon
+                [ -b "$dev" ] || fail "$dev vanished after SIGTERM of a recovered daemon"
+                start_daemon "$DAEMON_CONFIG"
+                wait_ready 120
                 ;;
             busy)
                 sleep 2
