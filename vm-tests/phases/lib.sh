@@ -366,6 +366,8 @@ wait_blockdev() { # DEV SECONDS
         [ -b "$1" ] && return 0
         sleep 0.1
     done
+    log "no $1: /dev has $(echo /dev/ublk*); /sys/block has $(echo /sys/block/ublk*)"
+    grep ublk /proc/partitions | sed 's/^/    partitions: /' || true
     fail "block device $1 did not appear within ${2:-30} s"
 }
 
@@ -388,7 +390,9 @@ FIO_ENGINE="${FIO_ENGINE:-io_uring}"
 fio_run() {
     local name="$1"
     shift
-    fio --name="$name" --ioengine="$FIO_ENGINE" --direct=1 \
+    # --allow_file_create=0: a vanished /dev/ublkbN must be an error, not a regular
+    # file fio lays out in /dev (which then hides the next device node of that name).
+    fio --name="$name" --ioengine="$FIO_ENGINE" --direct=1 --allow_file_create=0 \
         --output-format=json --output="$RESULTS_DIR/fio-$name.json" "$@" \
         >"$RESULTS_DIR/fio-$name.log" 2>&1
 }
