@@ -44,6 +44,7 @@ url = "file://$dir/store"
 
 [cache]
 dir = "$dir/cache"
+${GFS_FLUSH_INTERVAL:+flush_interval = \"$GFS_FLUSH_INTERVAL\"}
 
 [api]
 listen = "127.0.0.1:$GFS_PORT"
@@ -110,6 +111,14 @@ glidefs_create() {
 glidefs_delete() {
     local out
     out=$("$PY" "$BENCH_LIB/api.py" "$GFS_URL" delete "$1" "$2") || return 1
+    awk '/^# elapsed/ {print $3}' <<<"$out" >"$WORK/last-elapsed"
+}
+
+# glidefs_drain PREFIX N: waits until every export's dirty data is in the store; the
+# elapsed time goes to $WORK/last-elapsed.
+glidefs_drain() {
+    local out
+    out=$("$PY" "$BENCH_LIB/api.py" "$GFS_URL" drain "$1" "$2") || return 1
     awk '/^# elapsed/ {print $3}' <<<"$out" >"$WORK/last-elapsed"
 }
 
