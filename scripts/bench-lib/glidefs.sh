@@ -15,7 +15,7 @@ GFS_URL="http://127.0.0.1:$GFS_PORT"
 # Finds the daemon binary: $GLIDEFS_BIN, else a release build in the usual places.
 glidefs_bin() {
     local c
-    for c in "${GLIDEFS_BIN:-}" "${CARGO_TARGET_DIR:-/nonexistent}/release/glidefs" \
+    for c in "${GFS_BIN_OVERRIDE:-}" "${GLIDEFS_BIN:-}" "${CARGO_TARGET_DIR:-/nonexistent}/release/glidefs" \
         "$BENCH_LIB/../../target/release/glidefs"; do
         [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return 0; }
     done
