@@ -5,9 +5,11 @@
 //!
 //! Data path (datapath.rs):
 //! - `write`: data pwrite into the cache file, WRITE journal record (with per-sector
-//!   crc32c), block map update - all under the volume's state lock, before the
-//!   acknowledgement. Sub-block writes never wait on the store; a write that covers
-//!   only part of a 4 KiB sector not yet cached fetches that block first.
+//!   crc32c) reserved, block map update - all under the volume's state lock; before the
+//!   acknowledgement the journal file holds the record (group commit: concurrent
+//!   writes' records go out in one pwrite, see `Inner::journal_commit`). Sub-block
+//!   writes never wait on the store; a write that covers only part of a 4 KiB sector
+//!   not yet cached fetches that block first.
 //! - `read`: valid sectors come from the cache file; blocks absent from the store
 //!   read as zeros; otherwise one ranged GET of the block's segment entry, verified,
 //!   written into the cache (single-flight per block).
@@ -212,7 +214,7 @@ impl Inner {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     /// Write sectors `s0..` of block `b` (sector-aligned `buf`) under the state lock:
-    /// cache pwrite, journal record (reserved, see [`Inner::journal_commit`]), map
+    /// cache pwrite, journal record (reserved, see `Inner::journal_commit`), map
     /// update. Returns the journal ticket the write must see written before it is
     /// acknowledged: it covers its own record and every earlier one (a rewrite of a
     /// sector whose record is still pending needs that record too).
