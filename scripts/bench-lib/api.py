@@ -8,6 +8,9 @@ timing N creations measures the daemon rather than N curl start-ups.
                                       prints "name device" per export, then
                                       "# elapsed SECONDS"
   api.py BASE delete PREFIX N         DELETE each; prints "# elapsed SECONDS"
+  api.py BASE drain PREFIX N          POST /api/exports/PREFIX<i>/drain for each (returns
+                                      once everything written so far is in the store);
+                                      prints "# elapsed SECONDS"
 
 BASE is like http://127.0.0.1:8080. Any non-2xx answer is an error (exit 1) that
 names the export and quotes the body: a figure is never printed for a failed run."""
@@ -95,6 +98,19 @@ def delete(api, prefix, n):
     return 0
 
 
+def drain(api, prefix, n):
+    t0 = time.monotonic()
+    for i in range(int(n)):
+        name = f"{prefix}{i}"
+        status, text = api.request("POST", f"/api/exports/{name}/drain",
+                                   timeout=float(os.environ.get("BENCH_DRAIN_TIMEOUT", "900")), tries=1)
+        if status // 100 != 2:
+            print(f"POST {name}/drain: HTTP {status}: {text.strip()}", file=sys.stderr)
+            return 1
+    print(f"# elapsed {time.monotonic() - t0:.3f}")
+    return 0
+
+
 def main(argv):
     if len(argv) < 3:
         print(__doc__, file=sys.stderr)
@@ -108,6 +124,8 @@ def main(argv):
             return create(api, *args)
         if cmd == "delete" and len(args) == 2:
             return delete(api, *args)
+        if cmd == "drain" and len(args) == 2:
+            return drain(api, *args)
     except OSError as e:
         print(f"api {cmd}: {e}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ GFS_URL="http://127.0.0.1:$GFS_PORT"
 # Finds the daemon binary: $GLIDEFS_BIN, else a release build in the usual places.
 glidefs_bin() {
     local c
-    for c in "${GLIDEFS_BIN:-}" "${CARGO_TARGET_DIR:-/nonexistent}/release/glidefs" \
+    for c in "${GFS_BIN_OVERRIDE:-}" "${GLIDEFS_BIN:-}" "${CARGO_TARGET_DIR:-/nonexistent}/release/glidefs" \
         "$BENCH_LIB/../../target/release/glidefs"; do
         [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return 0; }
     done
@@ -44,6 +44,7 @@ url = "file://$dir/store"
 
 [cache]
 dir = "$dir/cache"
+${GFS_FLUSH_INTERVAL:+flush_interval = \"$GFS_FLUSH_INTERVAL\"}
 
 [api]
 listen = "127.0.0.1:$GFS_PORT"
@@ -110,6 +111,14 @@ glidefs_create() {
 glidefs_delete() {
     local out
     out=$("$PY" "$BENCH_LIB/api.py" "$GFS_URL" delete "$1" "$2") || return 1
+    awk '/^# elapsed/ {print $3}' <<<"$out" >"$WORK/last-elapsed"
+}
+
+# glidefs_drain PREFIX N: waits until every export's dirty data is in the store; the
+# elapsed time goes to $WORK/last-elapsed.
+glidefs_drain() {
+    local out
+    out=$("$PY" "$BENCH_LIB/api.py" "$GFS_URL" drain "$1" "$2") || return 1
     awk '/^# elapsed/ {print $3}' <<<"$out" >"$WORK/last-elapsed"
 }
 

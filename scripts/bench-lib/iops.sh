@@ -20,6 +20,24 @@ iops_suite() {
     done
 }
 
+# settle TARGET: every run starts from the same state. For glidefs: wait until the
+# data written so far (the prefill, an earlier write run) is in the store, so one
+# run's uploads do not land in the next run's measurement (the working set stays
+# cached; uploads caused by the measured run itself still count). BENCH_SETTLE=0
+# turns it off.
+settle() {
+    [ "${BENCH_SETTLE:-1}" = 1 ] || return 0
+    case "$1" in
+        glidefs*)
+            if glidefs_drain bench "${GFS_COUNT:-1}"; then
+                log "  settled: drained in $(cat "$WORK/last-elapsed") s"
+            else
+                log "  drain failed (measuring anyway)"
+            fi
+            ;;
+    esac
+}
+
 # iops_target TARGET ROUND: all workloads on one target (skip noted in round 1 only).
 iops_target() {
     local t="$1" round="$2" why count devs wl
@@ -49,10 +67,12 @@ iops_target() {
     log "target $t: ${devs[*]}"
     prefill "${devs[@]}"
     for wl in $IOPS_WORKLOADS; do
+        settle "$t"
         run_fio "$t" "$wl" "${devs[0]}"
     done
     if [ "$count" -gt 1 ]; then
         for wl in $IOPS_MULTI_WORKLOADS; do
+            settle "$t"
             run_fio "$t" "$wl" "${devs[@]}"
         done
     fi

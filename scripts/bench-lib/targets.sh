@@ -40,7 +40,7 @@ target_unavailable() {
             rublk_bin >/dev/null || echo "rublk not installed (scripts/install-bench-tools.sh)"
             ensure_ublk 64 || echo "ublk_drv not available"
             ;;
-        glidefs | glidefs-bounce)
+        glidefs | glidefs-bounce | glidefs-noupload | glidefs-alt)
             ensure_ublk 64 || { echo "ublk_drv not available"; return; }
             glidefs_unavailable
             ;;
@@ -82,11 +82,19 @@ target_up() {
                 echo "/dev/ublkb$id"
             done
             ;;
-        glidefs | glidefs-bounce)
+        glidefs | glidefs-bounce | glidefs-noupload | glidefs-alt)
             local mode=usercopy
             [ "$name" = glidefs-bounce ] && mode=bounce
-            GFS_DIR="$BENCH_DATA_DIR/glidefs-$mode"
+            GFS_DIR="$BENCH_DATA_DIR/$name"
             rm -rf "$GFS_DIR"
+            # glidefs-noupload: a diagnostic, not a product setting - the flusher's
+            # interval is longer than the run, so no upload competes for the CPU.
+            GFS_FLUSH_INTERVAL=""
+            [ "$name" = glidefs-noupload ] && GFS_FLUSH_INTERVAL=1h
+            # glidefs-alt: USER_COPY like glidefs, another build ($BENCH_GLIDEFS_ALT_BIN),
+            # to compare two builds in one run.
+            GFS_BIN_OVERRIDE=""
+            [ "$name" = glidefs-alt ] && GFS_BIN_OVERRIDE="${BENCH_GLIDEFS_ALT_BIN:-}"
             glidefs_config "$GFS_DIR"
             glidefs_start "$GFS_DIR" "$mode" || return 1
             local devs d
@@ -150,7 +158,7 @@ target_down() {
             wait "$UM_PID" 2>/dev/null || true
             UM_PID=""
             ;;
-        glidefs | glidefs-bounce)
+        glidefs | glidefs-bounce | glidefs-noupload | glidefs-alt)
             [ -n "$GFS_PID" ] && [ "${GFS_COUNT:-0}" -gt 0 ] \
                 && { glidefs_delete bench "$GFS_COUNT" || log "deleting glidefs exports failed"; }
             GFS_COUNT=0

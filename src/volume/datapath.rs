@@ -125,13 +125,16 @@ impl Volume {
         }
         self.wait_dirty_room(data.len() as u64).await?;
         let mut pos = 0usize;
+        let mut ticket = 0;
         while pos < data.len() {
             let off = offset + pos as u64;
             let (b, in_blk) = (off / BS, (off % BS) as usize);
             let n = (BLOCK_SIZE - in_blk).min(data.len() - pos);
-            self.write_in_block(b, in_blk, &data[pos..pos + n]).await?;
+            ticket = self.write_in_block(b, in_blk, &data[pos..pos + n]).await?;
             pos += n;
         }
+        // The records must be in the journal file before the acknowledgement.
+        self.inner.journal_commit(ticket).await?;
         // Start flushing early, before writers have to wait at the limit.
         let dirty = self.inner.st.lock().local.dirty_sectors * SS;
         if dirty >= self.inner.cfg.dirty_limit_bytes / 2
@@ -145,7 +148,13 @@ impl Volume {
         Ok(())
     }
 
-    async fn write_in_block(&self, b: u64, in_blk: usize, chunk: &[u8]) -> Result<(), VolumeError> {
+    /// Write one block's part; returns the journal ticket to wait for.
+    async fn write_in_block(
+        &self,
+        b: u64,
+        in_blk: usize,
+        chunk: &[u8],
+    ) -> Result<u64, VolumeError> {
         let inner = &self.inner;
         let s0 = in_blk / SECTOR_SIZE;
         let end = in_blk + chunk.len();

@@ -302,7 +302,9 @@ pub(crate) async fn checkpoint_local(
     };
     let state = {
         let mut st = inner.st.lock();
-        st.journal = newj;
+        st.journal
+            .rotate(newj)
+            .map_err(|e| inner.fail("journal append", e))?;
         LocalState::from_map(uuid, gen, clean_close, inner.boot_id.clone(), &st.local)
     };
     let (data, i2) = (inner.data.clone(), inner.clone());

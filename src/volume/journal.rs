@@ -104,6 +104,11 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
         }
         Record::Sync => K_SYNC,
     };
+    finish_record(out, start, kind);
+}
+
+/// Fill in length, kind and checksum of the record encoded at `out[start..]`.
+fn finish_record(out: &mut [u8], start: usize, kind: u8) {
     let len = (out.len() - start) as u32;
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 8] = kind;
@@ -204,14 +209,24 @@ pub fn list_journals(fs: &dyn FileIo, dir: &Path) -> io::Result<Vec<u64>> {
 }
 
 /// An open journal being appended to.
+///
+/// Records are encoded into a pending buffer and reach the file (the page cache) in
+/// reservation order: [`Journal::append`] writes the pending bytes plus its own record
+/// at once; [`Journal::append_deferred`] only reserves, and the caller must see
+/// [`Journal::is_written`] (after [`Journal::write_pending`], by itself or by anyone)
+/// before acknowledging the write the record belongs to. Concurrent writes thus share
+/// one pwrite (group commit). Tickets count reserved bytes across generations.
 pub struct Journal {
     /// The file.
     pub file: Arc<dyn FileHandle>,
     /// Generation.
     pub gen: u64,
-    /// Append offset.
+    /// Append offset: bytes written to the file (the pending bytes follow).
     pub off: u64,
     buf: Vec<u8>,
+    /// Bytes reserved / written over the life of the volume (all generations).
+    reserved: u64,
+    written: u64,
 }
 
 impl Journal {
@@ -233,22 +248,80 @@ impl Journal {
             file,
             gen,
             off: HEADER_LEN as u64,
-            buf: Vec::with_capacity(256),
+            buf: Vec::with_capacity(4096),
+            reserved: 0,
+            written: 0,
         })
     }
 
-    /// Append one record (one pwrite).
+    /// Append one record now: the pending records, then this one (one pwrite).
     pub fn append(&mut self, r: &Record) -> io::Result<()> {
-        self.buf.clear();
+        self.append_deferred(r);
+        self.write_pending()
+    }
+
+    /// Reserve one record without writing it; returns its ticket for
+    /// [`Journal::is_written`].
+    pub fn append_deferred(&mut self, r: &Record) -> u64 {
+        let n = self.buf.len();
         encode_record(r, &mut self.buf);
+        self.reserved += (self.buf.len() - n) as u64;
+        self.reserved
+    }
+
+    /// Reserve a WRITE record for sectors `first..` holding `data` (whole sectors),
+    /// computing the crcs while encoding (no intermediate allocation). Returns its ticket.
+    pub fn append_write_deferred(&mut self, first: u64, data: &[u8]) -> u64 {
+        let start = self.buf.len();
+        let n = data.len() / SECTOR_SIZE;
+        let out = &mut self.buf;
+        out.extend_from_slice(&[0u8; REC_HDR]);
+        out.extend_from_slice(&first.to_le_bytes());
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        for sector in data.chunks(SECTOR_SIZE) {
+            out.extend_from_slice(&crc32c::crc32c(sector).to_le_bytes());
+        }
+        finish_record(out, start, K_WRITE);
+        self.reserved += (self.buf.len() - start) as u64;
+        self.reserved
+    }
+
+    /// Ticket covering every record reserved so far.
+    pub fn ticket(&self) -> u64 {
+        self.reserved
+    }
+
+    /// Whether the record(s) up to `ticket` are in the file.
+    pub fn is_written(&self, ticket: u64) -> bool {
+        self.written >= ticket
+    }
+
+    /// Write every pending record (one pwrite).
+    pub fn write_pending(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
         self.file.write_at(&self.buf, self.off)?;
         self.off += self.buf.len() as u64;
+        self.written += self.buf.len() as u64;
+        self.buf.clear();
         Ok(())
     }
 
-    /// Bytes written so far.
+    /// Continue in `next` (a new generation): the pending records are written to
+    /// this one first, tickets stay valid.
+    pub fn rotate(&mut self, mut next: Journal) -> io::Result<()> {
+        self.write_pending()?;
+        next.reserved = self.reserved;
+        next.written = self.written;
+        *self = next;
+        Ok(())
+    }
+
+    /// Bytes written or pending in this generation.
     pub fn size(&self) -> u64 {
-        self.off
+        self.off + self.buf.len() as u64
     }
 }
 

@@ -5,9 +5,11 @@
 //!
 //! Data path (datapath.rs):
 //! - `write`: data pwrite into the cache file, WRITE journal record (with per-sector
-//!   crc32c), block map update - all under the volume's state lock, before the
-//!   acknowledgement. Sub-block writes never wait on the store; a write that covers
-//!   only part of a 4 KiB sector not yet cached fetches that block first.
+//!   crc32c) reserved, block map update - all under the volume's state lock; before the
+//!   acknowledgement the journal file holds the record (group commit: concurrent
+//!   writes' records go out in one pwrite, see `Inner::journal_commit`). Sub-block
+//!   writes never wait on the store; a write that covers only part of a 4 KiB sector
+//!   not yet cached fetches that block first.
 //! - `read`: valid sectors come from the cache file; blocks absent from the store
 //!   read as zeros; otherwise one ranged GET of the block's segment entry, verified,
 //!   written into the cache (single-flight per block).
@@ -212,14 +214,17 @@ impl Inner {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     /// Write sectors `s0..` of block `b` (sector-aligned `buf`) under the state lock:
-    /// cache pwrite, journal record, map update.
+    /// cache pwrite, journal record (reserved, see `Inner::journal_commit`), map
+    /// update. Returns the journal ticket the write must see written before it is
+    /// acknowledged: it covers its own record and every earlier one (a rewrite of a
+    /// sector whose record is still pending needs that record too).
     pub fn commit_write(
         &self,
         st: &mut State,
         b: u64,
         s0: usize,
         buf: &[u8],
-    ) -> Result<(), VolumeError> {
+    ) -> Result<u64, VolumeError> {
         let n = buf.len() / SECTOR_SIZE;
         let m = mask(s0, n);
         self.data
@@ -227,18 +232,37 @@ impl Inner {
             .map_err(|e| self.fail("cache write", e))?;
         // Only a sector that becomes dirty needs a record (see journal.rs).
         if st.local.get(b).dirty & m != m {
-            let crcs = buf.chunks(SECTOR_SIZE).map(crc32c::crc32c).collect();
             st.journal
-                .append(&Record::Write {
-                    first: b * SECTORS_PER_BLOCK as u64 + s0 as u64,
-                    crcs,
-                })
-                .map_err(|e| self.fail("journal append", e))?;
+                .append_write_deferred(b * SECTORS_PER_BLOCK as u64 + s0 as u64, buf);
         }
         st.write_seq += 1;
         let ws = st.write_seq;
         st.local.mark_written(b, m, ws);
-        Ok(())
+        Ok(st.journal.ticket())
+    }
+
+    /// Wait until the journal records up to `ticket` are in the journal file (the page
+    /// cache). Group commit: a writer whose record is pending yields once, so the
+    /// other requests its worker is handling reserve theirs; the first to run again
+    /// writes all of them with one pwrite.
+    pub async fn journal_commit(&self, ticket: u64) -> Result<(), VolumeError> {
+        if self.st.lock().journal.is_written(ticket) {
+            return Ok(());
+        }
+        futures_lite::future::yield_now().await;
+        let mut st = self.st.lock();
+        if st.journal.is_written(ticket) {
+            return Ok(());
+        }
+        if self.failed.load(Ordering::Acquire) {
+            return Err(VolumeError::io(
+                "volume failed after a local I/O error",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
+        st.journal
+            .write_pending()
+            .map_err(|e| self.fail("journal append", e))
     }
 }
 

@@ -63,12 +63,27 @@ pub struct SegHeader {
     pub index_crc: u32,
 }
 
+/// Bytes of a block compressed first to decide whether compressing it pays.
+const PROBE_BYTES: usize = 8 * 1024;
+
+/// Whether zstd is worth running on `data`: its first [`PROBE_BYTES`] must shrink by
+/// at least 1/8. Incompressible data (random, encrypted, already compressed) then
+/// costs one small attempt instead of a whole-block one; the price is that a block
+/// whose start does not compress but whose rest would is stored raw.
+fn worth_compressing(data: &[u8]) -> bool {
+    if data.len() <= 2 * PROBE_BYTES {
+        return true;
+    }
+    let probe = &data[..PROBE_BYTES];
+    zstd::bulk::compress(probe, 1).is_ok_and(|c| c.len() < probe.len() - probe.len() / 8)
+}
+
 /// Encode one block for a segment: zero detection, optional zstd.
 pub fn encode_block(data: &[u8], compress: bool) -> (EntryKind, Vec<u8>) {
     if data.iter().all(|&b| b == 0) {
         return (EntryKind::Zero, Vec::new());
     }
-    if compress {
+    if compress && worth_compressing(data) {
         if let Ok(c) = zstd::bulk::compress(data, 1) {
             if c.len() < data.len() - data.len() / 8 {
                 return (EntryKind::Zstd, c);
@@ -220,6 +235,34 @@ pub fn decode_index(h: &SegHeader, b: &[u8]) -> Result<Vec<SegEntry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incompressible_blocks_are_stored_raw_compressible_ones_zstd() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let rnd: Vec<u8> = (0..BLOCK_SIZE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (k, p) = encode_block(&rnd, true);
+        assert_eq!((k, p.as_slice()), (EntryKind::Raw, rnd.as_slice()));
+        let text: Vec<u8> = (0..BLOCK_SIZE).map(|i| b"glidefs "[i % 8]).collect();
+        let (k, p) = encode_block(&text, true);
+        assert_eq!(k, EntryKind::Zstd);
+        assert!(p.len() < BLOCK_SIZE / 8);
+        let loc = SegEntry {
+            block: 0,
+            off: 0,
+            len: p.len() as u32,
+            crc: crc32c::crc32c(&p),
+            kind: k,
+        }
+        .loc(1);
+        assert_eq!(decode_payload(&loc, &p).unwrap(), text);
+    }
 
     #[test]
     fn roundtrip() {
