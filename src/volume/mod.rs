@@ -62,6 +62,8 @@ use std::sync::Arc;
 
 const BS: u64 = BLOCK_SIZE as u64;
 const SS: u64 = SECTOR_SIZE as u64;
+/// fdatasync rounds a FLUSH tries before it syncs with the state lock held.
+const SYNC_ATTEMPTS: usize = 3;
 
 /// Counters of one volume (a snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -354,20 +356,46 @@ impl Volume {
     async fn sync_local(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let _g = inner.sync_lock.lock().await;
-        let data = inner.data.clone();
-        smol::unblock(move || data.sync_data())
-            .await
-            .map_err(|e| inner.fail("fdatasync", e))?;
-        let j = {
+        // A SYNC record vouches for every record before it (replay after a power loss
+        // does not verify them), so it may only follow an fdatasync that began after
+        // those records' data was written: a write landing during the fdatasync would
+        // get its record before SYNC with its data perhaps not on disk. Retry while
+        // records keep arriving; then sync with the state lock held (writes wait).
+        let mut journal = None;
+        for _ in 0..SYNC_ATTEMPTS {
+            let before = inner.st.lock().journal.ticket();
+            let data = inner.data.clone();
+            smol::unblock(move || data.sync_data())
+                .await
+                .map_err(|e| inner.fail("fdatasync", e))?;
             let mut st = inner.st.lock();
-            st.journal
-                .append(&Record::Sync)
-                .map_err(|e| inner.fail("journal append", e))?;
-            st.journal.file.clone()
+            if st.journal.ticket() == before {
+                journal = Some(Self::append_sync(inner, &mut st)?);
+                break;
+            }
+        }
+        let j = match journal {
+            Some(j) => j,
+            None => {
+                let mut st = inner.st.lock();
+                inner
+                    .data
+                    .sync_data()
+                    .map_err(|e| inner.fail("fdatasync", e))?;
+                Self::append_sync(inner, &mut st)?
+            }
         };
         smol::unblock(move || j.sync_data())
             .await
             .map_err(|e| inner.fail("fdatasync", e))
+    }
+
+    /// Append a SYNC record; returns the journal file to fdatasync.
+    fn append_sync(inner: &Inner, st: &mut State) -> Result<Arc<dyn FileHandle>, VolumeError> {
+        st.journal
+            .append(&Record::Sync)
+            .map_err(|e| inner.fail("journal append", e))?;
+        Ok(st.journal.file.clone())
     }
 
     /// Wait until everything acknowledged before this call is committed to the store.
