@@ -751,6 +751,7 @@ impl Router {
     /// re-attach devices, then become ready. Exports that fail stay listed as
     /// `failed`; only an unreadable registry is an error.
     pub fn recover(&self) -> Result<RecoverySummary, RouterError> {
+        let t0 = std::time::Instant::now();
         let entries = self.registry.load()?;
         *self.persisted.lock() = entries.clone();
         let queue = Mutex::new(entries.values().cloned().collect::<Vec<_>>());
@@ -771,6 +772,12 @@ impl Router {
                 });
             }
         });
+        tracing::info!(
+            volumes = entries.len(),
+            workers,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "recovery: volumes opened"
+        );
         let mut map = BTreeMap::new();
         let mut to_recover = Vec::new();
         let mut to_add = Vec::new();
@@ -836,6 +843,10 @@ impl Router {
                 }
             }
         }
+        tracing::info!(
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "recovery: devices attached"
+        );
         // Record device ids that changed (e.g. re-created devices).
         let changed: Vec<(String, Option<u32>)> = map
             .iter()

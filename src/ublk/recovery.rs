@@ -14,6 +14,7 @@
 //! [`BULK_PARALLELISM`](super::server::BULK_PARALLELISM).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,15 +41,17 @@ pub(crate) fn recover_devices(
             .collect();
     }
     let t0 = Instant::now();
+    let steps = StepTimes::default();
     let mut in_kernel = HashMap::new();
-    for id in ctrl::list_dev_ids() {
-        match server.ctrl.dev_info(id) {
+    for (id, r) in parallel_map(ctrl::list_dev_ids(), ctrl::raw_dev_info) {
+        match r {
             Ok(info) => {
                 in_kernel.insert(id, info);
             }
             Err(e) => tracing::warn!(dev_id = id, "GET_DEV_INFO: {e}"),
         }
     }
+    let scan_ms = t0.elapsed().as_millis() as u64;
     let known: HashMap<u32, Arc<dyn IoTarget>> = known.into_iter().collect();
     let served = server.served_devices();
     let orphans: Vec<u32> = in_kernel
@@ -69,22 +72,44 @@ pub(crate) fn recover_devices(
             Err(e) => tracing::error!(dev_id = id, "deleting orphan ublk device failed: {e}"),
         }
     }
+    let orphans_ms = t0.elapsed().as_millis() as u64 - scan_ms;
     let ids: Vec<u32> = known.keys().copied().collect();
     let results = parallel_map(ids, |id| {
         let target = known
             .get(&id)
             .cloned()
             .ok_or(UblkError::UnknownDevice(id))?;
-        recover_one(server, id, in_kernel.get(&id).copied(), target)
+        recover_one(server, id, in_kernel.get(&id).copied(), target, &steps)
     });
     let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
     tracing::info!(
         devices = results.len(),
         ok,
         elapsed_ms = t0.elapsed().as_millis() as u64,
+        scan_ms,
+        orphans_ms,
+        quiesce_wait_ms_sum = steps.quiesce.load(Ordering::Relaxed),
+        start_recovery_ms_sum = steps.start.load(Ordering::Relaxed),
+        attach_ms_sum = steps.attach.load(Ordering::Relaxed),
+        end_recovery_ms_sum = steps.end.load(Ordering::Relaxed),
         "ublk recovery finished"
     );
     results
+}
+
+/// Time spent in each step of [`recover_one`], summed over devices (milliseconds).
+#[derive(Default)]
+struct StepTimes {
+    quiesce: AtomicU64,
+    start: AtomicU64,
+    attach: AtomicU64,
+    end: AtomicU64,
+}
+
+fn add_ms(sum: &AtomicU64, since: Instant) -> Instant {
+    let now = Instant::now();
+    sum.fetch_add((now - since).as_millis() as u64, Ordering::Relaxed);
+    now
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -101,6 +126,7 @@ fn recover_one(
     id: u32,
     info: Option<sys::ublksrv_ctrl_dev_info>,
     target: Arc<dyn IoTarget>,
+    steps: &StepTimes,
 ) -> Result<DeviceInfo, UblkError> {
     if server.served_devices().contains(&id) {
         return Ok(DeviceInfo::new(id));
@@ -111,7 +137,8 @@ fn recover_one(
     if info.ublksrv_flags != GLIDEFS_DEV_MARKER {
         return Err(UblkError::NotOurs(id));
     }
-    let deadline = Instant::now() + PATIENCE;
+    let t_wait = Instant::now();
+    let deadline = t_wait + PATIENCE;
     loop {
         match DeviceState::from_raw(info.state) {
             DeviceState::Quiesced | DeviceState::FailIo => break,
@@ -138,12 +165,13 @@ fn recover_one(
             }
             _ => {
                 std::thread::sleep(Duration::from_millis(50));
-                info = server.ctrl.dev_info(id)?;
+                info = ctrl::raw_dev_info(id)?;
             }
         }
     }
-    let t0 = Instant::now();
+    let t0 = add_ms(&steps.quiesce, t_wait);
     ctrl::start_user_recovery(id, PATIENCE)?;
+    let t1 = add_ms(&steps.start, t0);
     let user_copy = info.flags & u64::from(sys::UBLK_F_USER_COPY) != 0;
     let res = server
         .attach_device(
@@ -154,7 +182,12 @@ fn recover_one(
             user_copy,
             target,
         )
-        .and_then(|_| ctrl::end_user_recovery(id));
+        .and_then(|_| {
+            let t2 = add_ms(&steps.attach, t1);
+            let r = ctrl::end_user_recovery(id);
+            add_ms(&steps.end, t2);
+            r
+        });
     match res {
         Ok(()) => {
             tracing::info!(
