@@ -11,18 +11,23 @@
 //!
 //! Devices of ours with no known target (orphans) are deleted with a log line; other
 //! programs' devices are never touched. Devices are handled in parallel, bounded by
-//! [`BULK_PARALLELISM`](super::server::BULK_PARALLELISM).
+//! [`BULK_PARALLELISM`], each as soon as its target is known
+//! ([`recover_devices_stream`]: the router hands targets over as volumes open).
+//!
+//! The kernel scan uses raw GET_DEV_INFO on per-thread control rings, in parallel;
+//! per-step times are summed and logged with the "ublk recovery finished" line.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use libublk::sys;
+use parking_lot::Mutex;
 
 use super::ctrl;
 use super::error::UblkError;
-use super::server::{parallel_map, UblkServer};
+use super::server::{parallel_map, UblkServer, BULK_PARALLELISM};
 use super::target::IoTarget;
 use super::{DeviceInfo, DeviceState, GLIDEFS_DEV_MARKER};
 
@@ -34,8 +39,28 @@ pub(crate) fn recover_devices(
     server: &UblkServer,
     known: Vec<(u32, Arc<dyn IoTarget>)>,
 ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
+    let ids = known.iter().map(|(id, _)| *id).collect();
+    let (tx, rx) = mpsc::channel();
+    for k in known {
+        // Cannot fail: `rx` is alive.
+        let _ = tx.send(k);
+    }
+    drop(tx);
+    recover_devices_stream(server, ids, rx)
+}
+
+/// [`recover_devices`] with the targets arriving on `targets` (e.g. as their volumes
+/// open), each device recovered as soon as its target arrives. `known` lists every
+/// id that may arrive: devices of ours outside it are orphans, deleted first; known
+/// ids whose target never arrives (the channel closed without it) are deleted at the
+/// end, as orphans would have been.
+pub(crate) fn recover_devices_stream(
+    server: &UblkServer,
+    known: Vec<u32>,
+    targets: mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
+) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
     if server.check_running().is_err() {
-        return known
+        return targets
             .into_iter()
             .map(|(id, _)| (id, Err(UblkError::ShutDown)))
             .collect();
@@ -52,35 +77,42 @@ pub(crate) fn recover_devices(
         }
     }
     let scan_ms = t0.elapsed().as_millis() as u64;
-    let known: HashMap<u32, Arc<dyn IoTarget>> = known.into_iter().collect();
+    let known: HashSet<u32> = known.into_iter().collect();
     let served = server.served_devices();
+    let ours_unserved = |id: &u32| {
+        in_kernel
+            .get(id)
+            .is_some_and(|info| info.ublksrv_flags == GLIDEFS_DEV_MARKER)
+            && !served.contains(id)
+    };
     let orphans: Vec<u32> = in_kernel
-        .iter()
-        .filter(|(id, info)| {
-            info.ublksrv_flags == GLIDEFS_DEV_MARKER
-                && !known.contains_key(id)
-                && !served.contains(id)
-        })
-        .map(|(id, _)| *id)
+        .keys()
+        .filter(|id| !known.contains(id) && ours_unserved(id))
+        .copied()
         .collect();
-    for (id, r) in parallel_map(orphans, |id| server.teardown(id)) {
-        match r {
-            Ok(()) => tracing::warn!(
-                dev_id = id,
-                "deleted orphan ublk device (ours, no known volume)"
-            ),
-            Err(e) => tracing::error!(dev_id = id, "deleting orphan ublk device failed: {e}"),
-        }
-    }
+    delete_orphans(server, orphans);
     let orphans_ms = t0.elapsed().as_millis() as u64 - scan_ms;
-    let ids: Vec<u32> = known.keys().copied().collect();
-    let results = parallel_map(ids, |id| {
-        let target = known
-            .get(&id)
-            .cloned()
-            .ok_or(UblkError::UnknownDevice(id))?;
-        recover_one(server, id, in_kernel.get(&id).copied(), target, &steps)
+    let targets = Mutex::new(targets);
+    let results = Mutex::new(Vec::with_capacity(known.len()));
+    std::thread::scope(|s| {
+        for _ in 0..BULK_PARALLELISM {
+            s.spawn(|| loop {
+                let next = targets.lock().recv();
+                let Ok((id, target)) = next else { break };
+                let r = recover_one(server, id, in_kernel.get(&id).copied(), target, &steps);
+                results.lock().push((id, r));
+            });
+        }
     });
+    let mut results = results.into_inner();
+    results.sort_by_key(|(id, _)| *id);
+    let arrived: HashSet<u32> = results.iter().map(|(id, _)| *id).collect();
+    let never: Vec<u32> = known
+        .iter()
+        .filter(|id| !arrived.contains(id) && ours_unserved(id))
+        .copied()
+        .collect();
+    delete_orphans(server, never);
     let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
     tracing::info!(
         devices = results.len(),
@@ -95,6 +127,18 @@ pub(crate) fn recover_devices(
         "ublk recovery finished"
     );
     results
+}
+
+fn delete_orphans(server: &UblkServer, ids: Vec<u32>) {
+    for (id, r) in parallel_map(ids, |id| server.teardown(id)) {
+        match r {
+            Ok(()) => tracing::warn!(
+                dev_id = id,
+                "deleted orphan ublk device (ours, no known volume)"
+            ),
+            Err(e) => tracing::error!(dev_id = id, "deleting orphan ublk device failed: {e}"),
+        }
+    }
 }
 
 /// Time spent in each step of [`recover_one`], summed over devices (milliseconds).
