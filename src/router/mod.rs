@@ -649,13 +649,7 @@ impl Router {
         let _op = self.begin_op()?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
-        let e = self
-            .state
-            .read()
-            .exports
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RouterError::NotFound(name.to_string()))?;
+        let e = self.entry(name)?;
         if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
             devs.delete(d.dev_id)
                 .map_err(backend(name, "delete device"))?;
@@ -718,6 +712,16 @@ impl Router {
         }
     }
 
+    /// A snapshot of `name`'s entry, or NotFound.
+    fn entry(&self, name: &str) -> Result<Entry, RouterError> {
+        self.state
+            .read()
+            .exports
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RouterError::NotFound(name.to_string()))
+    }
+
     fn set_entry(&self, name: &str, f: impl FnOnce(&mut Entry)) {
         if let Some(e) = self.state.write().exports.get_mut(name) {
             f(e);
@@ -730,13 +734,7 @@ impl Router {
         let _op = self.begin_op()?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
-        let e = self
-            .state
-            .read()
-            .exports
-            .get(name)
-            .cloned()
-            .ok_or_else(|| RouterError::NotFound(name.to_string()))?;
+        let e = self.entry(name)?;
         let volume = e.volume.clone().ok_or_else(|| {
             RouterError::Conflict(format!(
                 "export {name:?} has failed: {}",

@@ -251,9 +251,15 @@ impl UblkServer {
     /// for devices of ours that nobody serves.
     pub(crate) fn teardown(&self, dev_id: u32) -> Result<(), UblkError> {
         let dev = self.devices.lock().remove(&dev_id);
+        let t0 = Instant::now();
         let stop = ctrl::raw_ctrl_cmd("STOP_DEV", sys::UBLK_U_CMD_STOP_DEV, dev_id, 0);
-        if let Err(e) = &stop {
-            tracing::warn!(dev_id, "STOP_DEV: {e}");
+        match &stop {
+            Err(e) => tracing::warn!(dev_id, "STOP_DEV: {e}"),
+            Ok(_) => tracing::debug!(
+                dev_id,
+                elapsed_ms = t0.elapsed().as_millis() as u64,
+                "STOP_DEV done"
+            ),
         }
         let mut detach_err = None;
         if let Some(dev) = dev {
@@ -264,6 +270,11 @@ impl UblkServer {
                 }
             }
             drop(dev.fd);
+            tracing::debug!(
+                dev_id,
+                elapsed_ms = t0.elapsed().as_millis() as u64,
+                "queues detached"
+            );
         }
         self.ctrl.del(dev_id)?;
         ctrl::remove_run_json(dev_id);

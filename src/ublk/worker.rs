@@ -46,6 +46,8 @@ const CQ_ENTRIES: u32 = 8192;
 const TICK_BUDGET: usize = 512;
 /// How long a detach waits for the kernel to abort a queue's commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer than DRAIN_TIMEOUT a caller waits for a worker's detach answer.
+const REPLY_SLACK: Duration = Duration::from_secs(20);
 
 /// Whether ublk commands use the ring's fixed-file table: only when
 /// `GLIDEFS_UBLK_FIXED_FILES=1` (worth trying on kernels >= 6.13, whose per-file
@@ -70,7 +72,14 @@ pub(crate) enum WorkerMsg {
     /// Leave the loop: dropping the ring cancels outstanding commands, which the
     /// kernel treats like a dead server (devices go QUIESCED, recoverable).
     Exit,
+    /// Tests: run a closure on the worker thread (e.g. to spawn a task there).
+    #[cfg(test)]
+    Run(OnWorker),
 }
+
+/// A closure run on a worker thread (tests only).
+#[cfg(test)]
+pub(crate) type OnWorker = Box<dyn FnOnce(&Rc<WorkerCtx>) + Send>;
 
 /// Wakes a sleeping worker.
 pub(crate) struct Kick {
@@ -113,7 +122,24 @@ impl WorkerHandle {
     pub(crate) fn detach(&self, dev_id: u32, qid: u16) -> Result<(), UblkError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.send(WorkerMsg::Detach(dev_id, qid, tx))?;
-        let r = rx.recv().map_err(|_| UblkError::ShutDown)?;
+        // The worker answers within DRAIN_TIMEOUT; never wait forever on it.
+        let r = match rx.recv_timeout(DRAIN_TIMEOUT + REPLY_SLACK) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(UblkError::ShutDown),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                tracing::error!(
+                    dev_id,
+                    qid,
+                    worker = self.kick.index,
+                    "worker did not answer a detach"
+                );
+                return Err(UblkError::Kernel {
+                    cmd: "detach queue (worker did not answer)",
+                    dev_id: Some(dev_id),
+                    errno: libc::ETIMEDOUT,
+                });
+            }
+        };
         if r.is_ok() {
             self.load.fetch_sub(1, Ordering::Relaxed);
         }
@@ -336,7 +362,9 @@ impl Reactor {
         }
     }
 
-    /// Handle every available completion; returns how many tasks were woken.
+    /// Handle every available completion; returns how many tasks were woken, counting
+    /// a consumed kick as one: the message or wake that sent it must be looked at
+    /// before the worker sleeps again.
     fn reap(&self) -> usize {
         let mut wake = Vec::new();
         let mut rearm = false;
@@ -367,7 +395,7 @@ impl Reactor {
         if rearm {
             self.arm_kick();
         }
-        let n = wake.len();
+        let n = wake.len() + usize::from(rearm);
         for w in wake {
             w.wake();
         }
@@ -543,6 +571,7 @@ impl WorkerCtx {
                 false
             };
             let ok = smol::future::or(drained, timeout).await;
+            tracing::debug!(dev_id, qid, drained = ok, "worker: queue tasks ended");
             // Either way the tag tasks are gone now (a timeout dropped them).
             ctx.release(&reactor);
             if ok {
@@ -572,7 +601,12 @@ fn worker_loop(reactor: Rc<Reactor>, rx: mpsc::Receiver<WorkerMsg>) {
                 Ok(WorkerMsg::Attach(spec, reply)) => {
                     let _ = reply.send(ctx.attach(spec));
                 }
-                Ok(WorkerMsg::Detach(dev_id, qid, reply)) => ctx.detach(dev_id, qid, reply),
+                Ok(WorkerMsg::Detach(dev_id, qid, reply)) => {
+                    tracing::debug!(dev_id, qid, "worker: detach requested");
+                    ctx.detach(dev_id, qid, reply)
+                }
+                #[cfg(test)]
+                Ok(WorkerMsg::Run(f)) => f(&ctx),
                 Ok(WorkerMsg::Exit) | Err(mpsc::TryRecvError::Disconnected) => {
                     // Drop tasks before the ring: their ops are abandoned, then the
                     // ring's exit cancels the kernel side.
@@ -586,8 +620,11 @@ fn worker_loop(reactor: Rc<Reactor>, rx: mpsc::Receiver<WorkerMsg>) {
         while ran < TICK_BUDGET && ctx.ex.try_tick() {
             ran += 1;
         }
-        // Sleep only if no task is runnable: none left after the budget and none
-        // woken by the completions already waiting.
+        // Sleep only if nothing is pending: no task left after the budget, none woken
+        // by the completions already waiting, and no kick consumed here. A kick reaped
+        // now was sent after the channel was read above; sleeping on it would leave
+        // its message (e.g. a Detach) unread until some unrelated completion arrives,
+        // which on an idle worker is never (this was the "DELETE hang").
         let busy = reactor.reap() > 0 || ran == TICK_BUDGET;
         let res = {
             let ring = reactor.ring.borrow();
@@ -604,5 +641,70 @@ fn worker_loop(reactor: Rc<Reactor>, rx: mpsc::Receiver<WorkerMsg>) {
             }
         }
         reactor.reap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    /// Regression test for the "DELETE hang": a kick that lands while the worker is
+    /// awake for an unrelated completion (here: a read on a socket) must not be
+    /// swallowed, or the message it announced waits until the next completion, which
+    /// on an idle worker never comes. Each round wakes the worker with one socket
+    /// byte, then sends a message after a varying delay and waits for its answer;
+    /// no further completion arrives until it is answered.
+    #[test]
+    fn a_message_sent_while_the_worker_is_awake_is_answered() {
+        let w = match spawn_worker(0, None, 4) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("skipping: io_uring unavailable ({e})");
+                return;
+            }
+        };
+        let (mut tx_sock, rx_sock) = UnixStream::pair().unwrap();
+        let rounds = 20_000;
+        let (done_tx, done_rx) = mpsc::channel();
+        w.send(WorkerMsg::Run(Box::new(move |ctx: &Rc<WorkerCtx>| {
+            let reactor = ctx.reactor.clone();
+            ctx.spawn(async move {
+                let mut buf = vec![0u8; 1];
+                let mut got = 0;
+                while got < rounds {
+                    let sqe =
+                        opcode::Read::new(types::Fd(rx_sock.as_raw_fd()), buf.as_mut_ptr(), 1)
+                            .build();
+                    // The buffer outlives the op: we await it before touching `buf`.
+                    if reactor.submit(sqe).await <= 0 {
+                        break;
+                    }
+                    got += 1;
+                }
+                let _ = done_tx.send(got);
+            })
+            .detach();
+        })))
+        .unwrap();
+        for i in 0..rounds {
+            tx_sock.write_all(&[1]).unwrap();
+            // Vary the moment of the kick across the worker's wake-up.
+            for _ in 0..(i % 64) * 20 {
+                std::hint::spin_loop();
+            }
+            let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+            w.send(WorkerMsg::Detach(9999, 0, reply_tx)).unwrap();
+            match reply_rx.recv_timeout(Duration::from_secs(20)) {
+                Ok(r) => assert!(matches!(r, Err(UblkError::UnknownDevice(9999)))),
+                Err(_) => panic!("round {i}: the worker never answered (kick lost)"),
+            }
+        }
+        assert_eq!(
+            done_rx.recv_timeout(Duration::from_secs(20)).unwrap(),
+            rounds
+        );
+        w.exit();
     }
 }

@@ -320,6 +320,11 @@ dump_stuck() {
                 cat "$t/stack" 2>/dev/null
             done
         fi
+        if [ -n "$DAEMON_PID" ] && command -v gdb >/dev/null; then
+            echo "== user-space stacks (gdb)"
+            timeout 60 gdb -p "$DAEMON_PID" -batch -nx -ex "thread apply all bt" 2>&1 \
+                | grep -v "^\[New LWP\|^warning:" | head -n 400
+        fi
         echo w >/proc/sysrq-trigger 2>/dev/null || true
         sleep 1
         echo "== dmesg"
