@@ -88,6 +88,18 @@ pub trait DeviceBackend: Send + Sync + 'static {
         &self,
         devices: Vec<(u32, Arc<dyn IoTarget>)>,
     ) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
+    /// [`recover`](Self::recover) with the targets arriving on `targets` as their
+    /// volumes open, so that devices are re-attached while other volumes are still
+    /// opening. `known` lists every id that may arrive; known ids whose target never
+    /// arrives are treated like orphans. The default collects every target first.
+    fn recover_stream(
+        &self,
+        known: Vec<u32>,
+        targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
+        let _ = known;
+        self.recover(targets.into_iter().collect())
+    }
     /// Stop and delete a device.
     fn delete(&self, dev_id: u32) -> Result<(), BackendError>;
     /// Buffer-pool totals for metrics.

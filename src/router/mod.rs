@@ -745,18 +745,33 @@ impl Router {
         Ok(Self::info(name, &e))
     }
 
-    /// Start-up: load the registry, open every volume (bounded parallelism),
-    /// re-attach devices, then become ready. Exports that fail stay listed as
-    /// `failed`; only an unreadable registry is an error.
+    /// Start-up: load the registry, open every volume (bounded parallelism) and
+    /// re-attach each export's device as soon as its volume is open (device
+    /// recovery runs alongside the remaining opens), then become ready. Exports that
+    /// fail stay listed as `failed`; only an unreadable registry is an error.
     pub fn recover(&self) -> Result<RecoverySummary, RouterError> {
+        let t0 = std::time::Instant::now();
         let entries = self.registry.load()?;
         *self.persisted.lock() = entries.clone();
         let queue = Mutex::new(entries.values().cloned().collect::<Vec<_>>());
         let opened = Mutex::new(Vec::with_capacity(entries.len()));
         let workers = self.cfg.open_concurrency.clamp(1, entries.len().max(1));
+        let known: Vec<u32> = entries.values().filter_map(|e| e.dev_id).collect();
+        let names: HashMap<u32, String> = entries
+            .values()
+            .filter_map(|e| e.dev_id.map(|id| (id, e.name.clone())))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel::<(u32, Arc<dyn IoTarget>)>();
+        let (queue, opened) = (&queue, &opened);
+        let mut recovered = Vec::new();
         std::thread::scope(|s| {
+            let devs = self
+                .devices
+                .as_ref()
+                .map(|d| s.spawn(move || d.recover_stream(known, rx)));
             for _ in 0..workers {
-                s.spawn(|| loop {
+                let tx = tx.clone();
+                s.spawn(move || loop {
                     let Some(e) = queue.lock().pop() else { break };
                     let r = smol::block_on(async {
                         let v = self.volumes.open(&e.name, e.size_bytes).await?;
@@ -765,31 +780,51 @@ impl Router {
                         }
                         Ok::<_, BackendError>(v)
                     });
-                    opened.lock().push((e, r));
+                    // The device's target, handed to the device recovery at once
+                    // (or kept for `add` when the export had no device yet).
+                    let mut target = None;
+                    let mut target_err = None;
+                    if let Ok(v) = &r {
+                        match self.target(&e.name, v) {
+                            Ok(t) if self.devices.is_some() => match e.dev_id {
+                                // Only fails when the recovery thread is gone; the
+                                // device is then reported as not recovered.
+                                Some(id) => drop(tx.send((id, t))),
+                                None => target = Some(t),
+                            },
+                            Ok(_) => {}
+                            Err(err) => target_err = Some(err.to_string()),
+                        }
+                    }
+                    opened.lock().push((e, r, target, target_err));
                 });
             }
+            drop(tx);
+            if let Some(h) = devs {
+                recovered = h.join().unwrap_or_default();
+            }
         });
+        tracing::info!(
+            volumes = entries.len(),
+            workers,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "recovery: volumes opened and devices attached"
+        );
         let mut map = BTreeMap::new();
-        let mut to_recover = Vec::new();
         let mut to_add = Vec::new();
-        for (r, res) in opened.into_inner() {
+        for (r, res, target, target_err) in std::mem::take(&mut *opened.lock()) {
             let mut entry = Entry {
                 size_bytes: r.size_bytes,
                 dev_id_hint: r.dev_id,
                 volume: None,
                 device: None,
-                error: None,
+                error: target_err,
             };
             match res.map_err(backend(&r.name, "open")) {
                 Ok(v) => {
                     entry.size_bytes = v.size_bytes();
-                    match self.target(&r.name, &v) {
-                        Ok(t) if self.devices.is_some() => match r.dev_id {
-                            Some(id) => to_recover.push((id, r.name.clone(), t)),
-                            None => to_add.push((r.name.clone(), t)),
-                        },
-                        Ok(_) => {}
-                        Err(err) => entry.error = Some(err.to_string()),
+                    if let Some(t) = target {
+                        to_add.push((r.name.clone(), t));
                     }
                     entry.volume = Some(v);
                 }
@@ -800,21 +835,28 @@ impl Router {
             }
             map.insert(r.name.clone(), entry);
         }
+        let answered: std::collections::HashSet<u32> =
+            recovered.iter().map(|(id, _)| *id).collect();
+        for (id, res) in recovered {
+            let Some(name) = names.get(&id) else { continue };
+            if let Some(e) = map.get_mut(name) {
+                match res {
+                    Ok(d) => e.device = Some(d),
+                    Err(err) => {
+                        tracing::error!(export = %name, dev_id = id, error = %err, "device could not be recovered");
+                        e.error = Some(format!("device {id}: {err}"));
+                    }
+                }
+            }
+        }
         if let Some(devs) = &self.devices {
-            let names: HashMap<u32, String> = to_recover
-                .iter()
-                .map(|(id, n, _)| (*id, n.clone()))
-                .collect();
-            let results = devs.recover(to_recover.into_iter().map(|(id, _, t)| (id, t)).collect());
-            for (id, res) in results {
-                let Some(name) = names.get(&id) else { continue };
-                if let Some(e) = map.get_mut(name) {
-                    match res {
-                        Ok(d) => e.device = Some(d),
-                        Err(err) => {
-                            tracing::error!(export = %name, dev_id = id, error = %err, "device could not be recovered");
-                            e.error = Some(format!("device {id}: {err}"));
-                        }
+            // A volume that opened but whose device got no answer (the device
+            // recovery thread failed) must not look live.
+            for (name, e) in map.iter_mut() {
+                let id = entries.get(name).and_then(|r| r.dev_id);
+                if let Some(id) = id {
+                    if e.volume.is_some() && e.error.is_none() && !answered.contains(&id) {
+                        e.error = Some(format!("device {id}: not recovered"));
                     }
                 }
             }
@@ -834,6 +876,10 @@ impl Router {
                 }
             }
         }
+        tracing::info!(
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "recovery: devices attached"
+        );
         // Record device ids that changed (e.g. re-created devices).
         let changed: Vec<(String, Option<u32>)> = map
             .iter()

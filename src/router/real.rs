@@ -227,6 +227,17 @@ impl DeviceBackend for UblkDevices {
             .map(|(id, r)| (id, r.map(device_info).map_err(classify_ublk)))
             .collect()
     }
+    fn recover_stream(
+        &self,
+        known: Vec<u32>,
+        targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
+        self.server
+            .recover_devices_stream(known, targets)
+            .into_iter()
+            .map(|(id, r)| (id, r.map(device_info).map_err(classify_ublk)))
+            .collect()
+    }
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
         self.server.delete_device(dev_id).map_err(classify_ublk)
     }

@@ -3,8 +3,9 @@
 //! other threads send it [`CtrlReq`]s and wait for the reply.
 //!
 //! libublk runs ADD_DEV, SET_PARAMS, GET_DEV_INFO, GET_FEATURES and DEL_DEV.
-//! Four commands go through [`raw_ctrl_cmd`] instead (a private one-shot ring, usable
-//! from any thread), with the same `sys` structs and opcodes:
+//! Some commands go through [`raw_ctrl_cmd`] / [`raw_dev_info`] instead (a private
+//! ring per calling thread, set up on its first command; usable from any thread),
+//! with the same `sys` structs and opcodes:
 //! - STOP_DEV runs on the caller's thread so that deleting many devices stops them in
 //!   parallel (del_gendisk is the slow part; the kernel only serializes ADD/DEL).
 //! - START_DEV and END_USER_RECOVERY block in the kernel until every queue has issued
@@ -14,6 +15,9 @@
 //! - START_USER_RECOVERY returns EBUSY until the dead server's char device is fully
 //!   released; libublk's retry loop sleeps on the calling (here: control) thread,
 //!   which would stall every other device's control command.
+//! - GET_DEV_INFO at start-up recovery: one per device in the kernel, from many
+//!   threads at once; through libublk each would also open the control device, send
+//!   GET_FEATURES and read a JSON file, all on the one control thread.
 //!
 //! Invariant: every `UblkCtrl` created with ADD_DEV is `disown()`ed at once, so that
 //! dropping it (shutdown, panic) never deletes a device a successor must recover.
@@ -240,30 +244,67 @@ fn ctrl_fd() -> Result<i32, UblkError> {
         .ok_or(UblkError::NotAvailable)
 }
 
-/// Send one control command with `data[0] = data0` on a private ring and wait for it.
-/// Returns the kernel's result (>= 0) or a `Kernel` error. Any thread may call this.
+thread_local! {
+    /// This thread's ring for [`raw_ctrl_cmd`]: set up once per thread rather than
+    /// once per command (ring set-up and teardown cost more than the command itself
+    /// under emulation, and a bulk recovery sends thousands of commands).
+    static CTRL_RING: std::cell::RefCell<Option<IoUring<squeue::Entry128, cqueue::Entry>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Send one control command with `data[0] = data0` on this thread's private ring and
+/// wait for it. Returns the kernel's result (>= 0) or a `Kernel` error. Any thread
+/// may call this.
 pub(crate) fn raw_ctrl_cmd(
     name: &'static str,
     cmd_op: u32,
     dev_id: u32,
     data0: u64,
 ) -> Result<i32, UblkError> {
-    let fd = ctrl_fd()?;
-    let mut ring: IoUring<squeue::Entry128, cqueue::Entry> = IoUring::builder()
-        .build(2)
-        .map_err(|e| UblkError::io("io_uring for control command", e))?;
     let cmd = sys::ublksrv_ctrl_cmd {
         dev_id,
         queue_id: u16::MAX,
         data: [data0],
         ..Default::default()
     };
+    submit_ctrl_cmd(name, cmd_op, &cmd)
+}
+
+/// GET_DEV_INFO on this thread's private ring (no libublk control, so many threads
+/// can read device infos at once).
+pub(crate) fn raw_dev_info(dev_id: u32) -> Result<sys::ublksrv_ctrl_dev_info, UblkError> {
+    let info = Box::new(sys::ublksrv_ctrl_dev_info::default());
+    let cmd = sys::ublksrv_ctrl_cmd {
+        dev_id,
+        queue_id: u16::MAX,
+        addr: &*info as *const sys::ublksrv_ctrl_dev_info as u64,
+        len: std::mem::size_of::<sys::ublksrv_ctrl_dev_info>() as u16,
+        ..Default::default()
+    };
+    // The kernel writes `info` through `addr` before the command completes. On a
+    // ring error the command may still be running (io-wq), so `info` is leaked.
+    match submit_ctrl_cmd("GET_DEV_INFO", sys::UBLK_U_CMD_GET_DEV_INFO, &cmd) {
+        Ok(_) => Ok(*info),
+        Err(e @ UblkError::Kernel { .. }) => Err(e),
+        Err(e) => {
+            Box::leak(info);
+            Err(e)
+        }
+    }
+}
+
+fn submit_ctrl_cmd(
+    name: &'static str,
+    cmd_op: u32,
+    cmd: &sys::ublksrv_ctrl_cmd,
+) -> Result<i32, UblkError> {
+    let fd = ctrl_fd()?;
     let mut raw = [0u8; 80];
     // SAFETY: ublksrv_ctrl_cmd is a plain-old-data repr(C) struct of 32 bytes, which
     // fits in the 80-byte command area; we copy its bytes, nothing else.
     unsafe {
         std::ptr::copy_nonoverlapping(
-            (&cmd as *const sys::ublksrv_ctrl_cmd).cast::<u8>(),
+            (cmd as *const sys::ublksrv_ctrl_cmd).cast::<u8>(),
             raw.as_mut_ptr(),
             std::mem::size_of::<sys::ublksrv_ctrl_cmd>(),
         )
@@ -272,29 +313,57 @@ pub(crate) fn raw_ctrl_cmd(
         .cmd(raw)
         .build()
         .user_data(1);
-    // SAFETY: the SQE references no memory of ours (the command is copied into it).
-    unsafe { ring.submission().push(&sqe) }
+    CTRL_RING.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                IoUring::builder()
+                    .build(2)
+                    .map_err(|e| UblkError::io("io_uring for control command", e))?,
+            );
+        }
+        let Some(ring) = slot.as_mut() else {
+            return Err(UblkError::NotAvailable);
+        };
+        let res = submit_on(ring, name, &sqe);
+        if res.is_err() {
+            // The ring may hold a command or completion we did not consume: drop it
+            // (which cancels anything in flight) so the next command starts clean.
+            *slot = None;
+        }
+        res.and_then(|res| {
+            if res < 0 {
+                Err(UblkError::Kernel {
+                    cmd: name,
+                    dev_id: Some(cmd.dev_id),
+                    errno: -res,
+                })
+            } else {
+                Ok(res)
+            }
+        })
+    })
+}
+
+/// Push `sqe`, wait for its completion, return its result (errors: the ring itself).
+fn submit_on(
+    ring: &mut IoUring<squeue::Entry128, cqueue::Entry>,
+    name: &'static str,
+    sqe: &squeue::Entry128,
+) -> Result<i32, UblkError> {
+    // SAFETY: the SQE references no memory of ours except, for commands with a
+    // buffer, memory the caller keeps alive until this returns or the ring is dropped.
+    unsafe { ring.submission().push(sqe) }
         .map_err(|_| UblkError::io(name, std::io::Error::from_raw_os_error(libc::EBUSY)))?;
     loop {
         match ring.submit_and_wait(1) {
-            Ok(_) => break,
-            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
             Err(e) => return Err(UblkError::io(name, e)),
         }
-    }
-    let res = ring
-        .completion()
-        .next()
-        .map(|c| c.result())
-        .ok_or_else(|| UblkError::io(name, std::io::Error::from_raw_os_error(libc::EIO)))?;
-    if res < 0 {
-        Err(UblkError::Kernel {
-            cmd: name,
-            dev_id: Some(dev_id),
-            errno: -res,
-        })
-    } else {
-        Ok(res)
+        if let Some(c) = ring.completion().next() {
+            return Ok(c.result());
+        }
     }
 }
 

@@ -11,17 +11,23 @@
 //!
 //! Devices of ours with no known target (orphans) are deleted with a log line; other
 //! programs' devices are never touched. Devices are handled in parallel, bounded by
-//! [`BULK_PARALLELISM`](super::server::BULK_PARALLELISM).
+//! [`BULK_PARALLELISM`], each as soon as its target is known
+//! ([`recover_devices_stream`]: the router hands targets over as volumes open).
+//!
+//! The kernel scan uses raw GET_DEV_INFO on per-thread control rings, in parallel;
+//! per-step times are summed and logged with the "ublk recovery finished" line.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use libublk::sys;
+use parking_lot::Mutex;
 
 use super::ctrl;
 use super::error::UblkError;
-use super::server::{parallel_map, UblkServer};
+use super::server::{parallel_map, UblkServer, BULK_PARALLELISM};
 use super::target::IoTarget;
 use super::{DeviceInfo, DeviceState, GLIDEFS_DEV_MARKER};
 
@@ -33,34 +39,98 @@ pub(crate) fn recover_devices(
     server: &UblkServer,
     known: Vec<(u32, Arc<dyn IoTarget>)>,
 ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
+    let ids = known.iter().map(|(id, _)| *id).collect();
+    let (tx, rx) = mpsc::channel();
+    for k in known {
+        // Cannot fail: `rx` is alive.
+        let _ = tx.send(k);
+    }
+    drop(tx);
+    recover_devices_stream(server, ids, rx)
+}
+
+/// [`recover_devices`] with the targets arriving on `targets` (e.g. as their volumes
+/// open), each device recovered as soon as its target arrives. `known` lists every
+/// id that may arrive: devices of ours outside it are orphans, deleted first; known
+/// ids whose target never arrives (the channel closed without it) are deleted at the
+/// end, as orphans would have been.
+pub(crate) fn recover_devices_stream(
+    server: &UblkServer,
+    known: Vec<u32>,
+    targets: mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
+) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
     if server.check_running().is_err() {
-        return known
+        return targets
             .into_iter()
             .map(|(id, _)| (id, Err(UblkError::ShutDown)))
             .collect();
     }
     let t0 = Instant::now();
+    let steps = StepTimes::default();
     let mut in_kernel = HashMap::new();
-    for id in ctrl::list_dev_ids() {
-        match server.ctrl.dev_info(id) {
+    for (id, r) in parallel_map(ctrl::list_dev_ids(), ctrl::raw_dev_info) {
+        match r {
             Ok(info) => {
                 in_kernel.insert(id, info);
             }
             Err(e) => tracing::warn!(dev_id = id, "GET_DEV_INFO: {e}"),
         }
     }
-    let known: HashMap<u32, Arc<dyn IoTarget>> = known.into_iter().collect();
+    let scan_ms = t0.elapsed().as_millis() as u64;
+    let known: HashSet<u32> = known.into_iter().collect();
     let served = server.served_devices();
+    let ours_unserved = |id: &u32| {
+        in_kernel
+            .get(id)
+            .is_some_and(|info| info.ublksrv_flags == GLIDEFS_DEV_MARKER)
+            && !served.contains(id)
+    };
     let orphans: Vec<u32> = in_kernel
-        .iter()
-        .filter(|(id, info)| {
-            info.ublksrv_flags == GLIDEFS_DEV_MARKER
-                && !known.contains_key(id)
-                && !served.contains(id)
-        })
-        .map(|(id, _)| *id)
+        .keys()
+        .filter(|id| !known.contains(id) && ours_unserved(id))
+        .copied()
         .collect();
-    for (id, r) in parallel_map(orphans, |id| server.teardown(id)) {
+    delete_orphans(server, orphans);
+    let orphans_ms = t0.elapsed().as_millis() as u64 - scan_ms;
+    let targets = Mutex::new(targets);
+    let results = Mutex::new(Vec::with_capacity(known.len()));
+    std::thread::scope(|s| {
+        for _ in 0..BULK_PARALLELISM {
+            s.spawn(|| loop {
+                let next = targets.lock().recv();
+                let Ok((id, target)) = next else { break };
+                let r = recover_one(server, id, in_kernel.get(&id).copied(), target, &steps);
+                results.lock().push((id, r));
+            });
+        }
+    });
+    let mut results = results.into_inner();
+    results.sort_by_key(|(id, _)| *id);
+    let arrived: HashSet<u32> = results.iter().map(|(id, _)| *id).collect();
+    let never: Vec<u32> = known
+        .iter()
+        .filter(|id| !arrived.contains(id) && ours_unserved(id))
+        .copied()
+        .collect();
+    delete_orphans(server, never);
+    let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
+    tracing::info!(
+        devices = results.len(),
+        ok,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        scan_ms,
+        orphans_ms,
+        quiesce_wait_ms_sum = steps.quiesce.load(Ordering::Relaxed),
+        start_recovery_ms_sum = steps.start.load(Ordering::Relaxed),
+        attach_ms_sum = steps.attach.load(Ordering::Relaxed),
+        end_recovery_ms_sum = steps.end.load(Ordering::Relaxed),
+        "ublk recovery finished"
+    );
+    results
+}
+
+fn delete_orphans(server: &UblkServer, ids: Vec<u32>) {
+    for (id, r) in parallel_map(ids, |id| server.teardown(id)) {
         match r {
             Ok(()) => tracing::warn!(
                 dev_id = id,
@@ -69,22 +139,21 @@ pub(crate) fn recover_devices(
             Err(e) => tracing::error!(dev_id = id, "deleting orphan ublk device failed: {e}"),
         }
     }
-    let ids: Vec<u32> = known.keys().copied().collect();
-    let results = parallel_map(ids, |id| {
-        let target = known
-            .get(&id)
-            .cloned()
-            .ok_or(UblkError::UnknownDevice(id))?;
-        recover_one(server, id, in_kernel.get(&id).copied(), target)
-    });
-    let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
-    tracing::info!(
-        devices = results.len(),
-        ok,
-        elapsed_ms = t0.elapsed().as_millis() as u64,
-        "ublk recovery finished"
-    );
-    results
+}
+
+/// Time spent in each step of [`recover_one`], summed over devices (milliseconds).
+#[derive(Default)]
+struct StepTimes {
+    quiesce: AtomicU64,
+    start: AtomicU64,
+    attach: AtomicU64,
+    end: AtomicU64,
+}
+
+fn add_ms(sum: &AtomicU64, since: Instant) -> Instant {
+    let now = Instant::now();
+    sum.fetch_add((now - since).as_millis() as u64, Ordering::Relaxed);
+    now
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -101,6 +170,7 @@ fn recover_one(
     id: u32,
     info: Option<sys::ublksrv_ctrl_dev_info>,
     target: Arc<dyn IoTarget>,
+    steps: &StepTimes,
 ) -> Result<DeviceInfo, UblkError> {
     if server.served_devices().contains(&id) {
         return Ok(DeviceInfo::new(id));
@@ -111,7 +181,8 @@ fn recover_one(
     if info.ublksrv_flags != GLIDEFS_DEV_MARKER {
         return Err(UblkError::NotOurs(id));
     }
-    let deadline = Instant::now() + PATIENCE;
+    let t_wait = Instant::now();
+    let deadline = t_wait + PATIENCE;
     loop {
         match DeviceState::from_raw(info.state) {
             DeviceState::Quiesced | DeviceState::FailIo => break,
@@ -138,12 +209,13 @@ fn recover_one(
             }
             _ => {
                 std::thread::sleep(Duration::from_millis(50));
-                info = server.ctrl.dev_info(id)?;
+                info = ctrl::raw_dev_info(id)?;
             }
         }
     }
-    let t0 = Instant::now();
+    let t0 = add_ms(&steps.quiesce, t_wait);
     ctrl::start_user_recovery(id, PATIENCE)?;
+    let t1 = add_ms(&steps.start, t0);
     let user_copy = info.flags & u64::from(sys::UBLK_F_USER_COPY) != 0;
     let res = server
         .attach_device(
@@ -154,7 +226,12 @@ fn recover_one(
             user_copy,
             target,
         )
-        .and_then(|_| ctrl::end_user_recovery(id));
+        .and_then(|_| {
+            let t2 = add_ms(&steps.attach, t1);
+            let r = ctrl::end_user_recovery(id);
+            add_ms(&steps.end, t2);
+            r
+        });
     match res {
         Ok(()) => {
             tracing::info!(

@@ -297,6 +297,18 @@ impl UblkServer {
         super::recovery::recover_devices(self, known)
     }
 
+    /// [`recover_devices`](Self::recover_devices) with the targets arriving one by
+    /// one on `targets` (e.g. as their volumes open): each device is recovered as
+    /// soon as its target arrives. `known` lists every id that may arrive; known ids
+    /// whose target never arrives are deleted at the end, like orphans.
+    pub fn recover_devices_stream(
+        &self,
+        known: Vec<u32>,
+        targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
+        super::recovery::recover_devices_stream(self, known, targets)
+    }
+
     /// Stop and delete a device.
     pub fn delete_device(&self, dev_id: u32) -> Result<(), UblkError> {
         self.check_running()?;

@@ -254,6 +254,20 @@ impl Journal {
         })
     }
 
+    /// Continue an existing generation `gen` at offset `end` (from
+    /// [`Replayed::tail`]): no write, no sync; the file is as the last writer left it.
+    pub fn reopen(fs: &dyn FileIo, dir: &Path, gen: u64, end: u64) -> io::Result<Journal> {
+        let file = fs.open(&journal_path(dir, gen), false)?;
+        Ok(Journal {
+            file,
+            gen,
+            off: end,
+            buf: Vec::with_capacity(4096),
+            reserved: 0,
+            written: 0,
+        })
+    }
+
     /// Append one record now: the pending records, then this one (one pwrite).
     pub fn append(&mut self, r: &Record) -> io::Result<()> {
         self.append_deferred(r);
@@ -432,6 +446,20 @@ pub struct Replayed {
     pub checksum_errors: u64,
     /// Highest journal generation seen.
     pub last_gen: u64,
+    /// Where appending may simply continue: set when the local state needs no new
+    /// checkpoint (no power loss, last close not clean, nothing torn or invalid, the
+    /// last journal intact); then the files on disk already describe `map` exactly
+    /// as they did for the previous process, as if it had never stopped.
+    pub tail: Option<JournalTail>,
+}
+
+/// The end of the last journal: generation and the offset after its last record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalTail {
+    /// Journal generation.
+    pub gen: u64,
+    /// Offset just after the last valid record.
+    pub end: u64,
 }
 
 /// Rebuild the cache map from the state file and journals. `None` when there is no
@@ -461,11 +489,13 @@ pub fn replay(
     // sector -> (latest crc, was dirty before the journal touched it)
     let mut pending: HashMap<u64, (u32, bool)> = HashMap::new();
     let spb = SECTORS_PER_BLOCK as u64;
+    let mut tail = None;
     for gen in list_journals(fs, dir).map_err(|e| io("listing journals", e))? {
         if gen < st.journal_gen {
             continue;
         }
         last_gen = last_gen.max(gen);
+        tail = None;
         let Some(bytes) =
             fileio::read_all(fs, &journal_path(dir, gen)).map_err(|e| io("reading journal", e))?
         else {
@@ -481,10 +511,15 @@ pub fn replay(
             errors += 1;
             continue;
         }
-        let (recs, _good, bad) = parse(&bytes[HEADER_LEN..]);
+        let (recs, good, bad) = parse(&bytes[HEADER_LEN..]);
         if bad {
             tracing::warn!(dir = %dir.display(), gen, "journal tail torn or corrupt; dropped");
             errors += 1;
+        } else {
+            tail = Some(JournalTail {
+                gen,
+                end: (HEADER_LEN + good) as u64,
+            });
         }
         let note =
             |map: &mut LocalMap, pending: &mut HashMap<u64, (u32, bool)>, s: u64, crc: u32| {
@@ -521,6 +556,9 @@ pub fn replay(
     // records say. After a possible power loss, verify what was written after the
     // last SYNC record and drop clean sectors.
     let power_loss = !st.clean_close && st.boot_id != fs.boot_id();
+    if power_loss || st.clean_close || errors > 0 {
+        tail = None;
+    }
     if power_loss {
         let mut sector = vec![0u8; SECTOR_SIZE];
         for (s, (crc, base_dirty)) in pending {
@@ -542,6 +580,7 @@ pub fn replay(
         map,
         checksum_errors: errors,
         last_gen,
+        tail,
     }))
 }
 

@@ -4,8 +4,10 @@
 //! Open order: meta object (create if absent) → lease → store map (newest manifest
 //! plus newer segments) → local state (replay if the cache belongs to this volume
 //! uuid and the previous lease holder was us, else discard it) → fresh local
-//! checkpoint and journal generation. Segment sequence numbers continue after the
-//! highest listed segment, so nothing is ever overwritten.
+//! checkpoint and journal generation (or, after a kill -9 in the same boot with an
+//! intact journal, keep appending to the last journal: see [`journal::JournalTail`]).
+//! Segment sequence numbers continue after the highest listed segment, so nothing
+//! is ever overwritten.
 
 use super::blockmap::{LocalMap, StoreMap};
 use super::config::valid_name;
@@ -281,14 +283,23 @@ pub(crate) async fn open(
             tracing::warn!(dir = %dir.display(), "lease was held by another owner; discarding local cache");
         }
         let boot_id = fs.boot_id();
-        let (map, errors, last_gen) = match replayed {
-            Some(r) => (r.map, r.checksum_errors, r.last_gen),
+        let (map, errors, last_gen, tail) = match replayed {
+            Some(r) => (r.map, r.checksum_errors, r.last_gen, r.tail),
             None => {
                 data.set_len(0).map_err(|e| io("resetting cache file", e))?;
-                (LocalMap::default(), 0, journal::list_journals(&*fs, &dir).map_err(|e| io("listing", e))?.last().copied().unwrap_or(0))
+                (LocalMap::default(), 0, journal::list_journals(&*fs, &dir).map_err(|e| io("listing", e))?.last().copied().unwrap_or(0), None)
             }
         };
         let cur = data.len().map_err(|e| io("cache file size", e))?;
+        if let Some(t) = tail.filter(|_| cur == size) {
+            // Reopen after the daemon was killed (same boot): the state file, the
+            // journals and the cache data already describe `map`, so keep appending
+            // to the last journal, as the killed process would have. A new
+            // checkpoint (five fsyncs) would change nothing; the flusher's next
+            // journal compaction writes one.
+            let j = Journal::reopen(&*fs, &dir, t.gen, t.end).map_err(|e| io("reopening journal", e))?;
+            return Ok((data, (map, errors), boot_id, j));
+        }
         if cur != size {
             data.set_len(size).map_err(|e| io("sizing cache file", e))?;
         }

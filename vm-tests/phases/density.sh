@@ -2,8 +2,9 @@
 # phase: density (issue 5) - DENSITY_N exports (default 1025) of DENSITY_SIZE (64M)
 # each, created through the API. Prints the daemon's RSS, VmSize and threads at N,
 # RSS per export with and without the buffer pool, and the pool size; runs fio verify
-# on 8 random exports; kill -9, times the recovery of all N (start -> /health/ready),
-# verifies the 8 again with --verify_only; deletes all N and times it.
+# on 8 random exports; kill -9, times the recovery of all N (start -> /health/ready,
+# and kill -> every device has served a 4 KiB read), verifies the 8 again with
+# --verify_only; deletes all N and times it.
 # For N > 1,100 set GLIDEFS_UBLKS_MAX (ublks_max must be >= N on kernels < 6.15).
 # ublks_max: 1100
 # deadline: 7200
@@ -19,6 +20,8 @@ SLOT_BYTES=$((128 * 1024))
 
 require_ublk
 require_daemon
+require_cmd python3
+REPO="$(cd "$PHASES_DIR/../.." && pwd)"
 max="$(cat /sys/module/ublk_drv/parameters/ublks_max)"
 [ "$max" -ge "$N" ] || fail "ublks_max is $max < N=$N (set GLIDEFS_UBLKS_MAX)"
 ulimit -n 1048576 2>/dev/null || ulimit -n 65536 || true
@@ -34,16 +37,19 @@ wait_ready 120
 rss0="$(daemon_rss_kb)"
 log "RSS with no export: $rss0 kB"
 
+# All N PUTs come from one client process (scripts/bench-lib/api.py): a curl and
+# two jq per export cost seconds each under a loaded TCG host, which timed the
+# shell rather than the daemon.
+APICLI=(python3 "$REPO/scripts/bench-lib/api.py" "$API")
 t0="$(now_ms)"
-declare -a DEVS
-for ((i = 0; i < N; i++)); do
-    export_create "d$i" "$SIZE"
-    DEVS[i]="$EXPORT_DEV"
-    if [ $(((i + 1) % 128)) = 0 ]; then
-        log "$((i + 1))/$N exports, RSS $(daemon_rss_kb) kB"
-    fi
-done
+"${APICLI[@]}" create d "$N" "$SIZE" >"$RESULTS_DIR/created.txt" 2>"$RESULTS_DIR/create.err" \
+    || fail "creating $N exports: $(cat "$RESULTS_DIR/create.err")"
 create_ms=$(($(now_ms) - t0))
+mapfile -t DEVS < <(awk '!/^#/ {print $2}' "$RESULTS_DIR/created.txt")
+[ "${#DEVS[@]}" = "$N" ] || fail "created ${#DEVS[@]} exports, wanted $N"
+for ((i = 0; i < N; i++)); do
+    [ -b "${DEVS[i]}" ] || fail "export d$i: ${DEVS[i]} is not a block device"
+done
 record_figure exports "$N"
 record_figure create_all_ms "$create_ms" ms
 record_figure create_per_export_ms "$((create_ms / N))" ms
@@ -73,11 +79,22 @@ record_figure pool_kb "$pool_kb" kB
 record_figure rss_per_export_kb "$(((rss - rss0) / N))" kB
 record_figure rss_per_export_kb_without_pool "$(((rss - rss0 - pool_kb) / N))" kB
 
+printf '%s\n' "${DEVS[@]}" >"$WORK_DIR/devices"
 kill9_daemon
+# One reader process (started before the daemon, so its start-up overlaps the
+# daemon's) reads 4 KiB from every device; each read waits in the kernel until its
+# device is recovered, so it ends once all N serve I/O again.
+t_kill="$(date +%s.%N)"
+timeout 3600 python3 "$REPO/scripts/bench-lib/read_all.py" "$WORK_DIR/devices" "$t_kill" \
+    >"$RESULTS_DIR/read-all.out" 2>&1 &
+reader=$!
 start_daemon "$DAEMON_CONFIG"
 wait_ready 3600
 record_figure recovery_all_ms "$READY_MS" ms
 record_figure recovery_per_export_ms "$((READY_MS / N))" ms
+wait "$reader" || fail "reading every device after recovery failed: $(cat "$RESULTS_DIR/read-all.out")"
+io_s="$(awk '/^# elapsed/ {print $3}' "$RESULTS_DIR/read-all.out")"
+record_figure recovery_io_all_ms "$(awk -v s="$io_s" 'BEGIN {printf "%d", s * 1000}')" ms
 api_ok GET /api/exports
 for i in "${pick[@]}"; do
     got="$(jq -r --arg n "d$i" '(if type == "array" then . else .exports end)[] | select(.name == $n) | .device' <<<"$API_BODY")"
@@ -88,9 +105,11 @@ log "all $SAMPLE sampled exports verified after recovery"
 record_figure rss_kb_after_recovery "$(daemon_rss_kb)" kB
 
 t0="$(now_ms)"
-for ((i = 0; i < N; i++)); do
-    export_delete "d$i"
-done
+if ! BENCH_DELETE_TIMEOUT="${DENSITY_DELETE_TIMEOUT:-300}" "${APICLI[@]}" delete d "$N" \
+    >/dev/null 2>"$RESULTS_DIR/delete.err"; then
+    dump_stuck "bulk delete: $(cat "$RESULTS_DIR/delete.err")"
+    fail "deleting all $N exports: $(cat "$RESULTS_DIR/delete.err")"
+fi
 record_figure delete_all_ms "$(($(now_ms) - t0))" ms
 left="$(find /dev -maxdepth 1 -name 'ublkb*' | wc -l)"
 [ "$left" = 0 ] || fail "$left ublk block devices left after deleting every export"
