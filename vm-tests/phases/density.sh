@@ -88,8 +88,10 @@ log "all $SAMPLE sampled exports verified after recovery"
 record_figure rss_kb_after_recovery "$(daemon_rss_kb)" kB
 
 t0="$(now_ms)"
+# A DELETE that does not answer within DENSITY_DELETE_TIMEOUT_S fails the phase
+# (dump_stuck saves the daemon's thread stacks first).
 for ((i = 0; i < N; i++)); do
-    export_delete "d$i"
+    API_TIMEOUT="${DENSITY_DELETE_TIMEOUT_S:-120}" export_delete "d$i"
 done
 record_figure delete_all_ms "$(($(now_ms) - t0))" ms
 left="$(find /dev -maxdepth 1 -name 'ublkb*' | wc -l)"
