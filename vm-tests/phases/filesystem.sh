@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # phase: filesystem (issue 5) - ext4 on an export: copy a directory tree of at least
 # FS_TREE_MIB (50) MiB, record the sha256 of every file, `sync`, kill -9 the daemon,
-# restart: e2fsck -fn is clean and every hash matches; then drain, stop, wipe the
+# restart: e2fsck -fn is clean and every hash matches; then drain, kill, wipe the
 # cache dir, start, reopen the export (cold wake from the store): clean and equal again.
 # ublks_max: 16
 # deadline: 2400
@@ -85,9 +85,11 @@ umount "$mnt" || fail "umount after recovery failed"
 check_fs after-kill
 umount "$mnt"
 
-# Cold wake: the store alone must hold the filesystem.
+# Cold wake: the store alone must hold the filesystem. The daemon is killed, not
+# stopped: after a kill -9 recovery, SIGTERM has been seen to log "stopped" and then
+# never exit (docs/testing.md, known bugs); the drain already put everything in the store.
 export_drain fs
-stop_daemon
+kill9_daemon
 rm -rf "$CACHE_DIR"
 mkdir -p "$CACHE_DIR"
 start_daemon "$DAEMON_CONFIG"
