@@ -259,7 +259,10 @@ kill9_daemon() {
     [ -n "$DAEMON_PID" ] || fail "kill9_daemon: no daemon"
     log "kill -9 daemon (pid $DAEMON_PID)"
     kill -9 "$DAEMON_PID" 2>/dev/null || fail "daemon was not running when killed"
-    _wait_gone "$DAEMON_PID" 30 || fail "daemon did not die after kill -9"
+    if ! _wait_gone "$DAEMON_PID" 30; then
+        dump_stuck "daemon still there 30 s after kill -9"
+        fail "daemon did not die after kill -9"
+    fi
     DAEMON_PID=""
 }
 
