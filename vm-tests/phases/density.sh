@@ -113,7 +113,7 @@ for ((i = 0; i < N; i += 128)); do
     for ((k = i; k < N && k < i + 128; k++)); do
         urls+=(-o /dev/null "$API/api/exports/d$k")
     done
-    curl -sS --no-progress-meter --parallel --parallel-max "${DENSITY_PARALLEL:-1}" \
+    curl -sS --no-progress-meter --fail-early --parallel --parallel-max "${DENSITY_PARALLEL:-1}" \
         --max-time "${DENSITY_DELETE_TIMEOUT_S:-120}" -X DELETE \
         -w '%{url_effective} %{http_code}\n' "${urls[@]}" >>"$codes" 2>/dev/null || true
 done
