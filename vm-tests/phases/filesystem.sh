@@ -14,6 +14,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SIZE="${FS_SIZE:-512M}"
 TREE_MIB="${FS_TREE_MIB:-50}"
 STORE="${FS_STORE:-file}" # file | s3
+# Dirty data stays in the cache (and its journal) until the drain: the kill -9 then
+# tests the journal, not a flusher that happened to run first.
+GLIDEFS_FLUSH_INTERVAL="${GLIDEFS_FLUSH_INTERVAL:-1h}"
 
 require_ublk
 require_daemon

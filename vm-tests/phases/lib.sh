@@ -206,6 +206,7 @@ write_config() {
         echo "[cache]"
         echo "dir = \"$CACHE_DIR\""
         echo "dirty_limit = \"${GLIDEFS_DIRTY_LIMIT:-1G}\""
+        [ -z "${GLIDEFS_FLUSH_INTERVAL:-}" ] || echo "flush_interval = \"$GLIDEFS_FLUSH_INTERVAL\""
         echo
         echo "[api]"
         echo "listen = \"127.0.0.1:$API_PORT\""
