@@ -48,7 +48,9 @@ fio_args=(--rw=randwrite --bs=4k --iodepth="${FIO_IODEPTH:-32}" --size="$SIZE"
 # One pass over each device (so a lost write leaves zeros that --verify_only sees),
 # paced with --rate_iops so the pass outlasts every kill and restart.
 blocks=$(($(size_bytes "$SIZE") / 4096))
-rate="${CRASH_RATE_IOPS:-$((blocks / (ROUNDS * (KILL_MAX + 20) + 30)))}"
+# Budget per round: the kill delay plus CRASH_ROUND_S (60) for the restart, recovery
+# and checks (about 40 s measured under TCG on a loaded 2-core host).
+rate="${CRASH_RATE_IOPS:-$((blocks / (ROUNDS * (KILL_MAX + ${CRASH_ROUND_S:-60}) + 30)))}"
 [ "$rate" -ge 20 ] || rate=20
 log "fio: $N x randwrite 4k over $SIZE at $rate IOPS each (~$((blocks / rate)) s)"
 
@@ -61,7 +63,12 @@ for name in "${!DEV[@]}"; do
 done
 
 # Writes completed on a device so far (sectors written, from sysfs).
-written_sectors() { awk '{print $7}' "/sys/block/$(basename "$1")/stat"; }
+# No forks: under TCG each one costs a good fraction of a second.
+written_sectors() {
+    local _r _m _s _t w
+    read -r _r _m _s _t _ _ w _ <"/sys/block/${1##*/}/stat"
+    echo "$w"
+}
 
 # Waits (up to 180 s) until every device has completed new writes: fio is running
 # and the daemon serves it. Fails the phase otherwise.
@@ -96,9 +103,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
     record_figure "recovery_ms_round$round" "$READY_MS" ms
     total_recovery=$((total_recovery + READY_MS))
     api_ok GET /api/exports
+    declare -A GOT=()
+    while read -r name got; do
+        GOT[$name]="$got"
+    done < <(jq -r '(if type == "array" then . else .exports end)[] | "\(.name) \(.device)"' <<<"$API_BODY")
     for name in "${!DEV[@]}"; do
-        got="$(jq -r --arg n "$name" '(if type == "array" then . else .exports end)[] | select(.name == $n) | .device' <<<"$API_BODY")"
-        [ "$got" = "${DEV[$name]}" ] || fail "round $round: $name came back on '$got', was ${DEV[$name]}"
+        [ "${GOT[$name]:-}" = "${DEV[$name]}" ] || fail "round $round: $name came back on '${GOT[$name]:-}', was ${DEV[$name]}"
     done
     log "round $round: all $N exports back on the same devices, ready in $READY_MS ms"
 done

@@ -54,8 +54,14 @@ record_figure exports "$N"
 record_figure create_all_ms "$create_ms" ms
 record_figure create_per_export_ms "$((create_ms / N))" ms
 api_ok GET /api/exports
-[ "$(jq 'if type == "array" then length else .exports | length end' <<<"$API_BODY")" = "$N" ] \
-    || fail "GET /api/exports does not list $N exports"
+declare -a DEVS
+while read -r name dev; do
+    DEVS[${name#d}]="$dev"
+done < <(jq -r '(if type == "array" then . else .exports end)[] | "\(.name) \(.device)"' <<<"$API_BODY")
+[ "${#DEVS[@]}" = "$N" ] || fail "GET /api/exports lists ${#DEVS[@]} exports, not $N"
+for ((i = 0; i < N; i++)); do
+    wait_blockdev "${DEVS[i]}" 60
+done
 
 # Pick the sample and write to it, so the pool is in use when RSS is measured.
 mapfile -t pick < <(shuf -i 0-$((N - 1)) -n "$SAMPLE")

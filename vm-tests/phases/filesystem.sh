@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # phase: filesystem (issue 5) - ext4 on an export: copy a directory tree of at least
-# FS_TREE_MIB (50) MiB, record the sha256 of every file, `sync`, kill -9 the daemon,
-# restart: e2fsck -fn is clean and every hash matches; then drain, stop, wipe the
-# cache dir, start, reopen the export (cold wake from the store): clean and equal again.
+# FS_TREE_MIB (50) MiB, record the sha256 of every file, `sync`; drain, stop, wipe the
+# cache dir, start, reopen the export (cold wake from the store): e2fsck -fn clean and
+# every hash equal; then copy the tree again, `sync`, kill -9 the daemon, restart:
+# clean and both copies equal. (The issue lists the kill first; it runs last here
+# because a daemon that recovered a device cannot be stopped yet, see known bugs.)
 # ublks_max: 16
 # deadline: 2400
 # needs: glidefs
@@ -12,6 +14,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SIZE="${FS_SIZE:-512M}"
 TREE_MIB="${FS_TREE_MIB:-50}"
 STORE="${FS_STORE:-file}" # file | s3
+# Dirty data stays in the cache (and its journal) until the drain: the kill -9 then
+# tests the journal, not a flusher that happened to run first.
+GLIDEFS_FLUSH_INTERVAL="${GLIDEFS_FLUSH_INTERVAL:-1h}"
 
 require_ublk
 require_daemon
@@ -55,17 +60,24 @@ record_figure tree_files "$files"
 hashes() { (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum); }
 hashes "$src" >"$WORK_DIR/hashes.want"
 
-check_fs() { # LABEL: unmounted e2fsck -fn, then mount and compare every hash
-    log "$1: e2fsck -fn $dev"
-    e2fsck -fn "$dev" >"$RESULTS_DIR/e2fsck-$1.log" 2>&1 \
-        || { tail -n 20 "$RESULTS_DIR/e2fsck-$1.log"; fail "$1: e2fsck -fn found problems"; }
-    mount "$dev" "$mnt" || fail "$1: mount failed"
-    hashes "$mnt/tree" >"$WORK_DIR/hashes.$1"
-    cmp -s "$WORK_DIR/hashes.want" "$WORK_DIR/hashes.$1" || {
-        diff "$WORK_DIR/hashes.want" "$WORK_DIR/hashes.$1" | head -n 10
-        fail "$1: file hashes differ from what was written"
-    }
-    log "$1: e2fsck clean, all $files hashes equal"
+check_fs() { # LABEL DIR...: unmounted e2fsck -fn, then mount and compare every hash
+    local label="$1" d
+    shift
+    # Read from the daemon, not from what the kernel still caches for the device.
+    blockdev --flushbufs "$dev" 2>/dev/null || true
+    echo 3 >/proc/sys/vm/drop_caches
+    log "$label: e2fsck -fn $dev"
+    e2fsck -fn "$dev" >"$RESULTS_DIR/e2fsck-$label.log" 2>&1 \
+        || { tail -n 20 "$RESULTS_DIR/e2fsck-$label.log"; fail "$label: e2fsck -fn found problems"; }
+    mount "$dev" "$mnt" || fail "$label: mount failed"
+    for d in "$@"; do
+        hashes "$mnt/$d" >"$WORK_DIR/hashes.$label.$d"
+        cmp -s "$WORK_DIR/hashes.want" "$WORK_DIR/hashes.$label.$d" || {
+            diff "$WORK_DIR/hashes.want" "$WORK_DIR/hashes.$label.$d" | head -n 10 || true
+            fail "$label: file hashes in $d differ from what was written"
+        }
+    done
+    log "$label: e2fsck clean, all $files hashes equal in $*"
 }
 
 mkfs.ext4 -q -F "$dev" || fail "mkfs.ext4 $dev failed"
@@ -74,15 +86,6 @@ t0="$(now_ms)"
 cp -a "$src" "$mnt/tree"
 sync
 record_figure copy_ms "$(($(now_ms) - t0))" ms
-
-# kill -9 with the filesystem mounted: the kernel holds the device QUIESCED.
-kill9_daemon
-start_daemon "$DAEMON_CONFIG"
-wait_ready 300
-record_figure recovery_ms "$READY_MS" ms
-[ "$(export_device fs)" = "$dev" ] || fail "export fs came back on another device"
-umount "$mnt" || fail "umount after recovery failed"
-check_fs after-kill
 umount "$mnt"
 
 # Cold wake: the store alone must hold the filesystem.
@@ -94,6 +97,20 @@ start_daemon "$DAEMON_CONFIG"
 wait_ready 300
 export_create fs "$SIZE"
 dev="$EXPORT_DEV"
-check_fs cold-wake
+check_fs cold-wake tree
+
+# A second copy of the tree, `sync`, then kill -9 with the filesystem mounted (the
+# kernel holds the device QUIESCED); restart: both copies intact. This comes last:
+# a daemon that recovered a device has been seen not to exit, even on SIGKILL
+# (docs/testing.md, known bugs), so nothing after it needs the daemon gone.
+cp -a "$src" "$mnt/tree2"
+sync
+kill9_daemon
+start_daemon "$DAEMON_CONFIG"
+wait_ready 300
+record_figure recovery_ms "$READY_MS" ms
+[ "$(export_device fs)" = "$dev" ] || fail "export fs came back on another device"
+umount "$mnt" || fail "umount after recovery failed"
+check_fs after-kill tree tree2
 umount "$mnt"
 pass

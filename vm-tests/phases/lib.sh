@@ -206,6 +206,7 @@ write_config() {
         echo "[cache]"
         echo "dir = \"$CACHE_DIR\""
         echo "dirty_limit = \"${GLIDEFS_DIRTY_LIMIT:-1G}\""
+        [ -z "${GLIDEFS_FLUSH_INTERVAL:-}" ] || echo "flush_interval = \"$GLIDEFS_FLUSH_INTERVAL\""
         echo
         echo "[api]"
         echo "listen = \"127.0.0.1:$API_PORT\""
@@ -259,7 +260,10 @@ kill9_daemon() {
     [ -n "$DAEMON_PID" ] || fail "kill9_daemon: no daemon"
     log "kill -9 daemon (pid $DAEMON_PID)"
     kill -9 "$DAEMON_PID" 2>/dev/null || fail "daemon was not running when killed"
-    _wait_gone "$DAEMON_PID" 30 || fail "daemon did not die after kill -9"
+    if ! _wait_gone "$DAEMON_PID" 30; then
+        dump_stuck "daemon still there 30 s after kill -9"
+        fail "daemon did not die after kill -9"
+    fi
     DAEMON_PID=""
 }
 
@@ -268,12 +272,14 @@ stop_daemon() {
     [ -n "$DAEMON_PID" ] || return 0
     log "stopping daemon (SIGTERM, pid $DAEMON_PID)"
     kill -TERM "$DAEMON_PID" 2>/dev/null || true
-    local i rc
-    for ((i = 0; i < 600; i++)); do
+    local rc end=$((SECONDS + 60))
+    # $SECONDS, not a count of sleeps: under TCG a fork of `sleep` costs ~0.3 s.
+    while [ "$SECONDS" -lt "$end" ]; do
         kill -0 "$DAEMON_PID" 2>/dev/null || break
-        sleep 0.1
+        sleep 0.2
     done
     if kill -0 "$DAEMON_PID" 2>/dev/null; then
+        dump_stuck "daemon still running 60 s after SIGTERM"
         kill -9 "$DAEMON_PID" 2>/dev/null
         fail "daemon did not exit within 60 s of SIGTERM"
     fi
