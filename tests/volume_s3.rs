@@ -1,8 +1,9 @@
 //! The volume engine against a real S3-compatible server (s3s-fs on 127.0.0.1,
 //! started by the test harness in tests/common): the model property test, a
 //! store outage while writing, and a corrupted stored segment.
-//! `GLIDEFS_S3_MODEL_CASES` sets the model cases, else `PROPTEST_CASES` (default 256):
-//! each case talks HTTP to the server, so CI may want fewer here than in-process.
+//! `GLIDEFS_S3_MODEL_CASES` sets the model cases (default 256) unless `PROPTEST_CASES`
+//! is set, which proptest applies over any config: scripts/test runs this test alone
+//! with `PROPTEST_CASES` = its smaller count, since each case talks HTTP.
 
 mod common;
 mod volume_support;
