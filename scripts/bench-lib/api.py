@@ -84,31 +84,27 @@ def create(api, prefix, n, size):
     return 0
 
 
-def delete(api, prefix, n):
+def each_export(api, prefix, n, method, suffix, timeout_env, timeout_default):
+    """One request per export, in order, no retry (a request that timed out may
+    still be running in the daemon); stops at the first non-2xx answer."""
     t0 = time.monotonic()
+    timeout = float(os.environ.get(timeout_env, timeout_default))
     for i in range(int(n)):
-        name = f"{prefix}{i}"
-        # No retry: a DELETE that timed out may still be running in the daemon.
-        status, text = api.request("DELETE", f"/api/exports/{name}",
-                                   timeout=float(os.environ.get("BENCH_DELETE_TIMEOUT", "60")), tries=1)
+        path = f"/api/exports/{prefix}{i}{suffix}"
+        status, text = api.request(method, path, timeout=timeout, tries=1)
         if status // 100 != 2:
-            print(f"DELETE {name}: HTTP {status}: {text.strip()}", file=sys.stderr)
+            print(f"{method} {path}: HTTP {status}: {text.strip()}", file=sys.stderr)
             return 1
     print(f"# elapsed {time.monotonic() - t0:.3f}")
     return 0
+
+
+def delete(api, prefix, n):
+    return each_export(api, prefix, n, "DELETE", "", "BENCH_DELETE_TIMEOUT", "60")
 
 
 def drain(api, prefix, n):
-    t0 = time.monotonic()
-    for i in range(int(n)):
-        name = f"{prefix}{i}"
-        status, text = api.request("POST", f"/api/exports/{name}/drain",
-                                   timeout=float(os.environ.get("BENCH_DRAIN_TIMEOUT", "900")), tries=1)
-        if status // 100 != 2:
-            print(f"POST {name}/drain: HTTP {status}: {text.strip()}", file=sys.stderr)
-            return 1
-    print(f"# elapsed {time.monotonic() - t0:.3f}")
-    return 0
+    return each_export(api, prefix, n, "POST", "/drain", "BENCH_DRAIN_TIMEOUT", "900")
 
 
 def main(argv):
