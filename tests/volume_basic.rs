@@ -508,7 +508,7 @@ fn concurrent_acknowledged_writes_survive_kill_9_with_group_commit() {
     // Many writes in flight on one thread (as on a ublk worker), on clean sectors
     // (after a drain, so each needs a journal record) and rewriting each other's
     // sectors: every acknowledged write must be there after kill -9.
-    let (_m, store) = mem();
+    let (m, store) = mem();
     let fs = SimFs::new();
     let cfg = sim_cfg(&fs, "gc", MIB);
     let ex = smol::LocalExecutor::new();
@@ -516,6 +516,10 @@ fn concurrent_acknowledged_writes_survive_kill_9_with_group_commit() {
         let v = open(&cfg, &store).await;
         v.write(0, &pattern(1, MIB as usize), false).await.unwrap();
         v.drain().await.unwrap();
+        // Nothing reaches the store from here to the kill (a kick left over from the
+        // drain would otherwise upload some rewrites): every rewritten sector stays
+        // dirty, and only the journal replay can bring that back.
+        m.set_offline(true);
         let mut tasks = Vec::new();
         for t in 0..32u64 {
             let v = v.clone();
@@ -553,19 +557,20 @@ fn concurrent_acknowledged_writes_survive_kill_9_with_group_commit() {
                 );
             }
         }
+        assert!(v.stats().dirty_bytes > 0, "the rewrites must be dirty");
         v.abandon().await; // kill -9: only the page cache survives
         want
     }));
+    m.set_offline(false);
     smol::block_on(async {
+        // (The reopened volume's flusher starts uploading at once, so its dirty count
+        // is not checked here: a replay that lost dirty sectors shows below, as a
+        // store copy without those rewrites.)
         let v = open(&cfg, &store).await;
         assert_eq!(
             read_all(&v).await,
             want,
             "acknowledged writes lost after kill -9"
-        );
-        assert!(
-            v.stats().dirty_bytes > 0,
-            "rewritten sectors must be dirty again"
         );
         v.drain().await.unwrap();
         v.close().await.unwrap();
