@@ -428,7 +428,12 @@ in
         SystemCallArchitectures = "native";
         # @system-service includes io_uring (@aio) and sched_setaffinity
         # (@resources, needed to pin workers), so ~@resources is not used.
-        SystemCallFilter = [ "@system-service" ];
+        # umount2: the daemon detaches ublk mounts from its own (private) mount
+        # namespace so that its exit never waits on a filesystem only it could sync.
+        SystemCallFilter = [
+          "@system-service"
+          "umount2"
+        ];
         SystemCallErrorNumber = "EPERM";
         UMask = "0077";
       };

@@ -291,6 +291,11 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
         failed = summary.failed,
         "recovery done; ready"
     );
+    if cfg.ublk.enabled {
+        // A private mount namespace copied while a filesystem on one of our devices
+        // was mounted must not keep that mount (it could hang our exit for good).
+        glidefs::ublk::mounts::detach_ublk_mounts_bounded("after recovery", MOUNT_DETACH_WAIT);
+    }
     if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY failed");
     }
@@ -299,10 +304,18 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
     tracing::info!(signal = ?sig, stop_devices, "stopping");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     api.stop();
+    if cfg.ublk.enabled {
+        // While the workers still answer I/O (see glidefs::ublk::mounts).
+        glidefs::ublk::mounts::detach_ublk_mounts_bounded("at shutdown", MOUNT_DETACH_WAIT);
+    }
     router.shutdown(stop_devices);
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long start-up and shutdown wait for ublk mounts to be detached (a detach that
+/// drops a filesystem's last reference syncs it first).
+const MOUNT_DETACH_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn is_loopback(l: &glidefs::config::Listen) -> bool {
     match l {

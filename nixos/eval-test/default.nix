@@ -195,7 +195,10 @@ let
     (eq "s3: ProtectKernelModules on" s3sc.ProtectKernelModules true)
     (eq "s3: ProtectSystem strict" s3sc.ProtectSystem "strict")
     (that "s3: PrivateUsers not set" (!(s3sc ? PrivateUsers)))
-    (eq "s3: SystemCallFilter" s3sc.SystemCallFilter [ "@system-service" ])
+    (eq "s3: SystemCallFilter" s3sc.SystemCallFilter [
+      "@system-service"
+      "umount2"
+    ])
     (eq "s3: after network for S3" s3svc.after [
       "systemd-modules-load.service"
       "network-online.target"

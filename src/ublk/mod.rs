@@ -16,6 +16,8 @@
 //! - [`buffer_pool`]: the per-worker slot pool that bounds data-plane memory.
 //! - `params`: device parameters.
 //! - `recovery`: re-attaching QUIESCED devices after a crash; orphan cleanup.
+//! - [`mounts`]: detaching ublk mounts from the daemon's own mount namespace, so its
+//!   exit can never wait on a filesystem only it could sync.
 //!
 //! Which devices are "ours": every device glidefs creates carries
 //! [`GLIDEFS_DEV_MARKER`] in `ublksrv_ctrl_dev_info.ublksrv_flags`, a field the
@@ -30,6 +32,7 @@ mod io;
 #[cfg(test)]
 mod kernel_tests;
 pub mod mem_target;
+pub mod mounts;
 mod params;
 mod queue;
 mod recovery;

@@ -10,6 +10,10 @@
 #   stop-recovered  fio, kill -9, restart (the device is recovered), drain, then
 #                   SIGTERM: the daemon must exit 0 within 60 s leaving the device for
 #                   the next one, which recovers it again and deletes it
+#   stop-idle-recovered  fio, drain, kill -9 with no I/O in flight, restart, SIGTERM
+#   stop-mounted-recovered  ext4 on the device, sync, kill -9 with it mounted, restart,
+#                   umount, SIGTERM (how `filesystem` ends; the recovered daemon once
+#                   did not exit there)
 # TEARDOWN_ROUNDS (3) rounds of each. A DELETE that does not answer within
 # TEARDOWN_TIMEOUT_S (120) seconds fails the phase, after dump_stuck has saved every
 # daemon thread's kernel stack to stuck.N.txt.
@@ -21,7 +25,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SIZE="${TEARDOWN_SIZE:-64M}"
 ROUNDS="${TEARDOWN_ROUNDS:-3}"
-CASES="${TEARDOWN_CASES:-after-io no-drain after-recovery bounce busy stop-recovered}"
+CASES="${TEARDOWN_CASES:-after-io no-drain after-recovery bounce busy stop-recovered stop-idle-recovered stop-mounted-recovered}"
 API_TIMEOUT="${TEARDOWN_TIMEOUT_S:-120}"
 IO_SECONDS="${TEARDOWN_IO_S:-6}"
 
@@ -30,6 +34,8 @@ require_ublk
 require_daemon
 
 mkdir -p "$WORK_DIR/store"
+mnt="$WORK_DIR/mnt"
+mkdir -p "$mnt"
 write_config "$WORK_DIR/teardown.toml" "file://$WORK_DIR/store"
 
 # write_load NAME DEV: fio 4k randwrite QD32 for IO_SECONDS, in the background.
@@ -99,6 +105,30 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 export_drain "$name"
                 stop_daemon
                 [ -b "$dev" ] || fail "$dev vanished after SIGTERM of a recovered daemon"
+                start_daemon "$DAEMON_CONFIG"
+                wait_ready 120
+                ;;
+            stop-idle-recovered)
+                wait "$BG_PID" || fio_failed "$name"
+                export_drain "$name"
+                kill9_daemon
+                start_daemon "$DAEMON_CONFIG"
+                wait_ready 120
+                stop_daemon
+                start_daemon "$DAEMON_CONFIG"
+                wait_ready 120
+                ;;
+            stop-mounted-recovered)
+                wait "$BG_PID" || fio_failed "$name"
+                mkfs.ext4 -q -F "$dev" || fail "mkfs.ext4 $dev failed"
+                mount "$dev" "$mnt" || fail "mount $dev failed"
+                head -c 8M /dev/urandom >"$mnt/data"
+                sync
+                kill9_daemon
+                start_daemon "$DAEMON_CONFIG"
+                wait_ready 120
+                umount "$mnt" || fail "umount of $dev after recovery failed"
+                stop_daemon
                 start_daemon "$DAEMON_CONFIG"
                 wait_ready 120
                 ;;
