@@ -12,6 +12,7 @@
 //! segment if-absent (the commit point) → mark blocks whose generation did not change
 //! clean and journal a CLEAN record; rewritten blocks stay dirty.
 
+use super::background_cpu;
 use super::blockmap::FULL;
 use super::fetch;
 use super::fileio;
@@ -138,7 +139,8 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
     let (obj, entries) = {
         let inner2 = inner.clone();
         let list: Vec<u64> = snap.iter().map(|x| x.0).collect();
-        smol::unblock(move || -> Result<_, VolumeError> {
+        // At a lower CPU priority than the ublk workers (see background_cpu).
+        background_cpu::run(move || -> Result<_, VolumeError> {
             let mut items = Vec::with_capacity(list.len());
             let mut buf = vec![0u8; BLOCK_SIZE];
             for b in list {

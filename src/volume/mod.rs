@@ -33,6 +33,7 @@
 //! vol.drain().await; vol.grow(new_size).await; vol.close().await; vol.stats()
 //! ```
 
+mod background_cpu;
 pub mod blockmap;
 pub mod config;
 mod datapath;
