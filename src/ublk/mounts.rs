@@ -12,8 +12,10 @@
 //! So, when the daemon has a mount namespace of its own (not init's), it detaches
 //! every mount of a `ublkbN` device there: after recovery (the devices answer I/O
 //! again, so a detach that drops the last reference can sync) and at shutdown, before
-//! the workers stop. Detaching in a private or slave namespace never touches the
-//! mounts of anyone else. In init's namespace nothing is done (init holds it).
+//! the workers stop. Only private and slave mounts are detached: an unmount of those
+//! never propagates to anyone else, while one of a `shared:` mount would unmount it
+//! in every peer namespace too, so those are left alone (with a warning). In init's
+//! namespace nothing is done (init holds it).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,9 @@ pub struct UblkMount {
     pub source: String,
     /// `major:minor` of the device.
     pub dev: String,
+    /// In a shared peer group (`shared:N`): unmounting it here would propagate to
+    /// the peers, i.e. unmount it for others too, so it is left alone.
+    pub shared: bool,
 }
 
 /// Parse mountinfo text; keep the mounts `is_ublk(dev, source)` accepts, deepest
@@ -45,11 +50,13 @@ pub(crate) fn parse_ublk_mounts(
             let f: Vec<&str> = left.split(' ').collect();
             let dev = *f.get(2)?;
             let mount_point = unescape(f.get(4)?);
+            let shared = f.iter().skip(6).any(|t| t.starts_with("shared:"));
             let source = unescape(right.split(' ').nth(1)?);
             is_ublk(dev, &source).then(|| UblkMount {
                 mount_point: PathBuf::from(mount_point),
                 source,
                 dev: dev.to_string(),
+                shared,
             })
         })
         .collect();
@@ -116,6 +123,17 @@ pub fn detach_ublk_mounts(when: &str) -> io::Result<usize> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut n = 0;
     for m in parse_ublk_mounts(&text, is_ublk_dev) {
+        if m.shared {
+            tracing::warn!(
+                when,
+                mount_point = %m.mount_point.display(),
+                source = %m.source,
+                "a mount of a ublk device in the daemon's namespace propagates to other \
+                 namespaces (shared); not detached. Start the daemon with private or slave \
+                 mount propagation (systemd PrivateMounts, unshare --propagation private)"
+            );
+            continue;
+        }
         match rustix::mount::unmount(&m.mount_point, rustix::mount::UnmountFlags::DETACH) {
             Ok(()) => {
                 n += 1;
@@ -191,6 +209,15 @@ mod tests {
         );
         assert_eq!(got[1].source, "/dev/ublkb0");
         assert_eq!(got[1].dev, "259:3");
+    }
+
+    #[test]
+    fn shared_mounts_are_marked_and_slave_or_private_ones_not() {
+        let got = parse_ublk_mounts(MOUNTINFO, |dev, _| dev == "259:3" || dev == "259:4");
+        assert!(got[0].shared, "shared:9 propagates an unmount to its peers");
+        assert!(!got[1].shared);
+        let slave = "98 22 259:3 / /mnt/a rw master:4 - ext4 /dev/ublkb0 rw\n";
+        assert!(!parse_ublk_mounts(slave, |_, _| true)[0].shared);
     }
 
     #[test]
