@@ -203,7 +203,9 @@ fn redact_url(u: &str) -> String {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // libublk logs each control handle it opens at info (GET_FEATURES shows up as
+        // "device 4294967295 ... created"); its warnings are what an operator needs.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,libublk=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
