@@ -6,6 +6,9 @@
 # and kill -> every device has served a 4 KiB read), verifies the 8 again with
 # --verify_only; deletes all N and times it.
 # For N > 1,100 set GLIDEFS_UBLKS_MAX (ublks_max must be >= N on kernels < 6.15).
+# DENSITY_RCU_EXPEDITED=1 writes 1 to /sys/kernel/rcu_expedited before the kill -9
+# (the kernel's teardown of a dead server quiesces every device's queue, one RCU grace
+# period each; expedited grace periods shorten that wait: docs/operations.md).
 # ublks_max: 1100
 # deadline: 7200
 # needs: glidefs
@@ -86,6 +89,10 @@ record_figure rss_per_export_kb "$(((rss - rss0) / N))" kB
 record_figure rss_per_export_kb_without_pool "$(((rss - rss0 - pool_kb) / N))" kB
 
 printf '%s\n' "${DEVS[@]}" >"$WORK_DIR/devices"
+if [ "${DENSITY_RCU_EXPEDITED:-}" = 1 ]; then
+    echo 1 >/sys/kernel/rcu_expedited || fail "cannot write /sys/kernel/rcu_expedited"
+fi
+record_figure rcu_expedited "$(cat /sys/kernel/rcu_expedited 2>/dev/null || echo unknown)"
 kill9_daemon
 # One reader process (started before the daemon, so its start-up overlaps the
 # daemon's) reads 4 KiB from every device; each read waits in the kernel until its
