@@ -187,6 +187,22 @@ in
       '';
     };
 
+    expediteRcu = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Adds `rcupdate.rcu_expedited=1` to the kernel command line. When the daemon
+        dies (kill -9, a crash) the kernel tears its devices down one RCU grace
+        period after another before the next daemon may recover them, and deleting
+        devices waits the same way. With expedited grace periods the recovery of
+        1,025 devices took 9.0 s instead of 16.2 s in a 2-vCPU test VM, and deleting
+        them 75 s instead of 112 s (docs/performance.md). Expedited grace periods
+        interrupt every CPU, which latency-sensitive work on the host may notice:
+        leave it off unless the recovery time of many devices matters. Takes effect
+        at the next boot (at runtime: `echo 1 > /sys/kernel/rcu_expedited`).
+      '';
+    };
+
     credentialsFile = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -322,6 +338,7 @@ in
     );
 
     boot.kernelModules = [ "ublk_drv" ];
+    boot.kernelParams = lib.mkIf cfg.expediteRcu [ "rcupdate.rcu_expedited=1" ];
     boot.extraModprobeConfig = ''
       options ublk_drv ublks_max=${toString cfg.maxDevices}
     '';

@@ -44,6 +44,7 @@ let
   s3 = withGlidefs {
     services.glidefs = {
       maxDevices = 4096;
+      expediteRcu = true;
       credentialsFile = "/run/secrets/glidefs-s3";
       openFirewall = true;
       settings = {
@@ -204,6 +205,9 @@ let
       "network-online.target"
     ])
     (eq "s3: ublk_drv loaded" s3c.boot.kernelModules [ "ublk_drv" ])
+    (eq "s3: expediteRcu on the kernel command line" s3c.boot.kernelParams [
+      "rcupdate.rcu_expedited=1"
+    ])
     (eq "s3: ublks_max from maxDevices" s3c.boot.extraModprobeConfig
       "options ublk_drv ublks_max=4096\n"
     )
@@ -230,6 +234,7 @@ let
       "options ublk_drv ublks_max=20000\n"
     )
     (eq "defaults: no firewall port" dc.networking.firewall.allowedTCPPorts [ ])
+    (eq "defaults: no kernel parameters" dc.boot.kernelParams [ ])
     (that "defaults: no LoadCredential" (!(dsc ? LoadCredential)))
     (eq "defaults: no extra writable paths" dsc.ReadWritePaths [ ])
     (eq "defaults: systemd creates the cache and store directories" dsc.StateDirectory [

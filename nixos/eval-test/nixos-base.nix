@@ -92,6 +92,10 @@ in
         type = types.lines;
         default = "";
       };
+      kernelParams = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+      };
     };
     environment.systemPackages = mkOption {
       type = types.listOf types.package;
