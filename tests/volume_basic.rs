@@ -92,11 +92,7 @@ fn sub_block_write_after_cold_wake_merges_at_flush() {
         let v = open(&cfg, &store).await;
         let a = pattern(10, BLOCK_SIZE);
         v.write(0, &a, false).await.unwrap();
-        v.drain().await.unwrap();
-        v.close().await.unwrap();
-        drop(v);
-        Volume::purge_cache(&cfg).unwrap();
-        let v = open(&cfg, &store).await;
+        let v = drain_and_cold_open(v, &cfg, &store).await;
         let gets = m.get_count();
         let p = pattern(11, 8192);
         v.write(16384, &p, false).await.unwrap();
@@ -105,11 +101,7 @@ fn sub_block_write_after_cold_wake_merges_at_flush() {
             gets,
             "a sector-aligned write must not wait on the store"
         );
-        v.drain().await.unwrap();
-        v.close().await.unwrap();
-        drop(v);
-        Volume::purge_cache(&cfg).unwrap();
-        let v = open(&cfg, &store).await;
+        let v = drain_and_cold_open(v, &cfg, &store).await;
         let mut want = a.clone();
         want[16384..16384 + 8192].copy_from_slice(&p);
         let mut got = vec![0u8; BLOCK_SIZE];
@@ -388,11 +380,7 @@ fn power_loss_with_journal_on_disk_but_data_lost_reads_old_value() {
         let v = open(&cfg, &store).await;
         let x = pattern(100, 8192);
         v.write(0, &x, false).await.unwrap();
-        v.drain().await.unwrap();
-        v.close().await.unwrap();
-        drop(v);
-        Volume::purge_cache(&cfg).unwrap();
-        let v = open(&cfg, &store).await; // cold: nothing cached
+        let v = drain_and_cold_open(v, &cfg, &store).await; // nothing cached
         let y = pattern(101, 4096);
         v.write(0, &y, false).await.unwrap();
         v.abandon().await;
@@ -493,11 +481,7 @@ fn concurrent_writers_readers_and_flusher_agree_after_cold_wake() {
             want[base as usize..base as usize + last.len()].copy_from_slice(&last);
         }
         assert_eq!(read_all(&v).await, want);
-        v.drain().await.unwrap();
-        v.close().await.unwrap();
-        drop(v);
-        Volume::purge_cache(&cfg).unwrap();
-        let v = open(&cfg, &store).await;
+        let v = drain_and_cold_open(v, &cfg, &store).await;
         assert_eq!(read_all(&v).await, want);
         v.close().await.unwrap();
     });
@@ -572,11 +556,7 @@ fn concurrent_acknowledged_writes_survive_kill_9_with_group_commit() {
             want,
             "acknowledged writes lost after kill -9"
         );
-        v.drain().await.unwrap();
-        v.close().await.unwrap();
-        drop(v);
-        Volume::purge_cache(&cfg).unwrap();
-        let v = open(&cfg, &store).await;
+        let v = drain_and_cold_open(v, &cfg, &store).await;
         assert_eq!(read_all(&v).await, want, "store copy differs after drain");
         v.close().await.unwrap();
     });

@@ -40,6 +40,20 @@ pub async fn open(cfg: &VolumeConfig, store: &Arc<dyn ObjectStore>) -> Arc<Volum
     Volume::open(cfg.clone(), store.clone()).await.unwrap()
 }
 
+/// Cold wake: drain `v` into the store, close it, wipe its cache and open it again,
+/// so that everything it reads comes from the store.
+pub async fn drain_and_cold_open(
+    v: Arc<Volume>,
+    cfg: &VolumeConfig,
+    store: &Arc<dyn ObjectStore>,
+) -> Arc<Volume> {
+    v.drain().await.unwrap();
+    v.close().await.unwrap();
+    drop(v);
+    Volume::purge_cache(cfg).unwrap();
+    open(cfg, store).await
+}
+
 pub async fn read_all(v: &Volume) -> Vec<u8> {
     let mut buf = vec![0u8; v.size_bytes() as usize];
     v.read(0, &mut buf).await.unwrap();

@@ -198,11 +198,7 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
             }
         }
         // Final: everything drains and a cold wake equals the model.
-        v.drain().await.unwrap();
-        v.close().await.unwrap();
-        drop(v);
-        Volume::purge_cache(&cfg).unwrap();
-        let v = open(&cfg, &store).await;
+        let v = drain_and_cold_open(v, &cfg, &store).await;
         assert!(
             read_all(&v).await == m.cur,
             "final cold wake differs from the model"
