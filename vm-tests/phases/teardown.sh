@@ -44,6 +44,20 @@ write_load() {
         --size="$SIZE" --time_based --runtime="$IO_SECONDS"
 }
 
+# kill9_and_recover: kill -9 the daemon, start a new one, wait until it recovered.
+kill9_and_recover() {
+    kill9_daemon
+    start_daemon "$DAEMON_CONFIG"
+    wait_ready 120
+}
+
+# stop_and_restart: SIGTERM (must exit 0), start a new daemon, wait until ready.
+stop_and_restart() {
+    stop_daemon
+    start_daemon "$DAEMON_CONFIG"
+    wait_ready 120
+}
+
 # timed_delete NAME DEV: DELETE must answer 2xx within API_TIMEOUT and remove DEV.
 timed_delete() {
     local t0 i
@@ -91,16 +105,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 ;;
             after-recovery)
                 sleep "$(rand_between 2 "$IO_SECONDS")"
-                kill9_daemon
-                start_daemon "$DAEMON_CONFIG"
-                wait_ready 120
+                kill9_and_recover
                 wait "$BG_PID" || fio_failed "$name"
                 ;;
             stop-recovered)
                 sleep "$(rand_between 2 "$IO_SECONDS")"
-                kill9_daemon
-                start_daemon "$DAEMON_CONFIG"
-                wait_ready 120
+                kill9_and_recover
                 wait "$BG_PID" || fio_failed "$name"
                 export_drain "$name"
                 stop_daemon
@@ -111,12 +121,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
             stop-idle-recovered)
                 wait "$BG_PID" || fio_failed "$name"
                 export_drain "$name"
-                kill9_daemon
-                start_daemon "$DAEMON_CONFIG"
-                wait_ready 120
-                stop_daemon
-                start_daemon "$DAEMON_CONFIG"
-                wait_ready 120
+                kill9_and_recover
+                stop_and_restart
                 ;;
             stop-mounted-recovered)
                 wait "$BG_PID" || fio_failed "$name"
@@ -124,13 +130,9 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 mount "$dev" "$mnt" || fail "mount $dev failed"
                 head -c 8M /dev/urandom >"$mnt/data"
                 sync
-                kill9_daemon
-                start_daemon "$DAEMON_CONFIG"
-                wait_ready 120
+                kill9_and_recover
                 umount "$mnt" || fail "umount of $dev after recovery failed"
-                stop_daemon
-                start_daemon "$DAEMON_CONFIG"
-                wait_ready 120
+                stop_and_restart
                 ;;
             busy)
                 sleep 2
