@@ -13,6 +13,9 @@
 #      must each fail it
 #   6. the phase scripts the NixOS tests run exist and their headers evaluate
 #
+# `check-nix.sh --tools` only installs the tools and prints one line per tool:
+# NAME<TAB>PATH<TAB>VERSION (scripts/setup.sh and scripts/report-tools use it).
+#
 # What it cannot check (no nixpkgs, no store, no KVM here): building the package,
 # the image or the VM tests, and evaluating against the real nixpkgs; see
 # docs/nixos.md for `nix flake check` on a Nix host.
@@ -170,11 +173,24 @@ run_eval() { # NIXOS_DIR OUT_JSON ERR_FILE
     nix_instantiate --eval --strict --json "$1/eval-test" >"$2" 2>"$3"
 }
 
-main() {
-    cd "$REPO"
+ensure_tools() {
     ensure_nix
     ensure_cargo_tool nixfmt nixfmt_rs "$NIXFMT_VERSION"
     ensure_cargo_tool deadnix deadnix "$DEADNIX_VERSION"
+}
+
+main() {
+    cd "$REPO"
+    if [ "${1:-}" = --tools ]; then
+        ensure_tools
+        printf 'nix-instantiate\t%s\t%s\n' "$NIX_INSTANTIATE" "$(nix_instantiate --version 2>&1 | head -n1)"
+        local t
+        for t in nixfmt deadnix; do
+            printf '%s\t%s\t%s\n' "$t" "$TOOLS/bin/$t" "$("$TOOLS/bin/$t" --version 2>&1 | head -n1)"
+        done
+        return 0
+    fi
+    ensure_tools
 
     local -a files
     mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.nix' | sort)

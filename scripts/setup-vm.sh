@@ -2,7 +2,9 @@
 # Install what the VM tests (vm-tests/run) need, idempotently:
 #   - Debian packages: qemu-system-x86, kmod, fio, e2fsprogs, busybox, file, curl, jq,
 #     python3-venv (each installed only when missing; apt-get update at most once);
-#   - virtme-ng (PyPI) in a venv: $GLIDEFS_TOOLS/vng-venv/bin/vng;
+#   - virtme-ng (PyPI) in a venv: $GLIDEFS_TOOLS/vng-venv/bin/vng (its programs call
+#     each other by name, so callers put that bin/ first on PATH: GLIDEFS_VNG_CMD in
+#     scripts/lib/tools.sh);
 #   - Debian's own 6.12 kernel (newest linux-image-6.12.*+deb12-amd64 in the apt
 #     sources), fetched with `apt-get download`, unpacked with `dpkg -x` into
 #     $GLIDEFS_TOOLS/kernel/VERSION/{boot,lib/modules} and indexed with `depmod -b`.
@@ -13,10 +15,12 @@
 # GLIDEFS_VM_KERNEL_REFRESH=1 looks in the apt sources for a newer 6.12 kernel even when
 # one is already unpacked.
 # Output: human-readable progress on stderr; on stdout, KEY=VALUE lines
-# (GLIDEFS_TOOLS, GLIDEFS_VNG, GLIDEFS_VM_KERNEL, GLIDEFS_VM_KVER) for vm-tests/run.
+# (GLIDEFS_TOOLS, GLIDEFS_VM_KERNEL, GLIDEFS_VM_KVER) for vm-tests/run.
 set -euo pipefail
+# shellcheck source=lib/tools.sh
+source "$(dirname "$0")/lib/tools.sh"
 
-TOOLS="${GLIDEFS_TOOLS:-/opt/glidefs-tools}"
+TOOLS="$GLIDEFS_TOOLS"
 VNG_VERSION="${GLIDEFS_VNG_VERSION:-1.42}"
 KERNEL_ROOT="$TOOLS/kernel"
 LOCK="$TOOLS/.kernel.lock"
@@ -60,8 +64,8 @@ install_apt_packages() {
 }
 
 install_vng() {
-    local venv="$TOOLS/vng-venv"
-    if [ -x "$venv/bin/vng" ] && "$venv/bin/vng" --version 2>/dev/null | grep -q "$VNG_VERSION"; then
+    local venv="$GLIDEFS_VNG_VENV"
+    if [ -x "$venv/bin/vng" ] && [ -x "$venv/bin/virtme-run" ] && "$venv/bin/vng" --version 2>/dev/null | grep -q "$VNG_VERSION"; then
         log "virtme-ng $VNG_VERSION present ($venv/bin/vng)"
         return
     fi
@@ -71,6 +75,7 @@ install_vng() {
     /usr/bin/python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet --disable-pip-version-check "virtme-ng==$VNG_VERSION" >&2
     "$venv/bin/vng" --version >&2
+    [ -x "$venv/bin/virtme-run" ] || die "virtme-ng installed without $venv/bin/virtme-run"
 }
 
 # Prints the vmlinuz of an unpacked kernel under $KERNEL_ROOT (newest first), if any
@@ -173,6 +178,5 @@ install_kernel
 
 KVER="$(basename "$KERNEL" | sed 's/^vmlinuz-//')"
 echo "GLIDEFS_TOOLS=$TOOLS"
-echo "GLIDEFS_VNG=$TOOLS/vng-venv/bin/vng"
 echo "GLIDEFS_VM_KERNEL=$KERNEL"
 echo "GLIDEFS_VM_KVER=$KVER"

@@ -2,12 +2,11 @@
 # Installs everything glidefs' build, tests and VM checks need, idempotently.
 # Safe to re-run: each step skips what is already in place.
 #   GLIDEFS_TOOLS (default /opt/glidefs-tools): where test servers, the VM kernel,
-#   virtme-ng and Nix tools go.
+#   virtme-ng and Nix tools go. scripts/report-tools lists what ended up where.
 set -euo pipefail
-# rustup installs cargo under ~/.cargo/bin, which a non-login shell may not have.
-[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 here=$(cd "$(dirname "$0")" && pwd)
-export GLIDEFS_TOOLS=${GLIDEFS_TOOLS:-/opt/glidefs-tools}
+# shellcheck source=lib/tools.sh
+source "$here/lib/tools.sh"
 mkdir -p "$GLIDEFS_TOOLS"
 
 need_apt=()
@@ -21,12 +20,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}"
 fi
 
-command -v cargo >/dev/null || { echo "setup: cargo not found: install Rust (rustup) first" >&2; exit 1; }
+command -v cargo >/dev/null || {
+  echo "setup: cargo not found on PATH=$PATH: install Rust with rustup (~/.cargo/bin)," \
+    "set CARGO_HOME to where it is, or GLIDEFS_INHERIT_PATH=1 to keep your own PATH" >&2
+  exit 1
+}
 
 for step in install-test-servers.sh setup-vm.sh; do
-  if [ -x "$here/$step" ]; then
-    echo "setup: $step"
-    "$here/$step"
-  fi
+  echo "setup: $step"
+  "$here/$step" >/dev/null
 done
+echo "setup: Nix checkers (check-nix.sh --tools)"
+"$here/check-nix.sh" --tools >/dev/null
 echo "setup: done (tools in $GLIDEFS_TOOLS)"

@@ -16,23 +16,15 @@ vm_kernel() {
     ls -d "${GLIDEFS_TOOLS:-/opt/glidefs-tools}"/kernel/*/boot/vmlinuz-* 2>/dev/null | sort -V | tail -1
 }
 
-vm_vng() {
-    local c
-    for c in "${GLIDEFS_TOOLS:-/opt/glidefs-tools}/vng-venv/bin/vng" "$(command -v vng || true)"; do
-        [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return 0; }
-    done
-    return 1
-}
-
 # vm_run REPO OUT ARGS...: runs "scripts/bench ARGS --in-vm --out OUT" in a VM.
 vm_run() {
     local repo="$1" out="$2"
     shift 2
-    local kernel vng logdir
+    local kernel logdir
     kernel=$(vm_kernel)
     [ -n "$kernel" ] && [ -f "$kernel" ] \
         || die "no VM kernel under ${GLIDEFS_TOOLS:-/opt/glidefs-tools}/kernel (vm-tests/run installs it) and GLIDEFS_VM_KERNEL unset"
-    vng=$(vm_vng) || die "virtme-ng (vng) not found (vm-tests/run installs it)"
+    [ -x "${GLIDEFS_VNG_CMD[-1]}" ] || die "virtme-ng not found at ${GLIDEFS_VNG_CMD[-1]} (scripts/setup-vm.sh installs it)"
     mkdir -p "$out"
     logdir=$(mktemp -d /tmp/glidefs-bench-vm.XXXXXX)
     # Everything the guest needs is in one script, visible to the guest through the
@@ -66,7 +58,7 @@ vm_run() {
     mkfs.ext4 -q -F -L bench-work -i 262144 -E lazy_itable_init=0,lazy_journal_init=0 "$logdir/scratch.img" \
         || die "mkfs.ext4 of the scratch image failed"
     log "booting VM: $kernel, ${BENCH_VM_CPUS:-2} vCPUs, ${BENCH_VM_MEMORY:-4G}; guest log $logdir/guest.log"
-    timeout "${BENCH_VM_TIMEOUT:-5400}" "$vng" --run "$kernel" --disable-kvm \
+    timeout "${BENCH_VM_TIMEOUT:-5400}" "${GLIDEFS_VNG_CMD[@]}" --run "$kernel" --disable-kvm \
         --cpus "${BENCH_VM_CPUS:-2}" --memory "${BENCH_VM_MEMORY:-4G}" \
         --rwdir "$out" --rwdir "$logdir" --disk "$logdir/scratch.img" --exec "$logdir/guest.sh" \
         </dev/null >"$logdir/vng.log" 2>&1 || true

@@ -19,7 +19,8 @@ note_fail() {
     echo "guest: FAIL: $*"
 }
 
-export PATH="$PATH:/usr/local/sbin:/usr/local/bin:$GLIDEFS_TOOLS/bin"
+# env.sh set the runner's PATH (system, cargo's and the project's tool directories).
+export PATH="$PATH:$GLIDEFS_TOOLS/bin"
 ulimit -n 1048576 2>/dev/null || ulimit -n 65536 || true
 
 if ! modprobe ublk_drv "ublks_max=$UBLKS_MAX"; then
