@@ -4,8 +4,8 @@
 
 use glidefs::api::{ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{Config, Listen};
+use glidefs::daemon::{EngineVolumes, VolumeSettings};
 use glidefs::metrics::Metrics;
-use glidefs::router::real::{EngineVolumes, VolumeSettings};
 use glidefs::router::{Router, RouterConfig};
 use glidefs::store::metered::MeteredStore;
 use glidefs::store::{open_store, ObjectStore, StoreOptions};

@@ -65,6 +65,21 @@ fn init_writes_once_and_check_config_validates() {
 }
 
 #[test]
+fn check_config_rejects_what_start_would_reject() {
+    // One URL parser: a bucket name that the store would refuse at start (leading or
+    // trailing '-') must already fail `check-config`.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("glidefs.toml");
+    let fs = f.to_str().unwrap();
+    for url in ["s3://-bkt-", "s3://-bkt", "s3://bkt-/p", "file:///a/b?x"] {
+        std::fs::write(&f, format!("[store]\nurl = \"{url}\"\n")).unwrap();
+        let o = glidefs(&["check-config", fs]);
+        assert_eq!(o.status.code(), Some(1), "{url} passed check-config");
+        assert!(text(&o.stderr).contains("store.url"), "{}", text(&o.stderr));
+    }
+}
+
+#[test]
 fn size_arguments_are_checked_by_the_cli() {
     let o = glidefs(&[
         "export",

@@ -15,6 +15,7 @@ fn bad_values_name_their_key() {
         ("store", "url = \"ftp://x\"", "store.url"),
         ("store", "url = \"file://relative\"", "store.url"),
         ("store", "url = \"s3://UPPER/x\"", "store.url"),
+        ("store", "url = \"s3://-bkt-\"", "store.url"),
         ("store", "url = 7", "store.url"),
         ("store", "endpoint = \"ftp://x\"", "store.endpoint"),
         (

@@ -1,6 +1,10 @@
 //! Store URLs and options: [`open_store`] turns `file:///abs/path` or
 //! `s3://bucket[/prefix]` plus [`StoreOptions`] into an `Arc<dyn ObjectStore>`.
 //!
+//! [`StoreUrl::parse`] is the only store URL parser: `check-config` (through
+//! `Config::validate`) and the daemon's start use it, so a URL that passes the check
+//! opens.
+//!
 //! Unset S3 options fall back to the standard AWS environment variables (see
 //! docs/stores.md); secrets never appear in `Debug` output or error messages.
 
@@ -51,7 +55,7 @@ impl Default for StoreOptions {
             access_key: None,
             secret_key: None,
             session_token: None,
-            timeout: Duration::from_secs(30),
+            timeout: crate::rules::STORE_TIMEOUT,
             retries: p.retries,
             retry_base_delay: p.base_delay,
             retry_max_delay: p.max_delay,
@@ -134,6 +138,9 @@ impl StoreUrl {
                     "percent-encoding, queries and fragments are not supported",
                 ));
             }
+            if path.split('/').any(|c| c == "..") {
+                return Err(bad_url(url, "file:// paths must not contain `..`"));
+            }
             return Ok(Self::Local(path.into()));
         }
         if let Some(rest) = url.strip_prefix("s3://") {
@@ -203,6 +210,9 @@ mod tests {
             "s3://Upper",
             "s3://ab",
             "s3://bucket/a/../b",
+            "s3://-bkt-",
+            "file:///a/../b",
+            "s3://bk/p@q",
             "/abs",
             "",
         ] {

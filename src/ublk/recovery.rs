@@ -23,7 +23,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use libublk::sys;
-use parking_lot::Mutex;
 
 use super::ctrl;
 use super::error::UblkError;
@@ -68,7 +67,7 @@ pub(crate) fn recover_devices_stream(
     let t0 = Instant::now();
     let steps = StepTimes::default();
     let mut in_kernel = HashMap::new();
-    for (id, r) in parallel_map(ctrl::list_dev_ids(), ctrl::raw_dev_info) {
+    for (id, r) in parallel_map(ctrl::list_dev_ids(), |id| server.ctrl.raw_dev_info(id)) {
         match r {
             Ok(info) => {
                 in_kernel.insert(id, info);
@@ -92,19 +91,10 @@ pub(crate) fn recover_devices_stream(
         .collect();
     delete_orphans(server, orphans);
     let orphans_ms = t0.elapsed().as_millis() as u64 - scan_ms;
-    let targets = Mutex::new(targets);
-    let results = Mutex::new(Vec::with_capacity(known.len()));
-    std::thread::scope(|s| {
-        for _ in 0..BULK_PARALLELISM {
-            s.spawn(|| loop {
-                let next = targets.lock().recv();
-                let Ok((id, target)) = next else { break };
-                let r = recover_one(server, id, in_kernel.get(&id).copied(), target, &steps);
-                results.lock().push((id, r));
-            });
-        }
+    let mut results = crate::parallel::map(BULK_PARALLELISM, targets, |(id, target)| {
+        let r = recover_one(server, id, in_kernel.get(&id).copied(), target, &steps);
+        (id, r)
     });
-    let mut results = results.into_inner();
     results.sort_by_key(|(id, _)| *id);
     let arrived: HashSet<u32> = results.iter().map(|(id, _)| *id).collect();
     let never: Vec<u32> = known
@@ -209,12 +199,12 @@ fn recover_one(
             }
             _ => {
                 std::thread::sleep(Duration::from_millis(50));
-                info = ctrl::raw_dev_info(id)?;
+                info = server.ctrl.raw_dev_info(id)?;
             }
         }
     }
     let t0 = add_ms(&steps.quiesce, t_wait);
-    ctrl::start_user_recovery(id, PATIENCE)?;
+    server.ctrl.start_user_recovery(id, PATIENCE)?;
     let t1 = add_ms(&steps.start, t0);
     let user_copy = info.flags & u64::from(sys::UBLK_F_USER_COPY) != 0;
     let res = server
@@ -228,7 +218,7 @@ fn recover_one(
         )
         .and_then(|_| {
             let t2 = add_ms(&steps.attach, t1);
-            let r = ctrl::end_user_recovery(id);
+            let r = server.ctrl.end_user_recovery(id);
             add_ms(&steps.end, t2);
             r
         });

@@ -42,6 +42,8 @@ mod fetch;
 pub mod fileio;
 mod flusher;
 pub mod journal;
+pub mod keys;
+pub(crate) mod le;
 pub mod lease;
 pub mod manifest;
 mod open;
@@ -133,7 +135,7 @@ pub(crate) struct State {
 pub(crate) struct Inner {
     pub cfg: VolumeConfig,
     pub store: Arc<dyn ObjectStore>,
-    pub prefix: String,
+    pub keys: keys::VolumeKeys,
     pub uuid: u64,
     /// Highest segment seq listed at open (recorded in our segments).
     pub base_seq: u64,
@@ -163,12 +165,6 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
-    pub fn seg_key(&self, seq: u64) -> String {
-        seg_key(&self.prefix, seq)
-    }
-    pub fn lease_key(&self) -> String {
-        format!("{}lease", self.prefix)
-    }
     pub fn kick(&self) {
         self.kick_flag.store(true, Ordering::Release);
         self.kick.notify(usize::MAX);
@@ -205,6 +201,16 @@ impl Inner {
             return Err(VolumeError::Fenced(m));
         }
         Ok(())
+    }
+    /// The sleep before retry `retry` (1-based) of a flush or a miss fetch: the crate's
+    /// one backoff rule between `cfg.retry_base` and `cfg.retry_max`, jittered by the
+    /// volume's seeded RNG.
+    pub fn backoff(&self, retry: u32) -> std::time::Duration {
+        crate::backoff::Backoff {
+            base: self.cfg.retry_base,
+            max: self.cfg.retry_max,
+        }
+        .delay(retry, self.rand())
     }
     /// Next pseudo-random number (xorshift64*), for jitter.
     pub fn rand(&self) -> u64 {
@@ -267,10 +273,6 @@ impl Inner {
             .write_pending()
             .map_err(|e| self.fail("journal append", e))
     }
-}
-
-pub(crate) fn seg_key(prefix: &str, seq: u64) -> String {
-    format!("{prefix}seg/{seq:020}")
 }
 
 /// One open volume. Cheap to share (`Arc<Volume>`); all I/O methods take `&self`.
