@@ -1,6 +1,8 @@
 //! Drives the real `glidefs` binary: --version, init, check-config, and `run` (no-device
 //! mode, unix socket) with the export CLI, SIGTERM, restart and kill -9 → restart.
 //! Polls with deadlines, never sleeps for a fixed time.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,4 +1,6 @@
 //! Every bad config value and unknown key is rejected, and the error names the key.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use glidefs::config::{Config, ConfigError};
 

@@ -1,4 +1,6 @@
 //! Targeted volume engine tests: I/O semantics, cold wake, corruption, lease, outage.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod volume_support;
 

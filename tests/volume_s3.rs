@@ -4,6 +4,8 @@
 //! `GLIDEFS_S3_MODEL_CASES` sets the model cases (default 256) unless `PROPTEST_CASES`
 //! is set, which proptest applies over any config: scripts/test runs this test alone
 //! with `PROPTEST_CASES` = its smaller count, since each case talks HTTP.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod volume_support;
