@@ -34,6 +34,35 @@ use super::{DeviceInfo, DeviceState, GLIDEFS_DEV_MARKER};
 /// dead server to turn QUIESCED.
 const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Recovery is part of the server's interface; it lives here, with the recovery
+/// steps, so that server.rs does not depend on this file.
+impl UblkServer {
+    /// Re-attach the devices of a previous daemon: `known` lists the ids this daemon
+    /// has targets for. QUIESCED (or FAIL_IO) ones are recovered in place (same
+    /// `/dev/ublkbN`; with REISSUE the requests the dead server held are re-sent),
+    /// absent ones are added with the same id, DEAD ones are re-created, and devices
+    /// of ours that are not in `known` (orphans) are deleted with a log line.
+    /// Devices not created by glidefs are never touched. Runs in parallel (bounded).
+    pub fn recover_devices(
+        &self,
+        known: Vec<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
+        recover_devices(self, known)
+    }
+
+    /// [`recover_devices`](Self::recover_devices) with the targets arriving one by
+    /// one on `targets` (e.g. as their volumes open): each device is recovered as
+    /// soon as its target arrives. `known` lists every id that may arrive; known ids
+    /// whose target never arrives are deleted at the end, like orphans.
+    pub fn recover_devices_stream(
+        &self,
+        known: Vec<u32>,
+        targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
+        recover_devices_stream(self, known, targets)
+    }
+}
+
 pub(crate) fn recover_devices(
     server: &UblkServer,
     known: Vec<(u32, Arc<dyn IoTarget>)>,

@@ -287,31 +287,6 @@ impl UblkServer {
         }
     }
 
-    /// Re-attach the devices of a previous daemon: `known` lists the ids this daemon
-    /// has targets for. QUIESCED (or FAIL_IO) ones are recovered in place (same
-    /// `/dev/ublkbN`; with REISSUE the requests the dead server held are re-sent),
-    /// absent ones are added with the same id, DEAD ones are re-created, and devices
-    /// of ours that are not in `known` (orphans) are deleted with a log line.
-    /// Devices not created by glidefs are never touched. Runs in parallel (bounded).
-    pub fn recover_devices(
-        &self,
-        known: Vec<(u32, Arc<dyn IoTarget>)>,
-    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
-        super::recovery::recover_devices(self, known)
-    }
-
-    /// [`recover_devices`](Self::recover_devices) with the targets arriving one by
-    /// one on `targets` (e.g. as their volumes open): each device is recovered as
-    /// soon as its target arrives. `known` lists every id that may arrive; known ids
-    /// whose target never arrives are deleted at the end, like orphans.
-    pub fn recover_devices_stream(
-        &self,
-        known: Vec<u32>,
-        targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
-    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
-        super::recovery::recover_devices_stream(self, known, targets)
-    }
-
     /// Stop and delete a device.
     pub fn delete_device(&self, dev_id: u32) -> Result<(), UblkError> {
         self.check_running()?;
