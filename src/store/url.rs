@@ -68,7 +68,7 @@ impl StoreUrl {
             if !valid_bucket(bucket) {
                 return Err(bad_url(
                     url,
-                    "bucket names are 3-63 characters of [a-z0-9.-]",
+                    "bucket names are 3-63 characters of [a-z0-9.-], starting and ending with a letter or digit",
                 ));
             }
             let prefix = prefix.trim_end_matches('/');
