@@ -4,6 +4,11 @@
 //! volume in parallel, re-attach devices, then ready) → API operations →
 //! [`Router::shutdown`]. See docs/operations.md.
 //!
+//! Files: this one holds the registry state, the helpers every operation shares,
+//! shutdown and the metrics source; `ops.rs` the API operations (put, delete,
+//! drain), `recover.rs` start-up recovery, `error.rs` the error kinds, `backend.rs`
+//! the traits the real layers (src/daemon/backends.rs) and the test fakes implement.
+//!
 //! Invariants:
 //! - only names passing [`crate::rules::validate_name`] reach a path or the store;
 //! - operations on one name are serialised by a per-name async lock; nothing slow
