@@ -4,6 +4,8 @@
 //! The engine uses real files (RealFs) in a temp dir and an in-memory store; the
 //! flusher interval is long so the numbers measure the acknowledged-write path
 //! (cache pwrite + journal record + map update) and the cache-hit read path.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use glidefs::store::{MemStore, ObjectStore};

@@ -6,24 +6,26 @@ use glidefs::volume::{Volume, VolumeConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn main() {
-    let dir = tempfile::tempdir().unwrap();
+fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
     let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
     let mut cfg = VolumeConfig::new("b", 32 << 20, dir.path().join("vol"));
     cfg.flush_interval = Duration::from_secs(3600);
     cfg.journal_compact_bytes = 1 << 40;
     let ex = smol::LocalExecutor::new();
     smol::block_on(ex.run(async {
-        let vol = Volume::open(cfg, store).await.unwrap();
-        vol.write(0, &vec![1u8; 32 << 20], false).await.unwrap();
-        vol.drain().await.unwrap(); // every sector clean: each write needs a record
+        let vol = Volume::open(cfg, store).await?;
+        vol.write(0, &vec![1u8; 32 << 20], false).await?;
+        vol.drain().await?; // every sector clean: each write needs a record
         let jdir = dir.path().join("vol");
         let jsize = || -> u64 {
             std::fs::read_dir(&jdir)
-                .unwrap()
+                .into_iter()
+                .flatten()
                 .filter_map(|e| e.ok())
                 .filter(|e| e.file_name().to_string_lossy().starts_with("journal."))
-                .map(|e| e.metadata().unwrap().len())
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
                 .sum()
         };
         let j0 = jsize();
@@ -39,16 +41,16 @@ fn main() {
                     x = x
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
-                    v.write(((x >> 33) % 8192) * 4096, &buf, false)
-                        .await
-                        .unwrap();
+                    v.write(((x >> 33) % 8192) * 4096, &buf, false).await?;
                 }
+                Ok::<_, glidefs::volume::VolumeError>(())
             }));
         }
         for t in tasks {
-            t.await;
+            t.await?;
         }
         eprintln!("writes {} journal_bytes {}", 32 * per, jsize() - j0);
-        vol.close().await.unwrap();
-    }));
+        vol.close().await?;
+        Ok(())
+    }))
 }

@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let s = UblkServer::pool_stats();
+    let s = server.pool_stats();
     eprintln!(
         "pool: acquires={} backpressure_waits={} workers_initialized={}",
         s.acquires, s.backpressure_waits, s.workers_initialized

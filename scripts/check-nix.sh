@@ -29,8 +29,9 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS="${GLIDEFS_TOOLS:-/opt/glidefs-tools}"
 NIXFMT_VERSION="0.5.3"
 DEADNIX_VERSION="1.3.1"
-# Phase scripts the flake's NixOS tests run (nixos/tests/default.nix).
-VM_PHASES=(smoke integrity crash density)
+# Phase scripts the flake's NixOS tests run: NIXOS_PHASES of the phase contract
+# (vm-tests/contract.env, which nixos/tests/default.nix reads too).
+read -r -a VM_PHASES <<<"$(sed -n 's/^NIXOS_PHASES="\(.*\)"$/\1/p' "$REPO/vm-tests/contract.env")"
 
 log() { echo "check-nix: $*" >&2; }
 die() {

@@ -11,7 +11,9 @@
 //! Every key is documented in docs/operations.md; [`DEFAULT_CONFIG`] is what
 //! `glidefs init` writes and must parse to [`Config::default`].
 
+use crate::rules;
 use crate::size::ByteSize;
+pub use crate::volume::FlushMode;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::SocketAddr;
@@ -124,21 +126,11 @@ impl Default for StoreConfig {
             region: None,
             path_style: None,
             credentials_file: None,
-            timeout: Duration::from_secs(30),
-            retries: 3,
+            timeout: rules::STORE_TIMEOUT,
+            retries: rules::STORE_RETRIES,
             allow_racy_conditional: false,
         }
     }
-}
-
-/// When a guest FLUSH completes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FlushMode {
-    /// After data and journal are fdatasync'ed on the local cache (default).
-    Local,
-    /// Only after the dirty data is committed to the object store.
-    Store,
 }
 
 /// `[cache]`.
@@ -162,8 +154,8 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             dir: PathBuf::from("/var/lib/glidefs"),
-            dirty_limit: ByteSize(1 << 30),
-            flush_interval: Duration::from_secs(5),
+            dirty_limit: ByteSize(rules::DIRTY_LIMIT),
+            flush_interval: rules::FLUSH_INTERVAL,
             flush_mode: FlushMode::Local,
             compress: true,
         }
@@ -212,9 +204,9 @@ impl Default for UblkConfig {
         UblkConfig {
             enabled: true,
             workers: 0,
-            queues: 1,
-            queue_depth: 64,
-            pool_slots: 256,
+            queues: u32::from(rules::QUEUES),
+            queue_depth: u32::from(rules::QUEUE_DEPTH),
+            pool_slots: rules::POOL_SLOTS as u32,
             bounce_mode: false,
         }
     }
@@ -233,8 +225,8 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
-            max_exports: 20_000,
-            open_concurrency: 16,
+            max_exports: rules::MAX_EXPORTS,
+            open_concurrency: rules::OPEN_CONCURRENCY,
         }
     }
 }
@@ -291,61 +283,6 @@ pub fn parse_listen(s: &str) -> Result<Listen, String> {
     })
 }
 
-/// A validated store location.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    /// `file:///abs/path`.
-    File(PathBuf),
-    /// `s3://bucket[/prefix]`.
-    S3 {
-        /// Bucket name.
-        bucket: String,
-        /// Key prefix without leading/trailing `/` (may be empty).
-        prefix: String,
-    },
-}
-
-/// Validate a store URL (`file:///abs/path` or `s3://bucket[/prefix]`).
-pub fn parse_store_url(s: &str) -> Result<StoreUrl, String> {
-    if let Some(path) = s.strip_prefix("file://") {
-        if !path.starts_with('/') {
-            return Err(format!(
-                "file:// URL needs an absolute path (file:///dir), got {s:?}"
-            ));
-        }
-        if path.split('/').any(|c| c == "..") {
-            return Err("file:// path must not contain `..`".to_string());
-        }
-        return Ok(StoreUrl::File(PathBuf::from(path)));
-    }
-    if let Some(rest) = s.strip_prefix("s3://") {
-        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let ok_bucket = (3..=63).contains(&bucket.len())
-            && bucket
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-        if !ok_bucket {
-            return Err(format!(
-                "invalid S3 bucket name {bucket:?} (3-63 of a-z, 0-9, '-', '.')"
-            ));
-        }
-        let prefix = prefix.trim_matches('/');
-        if prefix.contains('@')
-            || !prefix
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
-            || prefix.split('/').any(|c| c == ".." || c == ".")
-        {
-            return Err("S3 prefix may only contain A-Z a-z 0-9 . _ - /".to_string());
-        }
-        return Ok(StoreUrl::S3 {
-            bucket: bucket.to_string(),
-            prefix: prefix.to_string(),
-        });
-    }
-    Err("expected file:///path or s3://bucket/prefix".to_string())
-}
-
 impl Config {
     /// Parse and validate a TOML document.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
@@ -398,7 +335,7 @@ impl Config {
             return Err(invalid("cache.flush_interval", "must be greater than 0"));
         }
         if let Some(url) = &self.store.url {
-            parse_store_url(url).map_err(|m| invalid("store.url", m))?;
+            crate::store::StoreUrl::parse(url).map_err(|e| invalid("store.url", e.to_string()))?;
         }
         if let Some(ep) = &self.store.endpoint {
             let rest = ep
@@ -425,28 +362,28 @@ impl Config {
         if self.store.timeout.is_zero() {
             return Err(invalid("store.timeout", "must be greater than 0"));
         }
-        if self.store.retries > 100 {
-            return Err(invalid("store.retries", "must be at most 100"));
-        }
+        rules::check_range(self.store.retries, &rules::STORE_RETRIES_RANGE)
+            .map_err(|m| invalid("store.retries", m))?;
         parse_listen(&self.api.listen).map_err(|m| invalid("api.listen", m))?;
         let u = &self.ublk;
-        if u.workers > 1024 {
-            return Err(invalid("ublk.workers", "must be 0 (one per CPU) to 1024"));
-        }
-        if !(1..=256).contains(&u.queues) {
-            return Err(invalid("ublk.queues", "must be 1 to 256"));
-        }
-        if !(1..=4096).contains(&u.queue_depth) {
-            return Err(invalid("ublk.queue_depth", "must be 1 to 4096"));
-        }
-        if !(1..=1 << 20).contains(&u.pool_slots) {
-            return Err(invalid("ublk.pool_slots", "must be 1 to 1048576"));
-        }
-        if !(1..=1 << 20).contains(&self.limits.max_exports) {
-            return Err(invalid("limits.max_exports", "must be 1 to 1048576"));
-        }
-        if !(1..=1024).contains(&self.limits.open_concurrency) {
-            return Err(invalid("limits.open_concurrency", "must be 1 to 1024"));
+        let ranges = [
+            ("ublk.workers", u.workers, &rules::WORKERS_RANGE),
+            ("ublk.queues", u.queues, &rules::QUEUES_RANGE),
+            ("ublk.queue_depth", u.queue_depth, &rules::QUEUE_DEPTH_RANGE),
+            ("ublk.pool_slots", u.pool_slots, &rules::POOL_SLOTS_RANGE),
+            (
+                "limits.max_exports",
+                self.limits.max_exports,
+                &rules::MAX_EXPORTS_RANGE,
+            ),
+            (
+                "limits.open_concurrency",
+                self.limits.open_concurrency,
+                &rules::OPEN_CONCURRENCY_RANGE,
+            ),
+        ];
+        for (key, v, range) in ranges {
+            rules::check_range(v, range).map_err(|m| invalid(key, m))?;
         }
         Ok(())
     }
@@ -630,9 +567,11 @@ mod tests {
 
     #[test]
     fn store_urls() {
+        use crate::store::StoreUrl;
+        let parse_store_url = |s| StoreUrl::parse(s).map_err(|e| e.to_string());
         assert_eq!(
             parse_store_url("file:///a/b"),
-            Ok(StoreUrl::File("/a/b".into()))
+            Ok(StoreUrl::Local("/a/b".into()))
         );
         assert_eq!(
             parse_store_url("s3://my-bucket/a/b/"),

@@ -10,9 +10,13 @@
 //! - [`store`]: object stores (S3 and a local directory).
 
 pub mod api;
+pub mod backoff;
 pub mod config;
+pub mod daemon;
 pub mod metrics;
+pub mod parallel;
 pub mod router;
+pub mod rules;
 pub mod size;
 pub mod store;
 pub mod ublk;

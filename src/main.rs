@@ -12,12 +12,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use glidefs::api::{client::encode_segment, ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{resolve_credentials, Config, DEFAULT_CONFIG};
+use glidefs::daemon::{self, ublk_options, EngineVolumes, UblkDevices, VolumeSettings};
 use glidefs::metrics::Metrics;
-use glidefs::router::real::{ublk_options, EngineVolumes, UblkDevices, VolumeSettings};
 use glidefs::router::{DeviceBackend, Router, RouterConfig};
 use glidefs::size::ByteSize;
 use glidefs::store::metered::MeteredStore;
-use glidefs::store::{open_store, ObjectStore, StoreOptions};
+use glidefs::store::{open_store, ObjectStore};
 use glidefs::ublk::UblkServer;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -236,18 +236,7 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
     if let Some(p) = store_url.strip_prefix("file://") {
         std::fs::create_dir_all(p).with_context(|| format!("creating local store {p}"))?;
     }
-    let opts = StoreOptions {
-        endpoint: cfg.store.endpoint.clone(),
-        region: cfg.store.region.clone(),
-        path_style: cfg.store.path_style,
-        access_key: creds.as_ref().map(|c| c.access_key.clone()),
-        secret_key: creds.as_ref().map(|c| c.secret_key.clone()),
-        session_token: creds.as_ref().and_then(|c| c.session_token.clone()),
-        timeout: cfg.store.timeout,
-        retries: cfg.store.retries,
-        allow_racy_conditional: cfg.store.allow_racy_conditional,
-        ..StoreOptions::default()
-    };
+    let opts = daemon::store_options(&cfg, creds.as_ref());
     let raw_store = open_store(&store_url, &opts).context("opening the object store")?;
     tracing::info!(store = %raw_store.describe(), "object store opened");
     let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw_store, metrics.store()));

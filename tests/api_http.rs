@@ -1,11 +1,13 @@
 //! The HTTP API on 127.0.0.1:0 (and a unix socket), in no-device mode, with the real
 //! volume engine on a `file://` store in a temp dir. Every bad input gets the right
 //! status and a JSON error, and changes nothing.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use glidefs::api::{ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{Config, Listen};
+use glidefs::daemon::{EngineVolumes, VolumeSettings};
 use glidefs::metrics::Metrics;
-use glidefs::router::real::{EngineVolumes, VolumeSettings};
 use glidefs::router::{Router, RouterConfig};
 use glidefs::store::metered::MeteredStore;
 use glidefs::store::{open_store, ObjectStore, StoreOptions};

@@ -1,6 +1,8 @@
 //! Drives the real `glidefs` binary: --version, init, check-config, and `run` (no-device
 //! mode, unix socket) with the export CLI, SIGTERM, restart and kill -9 → restart.
 //! Polls with deadlines, never sleeps for a fixed time.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -62,6 +64,21 @@ fn init_writes_once_and_check_config_validates() {
     );
     let o = glidefs(&["check-config", "/nonexistent/glidefs.toml"]);
     assert!(!o.status.success());
+}
+
+#[test]
+fn check_config_rejects_what_start_would_reject() {
+    // One URL parser: a bucket name that the store would refuse at start (leading or
+    // trailing '-') must already fail `check-config`.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("glidefs.toml");
+    let fs = f.to_str().unwrap();
+    for url in ["s3://-bkt-", "s3://-bkt", "s3://bkt-/p", "file:///a/b?x"] {
+        std::fs::write(&f, format!("[store]\nurl = \"{url}\"\n")).unwrap();
+        let o = glidefs(&["check-config", fs]);
+        assert_eq!(o.status.code(), Some(1), "{url} passed check-config");
+        assert!(text(&o.stderr).contains("store.url"), "{}", text(&o.stderr));
+    }
 }
 
 #[test]

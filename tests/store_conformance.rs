@@ -5,6 +5,8 @@
 //!
 //! The S3 servers come from scripts/install-test-servers.sh; without them these
 //! tests fail with a message saying so.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

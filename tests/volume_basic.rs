@@ -1,9 +1,12 @@
 //! Targeted volume engine tests: I/O semantics, cold wake, corruption, lease, outage.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod volume_support;
 
 use bytes::Bytes;
 use glidefs::store::{MemStore, ObjectStore};
+use glidefs::volume::keys::VolumeKeys;
 use glidefs::volume::{FileIo, SimFs, Volume, VolumeError};
 use glidefs::BLOCK_SIZE;
 use std::sync::Arc;
@@ -160,7 +163,10 @@ fn corrupted_segment_is_an_io_error_never_data() {
         v.drain().await.unwrap();
         v.close().await.unwrap();
         drop(v);
-        let segs = store.list("volumes/corr/seg/").await.unwrap();
+        let segs = store
+            .list(&VolumeKeys::new("corr").segments())
+            .await
+            .unwrap();
         assert_eq!(segs.len(), 1);
         let key = &segs[0].key;
         let mut obj = store.get(key).await.unwrap().to_vec();
@@ -333,7 +339,11 @@ fn grow_exists_and_purge() {
         v.close().await.unwrap();
         drop(v);
         Volume::purge(&store, "gr").await.unwrap();
-        assert!(store.list("volumes/gr/").await.unwrap().is_empty());
+        assert!(store
+            .list(VolumeKeys::new("gr").root())
+            .await
+            .unwrap()
+            .is_empty());
         assert_eq!(Volume::exists_in_store(&store, "gr").await.unwrap(), None);
     });
 }

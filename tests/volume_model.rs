@@ -4,6 +4,8 @@
 //! reached the disk first, as background writeback does) and cold wake (cache dir deleted) - checked
 //! against an in-memory model. Runs against MemStore and LocalDirStore (and s3s-fs in
 //! tests/volume_s3.rs). `PROPTEST_CASES` sets the number of cases (default 256).
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod volume_support;
 

@@ -4,12 +4,15 @@
 //! `GLIDEFS_S3_MODEL_CASES` sets the model cases (default 256) unless `PROPTEST_CASES`
 //! is set, which proptest applies over any config: scripts/test runs this test alone
 //! with `PROPTEST_CASES` = its smaller count, since each case talks HTTP.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod volume_support;
 
 use common::servers::TestServer;
 use glidefs::store::{ObjectStore, StoreOptions};
+use glidefs::volume::keys::VolumeKeys;
 use glidefs::volume::{SimFs, Volume, VolumeError};
 use glidefs::BLOCK_SIZE;
 use proptest::prelude::*;
@@ -117,7 +120,7 @@ fn s3s_corrupted_segment_file_is_an_io_error() {
         v.drain().await.unwrap();
         v.close().await.unwrap();
         drop(v);
-        let segs = store.list("volumes/c/seg/").await.unwrap();
+        let segs = store.list(&VolumeKeys::new("c").segments()).await.unwrap();
         assert_eq!(segs.len(), 1);
         let path = srv.object_path(&format!("corrupt/{}", segs[0].key));
         let mut bytes = std::fs::read(&path).unwrap();

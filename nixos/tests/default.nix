@@ -1,5 +1,6 @@
-# The NixOS VM tests of the flake's checks: one per vm-tests phase (the same
-# scripts vm-tests/run runs under the Debian kernel) plus the module's own test.
+# The NixOS VM tests of the flake's checks: one per phase listed in NIXOS_PHASES of
+# vm-tests/contract.env (the same scripts vm-tests/run runs under the Debian kernel)
+# plus the module's own test.
 # A phase whose script is not in vm-tests/phases yet gets a check that fails and
 # says so, rather than silently running nothing.
 {
@@ -7,12 +8,7 @@
   glidefsModule,
 }:
 let
-  phaseNames = [
-    "smoke"
-    "integrity"
-    "crash"
-    "density"
-  ];
+  phaseNames = (import ./contract.nix).nixosPhases;
   phasesSrc = ../../vm-tests/phases;
   phases = builtins.path {
     name = "glidefs-vm-phases";

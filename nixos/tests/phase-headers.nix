@@ -1,9 +1,10 @@
 # The "# key: value" headers of a vm-tests phase script, read the way vm-tests/run
-# reads them (first 40 lines, first match wins), with the runner's defaults:
-#   ublks_max (64), deadline in seconds (1800), needs (a list of words).
-# Pure builtins, so the evaluation test can check it without nixpkgs.
+# reads them (first HEADER_LINES lines, first match wins), with the defaults of the
+# phase contract (vm-tests/contract.env): ublks_max, deadline in seconds, needs (a
+# list of words). Pure builtins, so the evaluation test can check it without nixpkgs.
 script:
 let
+  contract = import ./contract.nix;
   inherit (builtins)
     elemAt
     filter
@@ -16,7 +17,9 @@ let
     split
     ;
   lines = filter isString (split "\n" (builtins.readFile script));
-  top = genList (elemAt lines) (if length lines < 40 then length lines else 40);
+  top = genList (elemAt lines) (
+    if length lines < contract.headerLines then length lines else contract.headerLines
+  );
   trimmed =
     s:
     let
@@ -43,8 +46,8 @@ let
   needs = value "needs";
 in
 {
-  ublksMax = number "ublks_max" 64;
-  deadline = number "deadline" 1800;
+  ublksMax = number "ublks_max" contract.defaultUblksMax;
+  deadline = number "deadline" contract.defaultDeadline;
   needs =
     if needs == null then [ ] else filter (w: isString w && w != "") (split "[[:space:]]+" needs);
 }

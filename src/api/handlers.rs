@@ -206,7 +206,7 @@ fn export_route(
         },
         "PUT" => {
             // Validate the name before the body, so a bad name is always a 400 about it.
-            if let Err(m) = crate::router::validate_name(name) {
+            if let Err(m) = crate::rules::validate_name(name) {
                 return Reply::error(400, m);
             }
             let size = match parse_put_body(body) {

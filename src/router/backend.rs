@@ -1,7 +1,7 @@
 //! What the router drives, as small traits: [`VolumeFactory`] / [`ExportVolume`]
 //! (the volume engine) and [`DeviceBackend`] (the ublk server). The daemon plugs the
-//! real layers in (src/router/real.rs); host tests use in-memory fakes
-//! ([`crate::router::fake`]). Errors are classified into a few kinds
+//! real layers in (src/daemon/backends.rs); host tests use in-memory fakes
+//! (src/router/fake.rs, test builds only). Errors are classified into a few kinds
 //! ([`BackendError`]) that the API maps to HTTP status codes.
 
 use crate::metrics::{PoolCounters, VolumeCounters};
@@ -63,14 +63,8 @@ pub trait VolumeFactory: Send + Sync + 'static {
     async fn forget_local(&self, name: &str) -> Result<(), BackendError>;
 }
 
-/// A block device attached to an export.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceInfo {
-    /// ublk device id (`N` in `/dev/ublkbN`).
-    pub dev_id: u32,
-    /// Block device path.
-    pub path: String,
-}
+/// A block device attached to an export: the ublk layer's own description.
+pub use crate::ublk::DeviceInfo;
 
 /// The block-device layer (ublk). Calls may block (kernel control commands).
 pub trait DeviceBackend: Send + Sync + 'static {
@@ -81,25 +75,16 @@ pub trait DeviceBackend: Send + Sync + 'static {
         target: Arc<dyn IoTarget>,
     ) -> Result<DeviceInfo, BackendError>;
     /// Re-attach devices left by a previous daemon (or re-create them with the same
-    /// ids when they are gone), many in parallel. `devices` is the complete list:
-    /// devices of ours not in it are orphans and may be deleted, so this is called
-    /// once, at start-up.
+    /// ids when they are gone), many in parallel, with the targets arriving on
+    /// `targets` as their volumes open, so that devices are re-attached while other
+    /// volumes are still opening. `known` lists every id that may arrive: devices of
+    /// ours not in it, and known ids whose target never arrives, are orphans and may
+    /// be deleted, so this is called once, at start-up.
     fn recover(
-        &self,
-        devices: Vec<(u32, Arc<dyn IoTarget>)>,
-    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
-    /// [`recover`](Self::recover) with the targets arriving on `targets` as their
-    /// volumes open, so that devices are re-attached while other volumes are still
-    /// opening. `known` lists every id that may arrive; known ids whose target never
-    /// arrives are treated like orphans. The default collects every target first.
-    fn recover_stream(
         &self,
         known: Vec<u32>,
         targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
-    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
-        let _ = known;
-        self.recover(targets.into_iter().collect())
-    }
+    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
     /// Stop and delete a device.
     fn delete(&self, dev_id: u32) -> Result<(), BackendError>;
     /// Buffer-pool totals for metrics.

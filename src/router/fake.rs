@@ -2,7 +2,7 @@
 //! a map that plays the object store, so cold wake and purge are observable) and
 //! [`FakeDevices`] (hands out device ids, no kernel). Used by host tests of the
 //! router and the API; failure injection lets tests check that a failed request
-//! changes nothing. Not used by `glidefs run`.
+//! changes nothing. Compiled only for tests.
 
 use super::backend::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
 use crate::metrics::{PoolCounters, VolumeCounters};
@@ -168,10 +168,7 @@ pub struct FakeDevices {
 }
 
 fn info(dev_id: u32) -> DeviceInfo {
-    DeviceInfo {
-        dev_id,
-        path: format!("/dev/ublkb{dev_id}"),
-    }
+    DeviceInfo::new(dev_id)
 }
 
 impl DeviceBackend for FakeDevices {
@@ -196,8 +193,10 @@ impl DeviceBackend for FakeDevices {
     }
     fn recover(
         &self,
-        devices: Vec<(u32, Arc<dyn IoTarget>)>,
+        _known: Vec<u32>,
+        targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
     ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
+        let devices: Vec<_> = targets.into_iter().collect();
         let mut d = self.devices.lock();
         // Like the real server: devices not listed are orphans and go away.
         d.retain(|id, _| devices.iter().any(|(k, _)| k == id));

@@ -7,7 +7,7 @@
 //!   with an error instead of being dropped (it is the map to the operator's data);
 //! - `dev_id` is kept so a restarted daemon re-attaches the same `/dev/ublkbN`.
 
-use super::name::validate_name;
+use crate::rules::validate_name;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;

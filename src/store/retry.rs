@@ -1,5 +1,5 @@
-//! Retry policy for remote stores: bounded attempts, exponential backoff with full
-//! jitter, and the rule of what may be retried.
+//! Retry policy for remote stores: bounded attempts, the crate's one backoff rule
+//! ([`crate::backoff::Backoff`]), and the rule of what may be retried.
 //!
 //! Only [`StoreError::Unavailable`] is retried, and only for operations that are safe
 //! to replay (GET, HEAD, LIST, DELETE, unconditional PUT). Conditional puts are never
@@ -24,22 +24,21 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
-            retries: 4,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(5),
+            retries: crate::rules::STORE_RETRIES,
+            base_delay: crate::rules::STORE_RETRY_BASE,
+            max_delay: crate::rules::STORE_RETRY_MAX,
         }
     }
 }
 
 impl RetryPolicy {
-    /// The sleep before retry number `retry` (1-based): uniform in `[0, min(max, base·2^(retry-1))]`
-    /// ("full jitter"), so many clients recovering from one outage do not stampede.
+    /// The sleep before retry number `retry` (1-based): see [`crate::backoff`].
     pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
-        let cap = exp.min(self.max_delay);
-        cap.mul_f64(rand::random::<f64>())
+        crate::backoff::Backoff {
+            base: self.base_delay,
+            max: self.max_delay,
+        }
+        .delay(retry, rand::random::<u64>())
     }
 
     /// Run `op` until it succeeds, fails with a non-retryable error, or the attempts

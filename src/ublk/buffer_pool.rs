@@ -20,22 +20,16 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use memmap2::MmapMut;
 
-static ACQUIRES: AtomicU64 = AtomicU64::new(0);
-static BACKPRESSURE_WAITS: AtomicU64 = AtomicU64::new(0);
-static WORKERS_INITIALIZED: AtomicU64 = AtomicU64::new(0);
-static CONFIGURED_SLOTS: AtomicUsize = AtomicUsize::new(DEFAULT_POOL_SLOTS);
-
-/// Default number of slots per worker pool.
-pub const DEFAULT_POOL_SLOTS: usize = 256;
 /// Size of one slot.
 pub const SLOT_SIZE: usize = super::IO_BUF_BYTES;
 
-/// Process-wide counters of all worker pools.
+/// The counters of a server's worker pools, as read by metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolStats {
     /// Slots handed out (fast path and after waiting).
@@ -50,35 +44,54 @@ pub struct PoolStats {
     pub slot_size: usize,
 }
 
-/// The counters of every pool in this process.
-pub fn pool_stats() -> PoolStats {
-    PoolStats {
-        acquires: ACQUIRES.load(Ordering::Relaxed),
-        backpressure_waits: BACKPRESSURE_WAITS.load(Ordering::Relaxed),
-        workers_initialized: WORKERS_INITIALIZED.load(Ordering::Relaxed),
-        slots: CONFIGURED_SLOTS.load(Ordering::Relaxed),
-        slot_size: SLOT_SIZE,
-    }
+/// The pools of one server: the slot count every worker's pool is created with and
+/// the counters they all add to. Owned by the server (`Arc`), built from its options;
+/// nothing about the pools is process-wide.
+#[derive(Debug)]
+pub struct PoolGroup {
+    slots: usize,
+    acquires: AtomicU64,
+    backpressure_waits: AtomicU64,
+    workers_initialized: AtomicU64,
 }
 
-/// Set the slot count used by pools created from now on (called by the server).
-pub(crate) fn configure_slots(slots: usize) {
-    CONFIGURED_SLOTS.store(slots.max(1), Ordering::Relaxed);
+impl PoolGroup {
+    /// Pools of `slots` slots each (at least one).
+    pub fn new(slots: usize) -> Arc<PoolGroup> {
+        Arc::new(PoolGroup {
+            slots: slots.max(1),
+            acquires: AtomicU64::new(0),
+            backpressure_waits: AtomicU64::new(0),
+            workers_initialized: AtomicU64::new(0),
+        })
+    }
+
+    /// The counters of every pool of the group.
+    pub fn stats(&self) -> PoolStats {
+        PoolStats {
+            acquires: self.acquires.load(Ordering::Relaxed),
+            backpressure_waits: self.backpressure_waits.load(Ordering::Relaxed),
+            workers_initialized: self.workers_initialized.load(Ordering::Relaxed),
+            slots: self.slots,
+            slot_size: SLOT_SIZE,
+        }
+    }
 }
 
 thread_local! {
     static WORKER_POOL: RefCell<Option<Rc<BufferPool>>> = const { RefCell::new(None) };
 }
 
-/// This thread's pool, created on first use with the configured slot count.
-pub(crate) fn worker_pool() -> io::Result<Rc<BufferPool>> {
+/// This worker thread's pool, created on first use (after the worker is pinned) as a
+/// member of `group`. A worker thread belongs to one server, so to one group.
+pub(crate) fn worker_pool(group: &Arc<PoolGroup>) -> io::Result<Rc<BufferPool>> {
     WORKER_POOL.with(|p| {
         let mut p = p.borrow_mut();
         if let Some(pool) = p.as_ref() {
             return Ok(pool.clone());
         }
-        let pool = BufferPool::new(CONFIGURED_SLOTS.load(Ordering::Relaxed), SLOT_SIZE)?;
-        WORKERS_INITIALIZED.fetch_add(1, Ordering::Relaxed);
+        let pool = BufferPool::in_group(group.clone(), SLOT_SIZE)?;
+        group.workers_initialized.fetch_add(1, Ordering::Relaxed);
         *p = Some(pool.clone());
         Ok(pool)
     })
@@ -104,12 +117,22 @@ pub struct BufferPool {
     base: *mut u8,
     slot_size: usize,
     slots: usize,
+    group: Arc<PoolGroup>,
     _map: MmapMut,
 }
 
 impl BufferPool {
-    /// Map and pre-fault `slots` × `slot_size` bytes.
+    /// Map and pre-fault `slots` × `slot_size` bytes (a pool of its own group).
     pub fn new(slots: usize, slot_size: usize) -> io::Result<Rc<BufferPool>> {
+        if slots == 0 {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        BufferPool::in_group(PoolGroup::new(slots), slot_size)
+    }
+
+    /// Map and pre-fault a pool of `group`'s slot count, counting into `group`.
+    pub fn in_group(group: Arc<PoolGroup>, slot_size: usize) -> io::Result<Rc<BufferPool>> {
+        let slots = group.slots;
         if slots == 0 || slot_size == 0 || slots > u32::MAX as usize {
             return Err(io::Error::from_raw_os_error(libc::EINVAL));
         }
@@ -140,6 +163,7 @@ impl BufferPool {
             base,
             slot_size,
             slots,
+            group,
             _map: map,
         }))
     }
@@ -183,7 +207,7 @@ impl BufferPool {
         }
         let idx = s.free.pop()?;
         s.acquires += 1;
-        ACQUIRES.fetch_add(1, Ordering::Relaxed);
+        self.group.acquires.fetch_add(1, Ordering::Relaxed);
         Some(Slot {
             pool: self.clone(),
             idx,
@@ -281,7 +305,7 @@ impl Future for Acquire {
                 if s.queue.is_empty() {
                     if let Some(idx) = s.free.pop() {
                         s.acquires += 1;
-                        ACQUIRES.fetch_add(1, Ordering::Relaxed);
+                        this.pool.group.acquires.fetch_add(1, Ordering::Relaxed);
                         drop(s);
                         return Poll::Ready(Slot {
                             pool: this.pool.clone(),
@@ -300,7 +324,10 @@ impl Future for Acquire {
                     },
                 );
                 s.waits += 1;
-                BACKPRESSURE_WAITS.fetch_add(1, Ordering::Relaxed);
+                this.pool
+                    .group
+                    .backpressure_waits
+                    .fetch_add(1, Ordering::Relaxed);
                 this.id = Some(id);
                 Poll::Pending
             }
@@ -322,7 +349,7 @@ impl Future for Acquire {
                     Some(idx) => {
                         s.waiters.remove(&id);
                         s.acquires += 1;
-                        ACQUIRES.fetch_add(1, Ordering::Relaxed);
+                        this.pool.group.acquires.fetch_add(1, Ordering::Relaxed);
                         this.id = None;
                         drop(s);
                         // Mark done so Drop does nothing: id is None and the fast path
@@ -361,6 +388,7 @@ impl Drop for Acquire {
 mod tests {
     use super::*;
     use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
 
     struct CountWake(AtomicUsize);
@@ -581,6 +609,6 @@ mod tests {
         let (acq, waits) = pool.local_counts();
         assert_eq!(acq, (slots * 10) as u64);
         assert!(waits >= (slots * 9) as u64);
-        assert!(pool_stats().acquires >= acq);
+        assert!(pool.group.stats().acquires >= acq);
     }
 }

@@ -3,7 +3,7 @@
 //! other threads send it [`CtrlReq`]s and wait for the reply.
 //!
 //! libublk runs ADD_DEV, SET_PARAMS, GET_DEV_INFO, GET_FEATURES and DEL_DEV.
-//! Some commands go through [`raw_ctrl_cmd`] / [`raw_dev_info`] instead (a private
+//! Some commands go through [`Ctrl::raw_ctrl_cmd`] / [`Ctrl::raw_dev_info`] instead (a private
 //! ring per calling thread, set up on its first command; usable from any thread),
 //! with the same `sys` structs and opcodes:
 //! - STOP_DEV runs on the caller's thread so that deleting many devices stops them in
@@ -64,10 +64,17 @@ pub(crate) enum CtrlReq {
 pub(crate) struct Ctrl {
     tx: Mutex<mpsc::Sender<CtrlReq>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// `/dev/ublk-control`, for the commands sent on a caller's own ring.
+    file: File,
 }
 
 impl Ctrl {
     pub(crate) fn start() -> Result<Ctrl, UblkError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(CTRL_DEV)
+            .map_err(|e| UblkError::io(CTRL_DEV, e))?;
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("ublk-ctrl".into())
@@ -76,6 +83,7 @@ impl Ctrl {
         Ok(Ctrl {
             tx: Mutex::new(tx),
             thread: Mutex::new(Some(thread)),
+            file,
         })
     }
 
@@ -227,78 +235,120 @@ pub(crate) fn remove_run_json(dev_id: u32) {
     let _ = std::fs::remove_file(path);
 }
 
-static CTRL_FILE: Mutex<Option<File>> = Mutex::new(None);
-
-fn ctrl_fd() -> Result<i32, UblkError> {
-    let mut f = CTRL_FILE.lock();
-    if f.is_none() {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(CTRL_DEV)
-            .map_err(|e| UblkError::io(CTRL_DEV, e))?;
-        *f = Some(file);
-    }
-    f.as_ref()
-        .map(|f| f.as_raw_fd())
-        .ok_or(UblkError::NotAvailable)
-}
-
 thread_local! {
-    /// This thread's ring for [`raw_ctrl_cmd`]: set up once per thread rather than
+    /// This thread's ring for [`Ctrl::raw_ctrl_cmd`]: set up once per thread rather than
     /// once per command (ring set-up and teardown cost more than the command itself
     /// under emulation, and a bulk recovery sends thousands of commands).
     static CTRL_RING: std::cell::RefCell<Option<IoUring<squeue::Entry128, cqueue::Entry>>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// Send one control command with `data[0] = data0` on this thread's private ring and
-/// wait for it. Returns the kernel's result (>= 0) or a `Kernel` error. Any thread
-/// may call this.
-pub(crate) fn raw_ctrl_cmd(
-    name: &'static str,
-    cmd_op: u32,
-    dev_id: u32,
-    data0: u64,
-) -> Result<i32, UblkError> {
-    let cmd = sys::ublksrv_ctrl_cmd {
-        dev_id,
-        queue_id: u16::MAX,
-        data: [data0],
-        ..Default::default()
-    };
-    submit_ctrl_cmd(name, cmd_op, &cmd)
-}
+/// Commands sent on the calling thread's own ring (many threads at once).
+impl Ctrl {
+    /// Send one control command with `data[0] = data0` on this thread's private ring and
+    /// wait for it. Returns the kernel's result (>= 0) or a `Kernel` error. Any thread
+    /// may call this.
+    pub(crate) fn raw_ctrl_cmd(
+        &self,
+        name: &'static str,
+        cmd_op: u32,
+        dev_id: u32,
+        data0: u64,
+    ) -> Result<i32, UblkError> {
+        let cmd = sys::ublksrv_ctrl_cmd {
+            dev_id,
+            queue_id: u16::MAX,
+            data: [data0],
+            ..Default::default()
+        };
+        submit_ctrl_cmd(self.file.as_raw_fd(), name, cmd_op, &cmd)
+    }
 
-/// GET_DEV_INFO on this thread's private ring (no libublk control, so many threads
-/// can read device infos at once).
-pub(crate) fn raw_dev_info(dev_id: u32) -> Result<sys::ublksrv_ctrl_dev_info, UblkError> {
-    let info = Box::new(sys::ublksrv_ctrl_dev_info::default());
-    let cmd = sys::ublksrv_ctrl_cmd {
-        dev_id,
-        queue_id: u16::MAX,
-        addr: &*info as *const sys::ublksrv_ctrl_dev_info as u64,
-        len: std::mem::size_of::<sys::ublksrv_ctrl_dev_info>() as u16,
-        ..Default::default()
-    };
-    // The kernel writes `info` through `addr` before the command completes. On a
-    // ring error the command may still be running (io-wq), so `info` is leaked.
-    match submit_ctrl_cmd("GET_DEV_INFO", sys::UBLK_U_CMD_GET_DEV_INFO, &cmd) {
-        Ok(_) => Ok(*info),
-        Err(e @ UblkError::Kernel { .. }) => Err(e),
-        Err(e) => {
-            Box::leak(info);
-            Err(e)
+    /// GET_DEV_INFO on this thread's private ring (no libublk control, so many threads
+    /// can read device infos at once).
+    pub(crate) fn raw_dev_info(
+        &self,
+        dev_id: u32,
+    ) -> Result<sys::ublksrv_ctrl_dev_info, UblkError> {
+        let info = Box::new(sys::ublksrv_ctrl_dev_info::default());
+        let cmd = sys::ublksrv_ctrl_cmd {
+            dev_id,
+            queue_id: u16::MAX,
+            addr: &*info as *const sys::ublksrv_ctrl_dev_info as u64,
+            len: std::mem::size_of::<sys::ublksrv_ctrl_dev_info>() as u16,
+            ..Default::default()
+        };
+        // The kernel writes `info` through `addr` before the command completes. On a
+        // ring error the command may still be running (io-wq), so `info` is leaked.
+        match submit_ctrl_cmd(
+            self.file.as_raw_fd(),
+            "GET_DEV_INFO",
+            sys::UBLK_U_CMD_GET_DEV_INFO,
+            &cmd,
+        ) {
+            Ok(_) => Ok(*info),
+            Err(e @ UblkError::Kernel { .. }) => Err(e),
+            Err(e) => {
+                Box::leak(info);
+                Err(e)
+            }
         }
+    }
+
+    /// START_DEV: returns once every queue has fetched and the disk is added.
+    pub(crate) fn start_dev(&self, dev_id: u32) -> Result<(), UblkError> {
+        self.raw_ctrl_cmd(
+            "START_DEV",
+            sys::UBLK_U_CMD_START_DEV,
+            dev_id,
+            std::process::id().into(),
+        )
+        .map(|_| ())
+    }
+
+    /// START_USER_RECOVERY, retried while the kernel says EBUSY (the dead server's char
+    /// device is not fully released yet), for at most `patience`.
+    pub(crate) fn start_user_recovery(
+        &self,
+        dev_id: u32,
+        patience: std::time::Duration,
+    ) -> Result<(), UblkError> {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            match self.raw_ctrl_cmd(
+                "START_USER_RECOVERY",
+                sys::UBLK_U_CMD_START_USER_RECOVERY,
+                dev_id,
+                0,
+            ) {
+                Err(UblkError::Kernel { errno, .. })
+                    if errno == libc::EBUSY && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other.map(|_| ()),
+            }
+        }
+    }
+
+    /// END_USER_RECOVERY: returns once every queue has fetched again.
+    pub(crate) fn end_user_recovery(&self, dev_id: u32) -> Result<(), UblkError> {
+        self.raw_ctrl_cmd(
+            "END_USER_RECOVERY",
+            sys::UBLK_U_CMD_END_USER_RECOVERY,
+            dev_id,
+            std::process::id().into(),
+        )
+        .map(|_| ())
     }
 }
 
 fn submit_ctrl_cmd(
+    fd: i32,
     name: &'static str,
     cmd_op: u32,
     cmd: &sys::ublksrv_ctrl_cmd,
 ) -> Result<i32, UblkError> {
-    let fd = ctrl_fd()?;
     let mut raw = [0u8; 80];
     // SAFETY: ublksrv_ctrl_cmd is a plain-old-data repr(C) struct of 32 bytes, which
     // fits in the 80-byte command area; we copy its bytes, nothing else.
@@ -365,52 +415,6 @@ fn submit_on(
             return Ok(c.result());
         }
     }
-}
-
-/// START_DEV: returns once every queue has fetched and the disk is added.
-pub(crate) fn start_dev(dev_id: u32) -> Result<(), UblkError> {
-    raw_ctrl_cmd(
-        "START_DEV",
-        sys::UBLK_U_CMD_START_DEV,
-        dev_id,
-        std::process::id().into(),
-    )
-    .map(|_| ())
-}
-
-/// START_USER_RECOVERY, retried while the kernel says EBUSY (the dead server's char
-/// device is not fully released yet), for at most `patience`.
-pub(crate) fn start_user_recovery(
-    dev_id: u32,
-    patience: std::time::Duration,
-) -> Result<(), UblkError> {
-    let deadline = std::time::Instant::now() + patience;
-    loop {
-        match raw_ctrl_cmd(
-            "START_USER_RECOVERY",
-            sys::UBLK_U_CMD_START_USER_RECOVERY,
-            dev_id,
-            0,
-        ) {
-            Err(UblkError::Kernel { errno, .. })
-                if errno == libc::EBUSY && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other.map(|_| ()),
-        }
-    }
-}
-
-/// END_USER_RECOVERY: returns once every queue has fetched again.
-pub(crate) fn end_user_recovery(dev_id: u32) -> Result<(), UblkError> {
-    raw_ctrl_cmd(
-        "END_USER_RECOVERY",
-        sys::UBLK_U_CMD_END_USER_RECOVERY,
-        dev_id,
-        std::process::id().into(),
-    )
-    .map(|_| ())
 }
 
 /// Ids of every ublk device in the kernel (from /sys/class/ublk-char).

@@ -68,7 +68,7 @@ async fn rw_user_copy(
     write: bool,
     fua: bool,
 ) -> io::Result<()> {
-    let pool = buffer_pool::worker_pool()?;
+    let pool = buffer_pool::worker_pool(&q.spec.pools)?;
     let mut slot = pool.acquire().await;
     let buf = slot.as_mut_slice();
     let mut done = 0usize;

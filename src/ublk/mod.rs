@@ -35,6 +35,7 @@ pub mod mem_target;
 pub mod mounts;
 mod params;
 mod queue;
+mod reactor;
 mod recovery;
 mod server;
 pub mod target;
@@ -56,13 +57,14 @@ pub const IO_BUF_BYTES: usize = crate::BLOCK_SIZE;
 /// Options of a [`UblkServer`].
 #[derive(Debug, Clone)]
 pub struct UblkOptions {
-    /// Worker threads (each pinned to one CPU, one io_uring). Default min(cores, 16).
+    /// Worker threads (each pinned to one CPU, one io_uring). Default one per core, at
+    /// most [`crate::rules::MAX_DEFAULT_WORKERS`].
     pub workers: usize,
-    /// Hardware queues per device. Default 1.
+    /// Hardware queues per device: [`crate::rules::QUEUES_RANGE`].
     pub queues: u16,
-    /// Tags (in-flight requests) per queue. Default 64, at most 4096.
+    /// Tags (in-flight requests) per queue: [`crate::rules::QUEUE_DEPTH_RANGE`].
     pub queue_depth: u16,
-    /// Buffer pool slots per worker (each [`IO_BUF_BYTES`]). Default 256 (32 MiB).
+    /// Buffer pool slots per worker (each [`IO_BUF_BYTES`]): [`crate::rules::POOL_SLOTS`].
     pub pool_slots: usize,
     /// Use per-tag bounce buffers instead of USER_COPY. Also forced by the environment
     /// variable `GLIDEFS_BOUNCE_MODE=1`, and used when the kernel lacks USER_COPY.
@@ -75,10 +77,10 @@ impl Default for UblkOptions {
             .map(|n| n.get())
             .unwrap_or(1);
         UblkOptions {
-            workers: cores.clamp(1, 16),
-            queues: 1,
-            queue_depth: 64,
-            pool_slots: 256,
+            workers: cores.clamp(1, crate::rules::MAX_DEFAULT_WORKERS),
+            queues: crate::rules::QUEUES,
+            queue_depth: crate::rules::QUEUE_DEPTH,
+            pool_slots: crate::rules::POOL_SLOTS,
             bounce_mode: false,
         }
     }

@@ -15,9 +15,10 @@ use io_uring::{opcode, types};
 use libublk::sys;
 
 use super::bounce::BounceBufs;
+use super::buffer_pool::PoolGroup;
 use super::error::UblkError;
+use super::reactor::Reactor;
 use super::target::IoTarget;
-use super::worker::Reactor;
 
 /// Everything a worker needs to serve one queue.
 pub(crate) struct QueueSpec {
@@ -28,6 +29,8 @@ pub(crate) struct QueueSpec {
     pub target: Arc<dyn IoTarget>,
     pub user_copy: bool,
     pub max_io_bytes: u32,
+    /// The server's buffer pools (USER_COPY requests take a slot from this worker's).
+    pub pools: Arc<PoolGroup>,
 }
 
 /// A queue attached to a worker.
@@ -95,7 +98,7 @@ impl QueueCtx {
                 }
             }
         };
-        let fixed = if super::worker::use_fixed_files() {
+        let fixed = if super::reactor::use_fixed_files() {
             match reactor.register_file(spec.char_fd.as_raw_fd()) {
                 Ok(f) => Some(f),
                 Err(e) => {

@@ -23,7 +23,6 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use libublk::sys;
-use parking_lot::Mutex;
 
 use super::ctrl;
 use super::error::UblkError;
@@ -34,6 +33,35 @@ use super::{DeviceInfo, DeviceState, GLIDEFS_DEV_MARKER};
 /// How long to wait for the old char device to be released / a LIVE device with a
 /// dead server to turn QUIESCED.
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Recovery is part of the server's interface; it lives here, with the recovery
+/// steps, so that server.rs does not depend on this file.
+impl UblkServer {
+    /// Re-attach the devices of a previous daemon: `known` lists the ids this daemon
+    /// has targets for. QUIESCED (or FAIL_IO) ones are recovered in place (same
+    /// `/dev/ublkbN`; with REISSUE the requests the dead server held are re-sent),
+    /// absent ones are added with the same id, DEAD ones are re-created, and devices
+    /// of ours that are not in `known` (orphans) are deleted with a log line.
+    /// Devices not created by glidefs are never touched. Runs in parallel (bounded).
+    pub fn recover_devices(
+        &self,
+        known: Vec<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
+        recover_devices(self, known)
+    }
+
+    /// [`recover_devices`](Self::recover_devices) with the targets arriving one by
+    /// one on `targets` (e.g. as their volumes open): each device is recovered as
+    /// soon as its target arrives. `known` lists every id that may arrive; known ids
+    /// whose target never arrives are deleted at the end, like orphans.
+    pub fn recover_devices_stream(
+        &self,
+        known: Vec<u32>,
+        targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
+    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
+        recover_devices_stream(self, known, targets)
+    }
+}
 
 pub(crate) fn recover_devices(
     server: &UblkServer,
@@ -68,7 +96,7 @@ pub(crate) fn recover_devices_stream(
     let t0 = Instant::now();
     let steps = StepTimes::default();
     let mut in_kernel = HashMap::new();
-    for (id, r) in parallel_map(ctrl::list_dev_ids(), ctrl::raw_dev_info) {
+    for (id, r) in parallel_map(ctrl::list_dev_ids(), |id| server.ctrl.raw_dev_info(id)) {
         match r {
             Ok(info) => {
                 in_kernel.insert(id, info);
@@ -92,19 +120,10 @@ pub(crate) fn recover_devices_stream(
         .collect();
     delete_orphans(server, orphans);
     let orphans_ms = t0.elapsed().as_millis() as u64 - scan_ms;
-    let targets = Mutex::new(targets);
-    let results = Mutex::new(Vec::with_capacity(known.len()));
-    std::thread::scope(|s| {
-        for _ in 0..BULK_PARALLELISM {
-            s.spawn(|| loop {
-                let next = targets.lock().recv();
-                let Ok((id, target)) = next else { break };
-                let r = recover_one(server, id, in_kernel.get(&id).copied(), target, &steps);
-                results.lock().push((id, r));
-            });
-        }
+    let mut results = crate::parallel::map(BULK_PARALLELISM, targets, |(id, target)| {
+        let r = recover_one(server, id, in_kernel.get(&id).copied(), target, &steps);
+        (id, r)
     });
-    let mut results = results.into_inner();
     results.sort_by_key(|(id, _)| *id);
     let arrived: HashSet<u32> = results.iter().map(|(id, _)| *id).collect();
     let never: Vec<u32> = known
@@ -209,12 +228,12 @@ fn recover_one(
             }
             _ => {
                 std::thread::sleep(Duration::from_millis(50));
-                info = ctrl::raw_dev_info(id)?;
+                info = server.ctrl.raw_dev_info(id)?;
             }
         }
     }
     let t0 = add_ms(&steps.quiesce, t_wait);
-    ctrl::start_user_recovery(id, PATIENCE)?;
+    server.ctrl.start_user_recovery(id, PATIENCE)?;
     let t1 = add_ms(&steps.start, t0);
     let user_copy = info.flags & u64::from(sys::UBLK_F_USER_COPY) != 0;
     let res = server
@@ -228,7 +247,7 @@ fn recover_one(
         )
         .and_then(|_| {
             let t2 = add_ms(&steps.attach, t1);
-            let r = ctrl::end_user_recovery(id);
+            let r = server.ctrl.end_user_recovery(id);
             add_ms(&steps.end, t2);
             r
         });

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use libublk::sys;
 use parking_lot::Mutex;
 
-use super::buffer_pool::{self, PoolStats};
+use super::buffer_pool::{PoolGroup, PoolStats};
 use super::ctrl::{self, AddSpec, Ctrl};
 use super::error::UblkError;
 use super::params;
@@ -47,6 +47,8 @@ pub struct UblkServer {
     pub(crate) user_copy: bool,
     pub(crate) ctrl: Ctrl,
     workers: Vec<WorkerHandle>,
+    /// The workers' buffer pools: slot count and counters (built from `opts`).
+    pools: Arc<PoolGroup>,
     pub(crate) devices: Mutex<HashMap<u32, Device>>,
     shut: AtomicBool,
 }
@@ -63,15 +65,12 @@ impl UblkServer {
         if !Self::available() {
             return Err(UblkError::NotAvailable);
         }
-        if opts.queues == 0 || u32::from(opts.queues) > sys::UBLK_MAX_NR_QUEUES {
-            return Err(UblkError::Invalid(format!("queues = {}", opts.queues)));
-        }
-        if opts.queue_depth == 0 || u32::from(opts.queue_depth) > sys::UBLK_MAX_QUEUE_DEPTH {
-            return Err(UblkError::Invalid(format!(
-                "queue_depth = {}",
-                opts.queue_depth
-            )));
-        }
+        let queues = u32::from(opts.queues);
+        crate::rules::check_range(queues, &crate::rules::QUEUES_RANGE)
+            .map_err(|m| UblkError::Invalid(format!("queues = {queues}: {m}")))?;
+        let depth = u32::from(opts.queue_depth);
+        crate::rules::check_range(depth, &crate::rules::QUEUE_DEPTH_RANGE)
+            .map_err(|m| UblkError::Invalid(format!("queue_depth = {depth}: {m}")))?;
         if opts.workers == 0 {
             opts.workers = UblkOptions::default().workers;
         }
@@ -79,7 +78,6 @@ impl UblkServer {
             return Err(UblkError::Invalid("pool_slots = 0".into()));
         }
         let files = raise_nofile().min(MAX_FILES_PER_WORKER) as u32;
-        buffer_pool::configure_slots(opts.pool_slots);
         let ctrl = Ctrl::start()?;
         let features = match ctrl.features() {
             Ok(f) => f,
@@ -123,11 +121,13 @@ impl UblkServer {
             features = format!("{features:#x}"),
             "ublk server started"
         );
+        let pools = PoolGroup::new(opts.pool_slots);
         Ok(UblkServer {
             opts,
             user_copy: !bounce,
             ctrl,
             workers,
+            pools,
             devices: Mutex::new(HashMap::new()),
             shut: AtomicBool::new(false),
         })
@@ -183,7 +183,7 @@ impl UblkServer {
                     target,
                 )
             })
-            .and_then(|_| ctrl::start_dev(id));
+            .and_then(|_| self.ctrl.start_dev(id));
         match res {
             Ok(()) => {
                 tracing::info!(dev_id = id, size, "ublk device started");
@@ -222,6 +222,7 @@ impl UblkServer {
                 target: target.clone(),
                 user_copy,
                 max_io_bytes,
+                pools: self.pools.clone(),
             };
             match self.workers[w].attach(spec) {
                 Ok(()) => placements.push(w),
@@ -252,7 +253,9 @@ impl UblkServer {
     pub(crate) fn teardown(&self, dev_id: u32) -> Result<(), UblkError> {
         let dev = self.devices.lock().remove(&dev_id);
         let t0 = Instant::now();
-        let stop = ctrl::raw_ctrl_cmd("STOP_DEV", sys::UBLK_U_CMD_STOP_DEV, dev_id, 0);
+        let stop = self
+            .ctrl
+            .raw_ctrl_cmd("STOP_DEV", sys::UBLK_U_CMD_STOP_DEV, dev_id, 0);
         match &stop {
             Err(e) => tracing::warn!(dev_id, "STOP_DEV: {e}"),
             Ok(_) => tracing::debug!(
@@ -282,31 +285,6 @@ impl UblkServer {
             Some(e) => Err(e),
             None => Ok(()),
         }
-    }
-
-    /// Re-attach the devices of a previous daemon: `known` lists the ids this daemon
-    /// has targets for. QUIESCED (or FAIL_IO) ones are recovered in place (same
-    /// `/dev/ublkbN`; with REISSUE the requests the dead server held are re-sent),
-    /// absent ones are added with the same id, DEAD ones are re-created, and devices
-    /// of ours that are not in `known` (orphans) are deleted with a log line.
-    /// Devices not created by glidefs are never touched. Runs in parallel (bounded).
-    pub fn recover_devices(
-        &self,
-        known: Vec<(u32, Arc<dyn IoTarget>)>,
-    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
-        super::recovery::recover_devices(self, known)
-    }
-
-    /// [`recover_devices`](Self::recover_devices) with the targets arriving one by
-    /// one on `targets` (e.g. as their volumes open): each device is recovered as
-    /// soon as its target arrives. `known` lists every id that may arrive; known ids
-    /// whose target never arrives are deleted at the end, like orphans.
-    pub fn recover_devices_stream(
-        &self,
-        known: Vec<u32>,
-        targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
-    ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
-        super::recovery::recover_devices_stream(self, known, targets)
     }
 
     /// Stop and delete a device.
@@ -360,9 +338,9 @@ impl UblkServer {
         v
     }
 
-    /// Counters of the data-plane buffer pools.
-    pub fn pool_stats() -> PoolStats {
-        buffer_pool::pool_stats()
+    /// Counters of this server's data-plane buffer pools.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.pools.stats()
     }
 
     /// Stop serving. With `stop_devices`, every device is stopped and deleted first;
@@ -402,25 +380,10 @@ impl Drop for UblkServer {
     }
 }
 
-/// Run `f` over `items` with at most [`BULK_PARALLELISM`] threads.
-pub(crate) fn parallel_map<T, R>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<(u32, R)>
-where
-    T: Send + Copy + Into<u32>,
-    R: Send,
-{
-    let queue = Mutex::new(items.into_iter());
-    let out = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..BULK_PARALLELISM {
-            s.spawn(|| loop {
-                let next = queue.lock().next();
-                let Some(item) = next else { break };
-                let r = f(item);
-                out.lock().push((item.into(), r));
-            });
-        }
-    });
-    let mut v = out.into_inner();
+/// Run `f` over device ids with at most [`BULK_PARALLELISM`] threads; the results
+/// sorted by id.
+pub(crate) fn parallel_map<R: Send>(ids: Vec<u32>, f: impl Fn(u32) -> R + Sync) -> Vec<(u32, R)> {
+    let mut v = crate::parallel::map(BULK_PARALLELISM, ids, |id| (id, f(id)));
     v.sort_by_key(|(id, _)| *id);
     v
 }

@@ -3,10 +3,10 @@
 //!
 //! The upload competes with the ublk workers for the same cores. Every dirty block is
 //! re-uploaded whole each `flush_interval`, so under random writes over many devices
-//! the upload can take most of the CPU and the guests' writes crawl (issue 7's
-//! 8-device runs). At nice [`UPLOAD_NICE`] the encode only gets a small share of a
-//! busy CPU and all of an idle one: under load the upload falls behind, dirty data
-//! grows, and the dirty limit (writers wait there) bounds how far. Threads of a
+//! the upload can take most of the CPU and the guests' writes crawl (the 8-device
+//! randwrite runs in docs/performance.md). At nice [`UPLOAD_NICE`] the encode only
+//! gets a small share of a busy CPU and all of an idle one: under load the upload
+//! falls behind, dirty data grows, and the dirty limit (writers wait there) bounds how far. Threads of a
 //! process have their own nice value on Linux, so only these threads are lowered.
 
 use std::any::Any;

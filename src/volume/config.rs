@@ -10,8 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// When a guest FLUSH / FUA write returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// When a guest FLUSH / FUA write returns (`cache.flush_mode` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FlushMode {
     /// Data and journal fdatasync'ed on the local cache (survives power loss).
     #[default]
@@ -42,7 +43,7 @@ impl Clock for SystemClock {
 /// Configuration of one volume. Build with [`VolumeConfig::new`] and adjust fields.
 #[derive(Clone)]
 pub struct VolumeConfig {
-    /// Volume name: 1..=128 chars of `[A-Za-z0-9._-]`, not starting with `.`.
+    /// Volume name: the export name, see [`crate::rules::validate_name`].
     pub name: String,
     /// Size in bytes (multiple of 4 KiB). When the volume exists in the store, a larger
     /// value grows it, a smaller one is an error, and 0 means "use the stored size".
@@ -69,7 +70,8 @@ pub struct VolumeConfig {
     pub takeover: bool,
     /// Lease owner identity; default `<hostname>:<cache_dir>`.
     pub owner: String,
-    /// First retry delay after a failed flush (doubles up to `retry_max`, with jitter).
+    /// Backoff ceiling of the first retry of a flush or a miss fetch (doubles up to
+    /// `retry_max`, with jitter; see [`crate::backoff`]).
     pub retry_base: Duration,
     /// Largest retry delay.
     pub retry_max: Duration,
@@ -106,7 +108,8 @@ fn hostname() -> String {
 }
 
 impl VolumeConfig {
-    /// Defaults: 256 MiB dirty limit, 5 s flush interval, local flush mode, zstd on,
+    /// Defaults: [`crate::rules::DIRTY_LIMIT`] (1 GiB) dirty limit,
+    /// [`crate::rules::FLUSH_INTERVAL`] (5 s) flush interval, local flush mode, zstd on,
     /// manifest every 16 segments, 8 MiB segments, 300 s lease TTL (renewed every
     /// TTL/3 by the flusher: one conditional PUT per volume per 100 s when idle).
     pub fn new(name: impl Into<String>, size_bytes: u64, cache_dir: impl Into<PathBuf>) -> Self {
@@ -116,8 +119,8 @@ impl VolumeConfig {
             name: name.into(),
             size_bytes,
             cache_dir,
-            dirty_limit_bytes: 256 << 20,
-            flush_interval: Duration::from_secs(5),
+            dirty_limit_bytes: crate::rules::DIRTY_LIMIT,
+            flush_interval: crate::rules::FLUSH_INTERVAL,
             flush_mode: FlushMode::Local,
             compress: true,
             checkpoint_every: 16,
@@ -134,14 +137,4 @@ impl VolumeConfig {
             seed: 0,
         }
     }
-}
-
-/// True if `name` is a valid volume name (it becomes part of object keys and paths).
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }

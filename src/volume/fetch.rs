@@ -12,7 +12,6 @@ use super::{bump, Inner, VolumeError, BS, SS};
 use crate::store::StoreError;
 use event_listener::Event;
 use std::sync::Arc;
-use std::time::Duration;
 
 struct FetchGuard<'a> {
     inner: &'a Inner,
@@ -30,7 +29,7 @@ impl Drop for FetchGuard<'_> {
 
 /// GET and decode one committed block copy (with retries for transient errors).
 pub(crate) async fn get_block(inner: &Inner, b: u64, loc: &Loc) -> Result<Vec<u8>, VolumeError> {
-    let key = inner.seg_key(loc.seq);
+    let key = inner.keys.segment(loc.seq);
     let attempts = inner.cfg.read_attempts.max(1);
     let mut attempt = 0;
     loop {
@@ -50,8 +49,7 @@ pub(crate) async fn get_block(inner: &Inner, b: u64, loc: &Loc) -> Result<Vec<u8
             }
             Err(e @ (StoreError::Unavailable(_) | StoreError::Io { .. })) if attempt < attempts => {
                 tracing::warn!(volume = %inner.cfg.name, block = b, error = %e, "miss fetch failed; retrying");
-                let base = inner.cfg.retry_base.as_millis() as u64;
-                smol::Timer::after(Duration::from_millis(base << attempt.min(6))).await;
+                smol::Timer::after(inner.backoff(attempt)).await;
             }
             Err(e) => return Err(e.into()),
         }

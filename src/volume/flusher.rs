@@ -27,29 +27,17 @@ use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Start the flusher of a volume.
 pub(crate) fn spawn(inner: Arc<Inner>) -> smol::Task<()> {
     smol::spawn(run(inner))
 }
 
-fn backoff(inner: &Inner, failures: u32) -> Duration {
-    let base = inner.cfg.retry_base.as_millis() as u64;
-    let max = inner.cfg.retry_max.as_millis() as u64;
-    let d = base
-        .saturating_mul(1u64 << failures.min(20))
-        .min(max)
-        .max(1);
-    // Full jitter in [d/2, d].
-    Duration::from_millis(d / 2 + inner.rand() % (d / 2 + 1))
-}
-
 async fn run(inner: Arc<Inner>) {
     let mut failures = 0u32;
     loop {
         if failures > 0 {
-            smol::Timer::after(backoff(&inner, failures)).await;
+            smol::Timer::after(inner.backoff(failures)).await;
         } else {
             let l = inner.kick.listen();
             if !inner.kick_flag.swap(false, Ordering::AcqRel) {
@@ -109,7 +97,7 @@ async fn renew_if_due(inner: &Inner) -> Result<(), VolumeError> {
     if now.saturating_sub(held.lease.renewed_at_ms) < ttl / 3 {
         return Ok(());
     }
-    let new = lease::renew(inner.store.as_ref(), &inner.lease_key(), &held, now).await?;
+    let new = lease::renew(inner.store.as_ref(), &inner.keys.lease(), &held, now).await?;
     *inner.lease.lock() = new;
     Ok(())
 }
@@ -163,13 +151,13 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
     };
     inner.check_bg()?;
     let held = inner.lease.lock().lease.clone();
-    lease::check(inner.store.as_ref(), &inner.lease_key(), &held).await?;
+    lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
     inner.check_bg()?;
     let len = obj.len() as u64;
     match inner
         .store
         .put_if(
-            &inner.seg_key(seq),
+            &inner.keys.segment(seq),
             Bytes::from(obj),
             PutCondition::IfAbsent,
         )
@@ -179,7 +167,7 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
         Err(StoreError::PreconditionFailed(k)) => {
             // Either another writer (the lease check says so) or a late PUT of an
             // earlier instance of ours: skip that sequence number and retry.
-            lease::check(inner.store.as_ref(), &inner.lease_key(), &held).await?;
+            lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
             return Err(VolumeError::Store(StoreError::PreconditionFailed(k)));
         }
         Err(e) => return Err(e.into()),
@@ -211,10 +199,6 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
     Ok(())
 }
 
-fn seq_of(key: &str) -> Option<u64> {
-    key.rsplit('/').next().and_then(|s| s.parse().ok())
-}
-
 async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
     let (seq, obj, live) = {
         let mut st = inner.st.lock();
@@ -231,9 +215,9 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
     };
     inner.check_bg()?;
     let held = inner.lease.lock().lease.clone();
-    lease::check(inner.store.as_ref(), &inner.lease_key(), &held).await?;
+    lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
     inner.check_bg()?;
-    let mkey = format!("{}manifest/{seq:020}", inner.prefix);
+    let mkey = inner.keys.manifest(seq);
     match inner
         .store
         .put_if(&mkey, Bytes::from(obj), PutCondition::IfAbsent)
@@ -250,19 +234,15 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
     // Garbage collection: older manifests, and segments the manifest covers that hold
     // no live entry. Re-check the lease: a fenced writer must not delete anything.
     inner.check_bg()?;
-    lease::check(inner.store.as_ref(), &inner.lease_key(), &held).await?;
-    for m in inner
-        .store
-        .list(&format!("{}manifest/", inner.prefix))
-        .await?
-    {
-        if seq_of(&m.key).is_some_and(|s| s < seq) {
+    lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
+    for m in inner.store.list(&inner.keys.manifests()).await? {
+        if inner.keys.manifest_seq(&m.key).is_some_and(|s| s < seq) {
             inner.store.delete(&m.key).await?;
             bump(&inner.stats.gc_deleted, 1);
         }
     }
-    for o in inner.store.list(&format!("{}seg/", inner.prefix)).await? {
-        if let Some(s) = seq_of(&o.key) {
+    for o in inner.store.list(&inner.keys.segments()).await? {
+        if let Some(s) = inner.keys.segment_seq(&o.key) {
             if s <= seq && !live.contains(&s) {
                 inner.store.delete(&o.key).await?;
                 bump(&inner.stats.gc_deleted, 1);

@@ -21,6 +21,7 @@
 
 use super::blockmap::{LocalMap, SECTORS_PER_BLOCK};
 use super::fileio::{self, FileHandle, FileIo};
+use super::le::{u32_at, u64_at};
 use super::VolumeError;
 use crate::SECTOR_SIZE;
 use std::collections::HashMap;
@@ -114,18 +115,6 @@ fn finish_record(out: &mut [u8], start: usize, kind: u8) {
     out[start + 8] = kind;
     let crc = crc32c::crc32c(&out[start + 8..]);
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-fn u32_at(b: &[u8], p: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[p..p + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], p: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[p..p + 8]);
-    u64::from_le_bytes(a)
 }
 
 fn decode_one(r: &[u8]) -> Option<Record> {

@@ -7,6 +7,7 @@
 //! never mixes with old data). Formats in docs/format.md.
 
 use super::blockmap::{EntryKind, Loc, StoreMap};
+use super::le::{u32_at, u64_at};
 use serde::{Deserialize, Serialize};
 
 /// Magic of a manifest object.
@@ -41,18 +42,6 @@ pub fn encode(seq: u64, uuid: u64, map: &StoreMap) -> Vec<u8> {
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
-}
-
-fn u64_at(b: &[u8], p: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[p..p + 8]);
-    u64::from_le_bytes(a)
-}
-
-fn u32_at(b: &[u8], p: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[p..p + 4]);
-    u32::from_le_bytes(a)
 }
 
 /// Decode and verify a manifest: (seq, uuid, map).

@@ -42,6 +42,8 @@ mod fetch;
 pub mod fileio;
 mod flusher;
 pub mod journal;
+pub mod keys;
+pub(crate) mod le;
 pub mod lease;
 pub mod manifest;
 mod open;
@@ -130,45 +132,42 @@ pub(crate) struct State {
     pub segs_since_manifest: u32,
 }
 
+/// The shared state of one open volume. Its fields are private to `volume` and the
+/// files under it (open, datapath, fetch, flusher); nothing else in the crate sees
+/// them, and the [`Volume`] handle is the only way in from outside.
 pub(crate) struct Inner {
-    pub cfg: VolumeConfig,
-    pub store: Arc<dyn ObjectStore>,
-    pub prefix: String,
-    pub uuid: u64,
+    cfg: VolumeConfig,
+    store: Arc<dyn ObjectStore>,
+    keys: keys::VolumeKeys,
+    uuid: u64,
     /// Highest segment seq listed at open (recorded in our segments).
-    pub base_seq: u64,
-    pub boot_id: String,
-    pub size: AtomicU64,
-    pub data: Arc<dyn FileHandle>,
-    pub st: Mutex<State>,
-    pub sync_lock: async_lock::Mutex<()>,
+    base_seq: u64,
+    boot_id: String,
+    size: AtomicU64,
+    data: Arc<dyn FileHandle>,
+    st: Mutex<State>,
+    sync_lock: async_lock::Mutex<()>,
     /// Etag of the meta object (for grow).
-    pub meta: async_lock::Mutex<(manifest::VolumeMeta, String)>,
-    pub lease: Mutex<lease::Held>,
+    meta: async_lock::Mutex<(manifest::VolumeMeta, String)>,
+    lease: Mutex<lease::Held>,
     /// Notified when dirty data was committed, or on fencing/close.
-    pub changed: Event,
+    changed: Event,
     /// Wakes the flusher.
-    pub kick: Event,
-    pub kick_flag: AtomicBool,
-    pub stats: Stats,
-    pub closed: AtomicBool,
+    kick: Event,
+    kick_flag: AtomicBool,
+    stats: Stats,
+    closed: AtomicBool,
     /// Set before the flusher is stopped: blocking jobs it queued must not run.
-    pub bg_stop: AtomicBool,
+    bg_stop: AtomicBool,
     /// Held by every blocking job that changes local files (journal rotation,
     /// state file), so stopping the flusher can wait for a running one.
-    pub file_ops: Mutex<()>,
-    pub failed: AtomicBool,
-    pub fenced: Mutex<Option<String>>,
-    pub rng: Mutex<u64>,
+    file_ops: Mutex<()>,
+    failed: AtomicBool,
+    fenced: Mutex<Option<String>>,
+    rng: Mutex<u64>,
 }
 
 impl Inner {
-    pub fn seg_key(&self, seq: u64) -> String {
-        seg_key(&self.prefix, seq)
-    }
-    pub fn lease_key(&self) -> String {
-        format!("{}lease", self.prefix)
-    }
     pub fn kick(&self) {
         self.kick_flag.store(true, Ordering::Release);
         self.kick.notify(usize::MAX);
@@ -205,6 +204,16 @@ impl Inner {
             return Err(VolumeError::Fenced(m));
         }
         Ok(())
+    }
+    /// The sleep before retry `retry` (1-based) of a flush or a miss fetch: the crate's
+    /// one backoff rule between `cfg.retry_base` and `cfg.retry_max`, jittered by the
+    /// volume's seeded RNG.
+    pub fn backoff(&self, retry: u32) -> std::time::Duration {
+        crate::backoff::Backoff {
+            base: self.cfg.retry_base,
+            max: self.cfg.retry_max,
+        }
+        .delay(retry, self.rand())
     }
     /// Next pseudo-random number (xorshift64*), for jitter.
     pub fn rand(&self) -> u64 {
@@ -267,10 +276,6 @@ impl Inner {
             .write_pending()
             .map_err(|e| self.fail("journal append", e))
     }
-}
-
-pub(crate) fn seg_key(prefix: &str, seq: u64) -> String {
-    format!("{prefix}seg/{seq:020}")
 }
 
 /// One open volume. Cheap to share (`Arc<Volume>`); all I/O methods take `&self`.

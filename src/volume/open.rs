@@ -10,24 +10,20 @@
 //! is ever overwritten.
 
 use super::blockmap::{LocalMap, StoreMap};
-use super::config::valid_name;
 use super::journal::{self, Journal, LocalState};
+use super::keys::VolumeKeys;
 use super::lease;
 use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
 use super::segment;
 use super::{fileio, Inner, State, Stats, VolumeConfig, VolumeError};
 use crate::store::{ObjectStore, PutCondition, StoreError};
-use crate::{BLOCK_SIZE, SECTOR_SIZE};
+use crate::BLOCK_SIZE;
 use bytes::Bytes;
 use event_listener::Event;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-
-fn prefix(name: &str) -> String {
-    format!("volumes/{name}/")
-}
 
 fn parse_meta(b: &[u8]) -> Result<VolumeMeta, VolumeError> {
     let m: VolumeMeta =
@@ -69,25 +65,26 @@ async fn read_meta(
     }
 }
 
+fn check_name(name: &str) -> Result<(), VolumeError> {
+    crate::rules::validate_name(name)
+        .map_err(|m| VolumeError::Invalid(format!("bad volume name {name:?}: {m}")))
+}
+
 pub(crate) async fn exists_in_store(
     store: &dyn ObjectStore,
     name: &str,
 ) -> Result<Option<u64>, VolumeError> {
-    if !valid_name(name) {
-        return Err(VolumeError::Invalid(format!("bad volume name {name:?}")));
-    }
-    Ok(read_meta(store, &format!("{}meta", prefix(name)))
+    check_name(name)?;
+    Ok(read_meta(store, &VolumeKeys::new(name).meta())
         .await?
         .map(|(m, _)| m.size_bytes))
 }
 
 pub(crate) async fn purge(store: &dyn ObjectStore, name: &str) -> Result<(), VolumeError> {
-    if !valid_name(name) {
-        return Err(VolumeError::Invalid(format!("bad volume name {name:?}")));
-    }
-    let p = prefix(name);
-    let (meta, lease) = (format!("{p}meta"), format!("{p}lease"));
-    for o in store.list(&p).await? {
+    check_name(name)?;
+    let keys = VolumeKeys::new(name);
+    let (meta, lease) = (keys.meta(), keys.lease());
+    for o in store.list(keys.root()).await? {
         if o.key != meta && o.key != lease {
             store.delete(&o.key).await?;
         }
@@ -100,13 +97,13 @@ pub(crate) async fn purge(store: &dyn ObjectStore, name: &str) -> Result<(), Vol
 /// Load the newest manifest plus newer segments. Returns (map, highest seq listed).
 async fn load_store_map(
     store: &dyn ObjectStore,
-    p: &str,
+    keys: &VolumeKeys,
     uuid: u64,
 ) -> Result<(StoreMap, u64), VolumeError> {
-    let seq_of = |k: &str| k.rsplit('/').next().and_then(|s| s.parse::<u64>().ok());
+    let seq_of = |k: &str| keys.manifest_seq(k);
     let mut map = StoreMap::default();
     let mut base = 0u64;
-    let manifests = store.list(&format!("{p}manifest/")).await?;
+    let manifests = store.list(&keys.manifests()).await?;
     if let Some(m) = manifests
         .iter()
         .filter(|m| seq_of(&m.key).is_some())
@@ -126,10 +123,10 @@ async fn load_store_map(
     }
     let mut max_seq = base;
     let mut segs: Vec<(u64, String)> = store
-        .list(&format!("{p}seg/"))
+        .list(&keys.segments())
         .await?
         .into_iter()
-        .filter_map(|o| seq_of(&o.key).map(|s| (s, o.key)))
+        .filter_map(|o| keys.segment_seq(&o.key).map(|s| (s, o.key)))
         .collect();
     segs.sort();
     // Headers first: a segment written by an older lease epoch that landed after a
@@ -200,20 +197,10 @@ pub(crate) async fn open(
     cfg: VolumeConfig,
     store: Arc<dyn ObjectStore>,
 ) -> Result<Arc<Inner>, VolumeError> {
-    if !valid_name(&cfg.name) {
-        return Err(VolumeError::Invalid(format!(
-            "bad volume name {:?}",
-            cfg.name
-        )));
-    }
-    if !cfg.size_bytes.is_multiple_of(SECTOR_SIZE as u64) {
-        return Err(VolumeError::Invalid(format!(
-            "size {} is not a multiple of {SECTOR_SIZE}",
-            cfg.size_bytes
-        )));
-    }
-    let p = prefix(&cfg.name);
-    let meta_key = format!("{p}meta");
+    check_name(&cfg.name)?;
+    crate::rules::check_aligned(cfg.size_bytes).map_err(VolumeError::Invalid)?;
+    let keys = VolumeKeys::new(&cfg.name);
+    let meta_key = keys.meta();
     let mut rng_seed = new_uuid(cfg.seed);
     // 1. Volume metadata.
     let (mut meta, mut etag) = loop {
@@ -248,7 +235,7 @@ pub(crate) async fn open(
     // 2. Lease.
     let acq = lease::acquire(
         store.as_ref(),
-        &format!("{p}lease"),
+        &keys.lease(),
         &cfg.owner,
         cfg.clock.now_ms(),
         cfg.lease_ttl.as_millis() as u64,
@@ -267,7 +254,7 @@ pub(crate) async fn open(
     }
     let size = meta.size_bytes;
     // 3. Store map.
-    let (smap, max_seq) = load_store_map(store.as_ref(), &p, uuid).await?;
+    let (smap, max_seq) = load_store_map(store.as_ref(), &keys, uuid).await?;
     // 4. Local state.
     let local_ours = acq.prev_owner.as_deref().is_none_or(|o| o == cfg.owner);
     let fs = cfg.fileio.clone();
@@ -324,7 +311,7 @@ pub(crate) async fn open(
     let last_committed = max_seq;
     let inner = Inner {
         base_seq: max_seq,
-        prefix: p,
+        keys,
         uuid,
         boot_id,
         size: AtomicU64::new(size),
@@ -363,11 +350,7 @@ pub(crate) async fn open(
 }
 
 pub(crate) async fn grow(inner: &Inner, new_size: u64) -> Result<(), VolumeError> {
-    if !new_size.is_multiple_of(SECTOR_SIZE as u64) {
-        return Err(VolumeError::Invalid(format!(
-            "size {new_size} is not a multiple of {SECTOR_SIZE}"
-        )));
-    }
+    crate::rules::check_aligned(new_size).map_err(VolumeError::Invalid)?;
     let mut g = inner.meta.lock().await;
     if new_size < g.0.size_bytes {
         return Err(VolumeError::Unsupported("shrinking a volume".into()));
@@ -379,7 +362,7 @@ pub(crate) async fn grow(inner: &Inner, new_size: u64) -> Result<(), VolumeError
         size_bytes: new_size,
         ..g.0.clone()
     };
-    let key = format!("{}meta", inner.prefix);
+    let key = inner.keys.meta();
     let etag = inner
         .store
         .put_if(&key, meta_bytes(&m)?, PutCondition::IfMatch(g.1.clone()))

@@ -7,6 +7,7 @@
 //! A segment is written once (conditional PUT if-absent) and never modified.
 
 use super::blockmap::{EntryKind, Loc};
+use super::le::{u32_at, u64_at};
 use crate::BLOCK_SIZE;
 
 /// Magic of a segment object.
@@ -165,18 +166,6 @@ pub fn encode(
     let hcrc = crc32c::crc32c(&out[0..52]);
     out[52..56].copy_from_slice(&hcrc.to_le_bytes());
     (out, entries)
-}
-
-fn u32_at(b: &[u8], p: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[p..p + 4]);
-    u32::from_le_bytes(a)
-}
-
-fn u64_at(b: &[u8], p: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[p..p + 8]);
-    u64::from_le_bytes(a)
 }
 
 /// Decode and verify a header (the first [`HEADER_LEN`] bytes).

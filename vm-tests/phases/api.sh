@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: api (issue 4) - the operator's view: `glidefs --version` shows the git sha;
+# phase: api - the operator's view: `glidefs --version` shows the git sha;
 # three exports created through the CLI (`glidefs export create NAME --size S --api
 # URL`), one grown, each written and read back with fio verify, one deleted through
 # the CLI; `export list`/`get`/`drain` work; /metrics has the build_info and exports

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: bad-input (issue 5) - every bad API call gets its 4xx with a JSON
+# phase: bad-input - every bad API call gets its 4xx with a JSON
 # {"error": ...} body and changes nothing (same export list, same ublk devices):
 # bad names (../x, empty, 65 chars, unicode, upper case), bad sizes (0, not a 4 KiB
 # multiple, 1 EiB, negative, text), malformed JSON, a missing size, a smaller size for

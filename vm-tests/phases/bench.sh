@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: bench - issue 7's IOPS benchmark (scripts/bench iops) in this VM: fio on
+# phase: bench - IOPS benchmark (scripts/bench iops) in this VM: fio on
 # null_blk, brd, rublk null, rublk loop and glidefs exports (USER_COPY + pool and
 # bounce mode), table with IOPS, p50/p99 and ratios to rublk null. The trace
 # (iops.txt) lands in the results folder; `scripts/bench` on the host copies it to

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: crash-rounds (issue 5's `crash`) - the crash phase with CRASH_DEVICES=8
+# phase: crash-rounds - the crash phase with CRASH_DEVICES=8
 # exports and CRASH_ROUNDS=10 kill -9 at random moments (CI: CRASH_ROUNDS=3); every
 # restart must answer /health/ready, fio continues without an error, and at the end
 # --verify_only passes on every export. Recovery time per restart is printed.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: crash (issue 3; with CRASH_ROUNDS>1 it is issue 5's crash-rounds) -
+# phase: crash (with CRASH_ROUNDS>1 it is crash-rounds) -
 # CRASH_DEVICES exports (default 4) under fio random writes with crc32c verify
 # headers; the daemon is killed with kill -9 while fio is writing (at a random moment,
 # CRASH_ROUNDS times, default 1) and started again. Checks: every kill hit running

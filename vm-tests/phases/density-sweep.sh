@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: density-sweep - issue 7's density sweep (scripts/bench density): for N = 1,
+# phase: density-sweep - density sweep (scripts/bench density): for N = 1,
 # 64, 256, 1025 exports (DENSITY_SWEEP_N overrides), daemon RSS, RSS per export with
 # and without the buffer pool, threads, time to create, recovery time after kill -9
 # and delete time. The trace (density-sweep.txt) lands in the results folder;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: density (issue 5) - DENSITY_N exports (default 1025) of DENSITY_SIZE (64M)
+# phase: density - DENSITY_N exports (default 1025) of DENSITY_SIZE (64M)
 # each, created through the API. Prints the daemon's RSS, VmSize and threads at N,
 # RSS per export with and without the buffer pool, and the pool size; runs fio verify
 # on 8 random exports; kill -9, times the recovery of all N (start -> /health/ready,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: filesystem (issue 5) - ext4 on an export: copy a directory tree of at least
+# phase: filesystem - ext4 on an export: copy a directory tree of at least
 # FS_TREE_MIB (50) MiB, record the sha256 of every file, `sync`; drain, stop, wipe the
 # cache dir, start, reopen the export (cold wake from the store): e2fsck -fn clean and
 # every hash equal; then copy the tree again, `sync`, kill -9 the daemon, restart:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: integrity (issue 5) - six fio cases with --verify=crc32c --verify_fatal=1,
+# phase: integrity - six fio cases with --verify=crc32c --verify_fatal=1,
 # 4k blocks, iodepth 32, on one export (INTEGRITY_SIZE, default 1G) backed by the S3
 # store (s3s-fs on 127.0.0.1 inside the guest), in USER_COPY mode and again in
 # bounce mode (GLIDEFS_BOUNCE_MODE=1):

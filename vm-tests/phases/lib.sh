@@ -20,7 +20,7 @@
 #   $RESULTS_DIR/log      the phase's own output; daemon.N.log per daemon start
 # The phase's exit code is 0 only on pass (or skip).
 #
-# Interface of the daemon these helpers expect (issue 4):
+# Interface of the daemon these helpers expect:
 #   glidefs run --config FILE   (TOML: [store] url/endpoint/region/path_style,
 #     [cache] dir/dirty_limit, [api] listen, [ublk] ..., [limits] max_exports;
 #     S3 credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: outage (issue 5) - the S3 server (s3s-fs) is stopped for OUTAGE_SECONDS
+# phase: outage - the S3 server (s3s-fs) is stopped for OUTAGE_SECONDS
 # (60) while fio writes to an export; fio sees no error (the cache absorbs the
 # writes), and once the server is back, drain completes and a cold wake (cache dir
 # wiped, export reopened from the store) verifies every block fio wrote.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: powercut (issue 5) - the cache dir and the local store live on a virtual
+# phase: powercut - the cache dir and the local store live on a virtual
 # disk that outlives the VM. Two writers run on two exports: a block writer that
 # writes 1 MiB chunks with `dd conv=fsync` (a FLUSH) and a file writer on ext4 that
 # runs `sync`; after each completed checkpoint they append its sha256 to a log in

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# phase: smoke (issue 3) - one export on the local directory store; fio writes with
+# phase: smoke - one export on the local directory store; fio writes with
 # crc32c verify headers and reads them back (4k randwrite over the whole device, then
 # 128k sequential), first in USER_COPY mode, then again with GLIDEFS_BOUNCE_MODE=1.
 # Also: the export's size matches the API, drain puts objects in the store, delete

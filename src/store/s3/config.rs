@@ -2,7 +2,7 @@
 //! (options win; the session token from the environment only pairs with keys from
 //! the environment). No secrets in errors.
 
-use crate::store::url::StoreOptions;
+use crate::store::options::StoreOptions;
 use crate::store::StoreError;
 
 /// Default region when neither the options nor the environment name one.

@@ -31,8 +31,8 @@ mod probe;
 pub use config::DEFAULT_REGION;
 pub use probe::{RACE_ROUNDS, RACE_WRITERS};
 
+use super::options::StoreOptions;
 use super::retry::RetryPolicy;
-use super::url::StoreOptions;
 use super::{validate_key, validate_prefix, ObjectMeta, ObjectStore, PutCondition, StoreError};
 use async_trait::async_trait;
 use bytes::Bytes;

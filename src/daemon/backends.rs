@@ -1,20 +1,18 @@
 //! The router's backends on the real layers: [`EngineVolumes`] opens
 //! [`crate::volume::Volume`]s in `<cache dir>/volumes/<name>` against the (metered)
 //! object store; [`UblkDevices`] drives a [`UblkServer`]. Both map their layer's
-//! errors to the router's error kinds.
+//! errors to the router's error kinds ([`BackendError`]).
 
-use super::backend::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
-use crate::config::{Config, FlushMode as CfgFlushMode};
+use super::VolumeSettings;
 use crate::metrics::{PoolCounters, VolumeCounters};
+use crate::router::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
 use crate::store::{ObjectStore, StoreError};
 use crate::ublk::IoTarget;
 use crate::ublk::{UblkError, UblkOptions, UblkServer};
-use crate::volume::{FlushMode, Volume, VolumeConfig, VolumeError};
+use crate::volume::{Volume, VolumeConfig, VolumeError};
 use async_trait::async_trait;
 use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Classify a volume error.
 pub fn classify(e: VolumeError) -> BackendError {
@@ -26,37 +24,6 @@ pub fn classify(e: VolumeError) -> BackendError {
         VolumeError::Store(StoreError::Config(_)) => BackendError::Internal(msg),
         VolumeError::Store(_) => BackendError::Unavailable(msg),
         _ => BackendError::Internal(msg),
-    }
-}
-
-/// Per-volume settings taken from the config.
-#[derive(Debug, Clone)]
-pub struct VolumeSettings {
-    /// Parent of the per-volume cache directories.
-    pub root: PathBuf,
-    /// `cache.dirty_limit`.
-    pub dirty_limit_bytes: u64,
-    /// `cache.flush_interval`.
-    pub flush_interval: Duration,
-    /// `cache.flush_mode`.
-    pub flush_mode: FlushMode,
-    /// `cache.compress`.
-    pub compress: bool,
-}
-
-impl VolumeSettings {
-    /// From the daemon config: volumes live in `<cache.dir>/volumes/<name>`.
-    pub fn from_config(cfg: &Config) -> VolumeSettings {
-        VolumeSettings {
-            root: cfg.cache.dir.join("volumes"),
-            dirty_limit_bytes: cfg.cache.dirty_limit.0,
-            flush_interval: cfg.cache.flush_interval,
-            flush_mode: match cfg.cache.flush_mode {
-                CfgFlushMode::Local => FlushMode::Local,
-                CfgFlushMode::Store => FlushMode::Store,
-            },
-            compress: cfg.cache.compress,
-        }
     }
 }
 
@@ -170,21 +137,6 @@ pub fn classify_ublk(e: UblkError) -> BackendError {
     }
 }
 
-/// ublk server options from the config.
-pub fn ublk_options(cfg: &Config) -> UblkOptions {
-    let u = &cfg.ublk;
-    let mut o = UblkOptions::default();
-    if u.workers > 0 {
-        o.workers = u.workers as usize;
-    }
-    // Ranges are validated by `Config::validate` (queues <= 256, depth <= 4096).
-    o.queues = u16::try_from(u.queues).unwrap_or(u16::MAX);
-    o.queue_depth = u16::try_from(u.queue_depth).unwrap_or(u16::MAX);
-    o.pool_slots = u.pool_slots as usize;
-    o.bounce_mode = u.bounce_mode;
-    o
-}
-
 /// The device layer on a [`UblkServer`].
 pub struct UblkDevices {
     server: UblkServer,
@@ -199,13 +151,6 @@ impl UblkDevices {
     }
 }
 
-fn device_info(d: crate::ublk::DeviceInfo) -> DeviceInfo {
-    DeviceInfo {
-        dev_id: d.dev_id,
-        path: d.block_path,
-    }
-}
-
 impl DeviceBackend for UblkDevices {
     fn add(
         &self,
@@ -214,20 +159,9 @@ impl DeviceBackend for UblkDevices {
     ) -> Result<DeviceInfo, BackendError> {
         self.server
             .add_device(dev_id, target)
-            .map(device_info)
             .map_err(classify_ublk)
     }
     fn recover(
-        &self,
-        devices: Vec<(u32, Arc<dyn IoTarget>)>,
-    ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
-        self.server
-            .recover_devices(devices)
-            .into_iter()
-            .map(|(id, r)| (id, r.map(device_info).map_err(classify_ublk)))
-            .collect()
-    }
-    fn recover_stream(
         &self,
         known: Vec<u32>,
         targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
@@ -235,14 +169,14 @@ impl DeviceBackend for UblkDevices {
         self.server
             .recover_devices_stream(known, targets)
             .into_iter()
-            .map(|(id, r)| (id, r.map(device_info).map_err(classify_ublk)))
+            .map(|(id, r)| (id, r.map_err(classify_ublk)))
             .collect()
     }
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
         self.server.delete_device(dev_id).map_err(classify_ublk)
     }
     fn pool(&self) -> Option<PoolCounters> {
-        let p = UblkServer::pool_stats();
+        let p = self.server.pool_stats();
         Some(PoolCounters {
             acquires: p.acquires,
             backpressure_waits: p.backpressure_waits,

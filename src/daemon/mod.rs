@@ -1,0 +1,76 @@
+//! The daemon's assembly: the only place where the [`Config`] is translated into the
+//! layers' own settings ([`StoreOptions`], [`VolumeSettings`], [`UblkOptions`]), and
+//! the real backends the router drives ([`backends`]).
+//!
+//! Every default and bound these settings start from is in [`crate::rules`]; this
+//! module copies values, it never decides one.
+
+pub mod backends;
+
+pub use backends::{EngineVolume, EngineVolumes, UblkDevices};
+
+use crate::config::{Config, Credentials};
+use crate::store::StoreOptions;
+use crate::ublk::UblkOptions;
+use crate::volume::FlushMode;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Store options from the config and the resolved credentials.
+pub fn store_options(cfg: &Config, creds: Option<&Credentials>) -> StoreOptions {
+    StoreOptions {
+        endpoint: cfg.store.endpoint.clone(),
+        region: cfg.store.region.clone(),
+        path_style: cfg.store.path_style,
+        access_key: creds.map(|c| c.access_key.clone()),
+        secret_key: creds.map(|c| c.secret_key.clone()),
+        session_token: creds.and_then(|c| c.session_token.clone()),
+        timeout: cfg.store.timeout,
+        retries: cfg.store.retries,
+        allow_racy_conditional: cfg.store.allow_racy_conditional,
+        ..StoreOptions::default()
+    }
+}
+
+/// Per-volume settings taken from the config.
+#[derive(Debug, Clone)]
+pub struct VolumeSettings {
+    /// Parent of the per-volume cache directories.
+    pub root: PathBuf,
+    /// `cache.dirty_limit`.
+    pub dirty_limit_bytes: u64,
+    /// `cache.flush_interval`.
+    pub flush_interval: Duration,
+    /// `cache.flush_mode`.
+    pub flush_mode: FlushMode,
+    /// `cache.compress`.
+    pub compress: bool,
+}
+
+impl VolumeSettings {
+    /// From the daemon config: volumes live in `<cache.dir>/volumes/<name>`.
+    pub fn from_config(cfg: &Config) -> VolumeSettings {
+        VolumeSettings {
+            root: cfg.cache.dir.join("volumes"),
+            dirty_limit_bytes: cfg.cache.dirty_limit.0,
+            flush_interval: cfg.cache.flush_interval,
+            flush_mode: cfg.cache.flush_mode,
+            compress: cfg.cache.compress,
+        }
+    }
+}
+
+/// ublk server options from the config.
+pub fn ublk_options(cfg: &Config) -> UblkOptions {
+    let u = &cfg.ublk;
+    let mut o = UblkOptions::default();
+    if u.workers > 0 {
+        o.workers = u.workers as usize;
+    }
+    // Ranges are validated by `Config::validate` against `crate::rules`.
+    o.queues = u16::try_from(u.queues).unwrap_or(u16::MAX);
+    o.queue_depth = u16::try_from(u.queue_depth).unwrap_or(u16::MAX);
+    o.pool_slots = u.pool_slots as usize;
+    o.bounce_mode = u.bounce_mode;
+    o
+}

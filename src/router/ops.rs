@@ -1,0 +1,328 @@
+//! The API's operations on one export: create or cold-wake, grow, repair (`put`),
+//! `delete` and `drain`.
+//!
+//! Each runs under the export's name lock (see the lock order in `mod.rs`), takes an
+//! in-flight guard that shutdown waits for, and undoes what it did when a later step
+//! fails: a failed request leaves device, volume and registry as they were.
+
+use super::backend::{DeviceInfo, ExportVolume};
+use super::error::{backend, RouterError};
+use super::{grow_to, refuse_shrink, Entry, ExportInfo, PutOutcome, Reservation, Router};
+use crate::rules::{validate_name, validate_size};
+use crate::size::format_size;
+use std::sync::Arc;
+
+impl Router {
+    /// Create (or cold-wake) `name` with `size` bytes, grow it, or repair it.
+    /// Idempotent: the same request again returns the same state.
+    pub async fn put(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> Result<(ExportInfo, PutOutcome), RouterError> {
+        validate_name(name).map_err(RouterError::InvalidName)?;
+        validate_size(size).map_err(RouterError::InvalidSize)?;
+        let _op = self.begin_op()?;
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().await;
+        self.check_open()?;
+        let existing = self.state.read().exports.get(name).cloned();
+        match existing {
+            Some(e) if e.error.is_none() => self.resize(name, e, size).await,
+            Some(e) => self.repair(name, e, size).await,
+            None => self.create(name, size).await,
+        }
+    }
+
+    async fn resize(
+        &self,
+        name: &str,
+        e: Entry,
+        size: u64,
+    ) -> Result<(ExportInfo, PutOutcome), RouterError> {
+        if size == e.size_bytes {
+            return Ok((Self::info(name, &e), PutOutcome::Unchanged));
+        }
+        refuse_shrink(name, e.size_bytes, size)?;
+        let volume = e
+            .volume
+            .clone()
+            .ok_or_else(|| RouterError::Conflict("export has no volume".into()))?;
+        volume.grow(size).await.map_err(backend(name, "grow"))?;
+        let mut device = e.device.clone();
+        if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
+            // ublk devices cannot change size while live on the kernels we target
+            // (no UPDATE_SIZE before 6.16): re-create the device with the same id.
+            let target = self.target(name, &volume)?;
+            devs.delete(d.dev_id)
+                .map_err(backend(name, "delete device for resize"))?;
+            match devs.add(Some(d.dev_id), target) {
+                Ok(nd) => device = Some(nd),
+                Err(err) => {
+                    self.set_entry(name, |x| {
+                        x.device = None;
+                        x.error = Some(format!("device lost during resize: {err}"));
+                    });
+                    return Err(backend(name, "re-add device for resize")(err));
+                }
+            }
+        }
+        self.persist(|p| {
+            if let Some(r) = p.get_mut(name) {
+                r.size_bytes = size;
+            }
+        })?;
+        let mut st = self.state.write();
+        let entry = st
+            .exports
+            .get_mut(name)
+            .ok_or_else(|| RouterError::NotFound(name.to_string()))?;
+        entry.size_bytes = size;
+        entry.device = device;
+        Ok((Self::info(name, entry), PutOutcome::Grown))
+    }
+
+    async fn create(&self, name: &str, size: u64) -> Result<(ExportInfo, PutOutcome), RouterError> {
+        let mut reservation = {
+            let mut st = self.state.write();
+            if st.exports.len() + st.pending >= self.cfg.max_exports {
+                return Err(RouterError::LimitReached(self.cfg.max_exports));
+            }
+            st.pending += 1;
+            Reservation {
+                router: self,
+                live: true,
+            }
+        };
+        let stored = self
+            .volumes
+            .exists_in_store(name)
+            .await
+            .map_err(backend(name, "look up"))?;
+        if let Some(stored) = stored {
+            if size < stored {
+                return Err(RouterError::Conflict(format!(
+                    "volume {name:?} already exists in the store with size {}; ask for at least that",
+                    format_size(stored)
+                )));
+            }
+        }
+        let volume = self
+            .volumes
+            .open(name, size)
+            .await
+            .map_err(backend(name, "open"))?;
+        let mut device = None;
+        let attached: Result<(), RouterError> = async {
+            grow_to(&volume, size)
+                .await
+                .map_err(backend(name, "grow"))?;
+            let target = self.target(name, &volume)?;
+            if let Some(devs) = &self.devices {
+                device = Some(
+                    devs.add(None, target)
+                        .map_err(backend(name, "add device"))?,
+                );
+            }
+            self.persist_entry(name, size, device.as_ref())
+        }
+        .await;
+        if let Err(err) = attached {
+            self.undo_create(name, &volume, device.as_ref(), stored.is_none())
+                .await;
+            return Err(err);
+        }
+        let entry = Entry {
+            size_bytes: volume.size_bytes(),
+            dev_id_hint: device.as_ref().map(|d| d.dev_id),
+            volume: Some(volume),
+            device,
+            error: None,
+        };
+        let info = Self::info(name, &entry);
+        {
+            let mut st = self.state.write();
+            st.pending -= 1;
+            reservation.live = false;
+            st.exports.insert(name.to_string(), entry);
+        }
+        tracing::info!(export = name, size = size, device = ?info.device, "export created");
+        let outcome = if stored.is_some() {
+            PutOutcome::Woken
+        } else {
+            PutOutcome::Created
+        };
+        Ok((info, outcome))
+    }
+
+    async fn undo_create(
+        &self,
+        name: &str,
+        volume: &Arc<dyn ExportVolume>,
+        device: Option<&DeviceInfo>,
+        fresh: bool,
+    ) {
+        if let (Some(devs), Some(d)) = (&self.devices, device) {
+            if let Err(e) = devs.delete(d.dev_id) {
+                tracing::warn!(export = name, error = %e, "undo: device delete failed");
+            }
+        }
+        if let Err(e) = volume.close().await {
+            tracing::warn!(export = name, error = %e, "undo: volume close failed");
+        }
+        if fresh {
+            if let Err(e) = self.volumes.purge(name).await {
+                tracing::warn!(export = name, error = %e, "undo: purge of new volume failed");
+            }
+        }
+        self.metrics.remove_export(name);
+    }
+
+    async fn repair(
+        &self,
+        name: &str,
+        e: Entry,
+        size: u64,
+    ) -> Result<(ExportInfo, PutOutcome), RouterError> {
+        refuse_shrink(name, e.size_bytes, size)?;
+        let volume = match &e.volume {
+            Some(v) => v.clone(),
+            None => self
+                .volumes
+                .open(name, e.size_bytes)
+                .await
+                .map_err(backend(name, "open"))?,
+        };
+        let fixed: Result<Entry, RouterError> = async {
+            grow_to(&volume, size).await.map_err(backend(name, "grow"))?;
+            let mut device = e.device.clone();
+            if let (Some(devs), None) = (&self.devices, &device) {
+                let target = self.target(name, &volume)?;
+                // Same id when it is free; `recover` is start-up only (it treats
+                // unlisted devices as orphans).
+                let d = match e.dev_id_hint {
+                    Some(id) => devs.add(Some(id), target.clone()).or_else(|err| {
+                        tracing::warn!(export = name, dev_id = id, error = %err, "previous device id unavailable");
+                        devs.add(None, target)
+                    }),
+                    None => devs.add(None, target),
+                };
+                device = Some(d.map_err(backend(name, "attach device"))?);
+            }
+            self.persist_entry(name, volume.size_bytes(), device.as_ref())?;
+            Ok(Entry {
+                size_bytes: volume.size_bytes(),
+                dev_id_hint: device.as_ref().map(|d| d.dev_id),
+                volume: Some(volume.clone()),
+                device,
+                error: None,
+            })
+        }
+        .await;
+        let mut st = self.state.write();
+        match fixed {
+            Ok(entry) => {
+                let info = Self::info(name, &entry);
+                st.exports.insert(name.to_string(), entry);
+                tracing::info!(export = name, "failed export repaired");
+                Ok((info, PutOutcome::Repaired))
+            }
+            Err(err) => {
+                // Keep the volume open if we opened it: the export stays failed, but a
+                // later attempt does not need to reopen.
+                if let Some(cur) = st.exports.get_mut(name) {
+                    cur.volume = Some(volume);
+                    cur.error = Some(err.to_string());
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Delete `name`: detach the device, then (without `purge`) drain everything to
+    /// the store and drop the local cache; with `purge` also delete its objects.
+    pub async fn delete(&self, name: &str, purge: bool) -> Result<(), RouterError> {
+        validate_name(name).map_err(RouterError::InvalidName)?;
+        let _op = self.begin_op()?;
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().await;
+        let e = self.entry(name)?;
+        if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
+            devs.delete(d.dev_id)
+                .map_err(backend(name, "delete device"))?;
+            self.set_entry(name, |x| x.device = None);
+        }
+        if let Some(volume) = &e.volume {
+            if !purge {
+                if let Err(err) = volume.drain().await {
+                    self.reattach(name, volume, &e).await;
+                    return Err(backend(name, "drain")(err));
+                }
+            }
+            if let Err(err) = volume.close().await {
+                tracing::warn!(export = name, error = %err, "close failed during delete");
+            }
+            self.set_entry(name, |x| {
+                x.volume = None;
+                x.error = Some("deleting".into());
+            });
+            if !purge {
+                if let Err(err) = self.volumes.forget_local(name).await {
+                    tracing::warn!(export = name, error = %err, "removing local cache failed");
+                }
+            }
+        } else if !purge {
+            tracing::warn!(
+                export = name,
+                "deleting a failed export: its local cache is kept"
+            );
+        }
+        if purge {
+            if let Err(err) = self.volumes.purge(name).await {
+                self.set_entry(name, |x| x.error = Some(format!("purge failed: {err}")));
+                return Err(backend(name, "purge")(err));
+            }
+        }
+        self.persist(|p| {
+            p.remove(name);
+        })?;
+        self.state.write().exports.remove(name);
+        self.metrics.remove_export(name);
+        tracing::info!(export = name, purge, "export deleted");
+        Ok(())
+    }
+
+    async fn reattach(&self, name: &str, volume: &Arc<dyn ExportVolume>, e: &Entry) {
+        let (Some(devs), Some(d)) = (&self.devices, &e.device) else {
+            return;
+        };
+        let res = self.target(name, volume).and_then(|t| {
+            devs.add(Some(d.dev_id), t)
+                .map_err(backend(name, "re-add device"))
+        });
+        match res {
+            Ok(dev) => self.set_entry(name, |x| x.device = Some(dev)),
+            Err(err) => {
+                tracing::error!(export = name, error = %err, "device could not be re-attached");
+                self.set_entry(name, |x| x.error = Some(err.to_string()));
+            }
+        }
+    }
+
+    /// Return once everything acknowledged on `name` is in the object store.
+    pub async fn drain(&self, name: &str) -> Result<ExportInfo, RouterError> {
+        validate_name(name).map_err(RouterError::InvalidName)?;
+        let _op = self.begin_op()?;
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().await;
+        let e = self.entry(name)?;
+        let volume = e.volume.clone().ok_or_else(|| {
+            RouterError::Conflict(format!(
+                "export {name:?} has failed: {}",
+                e.error.clone().unwrap_or_default()
+            ))
+        })?;
+        volume.drain().await.map_err(backend(name, "drain"))?;
+        Ok(Self::info(name, &e))
+    }
+}

@@ -1,0 +1,193 @@
+//! Start-up recovery: load the registry, open every volume with bounded parallelism
+//! ([`crate::parallel::map`], `limits.open_concurrency` threads) and re-attach each
+//! export's device as soon as its volume is open: the device layer's recovery runs on
+//! its own thread alongside the remaining opens, fed through a channel.
+//!
+//! Exports that fail stay listed as `failed` (a later PUT repairs them); only an
+//! unreadable registry is an error. The router is ready only after this returns.
+
+use super::backend::{BackendError, ExportVolume};
+use super::error::{backend, RouterError};
+use super::{grow_to, Entry, RecoverySummary, Router};
+use crate::parallel;
+use crate::router::RegEntry;
+use crate::ublk::IoTarget;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// One registry entry after its open: the volume or why not, the device target to
+/// add later (an export without a device yet), and a target error.
+type Opened = (
+    RegEntry,
+    Result<Arc<dyn ExportVolume>, BackendError>,
+    Option<Arc<dyn IoTarget>>,
+    Option<String>,
+);
+
+impl Router {
+    /// Start-up: load the registry, open every volume (bounded parallelism) and
+    /// re-attach each export's device as soon as its volume is open (device
+    /// recovery runs alongside the remaining opens), then become ready. Exports that
+    /// fail stay listed as `failed`; only an unreadable registry is an error.
+    pub fn recover(&self) -> Result<RecoverySummary, RouterError> {
+        let t0 = std::time::Instant::now();
+        let entries = self.registry.load()?;
+        *self.persisted.lock() = entries.clone();
+        let workers = self.cfg.open_concurrency.clamp(1, entries.len().max(1));
+        let known: Vec<u32> = entries.values().filter_map(|e| e.dev_id).collect();
+        let names: HashMap<u32, String> = entries
+            .values()
+            .filter_map(|e| e.dev_id.map(|id| (id, e.name.clone())))
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel::<(u32, Arc<dyn IoTarget>)>();
+        let mut recovered = Vec::new();
+        let mut opened = Vec::new();
+        std::thread::scope(|s| {
+            // Device recovery runs alongside the opens and gets each target on `tx`.
+            let devs = self
+                .devices
+                .as_ref()
+                .map(|d| s.spawn(move || d.recover(known, rx)));
+            opened = parallel::map(workers, entries.values().cloned(), |e| {
+                self.open_for_recovery(e, &tx)
+            });
+            drop(tx);
+            if let Some(h) = devs {
+                recovered = h.join().unwrap_or_default();
+            }
+        });
+        tracing::info!(
+            volumes = entries.len(),
+            workers,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "recovery: volumes opened and devices attached"
+        );
+        let mut map = BTreeMap::new();
+        let mut to_add = Vec::new();
+        for (r, res, target, target_err) in opened {
+            let mut entry = Entry {
+                size_bytes: r.size_bytes,
+                dev_id_hint: r.dev_id,
+                volume: None,
+                device: None,
+                error: target_err,
+            };
+            match res.map_err(backend(&r.name, "open")) {
+                Ok(v) => {
+                    entry.size_bytes = v.size_bytes();
+                    if let Some(t) = target {
+                        to_add.push((r.name.clone(), t));
+                    }
+                    entry.volume = Some(v);
+                }
+                Err(err) => {
+                    tracing::error!(export = %r.name, error = %err, "volume could not be opened");
+                    entry.error = Some(err.to_string());
+                }
+            }
+            map.insert(r.name.clone(), entry);
+        }
+        let answered: std::collections::HashSet<u32> =
+            recovered.iter().map(|(id, _)| *id).collect();
+        for (id, res) in recovered {
+            let Some(name) = names.get(&id) else { continue };
+            if let Some(e) = map.get_mut(name) {
+                match res {
+                    Ok(d) => e.device = Some(d),
+                    Err(err) => {
+                        tracing::error!(export = %name, dev_id = id, error = %err, "device could not be recovered");
+                        e.error = Some(format!("device {id}: {err}"));
+                    }
+                }
+            }
+        }
+        if let Some(devs) = &self.devices {
+            // A volume that opened but whose device got no answer (the device
+            // recovery thread failed) must not look live.
+            for (name, e) in map.iter_mut() {
+                let id = entries.get(name).and_then(|r| r.dev_id);
+                if let Some(id) = id {
+                    if e.volume.is_some() && e.error.is_none() && !answered.contains(&id) {
+                        e.error = Some(format!("device {id}: not recovered"));
+                    }
+                }
+            }
+            for (name, t) in to_add {
+                match devs.add(None, t) {
+                    Ok(d) => {
+                        if let Some(e) = map.get_mut(&name) {
+                            e.dev_id_hint = Some(d.dev_id);
+                            e.device = Some(d);
+                        }
+                    }
+                    Err(err) => {
+                        if let Some(e) = map.get_mut(&name) {
+                            e.error = Some(format!("add device: {err}"));
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "recovery: devices attached"
+        );
+        // Record device ids that changed (e.g. re-created devices).
+        let changed: Vec<(String, Option<u32>)> = map
+            .iter()
+            .filter_map(|(n, e)| {
+                let id = e.device.as_ref().map(|d| d.dev_id);
+                (id.is_some() && entries.get(n).map(|r| r.dev_id) != Some(id))
+                    .then(|| (n.clone(), id))
+            })
+            .collect();
+        if !changed.is_empty() {
+            self.persist(|p| {
+                for (n, id) in changed {
+                    if let Some(r) = p.get_mut(&n) {
+                        r.dev_id = id;
+                    }
+                }
+            })?;
+        }
+        let failed = map.values().filter(|e| e.error.is_some()).count();
+        let summary = RecoverySummary {
+            recovered: map.len() - failed,
+            failed,
+        };
+        self.state.write().exports = map;
+        self.ready.store(true, Ordering::SeqCst);
+        Ok(summary)
+    }
+
+    /// Open one registered export's volume (grown to its registered size) and build
+    /// its device target: sent on `tx` to the device recovery when the export had a
+    /// device, returned for a later `add` when it had none.
+    fn open_for_recovery(
+        &self,
+        e: RegEntry,
+        tx: &std::sync::mpsc::Sender<(u32, Arc<dyn IoTarget>)>,
+    ) -> Opened {
+        let r = smol::block_on(async {
+            let v = self.volumes.open(&e.name, e.size_bytes).await?;
+            grow_to(&v, e.size_bytes).await?;
+            Ok::<_, BackendError>(v)
+        });
+        let mut target = None;
+        let mut target_err = None;
+        if let Ok(v) = &r {
+            match self.target(&e.name, v) {
+                Ok(t) if self.devices.is_some() => match e.dev_id {
+                    // Only fails when the recovery thread is gone; the device is
+                    // then reported as not recovered.
+                    Some(id) => drop(tx.send((id, t))),
+                    None => target = Some(t),
+                },
+                Ok(_) => {}
+                Err(err) => target_err = Some(err.to_string()),
+            }
+        }
+        (e, r, target, target_err)
+    }
+}

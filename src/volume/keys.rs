@@ -1,0 +1,186 @@
+//! Every object key of a volume, and their parsing: nothing else in the crate formats
+//! or takes apart a volume's key.
+//!
+//! Layout under `volumes/<name>/` (see docs/format.md):
+//! - `meta`: size, uuid and format version (JSON), written once, replaced on grow;
+//! - `lease`: the writer's lease, updated by conditional PUT;
+//! - `seg/<seq>`: immutable segment objects;
+//! - `manifest/<seq>`: checkpoints of the block map as of segment `seq`.
+//!
+//! Invariant: `<seq>` is written as 20 zero-padded decimal digits, so the store's
+//! lexicographic listing order is the numeric order; [`VolumeKeys::parse`] inverts
+//! every key [`VolumeKeys`] formats (a property test checks the round trip).
+
+/// One object of a volume, as named by its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    /// `meta`.
+    Meta,
+    /// `lease`.
+    Lease,
+    /// `seg/<seq>`.
+    Segment(u64),
+    /// `manifest/<seq>`.
+    Manifest(u64),
+}
+
+/// The keys of one volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeKeys {
+    root: String,
+}
+
+const SEG: &str = "seg/";
+const MANIFEST: &str = "manifest/";
+
+impl VolumeKeys {
+    /// The keys of volume `name` (a name that passed [`crate::rules::validate_name`]).
+    pub fn new(name: &str) -> VolumeKeys {
+        VolumeKeys {
+            root: format!("volumes/{name}/"),
+        }
+    }
+
+    /// The listing prefix of every object of the volume.
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The key of `k`.
+    pub fn key(&self, k: Key) -> String {
+        let root = &self.root;
+        match k {
+            Key::Meta => format!("{root}meta"),
+            Key::Lease => format!("{root}lease"),
+            Key::Segment(seq) => format!("{root}{SEG}{seq:020}"),
+            Key::Manifest(seq) => format!("{root}{MANIFEST}{seq:020}"),
+        }
+    }
+
+    /// `meta`.
+    pub fn meta(&self) -> String {
+        self.key(Key::Meta)
+    }
+
+    /// `lease`.
+    pub fn lease(&self) -> String {
+        self.key(Key::Lease)
+    }
+
+    /// `seg/<seq>`.
+    pub fn segment(&self, seq: u64) -> String {
+        self.key(Key::Segment(seq))
+    }
+
+    /// `manifest/<seq>`.
+    pub fn manifest(&self, seq: u64) -> String {
+        self.key(Key::Manifest(seq))
+    }
+
+    /// The listing prefix of the segments.
+    pub fn segments(&self) -> String {
+        format!("{}{SEG}", self.root)
+    }
+
+    /// The listing prefix of the manifests.
+    pub fn manifests(&self) -> String {
+        format!("{}{MANIFEST}", self.root)
+    }
+
+    /// What `key` names, or `None` for a key that is not one of this volume's
+    /// objects (another volume's, or a stray object in its directory).
+    pub fn parse(&self, key: &str) -> Option<Key> {
+        let rest = key.strip_prefix(self.root.as_str())?;
+        let seq = |s: &str| {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse::<u64>().ok())
+                .flatten()
+        };
+        match rest {
+            "meta" => Some(Key::Meta),
+            "lease" => Some(Key::Lease),
+            _ => {
+                if let Some(s) = rest.strip_prefix(SEG) {
+                    seq(s).map(Key::Segment)
+                } else {
+                    rest.strip_prefix(MANIFEST).and_then(seq).map(Key::Manifest)
+                }
+            }
+        }
+    }
+
+    /// The sequence number of a segment key, or `None`.
+    pub fn segment_seq(&self, key: &str) -> Option<u64> {
+        match self.parse(key)? {
+            Key::Segment(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The sequence number of a manifest key, or `None`.
+    pub fn manifest_seq(&self, key: &str) -> Option<u64> {
+        match self.parse(key)? {
+            Key::Manifest(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            Just(Key::Meta),
+            Just(Key::Lease),
+            any::<u64>().prop_map(Key::Segment),
+            any::<u64>().prop_map(Key::Manifest),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(name in "[a-z0-9][a-z0-9._-]{0,63}", k in any_key()) {
+            let keys = VolumeKeys::new(&name);
+            let key = keys.key(k);
+            prop_assert!(crate::store::validate_key(&key).is_ok(), "{key}");
+            prop_assert!(key.starts_with(keys.root()));
+            prop_assert_eq!(keys.parse(&key), Some(k));
+        }
+
+        #[test]
+        fn listing_order_is_numeric_order(a in any::<u64>(), b in any::<u64>()) {
+            let keys = VolumeKeys::new("v");
+            prop_assert_eq!(a.cmp(&b), keys.segment(a).cmp(&keys.segment(b)));
+            prop_assert_eq!(a.cmp(&b), keys.manifest(a).cmp(&keys.manifest(b)));
+        }
+
+        #[test]
+        fn other_volumes_keys_are_not_ours(seq in any::<u64>()) {
+            let (a, ab) = (VolumeKeys::new("a"), VolumeKeys::new("ab"));
+            prop_assert_eq!(a.parse(&ab.segment(seq)), None);
+            prop_assert_eq!(ab.parse(&a.segment(seq)), None);
+        }
+    }
+
+    #[test]
+    fn strays_are_rejected() {
+        let k = VolumeKeys::new("v");
+        for bad in [
+            "volumes/v/",
+            "volumes/v/seg/",
+            "volumes/v/seg/+5",
+            "volumes/v/seg/x",
+            "volumes/v/seg/1/2",
+            "volumes/v/manifest/",
+            "volumes/v/metadata",
+            "volumes/w/meta",
+            "volumes/v/seg/99999999999999999999999",
+        ] {
+            assert_eq!(k.parse(bad), None, "{bad}");
+        }
+        assert_eq!(k.parse("volumes/v/seg/7"), Some(Key::Segment(7)));
+    }
+}
