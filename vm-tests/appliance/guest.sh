@@ -31,13 +31,13 @@ set -uo pipefail
 T=/mnt/test
 R=$T/results
 mkdir -p "$R"
+[ -f "$T/env" ] && . "$T/env"
 API=http://127.0.0.1:8080
 DEVICES=${APPLIANCE_DEVICES:-1}
 FIO_SIZE=${APPLIANCE_FIO_SIZE:-16M}
 SECURITY_MAX=${APPLIANCE_SECURITY_MAX:-4.0}
 CANARY_KEY=AKIAGLIDEFSCANARY0001
 CANARY_SECRET=glidefs-canary-secret-7f3a9c0e5d
-[ -f "$T/env" ] && . "$T/env"
 
 log() { echo "[appliance $(date +%H:%M:%S)] $*" | tee -a "$R/log" >/dev/console; }
 ok() {
@@ -155,7 +155,7 @@ stage1() {
     check "Type=notify in effect" sh -c '[ "$(systemctl show -P Type glidefs)" = notify ]'
 
     # kill9: an export from the CLI, fio, SIGKILL mid-run.
-    if glidefs export create vol0 --size 256M >>"$R/log" 2>&1; then ok "export create vol0 (CLI)"; else bad "export create vol0"; fi
+    if glidefs export create vol0 --size 64M >>"$R/log" 2>&1; then ok "export create vol0 (CLI)"; else bad "export create vol0"; fi
     local dev
     dev=$(dev_of vol0)
     echo "$dev" >"$R/vol0.dev"
@@ -212,7 +212,7 @@ restart_under_fio() { # NAME ACTION...
     local -a devs=()
     local n
     for ((n = 0; n < DEVICES; n++)); do devs+=("$(dev_of "r$n")"); done
-    fio_job "$name" 100 "${devs[@]}" &
+    fio_job "$name" 200 "${devs[@]}" &
     local fio_pid=$!
     sleep "${APPLIANCE_KILL_AFTER_S:-8}"
     kill -0 "$fio_pid" 2>/dev/null || bad "$name: fio ended before the restart"
@@ -285,7 +285,7 @@ stage2() {
     fi
     local pid p
     pid=$(main_pid)
-    for p in /etc /usr/lib /var/lib /var/log /root /boot /opt /srv /dev/shm; do
+    for p in /etc /usr/lib /var/lib /var/log /root /boot /opt /srv /run; do
         if nsenter -t "$pid" -m -- sh -c "echo x > '$p/glidefs-write-probe'" 2>/dev/null; then
             bad "hardening: the daemon's namespace can write $p"
             rm -f "$p/glidefs-write-probe"
@@ -306,8 +306,8 @@ stage2() {
 
 credentials() {
     log "credentials: starting moto in the guest"
-    systemd-run --unit=moto --setenv=PYTHONPATH="$T/moto" \
-        /usr/bin/python3 -m moto.server -H 127.0.0.1 -p 5000 >>"$R/log" 2>&1
+    systemd-run --unit=moto --setenv=PYTHONPATH="$T/moto" -p StandardOutput=append:"$R/moto.log" \
+        -p StandardError=append:"$R/moto.log" /usr/bin/python3 -m moto.server -H 127.0.0.1 -p 5000 >>"$R/log" 2>&1
     local i
     for ((i = 0; i < 600; i++)); do
         curl -s -o /dev/null --max-time 2 http://127.0.0.1:5000/ && break
@@ -325,7 +325,7 @@ url = "s3://glidefs-test/appliance"
 endpoint = "http://127.0.0.1:5000"
 region = "us-east-1"
 path_style = true
-credentials_file = "s3"
+credentials_file = "glidefs-s3"
 
 [cache]
 dir = "/var/lib/glidefs/cache"
