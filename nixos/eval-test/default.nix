@@ -208,6 +208,11 @@ let
     (eq "s3: SystemCallFilter" s3sc.SystemCallFilter [
       "@system-service"
       "umount2"
+      "~@privileged"
+    ])
+    (eq "s3: /run and /dev/shm read-only" s3sc.ReadOnlyPaths [
+      "/run"
+      "/dev/shm"
     ])
     (eq "s3: after network for S3" s3svc.after [
       "systemd-modules-load.service"

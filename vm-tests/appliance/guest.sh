@@ -79,35 +79,38 @@ wait_active() { # SECONDS
     return 1
 }
 
-# Samples `systemctl is-active` and /health/ready until $R/sampler.stop exists:
-# "active" while the API says not ready would mean READY=1 came too early.
-sampler() {
-    local st code
-    : >"$R/samples"
+# Samples the unit's state, main PID and /health/ready until $R/sampler.stop exists.
+# "active" for a main PID other than OLD_PID while the API is not ready would mean
+# READY=1 came too early. (Right after a SIGKILL, systemd may still show the dead
+# OLD_PID as active for a moment: those samples are not the new daemon's.)
+sampler() { # NAME
+    local st pid code
+    : >"$R/samples-$1"
     while [ ! -e "$R/sampler.stop" ]; do
-        st=$(systemctl is-active glidefs)
+        st=$(systemctl show -P ActiveState glidefs)
+        pid=$(main_pid)
         code=$(ready_code)
-        echo "$st $code" >>"$R/samples"
+        echo "$st $pid $code" >>"$R/samples-$1"
         sleep 0.1
     done
 }
-sampler_check() { # NAME
+sampler_check() { # NAME OLD_PID
     touch "$R/sampler.stop"
     wait "$SAMPLER_PID" 2>/dev/null
     rm -f "$R/sampler.stop"
     local early activating
-    early=$(grep -c '^active [^2]' "$R/samples")
-    activating=$(grep -c '^activating' "$R/samples")
+    early=$(awk -v old="$2" '$1 == "active" && $2 != old && $3 != 200' "$R/samples-$1" | wc -l)
+    activating=$(grep -c '^activating' "$R/samples-$1")
     if [ "$early" = 0 ]; then
-        ok "$1: never active before ready ($(wc -l <"$R/samples") samples, $activating activating)"
+        ok "$1: never active before ready ($(wc -l <"$R/samples-$1") samples, $activating activating)"
     else
-        bad "$1: $early samples active while /health/ready was not 200"
+        bad "$1: $early samples active while /health/ready was not 200 (samples-$1)"
     fi
 }
 
 dev_of() { glidefs export get "$1" 2>/dev/null | jq -r '.device // empty'; }
 
-fio_job() { # NAME RATE_IOPS DEV...: randwrite + verify, JSON in $R/fio-NAME.json
+fio_job() { # NAME WRITE_IOPS DEV...: randwrite (rate-limited) + verify, JSON in $R/fio-NAME.json
     local name="$1" rate="$2"
     shift 2
     local -a args=()
@@ -115,7 +118,7 @@ fio_job() { # NAME RATE_IOPS DEV...: randwrite + verify, JSON in $R/fio-NAME.jso
     for d in "$@"; do args+=(--name="$(basename "$d")" --filename="$d"); done
     fio --ioengine=libaio --direct=1 --rw=randwrite --bs=4k --iodepth=8 --size="$FIO_SIZE" \
         --allow_file_create=0 --verify=crc32c --verify_fatal=1 --do_verify=1 \
-        --rate_iops="$rate" --output-format=json --output="$R/fio-$name.json" "${args[@]}" \
+        --rate_iops=1000000,"$rate" --output-format=json --output="$R/fio-$name.json" "${args[@]}" \
         >"$R/fio-$name.log" 2>&1
 }
 fio_errors() { jq '[.jobs[].error] | add' "$R/fio-$1.json"; }
@@ -133,7 +136,7 @@ stage1() {
 
     # ready: stop, then start with the sampler running.
     systemctl stop glidefs
-    sampler &
+    sampler start &
     SAMPLER_PID=$!
     local t0 t1
     t0=$(date +%s%N)
@@ -151,7 +154,7 @@ stage1() {
         bad "start: systemctl start glidefs failed"
     fi
     sleep 1
-    sampler_check "start"
+    sampler_check start 0
     check "Type=notify in effect" sh -c '[ "$(systemctl show -P Type glidefs)" = notify ]'
 
     # kill9: an export from the CLI, fio, SIGKILL mid-run.
@@ -172,7 +175,7 @@ stage1() {
     log "systemctl kill -s KILL glidefs (pid $oldpid)"
     t0=$(date +%s%N)
     systemctl kill -s KILL glidefs
-    sampler &
+    sampler kill9 &
     SAMPLER_PID=$!
     local i
     for ((i = 0; i < 600; i++)); do
@@ -188,7 +191,7 @@ stage1() {
     figure kill9_to_active_ms $(((t1 - t0) / 1000000)) ms
     wait "$fio_pid"
     local rc=$?
-    sampler_check "kill9 restart"
+    sampler_check kill9 "$oldpid"
     if [ "$rc" = 0 ] && [ "$(fio_errors kill9)" = 0 ]; then
         ok "kill9: fio --verify=crc32c finished with 0 errors, verify passed"
     else
@@ -206,27 +209,29 @@ stage1() {
 }
 
 # ---------------------------------------------------------------- boot 2
-restart_under_fio() { # NAME ACTION...
-    local name="$1"
-    shift
+restart_under_fio() { # NAME WRITE_SECONDS ACTION...: ACTION while fio writes
+    local name="$1" write_s="$2"
+    shift 2
     local -a devs=()
     local n
     for ((n = 0; n < DEVICES; n++)); do devs+=("$(dev_of "r$n")"); done
-    fio_job "$name" 200 "${devs[@]}" &
+    # 4 KiB writes spread over WRITE_SECONDS, then an unthrottled verify pass.
+    fio_job "$name" $((${FIO_SIZE%M} * 256 / write_s)) "${devs[@]}" &
     local fio_pid=$!
     sleep "${APPLIANCE_KILL_AFTER_S:-8}"
     kill -0 "$fio_pid" 2>/dev/null || bad "$name: fio ended before the restart"
     local before t0 t1
     before=$(main_pid)
-    sampler &
+    sampler "$name" &
     SAMPLER_PID=$!
     t0=$(date +%s%N)
     "$@" >>"$R/log" 2>&1 || bad "$name: '$*' failed"
     t1=$(date +%s%N)
+    kill -0 "$fio_pid" 2>/dev/null || bad "$name: fio ended before '$*' returned: the stall is not measured"
     wait_active 300 || bad "$name: not active again"
     wait "$fio_pid"
     local rc=$?
-    sampler_check "$name"
+    sampler_check "$name" "$before"
     [ "$(main_pid)" != "$before" ] || bad "$name: the daemon was not restarted (MainPID $before)"
     if [ "$rc" = 0 ] && [ "$(fio_errors "$name")" = 0 ]; then
         ok "$name: fio --verify=crc32c on $DEVICES device(s): 0 errors, verify passed"
@@ -263,11 +268,11 @@ stage2() {
     for ((n = 0; n < DEVICES; n++)); do
         for _ in $(seq 50); do [ -b "$(dev_of "r$n")" ] && break; sleep 0.2; done
     done
-    restart_under_fio restart systemctl restart glidefs
+    restart_under_fio restart 30 systemctl restart glidefs
     local deb
     deb=$(ls "$T"/glidefs_*.deb 2>/dev/null | head -n1)
     if [ -n "$deb" ]; then
-        restart_under_fio upgrade env DEBIAN_FRONTEND=noninteractive apt-get install -y --reinstall "$deb"
+        restart_under_fio upgrade 150 env DEBIAN_FRONTEND=noninteractive apt-get install -y --reinstall "$deb"
     else
         bad "upgrade: no .deb on the test disk"
     fi
@@ -285,7 +290,7 @@ stage2() {
     fi
     local pid p
     pid=$(main_pid)
-    for p in /etc /usr/lib /var/lib /var/log /root /boot /opt /srv /run; do
+    for p in /etc /usr/lib /var/lib /var/log /root /boot /opt /srv /run /dev/shm; do
         if nsenter -t "$pid" -m -- sh -c "echo x > '$p/glidefs-write-probe'" 2>/dev/null; then
             bad "hardening: the daemon's namespace can write $p"
             rm -f "$p/glidefs-write-probe"
