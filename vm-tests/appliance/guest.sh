@@ -35,7 +35,7 @@ mkdir -p "$R"
 API=http://127.0.0.1:8080
 DEVICES=${APPLIANCE_DEVICES:-1}
 FIO_SIZE=${APPLIANCE_FIO_SIZE:-16M}
-SECURITY_MAX=${APPLIANCE_SECURITY_MAX:-4.0}
+SECURITY_MAX=${APPLIANCE_SECURITY_MAX:-2.3}
 CANARY_KEY=AKIAGLIDEFSCANARY0001
 CANARY_SECRET=glidefs-canary-secret-7f3a9c0e5d
 
@@ -166,7 +166,7 @@ stage1() {
     check "vol0 is a block device ($dev)" test -b "$dev"
     local before
     before=$(nrestarts)
-    fio_job kill9 200 "$dev" &
+    fio_job kill9 $((${FIO_SIZE%M} * 256 / 20)) "$dev" &
     local fio_pid=$!
     sleep "${APPLIANCE_KILL_AFTER_S:-8}"
     kill -0 "$fio_pid" 2>/dev/null || bad "kill9: fio ended before the kill (make APPLIANCE_FIO_SIZE larger)"
