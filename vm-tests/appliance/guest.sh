@@ -66,7 +66,7 @@ finish() {
     exit 0
 }
 
-ready_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$API/health/ready"; }
+ready_code() { curl -s -o /dev/null -w '%{http_code}' --max-time "${1:-5}" "$API/health/ready"; }
 nrestarts() { systemctl show -P NRestarts glidefs; }
 main_pid() { systemctl show -P MainPID glidefs; }
 
@@ -87,9 +87,12 @@ sampler() { # NAME
     local st pid code
     : >"$R/samples-$1"
     while [ ! -e "$R/sampler.stop" ]; do
-        st=$(systemctl show -P ActiveState glidefs)
+        # In this order: a new main PID read first means the state read next is
+        # the new daemon's (activating until READY=1, then active), and the
+        # readiness read last comes after that state.
         pid=$(main_pid)
-        code=$(ready_code)
+        st=$(systemctl show -P ActiveState glidefs)
+        code=$(ready_code 15)
         echo "$st $pid $code" >>"$R/samples-$1"
         sleep 0.1
     done
