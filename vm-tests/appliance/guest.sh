@@ -102,7 +102,8 @@ sampler_check() { # NAME OLD_PID
     wait "$SAMPLER_PID" 2>/dev/null
     rm -f "$R/sampler.stop"
     local early activating
-    early=$(awk -v old="$2" '$1 == "active" && $2 != old && $3 != 200' "$R/samples-$1" | wc -l)
+    # (PID 0: no daemon; it cannot have said READY=1.)
+    early=$(awk -v old="$2" '$1 == "active" && $2 != old && $2 != 0 && $3 != 200' "$R/samples-$1" | wc -l)
     activating=$(grep -c '^activating' "$R/samples-$1")
     if [ "$early" = 0 ]; then
         ok "$1: never active before ready ($(wc -l <"$R/samples-$1") samples, $activating activating)"
@@ -125,7 +126,8 @@ fio_job() { # NAME WRITE_IOPS DEV...: randwrite (rate-limited) + verify, JSON in
         >"$R/fio-$name.log" 2>&1
 }
 fio_errors() { jq '[.jobs[].error] | add' "$R/fio-$1.json"; }
-fio_max_lat_ms() { jq '[.jobs[] | .write.clat_ns.max, .read.clat_ns.max] | max / 1e6 | floor' "$R/fio-$1.json"; }
+# The longest I/O as the guest saw it: total latency (submission + completion).
+fio_max_lat_ms() { jq '[.jobs[] | .write.lat_ns.max, .read.lat_ns.max] | max / 1e6 | floor' "$R/fio-$1.json"; }
 
 # ---------------------------------------------------------------- boot 1
 stage1() {
@@ -275,7 +277,7 @@ stage2() {
     local deb
     deb=$(ls "$T"/glidefs_*.deb 2>/dev/null | head -n1)
     if [ -n "$deb" ]; then
-        restart_under_fio upgrade 150 env DEBIAN_FRONTEND=noninteractive apt-get install -y --reinstall "$deb"
+        restart_under_fio upgrade "${APPLIANCE_UPGRADE_WRITE_S:-150}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --reinstall "$deb"
     else
         bad "upgrade: no .deb on the test disk"
     fi
