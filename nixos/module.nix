@@ -422,6 +422,12 @@ in
         # can deadlock on exit); this also comes with the Protect* options below.
         PrivateMounts = true;
         ProtectSystem = "strict";
+        # strict leaves /run and (with PrivateDevices = false) /dev/shm writable;
+        # the RuntimeDirectory entries stay writable.
+        ReadOnlyPaths = [
+          "/run"
+          "/dev/shm"
+        ];
         ProtectHome = true;
         PrivateTmp = true;
         ProtectKernelModules = true;
@@ -431,7 +437,7 @@ in
         ProtectClock = true;
         ProtectHostname = true;
         ProtectProc = "invisible";
-        RestrictNamespaces = "mnt";
+        RestrictNamespaces = true;
         RestrictAddressFamilies = [
           "AF_UNIX"
           "AF_INET"
@@ -450,6 +456,7 @@ in
         SystemCallFilter = [
           "@system-service"
           "umount2"
+          "~@privileged"
         ];
         SystemCallErrorNumber = "EPERM";
         UMask = "0077";

@@ -5,10 +5,14 @@
 #   2. formatting                     nixfmt --check   (crate nixfmt_rs)
 #   3. no dead code                   deadnix --fail   (crate deadnix)
 #   4. module evaluation test         nix-instantiate --eval --strict nixos/eval-test
-#      (nixos/module.nix against the stand-in lib/pkgs in nixos/eval-test: rendered
+#      (nixos/module.nix with the real nixpkgs lib, from the vendored nixpkgs-lib
+#      tarball, and the stand-in NixOS options/pkgs in nixos/eval-test: rendered
 #      systemd unit, TOML, modprobe config, assertions), plus a TOML round trip
 #      through Python's tomllib and, with GLIDEFS_BIN set, `glidefs check-config`
 #      on the rendered file
+#   4d. the unit the module renders equals packaging/systemd/glidefs.service
+#      directive by directive, but for the differences docs/nixos.md lists
+#      (scripts/compare-unit.py); mutated copies of the unit file must fail it
 #   5. the evaluation test catches broken modules: mutated copies of module.nix
 #      must each fail it
 #   6. the phase scripts the NixOS tests run exist and their headers evaluate
@@ -16,9 +20,11 @@
 # `check-nix.sh --tools` only installs the tools and prints one line per tool:
 # NAME<TAB>PATH<TAB>VERSION (scripts/setup.sh and scripts/report-tools use it).
 #
-# What it cannot check (no nixpkgs, no store, no KVM here): building the package,
-# the image or the VM tests, and evaluating against the real nixpkgs; see
+# What it cannot check (no nixpkgs beyond lib, no store, no KVM here): building the
+# package, the image or the VM tests, and the NixOS options outside lib; see
 # docs/nixos.md for `nix flake check` on a Nix host.
+#   GLIDEFS_NIXPKGS_LIB   the nixpkgs-lib tarball (default: ../shared/vendor/
+#                         nixpkgs-lib-26.11pre.tar.gz beside the repository)
 #
 # Tools go to ${GLIDEFS_TOOLS:-/opt/glidefs-tools}: Debian's nix-bin (installed, or
 # unpacked under nix/ when installing it would upgrade base packages), and
@@ -42,6 +48,8 @@ die() {
 # ---------------------------------------------------------------- tools
 
 NIX_ROOT="$TOOLS/nix"
+NIXPKGS_LIB_TARBALL="${GLIDEFS_NIXPKGS_LIB:-$REPO/../shared/vendor/nixpkgs-lib-26.11pre.tar.gz}"
+NIXPKGS_LIB=""
 NIX_INSTANTIATE=""
 NIX_LD_PATH=""
 tmp=""
@@ -125,6 +133,24 @@ ensure_nix() {
     log "using $NIX_INSTANTIATE ($v)"
 }
 
+# Unpacks the nixpkgs-lib tarball (read-only source) into $TOOLS/nixpkgs-lib/<sha>.
+ensure_nixpkgs_lib() {
+    [ -f "$NIXPKGS_LIB_TARBALL" ] || die "no nixpkgs-lib tarball at $NIXPKGS_LIB_TARBALL (set GLIDEFS_NIXPKGS_LIB)"
+    local sha dest
+    sha="$(sha256sum "$NIXPKGS_LIB_TARBALL" | cut -c1-16)"
+    dest="$TOOLS/nixpkgs-lib/$sha"
+    if [ ! -f "$dest/nixpkgs-lib/lib/default.nix" ]; then
+        rm -rf "$dest.tmp"
+        mkdir -p "$dest.tmp"
+        tar -xzf "$NIXPKGS_LIB_TARBALL" -C "$dest.tmp" || die "cannot unpack $NIXPKGS_LIB_TARBALL"
+        [ -f "$dest.tmp/nixpkgs-lib/lib/default.nix" ] || die "$NIXPKGS_LIB_TARBALL has no nixpkgs-lib/lib/default.nix"
+        rm -rf "$dest"
+        mv "$dest.tmp" "$dest"
+    fi
+    NIXPKGS_LIB="$dest/nixpkgs-lib"
+    log "nixpkgs lib $(cat "$NIXPKGS_LIB/lib/.version") from $NIXPKGS_LIB_TARBALL"
+}
+
 ensure_cargo_tool() { # BINARY CRATE VERSION
     local bin="$1" crate="$2" version="$3"
     if [ -x "$TOOLS/bin/$bin" ] && [[ "$("$TOOLS/bin/$bin" --version 2>/dev/null || true)" == *"$version"* ]]; then
@@ -171,11 +197,12 @@ sys.exit(1 if bad else 0)
 
 # Evaluates nixos/eval-test under DIR (a checkout's nixos/ folder) into FILE.
 run_eval() { # NIXOS_DIR OUT_JSON ERR_FILE
-    nix_instantiate --eval --strict --json "$1/eval-test" >"$2" 2>"$3"
+    nix_instantiate -I nixpkgs-lib="$NIXPKGS_LIB" --eval --strict --json "$1/eval-test" >"$2" 2>"$3"
 }
 
 ensure_tools() {
     ensure_nix
+    ensure_nixpkgs_lib
     ensure_cargo_tool nixfmt nixfmt_rs "$NIXFMT_VERSION"
     ensure_cargo_tool deadnix deadnix "$DEADNIX_VERSION"
 }
@@ -262,6 +289,37 @@ if parsed != settings:
         else
             log "GLIDEFS_BIN not set: not running glidefs check-config on the rendered sample"
         fi
+    fi
+
+    # 4d. the module renders the unit file's directives
+    local unit=packaging/systemd/glidefs.service
+    if [ -s "$tmp/eval.json" ]; then
+        python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["unit"]["defaults"], end="")' \
+            "$tmp/eval.json" >"$tmp/rendered.service"
+        if err="$(python3 scripts/compare-unit.py "$unit" "$tmp/rendered.service" docs/nixos.md 2>&1)"; then
+            ok "module renders $unit (${err##*compare-unit: })"
+        else
+            not_ok "module and $unit differ: $err"
+        fi
+        # ... and the comparison can fail: mutated unit files must not pass it.
+        local -a unit_mutations=(
+            '/^KillMode=mixed$/d'
+            's/^ProtectSystem=strict$/ProtectSystem=full/'
+            's/^SystemCallFilter=@system-service umount2$/SystemCallFilter=@system-service/'
+            's/^DeviceAllow=char-ublk-char rw$/DeviceAllow=char-ublk-char r/'
+            '$a PrivateUsers=true'
+        )
+        local um
+        for um in "${unit_mutations[@]}"; do
+            sed "$um" "$unit" >"$tmp/mut.service"
+            if cmp -s "$unit" "$tmp/mut.service"; then
+                not_ok "unit mutation ($um) did not apply: update the list in scripts/check-nix.sh"
+            elif python3 scripts/compare-unit.py "$tmp/mut.service" "$tmp/rendered.service" docs/nixos.md >/dev/null 2>&1; then
+                not_ok "unit mutation ($um) is not caught by compare-unit.py"
+            else
+                ok "unit mutation caught: $um"
+            fi
+        done
     fi
 
     # 5. mutations of the module must fail the evaluation test

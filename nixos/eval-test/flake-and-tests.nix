@@ -83,7 +83,9 @@ in
     viaFlake.config.systemd.services.glidefs.serviceConfig.ExecStart
     "${flakePackage}/bin/glidefs run --config ${builtins.storeDir}/00000000000000000000000000000000-glidefs-checked.toml"
   )
-  (eq "flake: nixosModules.default declares nothing unknown" viaFlake.unknownOptions [ ])
+  (that "flake: nixosModules.default declares nothing unknown" (
+    (builtins.tryEval (builtins.deepSeq viaFlake.config.services.glidefs.settings true)).success
+  ))
   (eq "flake: x86_64 packages" (builtins.attrNames xpkgs) [
     "appliance-image"
     "appliance-image-raw"

@@ -13,15 +13,21 @@ let
     }
     // attrs;
 
-  tomlValue = lib.types.oneOf [
-    lib.types.bool
-    lib.types.int
-    lib.types.float
-    lib.types.str
-    lib.types.path
-    (lib.types.attrsOf tomlValue)
-    (lib.types.listOf tomlValue)
-  ];
+  # As nixpkgs' pkgs-lib/formats.nix: the recursion goes through the type with its
+  # description set, or the real lib's description of it never ends.
+  tomlValue =
+    lib.types.oneOf [
+      lib.types.bool
+      lib.types.int
+      lib.types.float
+      lib.types.str
+      lib.types.path
+      (lib.types.attrsOf tomlValue)
+      (lib.types.listOf tomlValue)
+    ]
+    // {
+      description = "TOML value";
+    };
 
   platform = {
     system = "x86_64-linux";
@@ -30,9 +36,7 @@ let
 in
 {
   formats.toml = _: {
-    type = tomlValue // {
-      description = "TOML value";
-    };
+    type = tomlValue;
     generate =
       name: value:
       fakeDrv name {
