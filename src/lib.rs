@@ -31,3 +31,7 @@ pub const SECTOR_SIZE: usize = 4096;
 
 /// Requests must be aligned to this (the device's logical block size).
 pub const LOGICAL_BLOCK_SIZE: usize = 512;
+
+/// Mode of every file glidefs creates that holds guests' data (cache files, journals,
+/// local-store objects): the daemon's user only, whatever the process umask.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;

@@ -27,7 +27,7 @@ use rustix::fs::{flock, FlockOperation};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, ErrorKind, Write};
 use std::ops::Range;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,6 +86,7 @@ impl Inner {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(crate::PRIVATE_FILE_MODE)
             .open(self.root.join(LOCK_FILE))?;
         let op = if exclusive {
             FlockOperation::LockExclusive
@@ -152,7 +153,11 @@ impl Inner {
         cond: Option<&PutCondition>,
     ) -> Result<String, StoreError> {
         let etag = (|| -> io::Result<String> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(crate::PRIVATE_FILE_MODE)
+                .open(tmp)?;
             f.write_all(data)?;
             f.set_modified(SystemTime::now())?;
             f.sync_all()?;
@@ -409,6 +414,23 @@ mod tests {
         assert!(results
             .iter()
             .all(|r| r.is_ok() || matches!(r, Err(StoreError::PreconditionFailed(_)))));
+    }
+
+    /// Objects hold guests' data: readable by their owner only, whatever the umask.
+    #[test]
+    fn objects_and_the_lock_file_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        store.inner.write("volumes/v/meta", b"x", None).unwrap();
+        for f in ["volumes/v/meta", LOCK_FILE] {
+            let mode = fs::metadata(dir.path().join(f))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{f}: mode {mode:o}");
+        }
     }
 
     #[test]

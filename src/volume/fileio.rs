@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -155,7 +155,13 @@ impl FileIo for RealFs {
             .write(true)
             .create(create)
             .truncate(false)
+            .mode(crate::PRIVATE_FILE_MODE)
             .open(path)?;
+        // Files an older version created with the process umask are tightened too.
+        let mode = f.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            f.set_permissions(std::fs::Permissions::from_mode(mode & !0o077))?;
+        }
         Ok(Arc::new(RealFile(f)))
     }
     fn exists(&self, path: &Path) -> bool {
@@ -195,9 +201,26 @@ impl FileIo for RealFs {
         }
     }
     fn boot_id(&self) -> String {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
+        read_boot_id(Path::new(BOOT_ID_PATH))
+    }
+}
+
+/// Where the kernel names the current boot.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The boot id at `path`. One that cannot be read (or is empty) becomes a random
+/// `unreadable-…` id, new on every call: it never equals an id recorded before, so
+/// the journal replay treats an unclean close as a possible power loss and verifies,
+/// instead of trusting unsynced records (fail closed).
+fn read_boot_id(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+        res => {
+            let why = res.err().map_or("empty".to_string(), |e| e.to_string());
+            tracing::warn!(path = %path.display(), error = %why,
+                "cannot read the boot id: every unclean close counts as a possible power loss");
+            format!("unreadable-{:016x}", rand::random::<u64>())
+        }
     }
 }
 
@@ -431,6 +454,30 @@ mod tests {
         let mut buf = [0u8; 6];
         fs.open(p, false).unwrap().read_at(&mut buf, 0).unwrap();
         assert_eq!(&buf, b"aaaa\0\0");
+    }
+
+    /// Power loss is judged by comparing boot ids: one that cannot be read must never
+    /// equal what another boot recorded (an empty id equals every other empty id).
+    #[test]
+    fn an_unreadable_boot_id_never_matches_a_recorded_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = read_boot_id(&dir.path().join("no-such-file"));
+        assert!(!id.is_empty(), "an unreadable boot id reads as empty");
+        assert_ne!(id, read_boot_id(&dir.path().join("no-such-file-either")));
+        let good = dir.path().join("boot_id");
+        std::fs::write(&good, "1234\n").unwrap();
+        assert_eq!(read_boot_id(&good), "1234");
+    }
+
+    /// Cache files hold guests' data: readable by their owner only, whatever the umask.
+    #[test]
+    fn real_files_are_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        RealFs.open(&p, true).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "cache file mode {mode:o}");
     }
 
     #[test]
