@@ -342,6 +342,9 @@ if parsed != settings:
         rm -rf "$tmp/mut"
         mkdir -p "$tmp/mut"
         cp -r nixos flake.nix Cargo.toml Cargo.lock "$tmp/mut/"
+        # The NixOS tests read the phase contract and the phase scripts beside nixos/.
+        mkdir -p "$tmp/mut/vm-tests"
+        cp -r vm-tests/contract.env vm-tests/phases "$tmp/mut/vm-tests/"
         sed -i "$m" "$tmp/mut/nixos/module.nix"
         if cmp -s nixos/module.nix "$tmp/mut/nixos/module.nix"; then
             not_ok "mutation $n ($m) did not apply: update the list in scripts/check-nix.sh"
