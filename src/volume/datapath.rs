@@ -13,6 +13,10 @@ use super::{bump, fetch, Inner, Volume, VolumeError, BS, SS};
 use crate::{BLOCK_SIZE, LOGICAL_BLOCK_SIZE, SECTOR_SIZE};
 use std::sync::atomic::Ordering;
 
+/// Blocks a write-zeroes/discard handles before it lets other tasks of its thread run
+/// (each costs a hole punch and a journal record).
+const ZERO_BLOCKS_PER_YIELD: u32 = 8;
+
 impl Volume {
     pub(super) fn check_req(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         self.inner.check_live()?;
@@ -223,7 +227,14 @@ impl Volume {
         }
         let inner = &self.inner;
         let mut pos = a;
+        let mut blocks = 0u32;
         while pos < z {
+            // The kernel sends discards of up to 4 GiB: give the worker's executor back
+            // every few blocks so its other requests and devices are not starved.
+            blocks += 1;
+            if blocks % ZERO_BLOCKS_PER_YIELD == 0 {
+                smol::future::yield_now().await;
+            }
             let b = pos / BS;
             let n = (BS - pos % BS).min(z - pos);
             let s0 = ((pos % BS) / SS) as usize;
