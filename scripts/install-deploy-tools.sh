@@ -3,8 +3,9 @@
 #   - Debian packages: mmdebstrap (appliance root file system), syslinux +
 #     syslinux-common + mtools + dosfstools (its BIOS boot loader on a FAT boot
 #     partition, installed without mounting anything), fdisk (sfdisk),
-#     e2fsprogs (mkfs.ext4 -d), qemu-system-x86 + seabios (booting it),
-#     prometheus (promtool, for the alert rules);
+#     e2fsprogs (mkfs.ext4 -d), qemu-system-x86 + seabios (booting it);
+#   - promtool, unpacked from Debian's prometheus package into $GLIDEFS_TOOLS/bin
+#     (the package itself would start a Prometheus server);
 #   - cargo-deb (cargo install --root ${GLIDEFS_TOOLS:-/opt/glidefs-tools}).
 # Nothing is resolved from outside the system dirs, ~/.cargo/bin and $GLIDEFS_TOOLS.
 set -euo pipefail
@@ -36,9 +37,24 @@ apt_install() {
 }
 
 apt_install mmdebstrap syslinux syslinux-common mtools dosfstools fdisk e2fsprogs qemu-system-x86 seabios \
-    prometheus python3 jq curl
+    python3 jq curl
 
 mkdir -p "$TOOLS/bin"
+# promtool only: installing the `prometheus` package would also enable and start a
+# Prometheus server on a host with systemd. promtool is one static binary.
+if [ -x "$TOOLS/bin/promtool" ] && "$TOOLS/bin/promtool" --version >/dev/null 2>&1; then
+    log "promtool already in $TOOLS/bin"
+else
+    log "promtool from the Debian package prometheus (apt-get download, dpkg -x)"
+    dl=$(mktemp -d)
+    chmod 755 "$dl"
+    (cd "$dl" && apt-get download -q prometheus >&2) || { log "apt-get download prometheus failed"; exit 1; }
+    dpkg -x "$dl"/prometheus_*.deb "$dl/x"
+    install -m 0755 "$dl/x/usr/bin/promtool" "$TOOLS/bin/promtool"
+    rm -rf "$dl"
+    "$TOOLS/bin/promtool" --version >&2
+fi
+
 if [ -x "$TOOLS/bin/cargo-deb" ] && "$TOOLS/bin/cargo-deb" --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
     log "cargo-deb $CARGO_DEB_VERSION already installed"
 else
