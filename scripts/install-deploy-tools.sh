@@ -9,8 +9,9 @@
 #   - cargo-deb (cargo install --root ${GLIDEFS_TOOLS:-/opt/glidefs-tools}).
 # Nothing is resolved from outside the system dirs, ~/.cargo/bin and $GLIDEFS_TOOLS.
 set -euo pipefail
-[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
-TOOLS="${GLIDEFS_TOOLS:-/opt/glidefs-tools}"
+# shellcheck source=lib/tools.sh
+source "$(dirname "$0")/lib/tools.sh"
+TOOLS="$GLIDEFS_TOOLS"
 CARGO_DEB_VERSION="${CARGO_DEB_VERSION:-3.8.0}"
 log() { echo "install-deploy-tools: $*" >&2; }
 

@@ -26,7 +26,7 @@ command -v cargo >/dev/null || {
   exit 1
 }
 
-for step in install-test-servers.sh setup-vm.sh; do
+for step in install-test-servers.sh setup-vm.sh install-deploy-tools.sh; do
   echo "setup: $step"
   "$here/$step" >/dev/null
 done
