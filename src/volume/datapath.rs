@@ -232,7 +232,7 @@ impl Volume {
             // The kernel sends discards of up to 4 GiB: give the worker's executor back
             // every few blocks so its other requests and devices are not starved.
             blocks += 1;
-            if blocks % ZERO_BLOCKS_PER_YIELD == 0 {
+            if blocks.is_multiple_of(ZERO_BLOCKS_PER_YIELD) {
                 smol::future::yield_now().await;
             }
             let b = pos / BS;
