@@ -10,6 +10,8 @@
 //! - values owned by other layers (volume stats, buffer-pool stats) are read at scrape
 //!   time through [`StatsSource`] callbacks, never pushed from hot paths.
 
+use crate::ublk::PoolStats;
+use crate::volume::VolumeStats;
 use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -30,36 +32,12 @@ pub const STORE_LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-/// Per-volume values read at scrape time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct VolumeCounters {
-    /// Bytes written but not yet committed to the store.
-    pub dirty_bytes: u64,
-    /// Reads served from the local cache.
-    pub cache_hits: u64,
-    /// Reads that fetched from the store.
-    pub cache_misses: u64,
-    /// Failed flush attempts.
-    pub flush_errors: u64,
-}
-
-/// Buffer-pool values summed over workers, read at scrape time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PoolCounters {
-    /// Slots handed out.
-    pub acquires: u64,
-    /// Acquisitions that had to wait for a free slot.
-    pub backpressure_waits: u64,
-    /// Workers whose pool is initialised.
-    pub workers_initialized: u64,
-}
-
 /// Where scrape-time values come from (set once by the daemon).
 pub trait StatsSource: Send + Sync + 'static {
     /// `(export name, counters)` of every open volume.
-    fn volumes(&self) -> Vec<(String, VolumeCounters)>;
+    fn volumes(&self) -> Vec<(String, VolumeStats)>;
     /// Buffer-pool totals, `None` without a data plane.
-    fn pool(&self) -> Option<PoolCounters>;
+    fn pool(&self) -> Option<PoolStats>;
     /// Number of exports (in any state).
     fn export_count(&self) -> usize;
 }
@@ -422,11 +400,12 @@ impl Collector for ScrapeHandle {
         } else {
             let sum = vols
                 .iter()
-                .fold(VolumeCounters::default(), |a, (_, c)| VolumeCounters {
+                .fold(VolumeStats::default(), |a, (_, c)| VolumeStats {
                     dirty_bytes: a.dirty_bytes.saturating_add(c.dirty_bytes),
                     cache_hits: a.cache_hits.saturating_add(c.cache_hits),
                     cache_misses: a.cache_misses.saturating_add(c.cache_misses),
                     flush_errors: a.flush_errors.saturating_add(c.flush_errors),
+                    ..VolumeStats::default()
                 });
             if let (Ok(h), Ok(m), Ok(f), Ok(d)) = (
                 s.cache_hits.get_metric_with_label_values(&[]),
@@ -466,33 +445,36 @@ mod tests {
 
     struct Src;
     impl StatsSource for Src {
-        fn volumes(&self) -> Vec<(String, VolumeCounters)> {
+        fn volumes(&self) -> Vec<(String, VolumeStats)> {
             vec![
                 (
                     "a".into(),
-                    VolumeCounters {
+                    VolumeStats {
                         dirty_bytes: 4096,
                         cache_hits: 3,
                         cache_misses: 1,
                         flush_errors: 0,
+                        ..VolumeStats::default()
                     },
                 ),
                 (
                     "b".into(),
-                    VolumeCounters {
+                    VolumeStats {
                         dirty_bytes: 0,
                         cache_hits: 2,
                         cache_misses: 0,
                         flush_errors: 5,
+                        ..VolumeStats::default()
                     },
                 ),
             ]
         }
-        fn pool(&self) -> Option<PoolCounters> {
-            Some(PoolCounters {
+        fn pool(&self) -> Option<PoolStats> {
+            Some(PoolStats {
                 acquires: 7,
                 backpressure_waits: 2,
                 workers_initialized: 2,
+                ..PoolStats::default()
             })
         }
         fn export_count(&self) -> usize {

@@ -4,11 +4,12 @@
 //! errors to the router's error kinds ([`BackendError`]).
 
 use super::VolumeSettings;
-use crate::metrics::{PoolCounters, VolumeCounters};
 use crate::router::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
 use crate::store::{ObjectStore, StoreError};
 use crate::ublk::IoTarget;
+use crate::ublk::PoolStats;
 use crate::ublk::{UblkError, UblkOptions, UblkServer};
+use crate::volume::VolumeStats;
 use crate::volume::{Volume, VolumeConfig, VolumeError};
 use async_trait::async_trait;
 use std::io;
@@ -116,14 +117,8 @@ impl ExportVolume for EngineVolume {
     async fn close(&self) -> Result<(), BackendError> {
         self.0.close().await.map_err(classify)
     }
-    fn counters(&self) -> VolumeCounters {
-        let s = self.0.stats();
-        VolumeCounters {
-            dirty_bytes: s.dirty_bytes,
-            cache_hits: s.cache_hits,
-            cache_misses: s.cache_misses,
-            flush_errors: s.flush_errors,
-        }
+    fn counters(&self) -> VolumeStats {
+        self.0.stats()
     }
 }
 
@@ -175,13 +170,8 @@ impl DeviceBackend for UblkDevices {
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
         self.server.delete_device(dev_id).map_err(classify_ublk)
     }
-    fn pool(&self) -> Option<PoolCounters> {
-        let p = self.server.pool_stats();
-        Some(PoolCounters {
-            acquires: p.acquires,
-            backpressure_waits: p.backpressure_waits,
-            workers_initialized: p.workers_initialized,
-        })
+    fn pool(&self) -> Option<PoolStats> {
+        Some(self.server.pool_stats())
     }
     fn shutdown(&self, stop_devices: bool) {
         self.server.shutdown(stop_devices);

@@ -4,8 +4,9 @@
 //! (src/router/fake.rs, test builds only). Errors are classified into a few kinds
 //! ([`BackendError`]) that the API maps to HTTP status codes.
 
-use crate::metrics::{PoolCounters, VolumeCounters};
 use crate::ublk::IoTarget;
+use crate::ublk::PoolStats;
+use crate::volume::VolumeStats;
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ pub trait ExportVolume: IoTarget {
     /// Stop background work and make journals durable locally (fdatasync).
     async fn close(&self) -> Result<(), BackendError>;
     /// Scrape-time counters.
-    fn counters(&self) -> VolumeCounters;
+    fn counters(&self) -> VolumeStats;
 }
 
 /// Opens volumes by name (create, reopen from the local cache, or cold wake from
@@ -88,7 +89,7 @@ pub trait DeviceBackend: Send + Sync + 'static {
     /// Stop and delete a device.
     fn delete(&self, dev_id: u32) -> Result<(), BackendError>;
     /// Buffer-pool totals for metrics.
-    fn pool(&self) -> Option<PoolCounters>;
+    fn pool(&self) -> Option<PoolStats>;
     /// Stop serving: delete devices (`stop_devices`) or leave them for the next daemon.
     fn shutdown(&self, stop_devices: bool);
 }

@@ -5,8 +5,9 @@
 //! changes nothing. Compiled only for tests.
 
 use super::backend::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
-use crate::metrics::{PoolCounters, VolumeCounters};
 use crate::ublk::IoTarget;
+use crate::ublk::PoolStats;
+use crate::volume::VolumeStats;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
@@ -95,8 +96,8 @@ impl ExportVolume for MemVolume {
         self.closed.store(true, Ordering::SeqCst);
         Ok(())
     }
-    fn counters(&self) -> VolumeCounters {
-        VolumeCounters {
+    fn counters(&self) -> VolumeStats {
+        VolumeStats {
             cache_hits: 1,
             ..Default::default()
         }
@@ -212,8 +213,8 @@ impl DeviceBackend for FakeDevices {
         self.devices.lock().remove(&dev_id);
         Ok(())
     }
-    fn pool(&self) -> Option<PoolCounters> {
-        Some(PoolCounters::default())
+    fn pool(&self) -> Option<PoolStats> {
+        Some(PoolStats::default())
     }
     fn shutdown(&self, stop_devices: bool) {
         *self.shut.lock() = Some(stop_devices);

@@ -37,9 +37,11 @@ pub use error::{ErrorKind, RouterError};
 pub use registry::{RegEntry, Registry, RegistryError};
 pub use target::MeteredTarget;
 
-use crate::metrics::{Metrics, PoolCounters, StatsSource, VolumeCounters};
+use crate::metrics::{Metrics, StatsSource};
 use crate::size::format_size;
 use crate::ublk::IoTarget;
+use crate::ublk::PoolStats;
+use crate::volume::VolumeStats;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -411,7 +413,7 @@ async fn grow_to(volume: &Arc<dyn ExportVolume>, size: u64) -> Result<(), Backen
 struct RouterStats(Weak<Router>);
 
 impl StatsSource for RouterStats {
-    fn volumes(&self) -> Vec<(String, VolumeCounters)> {
+    fn volumes(&self) -> Vec<(String, VolumeStats)> {
         let Some(r) = self.0.upgrade() else {
             return Vec::new();
         };
@@ -420,7 +422,7 @@ impl StatsSource for RouterStats {
             .map(|(n, v)| (n, v.counters()))
             .collect()
     }
-    fn pool(&self) -> Option<PoolCounters> {
+    fn pool(&self) -> Option<PoolStats> {
         self.0.upgrade()?.devices.as_ref()?.pool()
     }
     fn export_count(&self) -> usize {
