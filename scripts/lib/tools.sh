@@ -1,6 +1,6 @@
-# Sourced (not run) by every entry script: scripts/test, scripts/demo, scripts/setup.sh,
-# scripts/bench, vm-tests/run. One home for where the project's tools live and for the
-# PATH its scripts run under.
+# Sourced (not run) by every entry script (scripts/test, demo, setup.sh, bench,
+# appliance, build-deb, vm-tests/run, appliance-run, ...). One home for where the
+# project's tools live and for the PATH its scripts run under.
 #
 # The PATH holds only cargo's bin directory, the project's own tool directory and the
 # system's directories, so a tool the project forgot to install fails here exactly as it
