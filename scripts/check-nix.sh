@@ -195,6 +195,17 @@ sys.exit(1 if bad else 0)
 '
 }
 
+# json_text FILE KEY...: the string at that key path of a JSON file, on stdout.
+json_text() {
+    python3 -c '
+import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2:]:
+    v = v[k]
+print(v, end="")
+' "$@"
+}
+
 # Evaluates nixos/eval-test under DIR (a checkout's nixos/ folder) into FILE.
 run_eval() { # NIXOS_DIR OUT_JSON ERR_FILE
     nix_instantiate -I nixpkgs-lib="$NIXPKGS_LIB" --eval --strict --json "$1/eval-test" >"$2" 2>"$3"
@@ -279,8 +290,7 @@ if parsed != settings:
         fi
         # 4c. the daemon accepts it (only when a binary is given)
         if [ -n "${GLIDEFS_BIN:-}" ]; then
-            python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["roundTrip"]["toml"], end="")' \
-                "$tmp/eval.json" >"$tmp/glidefs.toml"
+            json_text "$tmp/eval.json" roundTrip toml >"$tmp/glidefs.toml"
             if err="$("$GLIDEFS_BIN" check-config "$tmp/glidefs.toml" 2>&1)"; then
                 ok "glidefs check-config accepts the rendered sample"
             else
@@ -294,8 +304,7 @@ if parsed != settings:
     # 4d. the module renders the unit file's directives
     local unit=packaging/systemd/glidefs.service
     if [ -s "$tmp/eval.json" ]; then
-        python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["unit"]["defaults"], end="")' \
-            "$tmp/eval.json" >"$tmp/rendered.service"
+        json_text "$tmp/eval.json" unit defaults >"$tmp/rendered.service"
         if err="$(python3 scripts/compare-unit.py "$unit" "$tmp/rendered.service" docs/nixos.md 2>&1)"; then
             ok "module renders $unit (${err##*compare-unit: })"
         else
