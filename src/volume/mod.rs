@@ -33,6 +33,7 @@
 //! vol.drain().await; vol.grow(new_size).await; vol.close().await; vol.stats()
 //! ```
 
+mod admin;
 mod background_cpu;
 pub mod blockmap;
 pub mod config;
@@ -46,6 +47,7 @@ pub mod keys;
 pub(crate) mod le;
 pub mod lease;
 pub mod manifest;
+mod meta_io;
 mod open;
 pub mod segment;
 
@@ -321,13 +323,13 @@ impl Volume {
         store: &Arc<dyn ObjectStore>,
         name: &str,
     ) -> Result<Option<u64>, VolumeError> {
-        open::exists_in_store(store.as_ref(), name).await
+        admin::exists_in_store(store.as_ref(), name).await
     }
 
     /// Delete every object of volume `name` (segments, manifests, meta, lease last).
     /// The caller must have closed the volume.
     pub async fn purge(store: &Arc<dyn ObjectStore>, name: &str) -> Result<(), VolumeError> {
-        open::purge(store.as_ref(), name).await
+        admin::purge(store.as_ref(), name).await
     }
 
     /// Delete the local cache directory of a (closed) volume.
@@ -428,7 +430,7 @@ impl Volume {
     /// Grow the volume to `new_size` (a larger multiple of 4 KiB).
     pub async fn grow(&self, new_size: u64) -> Result<(), VolumeError> {
         self.inner.check_live()?;
-        open::grow(&self.inner, new_size).await
+        admin::grow(&self.inner, new_size).await
     }
 
     /// Stop the flusher (without draining) and make the local state durable

@@ -14,85 +14,16 @@ use super::journal::{self, Journal, LocalState};
 use super::keys::VolumeKeys;
 use super::lease;
 use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
+use super::meta_io::{check_name, meta_bytes, read_meta};
 use super::segment;
 use super::{fileio, Inner, State, Stats, VolumeConfig, VolumeError};
 use crate::store::{ObjectStore, PutCondition, StoreError};
 use crate::BLOCK_SIZE;
-use bytes::Bytes;
 use event_listener::Event;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-
-fn parse_meta(b: &[u8]) -> Result<VolumeMeta, VolumeError> {
-    let m: VolumeMeta =
-        serde_json::from_slice(b).map_err(|e| VolumeError::Corrupt(format!("volume meta: {e}")))?;
-    if m.format != FORMAT_VERSION {
-        return Err(VolumeError::Corrupt(format!(
-            "unsupported volume format {}",
-            m.format
-        )));
-    }
-    if m.block_size != BLOCK_SIZE as u64 {
-        return Err(VolumeError::Corrupt(format!(
-            "volume block size {} differs from this build's {}",
-            m.block_size, BLOCK_SIZE
-        )));
-    }
-    Ok(m)
-}
-
-fn meta_bytes(m: &VolumeMeta) -> Result<Bytes, VolumeError> {
-    serde_json::to_vec(m)
-        .map(Bytes::from)
-        .map_err(|e| VolumeError::Corrupt(format!("meta encoding: {e}")))
-}
-
-async fn read_meta(
-    store: &dyn ObjectStore,
-    key: &str,
-) -> Result<Option<(VolumeMeta, String)>, VolumeError> {
-    let etag = match store.head(key).await {
-        Ok(m) => m.etag,
-        Err(StoreError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    match store.get(key).await {
-        Ok(b) => Ok(Some((parse_meta(&b)?, etag))),
-        Err(StoreError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn check_name(name: &str) -> Result<(), VolumeError> {
-    crate::rules::validate_name(name)
-        .map_err(|m| VolumeError::Invalid(format!("bad volume name {name:?}: {m}")))
-}
-
-pub(crate) async fn exists_in_store(
-    store: &dyn ObjectStore,
-    name: &str,
-) -> Result<Option<u64>, VolumeError> {
-    check_name(name)?;
-    Ok(read_meta(store, &VolumeKeys::new(name).meta())
-        .await?
-        .map(|(m, _)| m.size_bytes))
-}
-
-pub(crate) async fn purge(store: &dyn ObjectStore, name: &str) -> Result<(), VolumeError> {
-    check_name(name)?;
-    let keys = VolumeKeys::new(name);
-    let (meta, lease) = (keys.meta(), keys.lease());
-    for o in store.list(keys.root()).await? {
-        if o.key != meta && o.key != lease {
-            store.delete(&o.key).await?;
-        }
-    }
-    store.delete(&meta).await?;
-    store.delete(&lease).await?;
-    Ok(())
-}
 
 /// Load the newest manifest plus newer segments. Returns (map, highest seq listed).
 async fn load_store_map(
@@ -347,31 +278,4 @@ pub(crate) async fn open(
         inner.kick();
     }
     Ok(inner)
-}
-
-pub(crate) async fn grow(inner: &Inner, new_size: u64) -> Result<(), VolumeError> {
-    crate::rules::check_aligned(new_size).map_err(VolumeError::Invalid)?;
-    let mut g = inner.meta.lock().await;
-    if new_size < g.0.size_bytes {
-        return Err(VolumeError::Unsupported("shrinking a volume".into()));
-    }
-    if new_size == g.0.size_bytes {
-        return Ok(());
-    }
-    let m = VolumeMeta {
-        size_bytes: new_size,
-        ..g.0.clone()
-    };
-    let key = inner.keys.meta();
-    let etag = inner
-        .store
-        .put_if(&key, meta_bytes(&m)?, PutCondition::IfMatch(g.1.clone()))
-        .await?;
-    inner
-        .data
-        .set_len(new_size)
-        .map_err(|e| inner.fail("growing cache file", e))?;
-    *g = (m, etag);
-    inner.size.store(new_size, Ordering::Release);
-    Ok(())
 }
