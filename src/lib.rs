@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod metrics;

@@ -459,19 +459,13 @@ fn power_loss_with_journal_on_disk_but_data_lost_reads_old_value() {
     });
 }
 
-struct TestClock(std::sync::atomic::AtomicU64);
-impl glidefs::volume::Clock for TestClock {
-    fn now_ms(&self) -> u64 {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
 #[test]
 fn stale_lease_can_be_taken_by_another_owner() {
     smol::block_on(async {
-        let (_m, store) = mem();
+        // One clock for the store and the hosts: the lease ages on the store's clock.
+        let clock = Arc::new(glidefs::clock::ManualClock::new(1_000_000));
+        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::with_clock(clock.clone()));
         let fs = SimFs::new();
-        let clock = Arc::new(TestClock(std::sync::atomic::AtomicU64::new(1_000_000)));
         let mut cfg = sim_cfg(&fs, "stale", MIB);
         cfg.clock = clock.clone();
         cfg.lease_ttl = std::time::Duration::from_secs(60);
@@ -482,18 +476,14 @@ fn stale_lease_can_be_taken_by_another_owner() {
         let mut other = cfg.clone();
         other.cache_dir = "/sim/other-stale".into();
         other.owner = "host3:/sim/other-stale".into();
-        clock
-            .0
-            .store(1_000_000 + 30_000, std::sync::atomic::Ordering::SeqCst);
+        clock.advance(30_000);
         assert!(matches!(
             Volume::open(other.clone(), store.clone())
                 .await
                 .unwrap_err(),
             VolumeError::LeaseHeld { .. }
         ));
-        clock
-            .0
-            .store(1_000_000 + 61_000, std::sync::atomic::Ordering::SeqCst);
+        clock.advance(33_000);
         let v2 = Volume::open(other, store.clone()).await.unwrap();
         let mut got = vec![0u8; 4096];
         v2.read(0, &mut got).await.unwrap();

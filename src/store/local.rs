@@ -224,6 +224,7 @@ impl Inner {
                 key: key.to_owned(),
                 size: m.size(),
                 etag: etag_of(&m),
+                modified_ms: modified_ms(&m),
             }),
             Ok(_) => Err(StoreError::NotFound(key.to_owned())),
             Err(e) if is_missing(&e) => Err(StoreError::NotFound(key.to_owned())),
@@ -278,6 +279,7 @@ impl Inner {
                         key,
                         size: m.size(),
                         etag: etag_of(&m),
+                        modified_ms: modified_ms(&m),
                     }),
                     Err(e) if is_missing(&e) => {} // deleted meanwhile
                     Err(e) => return Err(io_err(&key, e)),
@@ -478,4 +480,13 @@ mod tests {
             Err(StoreError::Config(_))
         ));
     }
+}
+
+/// A file's mtime in ms since the Unix epoch (this host is the store's clock).
+fn modified_ms(m: &fs::Metadata) -> Option<u64> {
+    m.modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }

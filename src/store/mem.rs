@@ -4,25 +4,30 @@
 //! write of `put_if`) is atomic. Etags are a per-store write counter: every write gets
 //! a fresh etag. `set_offline(true)` makes every operation fail with
 //! [`StoreError::Unavailable`] to simulate an outage; counters let tests see traffic.
+//! Objects carry a modification time from the store's own clock (injectable with
+//! [`MemStore::with_clock`]), as S3's Last-Modified does.
 
 use super::{validate_key, validate_prefix, ObjectMeta, ObjectStore, PutCondition, StoreError};
+use crate::clock::{Clock, SystemClock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Default)]
 struct Inner {
-    objects: BTreeMap<String, (Bytes, String)>,
+    /// key → (bytes, etag, modified_ms on the store's clock).
+    objects: BTreeMap<String, (Bytes, String, u64)>,
     next_gen: u64,
 }
 
 /// In-memory object store (tests and examples).
-#[derive(Default)]
 pub struct MemStore {
     inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
     offline: AtomicBool,
     puts: AtomicU64,
     gets: AtomicU64,
@@ -36,10 +41,28 @@ pub(crate) fn clamp_range(range: &Range<u64>, len: u64) -> Range<usize> {
     start as usize..end as usize
 }
 
+impl Default for MemStore {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+}
+
 impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose object modification times come from `clock` (the
+    /// store's clock in simulations with skewed host clocks).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        MemStore {
+            inner: Mutex::default(),
+            clock,
+            offline: AtomicBool::new(false),
+            puts: AtomicU64::new(0),
+            gets: AtomicU64::new(0),
+        }
     }
 
     /// While `true`, every operation fails with [`StoreError::Unavailable`].
@@ -87,7 +110,7 @@ impl MemStore {
         validate_key(key)?;
         self.check_online(key)?;
         let mut inner = self.inner.lock();
-        let current = inner.objects.get(key).map(|(_, etag)| etag.as_str());
+        let current = inner.objects.get(key).map(|(_, etag, _)| etag.as_str());
         let ok = match (&cond, current) {
             (None, _) => true,
             (Some(PutCondition::IfAbsent), cur) => cur.is_none(),
@@ -99,7 +122,11 @@ impl MemStore {
         }
         inner.next_gen += 1;
         let etag = format!("mem-{:016x}", inner.next_gen);
-        inner.objects.insert(key.to_owned(), (data, etag.clone()));
+        // Whole seconds, like S3's Last-Modified.
+        let modified = self.clock.now_ms() / 1000 * 1000;
+        inner
+            .objects
+            .insert(key.to_owned(), (data, etag.clone(), modified));
         self.puts.fetch_add(1, Ordering::SeqCst);
         Ok(etag)
     }
@@ -128,7 +155,7 @@ impl ObjectStore for MemStore {
         validate_key(key)?;
         self.check_online(key)?;
         let inner = self.inner.lock();
-        let (data, _) = inner
+        let (data, _, _) = inner
             .objects
             .get(key)
             .ok_or_else(|| StoreError::NotFound(key.to_owned()))?;
@@ -141,7 +168,7 @@ impl ObjectStore for MemStore {
         validate_key(key)?;
         self.check_online(key)?;
         let inner = self.inner.lock();
-        let (data, etag) = inner
+        let (data, etag, modified) = inner
             .objects
             .get(key)
             .ok_or_else(|| StoreError::NotFound(key.to_owned()))?;
@@ -149,6 +176,7 @@ impl ObjectStore for MemStore {
             key: key.to_owned(),
             size: data.len() as u64,
             etag: etag.clone(),
+            modified_ms: Some(*modified),
         })
     }
 
@@ -160,10 +188,11 @@ impl ObjectStore for MemStore {
             .objects
             .range(prefix.to_owned()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (data, etag))| ObjectMeta {
+            .map(|(k, (data, etag, modified))| ObjectMeta {
                 key: k.clone(),
                 size: data.len() as u64,
                 etag: etag.clone(),
+                modified_ms: Some(*modified),
             })
             .collect())
     }

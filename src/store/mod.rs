@@ -88,6 +88,10 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Opaque version tag, usable with [`PutCondition::IfMatch`].
     pub etag: String,
+    /// When the object was last written, on the *store's* clock (ms since the Unix
+    /// epoch; S3 Last-Modified, one-second resolution). `head` fills it where the
+    /// store reports it; listings may leave it `None`.
+    pub modified_ms: Option<u64>,
 }
 
 /// The object store interface used by the volume engine.

@@ -8,7 +8,9 @@ use super::fileio::{FileIo, RealFs};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+pub use crate::clock::{Clock, SystemClock};
 
 /// When a guest FLUSH / FUA write returns (`cache.flush_mode` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -19,25 +21,6 @@ pub enum FlushMode {
     Local,
     /// Additionally wait until everything acknowledged is committed to the store.
     Store,
-}
-
-/// Wall clock in milliseconds since the Unix epoch (injected for determinism).
-pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch.
-    fn now_ms(&self) -> u64;
-}
-
-/// The real clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0)
-    }
 }
 
 /// Configuration of one volume. Build with [`VolumeConfig::new`] and adjust fields.
@@ -68,8 +51,12 @@ pub struct VolumeConfig {
     pub lease_ttl: Duration,
     /// Take the lease even when another owner holds it (operator override).
     pub takeover: bool,
-    /// Lease owner identity; default `<hostname>:<cache_dir>`.
+    /// Lease owner identity: unique per host and cache directory (the daemon uses
+    /// its random host id, see `daemon::host_identity`); default
+    /// `<hostname>:<cache_dir>`.
     pub owner: String,
+    /// Human-readable name of this host, written into the lease for display only.
+    pub host_label: String,
     /// Backoff ceiling of the first retry of a flush or a miss fetch (doubles up to
     /// `retry_max`, with jitter; see [`crate::backoff`]).
     pub retry_base: Duration,
@@ -101,7 +88,8 @@ impl fmt::Debug for VolumeConfig {
     }
 }
 
-fn hostname() -> String {
+/// This host's name (`localhost` when unreadable): for display only.
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "localhost".to_string())
@@ -114,7 +102,8 @@ impl VolumeConfig {
     /// TTL/3 by the flusher: one conditional PUT per volume per 100 s when idle).
     pub fn new(name: impl Into<String>, size_bytes: u64, cache_dir: impl Into<PathBuf>) -> Self {
         let cache_dir = cache_dir.into();
-        let owner = format!("{}:{}", hostname(), cache_dir.display());
+        let host_label = hostname();
+        let owner = format!("{host_label}:{}", cache_dir.display());
         VolumeConfig {
             name: name.into(),
             size_bytes,
@@ -126,15 +115,28 @@ impl VolumeConfig {
             checkpoint_every: 16,
             max_segment_bytes: 8 << 20,
             journal_compact_bytes: 4 << 20,
-            lease_ttl: Duration::from_secs(300),
+            lease_ttl: crate::rules::LEASE_TTL,
             takeover: false,
             owner,
+            host_label,
             retry_base: Duration::from_millis(100),
             retry_max: Duration::from_secs(10),
             read_attempts: 3,
             fileio: Arc::new(RealFs),
             clock: Arc::new(SystemClock),
             seed: 0,
+        }
+    }
+}
+
+impl VolumeConfig {
+    /// This volume's identity and timing for [`super::lease`].
+    pub fn lease_rules(&self) -> super::lease::Rules<'_> {
+        super::lease::Rules {
+            owner: &self.owner,
+            host: &self.host_label,
+            ttl_ms: self.lease_ttl.as_millis() as u64,
+            clock: self.clock.as_ref(),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! Layout under `volumes/<name>/` (see docs/format.md):
 //! - `meta`: size, uuid and format version (JSON), written once, replaced on grow;
 //! - `lease`: the writer's lease, updated by conditional PUT;
+//! - `clock`: an empty object rewritten to read the store's clock (its Last-Modified)
+//!   when a lease held by another owner must be judged stale (see `lease.rs`);
 //! - `seg/<seq>`: immutable segment objects;
 //! - `manifest/<seq>`: checkpoints of the block map as of segment `seq`.
 //!
@@ -18,6 +20,8 @@ pub enum Key {
     Meta,
     /// `lease`.
     Lease,
+    /// `clock`.
+    ClockProbe,
     /// `seg/<seq>`.
     Segment(u64),
     /// `manifest/<seq>`.
@@ -52,6 +56,7 @@ impl VolumeKeys {
         match k {
             Key::Meta => format!("{root}meta"),
             Key::Lease => format!("{root}lease"),
+            Key::ClockProbe => format!("{root}clock"),
             Key::Segment(seq) => format!("{root}{SEG}{seq:020}"),
             Key::Manifest(seq) => format!("{root}{MANIFEST}{seq:020}"),
         }
@@ -65,6 +70,11 @@ impl VolumeKeys {
     /// `lease`.
     pub fn lease(&self) -> String {
         self.key(Key::Lease)
+    }
+
+    /// `clock`.
+    pub fn clock_probe(&self) -> String {
+        self.key(Key::ClockProbe)
     }
 
     /// `seg/<seq>`.
@@ -99,6 +109,7 @@ impl VolumeKeys {
         match rest {
             "meta" => Some(Key::Meta),
             "lease" => Some(Key::Lease),
+            "clock" => Some(Key::ClockProbe),
             _ => {
                 if let Some(s) = rest.strip_prefix(SEG) {
                     seq(s).map(Key::Segment)
@@ -135,6 +146,7 @@ mod tests {
         prop_oneof![
             Just(Key::Meta),
             Just(Key::Lease),
+            Just(Key::ClockProbe),
             any::<u64>().prop_map(Key::Segment),
             any::<u64>().prop_map(Key::Manifest),
         ]

@@ -1,28 +1,43 @@
 //! The volume lease: one writer per volume, fenced at every commit.
 //!
-//! Object `volumes/<name>/lease` (JSON `{owner, epoch, renewed_at_ms}`), written only
-//! with conditional PUTs:
-//! - acquire: if absent, put-if-absent with epoch 1; if present and ours (same owner
-//!   string: by default `<hostname>:<cache_dir>`), stale (not renewed for `lease_ttl`)
-//!   or `takeover` is set, put-if-match(etag) with `epoch + 1`; otherwise `LeaseHeld`.
+//! Object `volumes/<name>/lease` (JSON `{owner, host, epoch, renewed_at_ms}`), written
+//! only with conditional PUTs:
+//! - `owner` is the writer's identity: the daemon's random host id (one per cache
+//!   directory, `daemon::host_identity`); `host` is the hostname, for people only;
+//! - acquire: if absent, put-if-absent with epoch 1; if present and ours (same
+//!   owner), stale or `takeover` is set, put-if-match(etag) with `epoch + 1`;
+//!   otherwise `LeaseHeld`;
 //! - every open increments the epoch, so an older instance of the same owner is
 //!   fenced too;
-//! - before each segment commit the flusher re-reads the lease and requires
+//! - the flusher re-reads the lease before and after each commit and requires
 //!   `(owner, epoch)` to be ours (fencing); renewals are put-if-match.
+//!
+//! Staleness is judged on the *store's* clock: the lease object's Last-Modified
+//! against the Last-Modified of the volume's `clock` object, rewritten for the
+//! purpose. Host clocks may be set arbitrarily wrong; only their rates must agree with
+//! the store's within 10 % (the holder self-fences that much early, see
+//! [`self_fence_after_ms`]). A store that reports no modification time falls back to
+//! `renewed_at_ms` against this host's wall clock, which assumes synchronised clocks.
 //!
 //! The lease is never released (close releases nothing remote): another host takes
 //! the volume once the lease is stale, or immediately with `takeover`.
 
+use super::keys::VolumeKeys;
 use super::VolumeError;
-use crate::store::{ObjectStore, PutCondition, StoreError};
+use crate::clock::Clock;
+use crate::rules::{LEASE_CLOCK_SLACK, LEASE_SELF_FENCE_DIVISOR};
+use crate::store::{ObjectMeta, ObjectStore, PutCondition, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// The lease object's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// Owner identity.
+    /// Owner identity (the writer's host id).
     pub owner: String,
+    /// The owner's hostname, for display (absent in leases of older versions).
+    #[serde(default)]
+    pub host: String,
     /// Incremented at every acquisition.
     pub epoch: u64,
     /// Last acquisition or renewal (ms since the Unix epoch).
@@ -47,6 +62,103 @@ pub struct Acquired {
     pub prev_owner: Option<String>,
 }
 
+impl Lease {
+    /// `host (owner)` for messages: who holds it, in words an operator can act on.
+    pub fn holder(&self) -> String {
+        if self.host.is_empty() {
+            self.owner.clone()
+        } else {
+            format!("{} (host id {})", self.host, self.owner)
+        }
+    }
+}
+
+/// Who holds a volume's lease, as seen by `owner` (see [`inspect`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// No lease object: nobody has opened the volume (or it was purged).
+    Absent,
+    /// `owner` holds it (possibly an earlier process of ours).
+    Ours(Lease),
+    /// Another owner; `stale` once not renewed for longer than the TTL.
+    Other {
+        /// The lease.
+        lease: Lease,
+        /// Time since its last renewal (store clock where available).
+        age_ms: u64,
+        /// `age_ms` exceeds the TTL plus [`LEASE_CLOCK_SLACK`].
+        stale: bool,
+    },
+}
+
+/// Identity and timing rules of one lease user.
+#[derive(Clone, Copy)]
+pub struct Rules<'a> {
+    /// Our owner id.
+    pub owner: &'a str,
+    /// Our hostname (display).
+    pub host: &'a str,
+    /// Lease TTL.
+    pub ttl_ms: u64,
+    /// Our clock (fallback age, renewal timestamps).
+    pub clock: &'a dyn Clock,
+}
+
+/// How long after a renewal *began* (monotonic ms) its holder may still acknowledge
+/// writes: TTL minus a tenth (clock-rate margin) minus [`LEASE_CLOCK_SLACK`].
+pub fn self_fence_after_ms(ttl_ms: u64) -> u64 {
+    ttl_ms
+        .saturating_sub(ttl_ms / u64::from(LEASE_SELF_FENCE_DIVISOR))
+        .saturating_sub(LEASE_CLOCK_SLACK.as_millis() as u64)
+}
+
+/// Time since `lease` (object `meta`) was last written: on the store's clock when it
+/// reports modification times, else on `clock` against `renewed_at_ms`.
+async fn age_ms(
+    store: &dyn ObjectStore,
+    keys: &VolumeKeys,
+    meta: &ObjectMeta,
+    lease: &Lease,
+    clock: &dyn Clock,
+) -> Result<u64, VolumeError> {
+    if let Some(written) = meta.modified_ms {
+        let probe = keys.clock_probe();
+        store.put(&probe, Bytes::new()).await?;
+        if let Some(now) = store.head(&probe).await?.modified_ms {
+            return Ok(now.saturating_sub(written));
+        }
+    }
+    Ok(clock.now_ms().saturating_sub(lease.renewed_at_ms))
+}
+
+/// Who holds the lease of the volume with `keys`, as `rules.owner` sees it.
+pub async fn inspect(
+    store: &dyn ObjectStore,
+    keys: &VolumeKeys,
+    rules: Rules<'_>,
+) -> Result<Holder, VolumeError> {
+    let key = keys.lease();
+    let meta = match store.head(&key).await {
+        Ok(m) => m,
+        Err(StoreError::NotFound(_)) => return Ok(Holder::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    let lease = match store.get(&key).await {
+        Ok(b) => decode(&b)?,
+        Err(StoreError::NotFound(_)) => return Ok(Holder::Absent),
+        Err(e) => return Err(e.into()),
+    };
+    if lease.owner == rules.owner {
+        return Ok(Holder::Ours(lease));
+    }
+    let age = age_ms(store, keys, &meta, &lease, rules.clock).await?;
+    Ok(Holder::Other {
+        stale: age > rules.ttl_ms + LEASE_CLOCK_SLACK.as_millis() as u64,
+        lease,
+        age_ms: age,
+    })
+}
+
 fn encode(l: &Lease) -> Result<Bytes, VolumeError> {
     serde_json::to_vec(l)
         .map(Bytes::from)
@@ -60,26 +172,27 @@ fn decode(b: &[u8]) -> Result<Lease, VolumeError> {
 /// Take the lease (see the module doc for the rules).
 pub async fn acquire(
     store: &dyn ObjectStore,
-    key: &str,
-    owner: &str,
-    now_ms: u64,
-    ttl_ms: u64,
+    keys: &VolumeKeys,
+    rules: Rules<'_>,
     takeover: bool,
 ) -> Result<Acquired, VolumeError> {
+    let key = keys.lease();
+    let mine = |epoch| Lease {
+        owner: rules.owner.to_string(),
+        host: rules.host.to_string(),
+        epoch,
+        renewed_at_ms: rules.clock.now_ms(),
+    };
     for _ in 0..5 {
-        let meta = match store.head(key).await {
+        let meta = match store.head(&key).await {
             Ok(m) => Some(m),
             Err(StoreError::NotFound(_)) => None,
             Err(e) => return Err(e.into()),
         };
         let Some(meta) = meta else {
-            let lease = Lease {
-                owner: owner.to_string(),
-                epoch: 1,
-                renewed_at_ms: now_ms,
-            };
+            let lease = mine(1);
             match store
-                .put_if(key, encode(&lease)?, PutCondition::IfAbsent)
+                .put_if(&key, encode(&lease)?, PutCondition::IfAbsent)
                 .await
             {
                 Ok(etag) => {
@@ -92,25 +205,24 @@ pub async fn acquire(
                 Err(e) => return Err(e.into()),
             }
         };
-        let cur = match store.get(key).await {
+        let cur = match store.get(&key).await {
             Ok(b) => decode(&b)?,
             Err(StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e.into()),
         };
-        let age = now_ms.saturating_sub(cur.renewed_at_ms);
-        if cur.owner != owner && age <= ttl_ms && !takeover {
-            return Err(VolumeError::LeaseHeld {
-                owner: cur.owner,
-                age_ms: age,
-            });
+        if cur.owner != rules.owner && !takeover {
+            let age = age_ms(store, keys, &meta, &cur, rules.clock).await?;
+            if age <= rules.ttl_ms + LEASE_CLOCK_SLACK.as_millis() as u64 {
+                return Err(VolumeError::LeaseHeld {
+                    owner: cur.holder(),
+                    age_ms: age,
+                });
+            }
+            tracing::warn!(%key, holder = %cur.holder(), age_ms = age, "taking over a stale lease");
         }
-        let lease = Lease {
-            owner: owner.to_string(),
-            epoch: cur.epoch + 1,
-            renewed_at_ms: now_ms,
-        };
+        let lease = mine(cur.epoch + 1);
         match store
-            .put_if(key, encode(&lease)?, PutCondition::IfMatch(meta.etag))
+            .put_if(&key, encode(&lease)?, PutCondition::IfMatch(meta.etag))
             .await
         {
             Ok(etag) => {
@@ -141,7 +253,9 @@ pub async fn check(store: &dyn ObjectStore, key: &str, held: &Lease) -> Result<(
     if cur.owner != held.owner || cur.epoch != held.epoch {
         return Err(VolumeError::Fenced(format!(
             "lease now held by {} (epoch {}), ours was epoch {}",
-            cur.owner, cur.epoch, held.epoch
+            cur.holder(),
+            cur.epoch,
+            held.epoch
         )));
     }
     Ok(())

@@ -164,15 +164,7 @@ pub(crate) async fn open(
         )));
     }
     // 2. Lease.
-    let acq = lease::acquire(
-        store.as_ref(),
-        &keys.lease(),
-        &cfg.owner,
-        cfg.clock.now_ms(),
-        cfg.lease_ttl.as_millis() as u64,
-        cfg.takeover,
-    )
-    .await?;
+    let acq = lease::acquire(store.as_ref(), &keys, cfg.lease_rules(), cfg.takeover).await?;
     if cfg.size_bytes > meta.size_bytes {
         let m = VolumeMeta {
             size_bytes: cfg.size_bytes,

@@ -317,7 +317,7 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
         validate_key(key)?;
-        let (size, etag) = self
+        let (size, etag, modified_ms) = self
             .retry
             .run(|| {
                 let path = self.full_key(key);
@@ -326,6 +326,7 @@ impl ObjectStore for S3Store {
                     Ok((
                         h.content_length.unwrap_or(0).max(0) as u64,
                         h.e_tag.as_deref().map(unquote).unwrap_or_default(),
+                        h.last_modified.as_deref().and_then(http_date_ms),
                     ))
                 })
             })
@@ -334,6 +335,7 @@ impl ObjectStore for S3Store {
             key: key.to_owned(),
             size,
             etag,
+            modified_ms,
         })
     }
 
@@ -362,6 +364,10 @@ impl ObjectStore for S3Store {
                     key,
                     size: o.size,
                     etag: o.e_tag.as_deref().map(unquote).unwrap_or_default(),
+                    modified_ms: humantime::parse_rfc3339_weak(&o.last_modified)
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_millis() as u64),
                 })
             })
             .collect();
@@ -421,4 +427,14 @@ mod tests {
             Err(StoreError::InvalidKey { .. })
         ));
     }
+}
+
+/// An HTTP date (`Last-Modified: Wed, 02 Dec 2026 09:40:00 GMT`) in ms since the Unix
+/// epoch; `None` when the server sent something else.
+fn http_date_ms(s: &str) -> Option<u64> {
+    httpdate::parse_http_date(s)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
