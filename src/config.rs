@@ -148,6 +148,10 @@ pub struct CacheConfig {
     pub flush_mode: FlushMode,
     /// zstd-compress segments written to the store.
     pub compress: bool,
+    /// A volume's lease not renewed for this long may be taken by another host; a
+    /// holder that cannot renew stops acknowledging writes before then.
+    #[serde(deserialize_with = "de_duration")]
+    pub lease_ttl: Duration,
 }
 
 impl Default for CacheConfig {
@@ -158,6 +162,7 @@ impl Default for CacheConfig {
             flush_interval: rules::FLUSH_INTERVAL,
             flush_mode: FlushMode::Local,
             compress: true,
+            lease_ttl: rules::LEASE_TTL,
         }
     }
 }
@@ -333,6 +338,17 @@ impl Config {
         }
         if self.cache.flush_interval.is_zero() {
             return Err(invalid("cache.flush_interval", "must be greater than 0"));
+        }
+        if !rules::LEASE_TTL_RANGE.contains(&self.cache.lease_ttl) {
+            return Err(invalid(
+                "cache.lease_ttl",
+                format!(
+                    "{} is outside {}..={}",
+                    humantime::format_duration(self.cache.lease_ttl),
+                    humantime::format_duration(*rules::LEASE_TTL_RANGE.start()),
+                    humantime::format_duration(*rules::LEASE_TTL_RANGE.end())
+                ),
+            ));
         }
         if let Some(url) = &self.store.url {
             crate::store::StoreUrl::parse(url).map_err(|e| invalid("store.url", e.to_string()))?;

@@ -194,9 +194,14 @@ mod tests {
     }
 }
 
-/// A lease not renewed for this long may be taken by another host (measured on the
-/// store's clock where the store gives one; see `volume::lease`).
+/// `cache.lease_ttl`: a lease not renewed for this long may be taken by another host
+/// (measured on the store's clock where the store gives one; see `volume::lease`).
 pub const LEASE_TTL: Duration = Duration::from_secs(300);
+
+/// `cache.lease_ttl` bounds: below 10 s a busy store's latency alone would self-fence
+/// writers; above an hour a dead host's volumes wait too long for another host.
+pub const LEASE_TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(3600);
 
 /// The holder renews its lease every `LEASE_TTL / LEASE_RENEW_DIVISOR`.
 pub const LEASE_RENEW_DIVISOR: u32 = 3;

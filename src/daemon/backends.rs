@@ -47,6 +47,7 @@ impl EngineVolumes {
         c.flush_interval = s.flush_interval;
         c.flush_mode = s.flush_mode;
         c.compress = s.compress;
+        c.lease_ttl = s.lease_ttl;
         c
     }
 }

@@ -45,6 +45,8 @@ pub struct VolumeSettings {
     pub flush_mode: FlushMode,
     /// `cache.compress`.
     pub compress: bool,
+    /// `cache.lease_ttl`.
+    pub lease_ttl: Duration,
 }
 
 impl VolumeSettings {
@@ -56,6 +58,7 @@ impl VolumeSettings {
             flush_interval: cfg.cache.flush_interval,
             flush_mode: cfg.cache.flush_mode,
             compress: cfg.cache.compress,
+            lease_ttl: cfg.cache.lease_ttl,
         }
     }
 }
