@@ -124,6 +124,7 @@ impl Volume {
     /// Waits (never fails) while the dirty limit is exceeded.
     pub async fn write(&self, offset: u64, data: &[u8], fua: bool) -> Result<(), VolumeError> {
         self.check_req(offset, data.len() as u64)?;
+        self.inner.check_lease_time()?;
         if data.is_empty() {
             return Ok(());
         }
@@ -211,6 +212,7 @@ impl Volume {
     /// Write zeros over `[offset, offset+len)`.
     pub async fn write_zeroes(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         self.check_req(offset, len)?;
+        self.inner.check_lease_time()?;
         let end = offset + len;
         let a = offset.div_ceil(SS) * SS;
         let z = (end / SS) * SS;

@@ -38,6 +38,10 @@ pub enum VolumeError {
     /// Our lease was taken by another owner: nothing more can be committed.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// Our lease could not be renewed before its deadline: writes and FLUSHes are
+    /// refused until a renewal succeeds (self-fencing; another host may take over).
+    #[error("lease expired: {0}")]
+    LeaseExpired(String),
     /// The volume was closed (or a local I/O error put it into the failed state).
     #[error("volume closed")]
     Closed,

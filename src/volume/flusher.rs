@@ -9,17 +9,19 @@
 //!
 //! Commit protocol of one batch: make each block fully valid (fetch or zero-fill) →
 //! snapshot generations → read and encode → fencing check of the lease → PUT the
-//! segment if-absent (the commit point) → mark blocks whose generation did not change
-//! clean and journal a CLEAN record; rewritten blocks stay dirty.
+//! segment if-absent (the commit point) → fencing check again (only a segment that
+//! landed while the lease was ours counts) → mark blocks whose generation did not
+//! change clean and journal a CLEAN record; rewritten blocks stay dirty. A failed
+//! attempt is retried with the same sequence number and bytes ([`Pending`]).
 
 use super::background_cpu;
-use super::blockmap::FULL;
+use super::blockmap::{EntryKind, FULL};
 use super::fetch;
 use super::fileio;
 use super::journal::{self, Journal, LocalState, Record};
 use super::lease;
 use super::manifest;
-use super::segment;
+use super::segment::{self, SegEntry};
 use super::{bump, Inner, VolumeError, BS};
 use crate::store::{PutCondition, StoreError};
 use crate::BLOCK_SIZE;
@@ -35,13 +37,16 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> smol::Task<()> {
 
 async fn run(inner: Arc<Inner>) {
     let mut failures = 0u32;
+    let mut pending: Option<Pending> = None;
+    // Wake at least often enough to renew the lease on time.
+    let renew_every = inner.cfg.lease_ttl / crate::rules::LEASE_RENEW_DIVISOR;
+    let interval = inner.cfg.flush_interval.min(renew_every);
     loop {
         if failures > 0 {
             smol::Timer::after(inner.backoff(failures)).await;
         } else {
             let l = inner.kick.listen();
             if !inner.kick_flag.swap(false, Ordering::AcqRel) {
-                let interval = inner.cfg.flush_interval;
                 futures_lite::future::or(l, async {
                     smol::Timer::after(interval).await;
                 })
@@ -52,7 +57,7 @@ async fn run(inner: Arc<Inner>) {
         if inner.bg_stop.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
             return;
         }
-        let r = cycle(&inner).await;
+        let r = cycle(&inner, &mut pending).await;
         match r {
             Ok(()) => failures = 0,
             Err(VolumeError::Fenced(m)) => {
@@ -72,15 +77,33 @@ async fn run(inner: Arc<Inner>) {
     }
 }
 
-async fn cycle(inner: &Arc<Inner>) -> Result<(), VolumeError> {
+async fn cycle(inner: &Arc<Inner>, pending: &mut Option<Pending>) -> Result<(), VolumeError> {
     renew_if_due(inner).await?;
+    let mut committed = false;
+    // An earlier attempt first, under its own sequence number.
+    if let Some(p) = pending.as_mut() {
+        commit(inner, p).await?;
+        if let Some(p) = pending.take() {
+            finish(inner, p)?;
+            committed = true;
+        }
+    }
     let dirty: Vec<u64> = inner.st.lock().local.dirty_set.iter().copied().collect();
     let per = ((inner.cfg.max_segment_bytes / BS).max(1)) as usize;
     for batch in dirty.chunks(per) {
         inner.check_bg()?;
-        flush_batch(inner, batch).await?;
+        renew_if_due(inner).await?;
+        let Some(p) = prepare(inner, batch).await? else {
+            continue;
+        };
+        let p = pending.insert(p);
+        commit(inner, p).await?;
+        if let Some(p) = pending.take() {
+            finish(inner, p)?;
+            committed = true;
+        }
     }
-    if !dirty.is_empty() {
+    if committed {
         maybe_manifest(inner).await?;
     }
     let jsize = inner.st.lock().journal.size();
@@ -90,19 +113,56 @@ async fn cycle(inner: &Arc<Inner>) -> Result<(), VolumeError> {
     Ok(())
 }
 
+/// Renew the lease every TTL/3 (monotonic clock), and drop its fences once a
+/// manifest of ours made them redundant (see `fencing.rs`).
 async fn renew_if_due(inner: &Inner) -> Result<(), VolumeError> {
     let held = inner.lease.lock().clone();
-    let now = inner.cfg.clock.now_ms();
-    let ttl = inner.cfg.lease_ttl.as_millis() as u64;
-    if now.saturating_sub(held.lease.renewed_at_ms) < ttl / 3 {
+    let started = inner.cfg.clock.mono_ms();
+    let every = (inner.cfg.lease_ttl / crate::rules::LEASE_RENEW_DIVISOR).as_millis() as u64;
+    let prune = inner.wrote_manifest.load(Ordering::Acquire) && !held.lease.fences.is_empty();
+    if started.saturating_sub(inner.last_renew.load(Ordering::Acquire)) < every && !prune {
         return Ok(());
     }
-    let new = lease::renew(inner.store.as_ref(), &inner.keys.lease(), &held, now).await?;
+    let fences = if inner.wrote_manifest.load(Ordering::Acquire) {
+        Vec::new()
+    } else {
+        held.lease.fences.clone()
+    };
+    let (new, written) = lease::renew(
+        inner.store.as_ref(),
+        &inner.keys.lease(),
+        &held,
+        inner.cfg.clock.now_ms(),
+        fences,
+    )
+    .await?;
     *inner.lease.lock() = new;
+    if written {
+        inner.renewed(started);
+    }
     Ok(())
 }
 
-async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeError> {
+/// A segment built and not yet known to be committed. It is retried with the same
+/// sequence number and bytes until it commits: an attempt that failed may still land
+/// later, and a retry under a new number could then land an older copy of its blocks
+/// above a newer one. It moves to a new number only when a fenced writer's late PUT
+/// holds its key.
+pub(crate) struct Pending {
+    seq: u64,
+    epoch: u64,
+    items: Vec<(u64, EntryKind, Vec<u8>)>,
+    obj: Bytes,
+    entries: Vec<SegEntry>,
+    /// (block, generation) of the blocks it carries, taken before their data was read.
+    snap: Vec<(u64, u32)>,
+    snap_seq: u64,
+    /// The PUT landed (only the post-commit lease check is left).
+    landed: bool,
+}
+
+/// Make the blocks fully valid, snapshot generations, read and encode them.
+async fn prepare(inner: &Arc<Inner>, blocks: &[u64]) -> Result<Option<Pending>, VolumeError> {
     for &b in blocks {
         fetch::make_fully_valid(inner, b).await?;
     }
@@ -116,15 +176,15 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
                 (x.dirty != 0 && x.valid == FULL).then_some((b, x.gen))
             })
             .collect();
+        if snap.is_empty() {
+            return Ok(None);
+        }
         let seq = st.next_seq;
         st.next_seq += 1;
         (snap, st.write_seq, seq)
     };
-    if snap.is_empty() {
-        return Ok(());
-    }
     let epoch = inner.lease.lock().lease.epoch;
-    let (obj, entries) = {
+    let (items, obj, entries) = {
         let inner2 = inner.clone();
         let list: Vec<u64> = snap.iter().map(|x| x.0).collect();
         // At a lower CPU priority than the ublk workers (see background_cpu).
@@ -139,50 +199,112 @@ async fn flush_batch(inner: &Arc<Inner>, blocks: &[u64]) -> Result<(), VolumeErr
                 let (k, p) = segment::encode_block(&buf, inner2.cfg.compress);
                 items.push((b, k, p));
             }
-            Ok(segment::encode(
-                seq,
-                inner2.uuid,
-                epoch,
-                inner2.base_seq,
-                &items,
-            ))
+            let (obj, entries) = segment::encode(seq, inner2.uuid, epoch, inner2.base_seq, &items);
+            Ok((items, obj, entries))
         })
         .await?
     };
-    inner.check_bg()?;
-    let held = inner.lease.lock().lease.clone();
-    lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
-    inner.check_bg()?;
-    let len = obj.len() as u64;
-    match inner
+    Ok(Some(Pending {
+        seq,
+        epoch,
+        items,
+        obj: Bytes::from(obj),
+        entries,
+        snap,
+        snap_seq,
+        landed: false,
+    }))
+}
+
+/// Whose object holds the key of segment `seq`: ours from an earlier attempt (same
+/// incarnation, epoch and seq), or another writer's.
+async fn is_our_attempt(inner: &Inner, seq: u64, epoch: u64) -> Result<bool, VolumeError> {
+    let hb = match inner
         .store
-        .put_if(
-            &inner.keys.segment(seq),
-            Bytes::from(obj),
-            PutCondition::IfAbsent,
-        )
+        .get_range(&inner.keys.segment(seq), 0..segment::HEADER_LEN as u64)
         .await
     {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(k)) => {
-            // Either another writer (the lease check says so) or a late PUT of an
-            // earlier instance of ours: skip that sequence number and retry.
-            lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
-            return Err(VolumeError::Store(StoreError::PreconditionFailed(k)));
-        }
+        Ok(b) => b,
+        // Deleted meanwhile (a zombie collected by a newer writer): not ours.
+        Err(StoreError::NotFound(_)) => return Ok(false),
         Err(e) => return Err(e.into()),
+    };
+    Ok(segment::decode_header(&hb)
+        .is_ok_and(|h| h.uuid == inner.uuid && h.epoch == epoch && h.seq == seq))
+}
+
+/// The commit protocol of one segment: fencing check, PUT if-absent (the commit
+/// point), fencing check again. Only a segment that landed while the lease was still
+/// ours counts as committed (its blocks may be marked clean); one that lands after
+/// another host took over is ignored by every later open (`fencing.rs`).
+async fn commit(inner: &Inner, p: &mut Pending) -> Result<(), VolumeError> {
+    let held = inner.lease.lock().lease.clone();
+    let lease_key = inner.keys.lease();
+    // Bounded: each round either commits or moves past a key a late PUT occupies.
+    for _ in 0..64 {
+        if p.landed {
+            break;
+        }
+        inner.check_bg()?;
+        lease::check(inner.store.as_ref(), &lease_key, &held).await?;
+        inner.check_bg()?;
+        let key = inner.keys.segment(p.seq);
+        match inner
+            .store
+            .put_if(&key, p.obj.clone(), PutCondition::IfAbsent)
+            .await
+        {
+            Ok(_) => p.landed = true,
+            Err(StoreError::PreconditionFailed(_)) => {
+                if is_our_attempt(inner, p.seq, p.epoch).await? {
+                    p.landed = true;
+                    continue;
+                }
+                // Another writer's object: a newer one fences us here; an older
+                // one's late PUT took the number - move to a new one.
+                lease::check(inner.store.as_ref(), &lease_key, &held).await?;
+                tracing::warn!(volume = %inner.cfg.name, %key, "segment key taken by a fenced writer's late PUT; using the next number");
+                inner.zombies.lock().push(key);
+                let seq = {
+                    let mut st = inner.st.lock();
+                    let s = st.next_seq;
+                    st.next_seq += 1;
+                    s
+                };
+                let (obj, entries) =
+                    segment::encode(seq, inner.uuid, p.epoch, inner.base_seq, &p.items);
+                p.seq = seq;
+                p.obj = Bytes::from(obj);
+                p.entries = entries;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
+    if !p.landed {
+        return Err(VolumeError::Store(StoreError::Unavailable(format!(
+            "{}: no free segment number after 64 attempts",
+            inner.cfg.name
+        ))));
+    }
+    lease::check(inner.store.as_ref(), &lease_key, &held).await
+}
+
+/// Apply a committed segment: store map, clean blocks (unless rewritten since the
+/// snapshot), CLEAN record, counters.
+fn finish(inner: &Inner, p: Pending) -> Result<(), VolumeError> {
+    let seq = p.seq;
+    let len = p.obj.len() as u64;
     {
         let mut st = inner.st.lock();
-        let mut clean = Vec::with_capacity(snap.len());
-        for ((b, gen), e) in snap.iter().zip(entries.iter()) {
+        let mut clean = Vec::with_capacity(p.snap.len());
+        for ((b, gen), e) in p.snap.iter().zip(p.entries.iter()) {
             st.store.apply(*b, e.loc(seq));
             let cur = st.local.get(*b);
             if cur.gen == *gen {
                 st.local.mark_clean(*b);
                 clean.push(*b);
             } else if let Some(x) = st.local.blocks.get_mut(b) {
-                x.dirty_since = snap_seq + 1;
+                x.dirty_since = p.snap_seq + 1;
             }
         }
         if !clean.is_empty() {
@@ -209,7 +331,12 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
         let live: HashSet<u64> = st.store.map.values().map(|l| l.seq).collect();
         (
             st.last_committed,
-            manifest::encode(st.last_committed, inner.uuid, &st.store),
+            manifest::encode(
+                st.last_committed,
+                inner.uuid,
+                inner.lease.lock().lease.epoch,
+                &st.store,
+            ),
             live,
         )
     };
@@ -235,6 +362,13 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
     // no live entry. Re-check the lease: a fenced writer must not delete anything.
     inner.check_bg()?;
     lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
+    // Ours and still ours after it landed: the lease's fences are redundant now.
+    inner.wrote_manifest.store(true, Ordering::Release);
+    let zombies: Vec<String> = std::mem::take(&mut *inner.zombies.lock());
+    for key in zombies {
+        inner.store.delete(&key).await?;
+        bump(&inner.stats.gc_deleted, 1);
+    }
     for m in inner.store.list(&inner.keys.manifests()).await? {
         if inner.keys.manifest_seq(&m.key).is_some_and(|s| s < seq) {
             inner.store.delete(&m.key).await?;

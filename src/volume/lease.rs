@@ -30,6 +30,17 @@ use crate::store::{ObjectMeta, ObjectStore, PutCondition, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+/// A fence: `epoch` opened the volume having listed every segment up to `base`.
+/// Any object of an older epoch with a larger sequence number landed after that
+/// point (a late PUT of a fenced writer) and is ignored (see `fencing.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The epoch that fenced.
+    pub epoch: u64,
+    /// Highest segment seq it had listed.
+    pub base: u64,
+}
+
 /// The lease object's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -40,8 +51,13 @@ pub struct Lease {
     pub host: String,
     /// Incremented at every acquisition.
     pub epoch: u64,
-    /// Last acquisition or renewal (ms since the Unix epoch).
+    /// Last acquisition or renewal (ms since the Unix epoch, the holder's clock;
+    /// for display, and staleness only on stores without modification times).
     pub renewed_at_ms: u64,
+    /// Fences of the epochs that opened the volume since the newest manifest that
+    /// makes them redundant (carried from holder to holder; see `fencing.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fences: Vec<Fence>,
 }
 
 /// A lease we hold.
@@ -177,11 +193,12 @@ pub async fn acquire(
     takeover: bool,
 ) -> Result<Acquired, VolumeError> {
     let key = keys.lease();
-    let mine = |epoch| Lease {
+    let mine = |epoch, fences| Lease {
         owner: rules.owner.to_string(),
         host: rules.host.to_string(),
         epoch,
         renewed_at_ms: rules.clock.now_ms(),
+        fences,
     };
     for _ in 0..5 {
         let meta = match store.head(&key).await {
@@ -190,7 +207,7 @@ pub async fn acquire(
             Err(e) => return Err(e.into()),
         };
         let Some(meta) = meta else {
-            let lease = mine(1);
+            let lease = mine(1, Vec::new());
             match store
                 .put_if(&key, encode(&lease)?, PutCondition::IfAbsent)
                 .await
@@ -220,7 +237,7 @@ pub async fn acquire(
             }
             tracing::warn!(%key, holder = %cur.holder(), age_ms = age, "taking over a stale lease");
         }
-        let lease = mine(cur.epoch + 1);
+        let lease = mine(cur.epoch + 1, cur.fences.clone());
         match store
             .put_if(&key, encode(&lease)?, PutCondition::IfMatch(meta.etag))
             .await
@@ -261,17 +278,15 @@ pub async fn check(store: &dyn ObjectStore, key: &str, held: &Lease) -> Result<(
     Ok(())
 }
 
-/// Renew: put-if-match with a new timestamp. Returns the new held lease.
-pub async fn renew(
+/// Rewrite our lease (renewal, new fences): put-if-match on our etag. Returns the
+/// held lease and whether `lease` was written; `false` when the etag changed while
+/// the lease is still ours (an ambiguous earlier attempt): nothing is renewed then.
+pub async fn rewrite(
     store: &dyn ObjectStore,
     key: &str,
     held: &Held,
-    now_ms: u64,
-) -> Result<Held, VolumeError> {
-    let lease = Lease {
-        renewed_at_ms: now_ms,
-        ..held.lease.clone()
-    };
+    lease: Lease,
+) -> Result<(Held, bool), VolumeError> {
     match store
         .put_if(
             key,
@@ -280,16 +295,31 @@ pub async fn renew(
         )
         .await
     {
-        Ok(etag) => Ok(Held { lease, etag }),
+        Ok(etag) => Ok((Held { lease, etag }, true)),
         Err(StoreError::PreconditionFailed(_)) => {
             check(store, key, &held.lease).await?;
-            // Still ours (the store changed the etag on its own): adopt it.
+            // Still ours (an earlier attempt landed, or the store changed the etag on
+            // its own): adopt the stored object as it is.
             let etag = store.head(key).await?.etag;
-            Ok(Held {
-                lease: held.lease.clone(),
-                etag,
-            })
+            let cur = decode(&store.get(key).await?)?;
+            Ok((Held { lease: cur, etag }, false))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Renew: [`rewrite`] with a new timestamp and `fences`.
+pub async fn renew(
+    store: &dyn ObjectStore,
+    key: &str,
+    held: &Held,
+    now_ms: u64,
+    fences: Vec<Fence>,
+) -> Result<(Held, bool), VolumeError> {
+    let lease = Lease {
+        renewed_at_ms: now_ms,
+        fences,
+        ..held.lease.clone()
+    };
+    rewrite(store, key, held, lease).await
 }

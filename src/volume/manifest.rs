@@ -1,6 +1,7 @@
 //! Manifest (checkpoint) objects and the volume metadata object.
 //!
-//! A manifest is the complete store map as of segment `seq`: opening a volume reads
+//! A manifest is the complete store map as of segment `seq`, written by lease epoch
+//! `epoch` (header bytes 12..16, 0 in manifests of older versions: unknown): opening a volume reads
 //! the newest manifest plus every segment with a larger seq. The volume metadata
 //! object (`meta`, JSON) holds size, block size, format version and the volume uuid
 //! (segments and the local cache carry the uuid, so a purged and recreated volume
@@ -19,14 +20,26 @@ pub const ENTRY_LEN: usize = 40;
 /// Format version of manifests and of the volume as a whole.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Encode the map as of segment `seq`.
-pub fn encode(seq: u64, uuid: u64, map: &StoreMap) -> Vec<u8> {
+/// Decoded manifest header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManifestHeader {
+    /// The map is as of this segment.
+    pub seq: u64,
+    /// Volume uuid.
+    pub uuid: u64,
+    /// Lease epoch of the writer (0: unknown, written by an older version).
+    pub epoch: u64,
+}
+
+/// Encode the map as of segment `seq`, written under lease `epoch` (stored as u32;
+/// epochs beyond that saturate, which only weakens fencing after 4 billion opens).
+pub fn encode(seq: u64, uuid: u64, epoch: u64, map: &StoreMap) -> Vec<u8> {
     let mut blocks: Vec<(&u64, &Loc)> = map.map.iter().collect();
     blocks.sort_by_key(|(b, _)| **b);
     let mut out = Vec::with_capacity(HEADER_LEN + blocks.len() * ENTRY_LEN + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&u32::try_from(epoch).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&uuid.to_le_bytes());
     out.extend_from_slice(&(blocks.len() as u64).to_le_bytes());
@@ -44,8 +57,25 @@ pub fn encode(seq: u64, uuid: u64, map: &StoreMap) -> Vec<u8> {
     out
 }
 
-/// Decode and verify a manifest: (seq, uuid, map).
-pub fn decode(b: &[u8]) -> Result<(u64, u64, StoreMap), String> {
+/// Decode the header (the first [`HEADER_LEN`] bytes; not checksummed on its own:
+/// [`decode`] verifies the whole object before its map is used).
+pub fn decode_header(b: &[u8]) -> Result<ManifestHeader, String> {
+    if b.len() < HEADER_LEN || &b[0..8] != MAGIC {
+        return Err("bad manifest magic or length".into());
+    }
+    let version = u32_at(b, 8);
+    if version != FORMAT_VERSION {
+        return Err(format!("unsupported manifest version {version}"));
+    }
+    Ok(ManifestHeader {
+        seq: u64_at(b, 16),
+        uuid: u64_at(b, 24),
+        epoch: u64::from(u32_at(b, 12)),
+    })
+}
+
+/// Decode and verify a manifest: (header, map).
+pub fn decode(b: &[u8]) -> Result<(ManifestHeader, StoreMap), String> {
     if b.len() < HEADER_LEN + 4 || &b[0..8] != MAGIC {
         return Err("bad manifest magic or length".into());
     }
@@ -53,12 +83,7 @@ pub fn decode(b: &[u8]) -> Result<(u64, u64, StoreMap), String> {
     if crc32c::crc32c(body) != u32_at(b, b.len() - 4) {
         return Err("manifest checksum mismatch".into());
     }
-    let version = u32_at(b, 8);
-    if version != FORMAT_VERSION {
-        return Err(format!("unsupported manifest version {version}"));
-    }
-    let seq = u64_at(b, 16);
-    let uuid = u64_at(b, 24);
+    let header = decode_header(b)?;
     let count = u64_at(b, 32) as usize;
     if body.len() != HEADER_LEN + count.saturating_mul(ENTRY_LEN) {
         return Err("manifest length does not match its entry count".into());
@@ -78,7 +103,7 @@ pub fn decode(b: &[u8]) -> Result<(u64, u64, StoreMap), String> {
             },
         );
     }
-    Ok((seq, uuid, map))
+    Ok((header, map))
 }
 
 /// The volume metadata object (JSON).
@@ -120,9 +145,9 @@ mod tests {
                 },
             );
         }
-        let enc = encode(12, 34, &m);
-        let (seq, uuid, back) = decode(&enc).unwrap();
-        assert_eq!((seq, uuid), (12, 34));
+        let enc = encode(12, 34, 5, &m);
+        let (h, back) = decode(&enc).unwrap();
+        assert_eq!((h.seq, h.uuid, h.epoch), (12, 34, 5));
         assert_eq!(back.map, m.map);
         let mut bad = enc.clone();
         bad[50] ^= 1;

@@ -38,7 +38,9 @@ mod background_cpu;
 pub mod blockmap;
 pub mod config;
 mod datapath;
+pub mod diverged;
 pub mod error;
+mod fencing;
 mod fetch;
 pub mod fileio;
 mod flusher;
@@ -98,6 +100,13 @@ pub struct VolumeStats {
     pub gc_deleted: u64,
     /// The lease was lost: nothing more can be committed.
     pub fenced: bool,
+    /// The lease could not be renewed in time: writes and FLUSHes are refused until
+    /// it is (self-fencing).
+    pub lease_expired: bool,
+    /// Times writes started being refused for that reason.
+    pub lease_expirations: u64,
+    /// Dirty data found at open after another host wrote the volume was moved here.
+    pub diverged: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -111,6 +120,7 @@ pub(crate) struct Stats {
     pub checksum_errors: AtomicU64,
     pub manifests_written: AtomicU64,
     pub gc_deleted: AtomicU64,
+    pub lease_expirations: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -152,6 +162,19 @@ pub(crate) struct Inner {
     /// Etag of the meta object (for grow).
     meta: async_lock::Mutex<(manifest::VolumeMeta, String)>,
     lease: Mutex<lease::Held>,
+    /// Keys of objects fenced writers landed late, for the next garbage collection.
+    zombies: Mutex<Vec<String>>,
+    /// Monotonic ms (cfg.clock) after which writes and FLUSHes are refused until the
+    /// lease is renewed (self-fencing, see `lease::self_fence_after_ms`).
+    lease_deadline: AtomicU64,
+    /// Monotonic ms when the last successful renewal (or the acquisition) began.
+    last_renew: AtomicU64,
+    /// Writes are being refused because the deadline passed.
+    lease_expired: AtomicBool,
+    /// A manifest of our epoch was committed: the lease's fences are redundant.
+    wrote_manifest: AtomicBool,
+    /// Where dirty data found at open was set aside (written elsewhere meanwhile).
+    diverged: Mutex<Option<std::path::PathBuf>>,
     /// Notified when dirty data was committed, or on fencing/close.
     changed: Event,
     /// Wakes the flusher.
@@ -191,6 +214,38 @@ impl Inner {
             return Err(VolumeError::Closed);
         }
         Ok(())
+    }
+    /// Writes and FLUSHes: refused once the lease could not be renewed in time
+    /// (self-fencing) - another host may take the volume after the TTL.
+    pub fn check_lease_time(&self) -> Result<(), VolumeError> {
+        let now = self.cfg.clock.mono_ms();
+        let deadline = self.lease_deadline.load(Ordering::Acquire);
+        if now <= deadline {
+            return Ok(());
+        }
+        if !self.lease_expired.swap(true, Ordering::AcqRel) {
+            bump(&self.stats.lease_expirations, 1);
+            tracing::error!(
+                volume = %self.cfg.name,
+                overdue_ms = now - deadline,
+                "lease not renewed in time: refusing writes and FLUSHes until it is (another host may take the volume)"
+            );
+        }
+        Err(VolumeError::LeaseExpired(format!(
+            "lease of {} not renewed for {} ms",
+            self.cfg.name,
+            now.saturating_sub(self.last_renew.load(Ordering::Acquire))
+        )))
+    }
+    /// A renewal that began at `started` (monotonic ms) was written.
+    pub fn renewed(&self, started: u64) {
+        self.last_renew.store(started, Ordering::Release);
+        let ttl = self.cfg.lease_ttl.as_millis() as u64;
+        self.lease_deadline
+            .store(started + lease::self_fence_after_ms(ttl), Ordering::Release);
+        if self.lease_expired.swap(false, Ordering::AcqRel) {
+            tracing::warn!(volume = %self.cfg.name, "lease renewed: accepting writes again");
+        }
     }
     pub fn check_live(&self) -> Result<(), VolumeError> {
         if self.closed.load(Ordering::Acquire) {
@@ -332,11 +387,39 @@ impl Volume {
         admin::purge(store.as_ref(), name).await
     }
 
-    /// Delete the local cache directory of a (closed) volume.
+    /// Delete the local cache directory of a (closed) volume. Dirty data it still
+    /// holds (never uploaded: the volume was fenced) is set aside first, never
+    /// deleted (see [`diverged`]).
     pub fn purge_cache(cfg: &VolumeConfig) -> Result<(), VolumeError> {
+        let fs = &*cfg.fileio;
+        if let Some((uuid, dirty)) = diverged::local_dirty(fs, &cfg.cache_dir)? {
+            let to = diverged::set_aside(
+                fs,
+                &cfg.cache_dir,
+                &cfg.set_aside_dir,
+                diverged::Aside {
+                    name: &cfg.name,
+                    uuid,
+                    map: &dirty,
+                    reason: "removed",
+                    now_ms: cfg.clock.now_ms(),
+                },
+            )
+            .map_err(|e| VolumeError::io("setting aside dirty data", e))?;
+            tracing::warn!(volume = %cfg.name, dirty_bytes = dirty.dirty_sectors * SS, set_aside = %to.display(), "cache removed with dirty data never uploaded: set aside");
+        }
         cfg.fileio
             .remove_dir_all(&cfg.cache_dir)
             .map_err(|e| VolumeError::io(format!("removing {}", cfg.cache_dir.display()), e))
+    }
+
+    /// Every set-aside directory of diverged dirty data under `set_aside_dir`.
+    pub fn list_diverged(
+        fs: &dyn FileIo,
+        set_aside_dir: &std::path::Path,
+    ) -> Result<Vec<diverged::DivergedEntry>, VolumeError> {
+        diverged::list(fs, set_aside_dir)
+            .map_err(|e| VolumeError::io(format!("listing {}", set_aside_dir.display()), e))
     }
 
     /// Current size in bytes.
@@ -354,6 +437,7 @@ impl Volume {
     pub async fn flush(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         inner.check_live()?;
+        inner.check_lease_time()?;
         if inner.cfg.flush_mode == FlushMode::Store {
             // drain ends with a local sync.
             return self.drain().await;
@@ -505,6 +589,9 @@ impl Volume {
             manifests_written: l(&s.manifests_written),
             gc_deleted: l(&s.gc_deleted),
             fenced: i.fenced.lock().is_some(),
+            lease_expired: i.lease_expired.load(Ordering::Acquire),
+            lease_expirations: l(&s.lease_expirations),
+            diverged: i.diverged.lock().clone(),
         }
     }
 }

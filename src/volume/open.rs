@@ -10,9 +10,11 @@
 //! is ever overwritten.
 
 use super::blockmap::{LocalMap, StoreMap};
+use super::diverged;
+use super::fencing::{self, Witness};
 use super::journal::{self, Journal, LocalState};
 use super::keys::VolumeKeys;
-use super::lease;
+use super::lease::{self, Fence};
 use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
 use super::meta_io::{check_name, meta_bytes, read_meta};
 use super::segment;
@@ -25,32 +27,82 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Load the newest manifest plus newer segments. Returns (map, highest seq listed).
+/// What [`load_store_map`] found.
+struct Loaded {
+    map: StoreMap,
+    /// Highest segment seq listed (zombies included: sequence numbers never repeat).
+    max_seq: u64,
+    /// Epoch of the manifest the map starts from (0: none, or an older version's).
+    manifest_epoch: u64,
+    /// Keys of objects written by fenced writers after they were fenced.
+    zombies: Vec<String>,
+}
+
+/// Load the newest valid manifest plus the valid segments above it, ignoring every
+/// object a fenced writer landed late (see `fencing.rs`; `fences` from the lease).
 async fn load_store_map(
     store: &dyn ObjectStore,
     keys: &VolumeKeys,
     uuid: u64,
-) -> Result<(StoreMap, u64), VolumeError> {
-    let seq_of = |k: &str| keys.manifest_seq(k);
-    let mut map = StoreMap::default();
-    let mut base = 0u64;
-    let manifests = store.list(&keys.manifests()).await?;
-    if let Some(m) = manifests
+    fences: &[Fence],
+) -> Result<Loaded, VolumeError> {
+    let mut witnesses: Vec<Witness> = fences
         .iter()
-        .filter(|m| seq_of(&m.key).is_some())
-        .max_by_key(|m| seq_of(&m.key))
-    {
-        let b = store.get(&m.key).await?;
-        let (seq, muuid, mmap) =
-            manifest::decode(&b).map_err(|e| VolumeError::Corrupt(format!("{}: {e}", m.key)))?;
-        if muuid != uuid {
+        .map(|f| Witness {
+            epoch: f.epoch,
+            base: f.base,
+        })
+        .collect();
+    let mut zombies = Vec::new();
+    // Manifests: headers first (each is a witness), then the newest valid one.
+    let mut mans = Vec::new();
+    for m in store.list(&keys.manifests()).await? {
+        let Some(seq) = keys.manifest_seq(&m.key) else {
+            continue;
+        };
+        let hb = store
+            .get_range(&m.key, 0..manifest::HEADER_LEN as u64)
+            .await?;
+        let h = manifest::decode_header(&hb)
+            .map_err(|e| VolumeError::Corrupt(format!("{}: {e}", m.key)))?;
+        if h.uuid != uuid {
             return Err(VolumeError::Corrupt(format!(
                 "{} belongs to another volume incarnation",
                 m.key
             )));
         }
-        map = mmap;
-        base = seq;
+        if h.seq != seq {
+            return Err(VolumeError::Corrupt(format!(
+                "{}: header says seq {}",
+                m.key, h.seq
+            )));
+        }
+        witnesses.push(Witness {
+            epoch: h.epoch,
+            base: h.seq,
+        });
+        mans.push((m.key, h));
+    }
+    mans.sort_by_key(|(_, h)| std::cmp::Reverse(h.seq));
+    let mut map = StoreMap::default();
+    let mut base = 0u64;
+    let mut manifest_epoch = 0u64;
+    let mut chosen = false;
+    for (key, h) in &mans {
+        if fencing::is_zombie(h.epoch, h.seq, &witnesses) {
+            tracing::warn!(%key, epoch = h.epoch, "manifest written by a fenced writer; ignored");
+            zombies.push(key.clone());
+            continue;
+        }
+        if !chosen {
+            chosen = true;
+            let b = store.get(key).await?;
+            let (_, mmap) =
+                manifest::decode(&b).map_err(|e| VolumeError::Corrupt(format!("{key}: {e}")))?;
+            map = mmap;
+            base = h.seq;
+            manifest_epoch = h.epoch;
+        }
     }
     let mut max_seq = base;
     let mut segs: Vec<(u64, String)> = store
@@ -60,8 +112,7 @@ async fn load_store_map(
         .filter_map(|o| keys.segment_seq(&o.key).map(|s| (s, o.key)))
         .collect();
     segs.sort();
-    // Headers first: a segment written by an older lease epoch that landed after a
-    // newer writer had opened the volume (a "zombie" PUT) is ignored.
+    // Headers first: every one is a witness for the others.
     let mut heads = Vec::new();
     for (seq, key) in segs {
         max_seq = max_seq.max(seq);
@@ -81,16 +132,16 @@ async fn load_store_map(
                 h.seq
             )));
         }
+        witnesses.push(Witness {
+            epoch: h.epoch,
+            base: h.base_seq,
+        });
         heads.push((key, h));
     }
-    let mut min_base: HashMap<u64, u64> = HashMap::new();
-    for (_, h) in &heads {
-        let e = min_base.entry(h.epoch).or_insert(h.base_seq);
-        *e = (*e).min(h.base_seq);
-    }
     for (key, h) in heads {
-        if min_base.iter().any(|(&e, &b)| e > h.epoch && b < h.seq) {
+        if fencing::is_zombie(h.epoch, h.seq, &witnesses) {
             tracing::warn!(%key, epoch = h.epoch, "segment written by a fenced writer; ignored");
+            zombies.push(key);
             continue;
         }
         if h.count == 0 {
@@ -109,7 +160,12 @@ async fn load_store_map(
             map.apply(e.block, e.loc(h.seq));
         }
     }
-    Ok((map, max_seq))
+    Ok(Loaded {
+        map,
+        max_seq,
+        manifest_epoch,
+        zombies,
+    })
 }
 
 fn new_uuid(seed: u64) -> u64 {
@@ -164,6 +220,8 @@ pub(crate) async fn open(
         )));
     }
     // 2. Lease.
+    let ttl_ms = cfg.lease_ttl.as_millis() as u64;
+    let acquire_started = cfg.clock.mono_ms();
     let acq = lease::acquire(store.as_ref(), &keys, cfg.lease_rules(), cfg.takeover).await?;
     if cfg.size_bytes > meta.size_bytes {
         let m = VolumeMeta {
@@ -177,21 +235,64 @@ pub(crate) async fn open(
     }
     let size = meta.size_bytes;
     // 3. Store map.
-    let (smap, max_seq) = load_store_map(store.as_ref(), &keys, uuid).await?;
+    let loaded = load_store_map(store.as_ref(), &keys, uuid, &acq.held.lease.fences).await?;
+    let (smap, max_seq) = (loaded.map, loaded.max_seq);
+    // 3b. Our fence, before anything is served: objects of older epochs that land
+    // from now on, above max_seq, never count. Fences a manifest made redundant go.
+    let epoch = acq.held.lease.epoch;
+    let mut fences: Vec<Fence> = acq
+        .held
+        .lease
+        .fences
+        .iter()
+        .copied()
+        .filter(|f| loaded.manifest_epoch == 0 || f.epoch > loaded.manifest_epoch)
+        .collect();
+    fences.push(Fence {
+        epoch,
+        base: max_seq,
+    });
+    let fenced_lease = lease::Lease {
+        fences,
+        ..acq.held.lease.clone()
+    };
+    let (held, written) =
+        lease::rewrite(store.as_ref(), &keys.lease(), &acq.held, fenced_lease).await?;
+    if !written {
+        return Err(VolumeError::Store(StoreError::Unavailable(
+            "the lease changed while the volume was opened; retry".into(),
+        )));
+    }
     // 4. Local state.
     let local_ours = acq.prev_owner.as_deref().is_none_or(|o| o == cfg.owner);
     let fs = cfg.fileio.clone();
     let dir = cfg.cache_dir.clone();
-    let (data, replayed, boot_id, journal) = smol::unblock(move || -> Result<_, VolumeError> {
+    let (aside_root, name, now_ms) = (
+        cfg.set_aside_dir.clone(),
+        cfg.name.clone(),
+        cfg.clock.now_ms(),
+    );
+    let prev = acq.prev_owner.clone().unwrap_or_default();
+    let (data, replayed, boot_id, journal, diverged) = smol::unblock(move || -> Result<_, VolumeError> {
         let io = |c: &str, e| VolumeError::io(format!("{c} in {}", dir.display()), e);
         fs.create_dir_all(&dir).map_err(|e| io("creating cache dir", e))?;
-        let data = fs.open(&dir.join("data"), true).map_err(|e| io("opening cache file", e))?;
         let mut replayed = None;
+        let mut diverged = None;
         if local_ours {
+            let data = fs.open(&dir.join("data"), true).map_err(|e| io("opening cache file", e))?;
             replayed = journal::replay(&*fs, &dir, uuid, &*data)?;
+        } else if let Some((old_uuid, dirty)) = diverged::local_dirty(&*fs, &dir)? {
+            // Written elsewhere since: what we never uploaded must not be lost, nor
+            // served over the other host's data. Move it aside, start clean.
+            let aside = diverged::Aside { name: &name, uuid: old_uuid, map: &dirty, reason: "written-elsewhere", now_ms };
+            let to = diverged::set_aside(&*fs, &dir, &aside_root, aside)
+                .map_err(|e| io("setting aside diverged data", e))?;
+            tracing::error!(volume = %name, previous_owner = %prev, dirty_bytes = dirty.dirty_sectors * crate::SECTOR_SIZE as u64, set_aside = %to.display(), "volume was written by another host since this cache held it: local dirty data set aside");
+            diverged = Some(to);
         } else {
-            tracing::warn!(dir = %dir.display(), "lease was held by another owner; discarding local cache");
+            tracing::warn!(dir = %dir.display(), previous_owner = %prev, "lease was held by another owner; discarding the (clean) local cache");
         }
+        let data = fs.open(&dir.join("data"), true).map_err(|e| io("opening cache file", e))?;
         let boot_id = fs.boot_id();
         let (map, errors, last_gen, tail) = match replayed {
             Some(r) => (r.map, r.checksum_errors, r.last_gen, r.tail),
@@ -208,7 +309,7 @@ pub(crate) async fn open(
             // checkpoint (five fsyncs) would change nothing; the flusher's next
             // journal compaction writes one.
             let j = Journal::reopen(&*fs, &dir, t.gen, t.end).map_err(|e| io("reopening journal", e))?;
-            return Ok((data, (map, errors), boot_id, j));
+            return Ok((data, (map, errors), boot_id, j, diverged));
         }
         if cur != size {
             data.set_len(size).map_err(|e| io("sizing cache file", e))?;
@@ -224,7 +325,7 @@ pub(crate) async fn open(
                 fs.remove_file(&journal::journal_path(&dir, g)).map_err(|e| io("removing journal", e))?;
             }
         }
-        Ok((data, (map, errors), boot_id, j))
+        Ok((data, (map, errors), boot_id, j, diverged))
     })
     .await?;
     rng_seed ^= 0x2545_f491_4f6c_dd1d;
@@ -251,7 +352,12 @@ pub(crate) async fn open(
         }),
         sync_lock: async_lock::Mutex::new(()),
         meta: async_lock::Mutex::new((meta, etag)),
-        lease: Mutex::new(acq.held),
+        lease: Mutex::new(held),
+        zombies: Mutex::new(loaded.zombies),
+        lease_deadline: AtomicU64::new(acquire_started + lease::self_fence_after_ms(ttl_ms)),
+        last_renew: AtomicU64::new(acquire_started),
+        lease_expired: AtomicBool::new(false),
+        wrote_manifest: AtomicBool::new(false),
         changed: Event::new(),
         kick: Event::new(),
         kick_flag: AtomicBool::new(false),
@@ -261,6 +367,7 @@ pub(crate) async fn open(
         file_ops: Mutex::new(()),
         failed: AtomicBool::new(false),
         fenced: Mutex::new(None),
+        diverged: Mutex::new(diverged),
         rng: Mutex::new(rng_seed | 1),
         store,
         cfg,
