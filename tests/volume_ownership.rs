@@ -6,8 +6,9 @@
 
 mod volume_support;
 
+use glidefs::clock::{ManualClock, SkewedClock};
 use glidefs::store::{MemStore, ObjectStore};
-use glidefs::volume::{SimFs, Volume, VolumeConfig};
+use glidefs::volume::{FileIo, SimFs, Volume, VolumeConfig, VolumeError};
 use std::sync::Arc;
 use std::time::Duration;
 use volume_support::fault::{FaultStore, Mode};
@@ -18,6 +19,7 @@ const MIB: u64 = 1 << 20;
 fn host_cfg(fs: &SimFs, name: &str, host: &str) -> VolumeConfig {
     let mut c = sim_cfg(fs, name, MIB);
     c.cache_dir = format!("/sim/{host}/{name}").into();
+    c.set_aside_dir = format!("/sim/{host}/.diverged").into();
     c.owner = format!("id-{host}");
     c.host_label = host.to_string();
     c.checkpoint_every = 1000;
@@ -79,4 +81,185 @@ fn late_put_of_a_fenced_writer_is_ignored_after_a_newer_manifest() {
         assert!(read4k(&c, 8192).await == pattern(4, 4096));
         c.close().await.unwrap();
     });
+}
+
+fn clocked_store() -> (Arc<ManualClock>, Arc<dyn ObjectStore>) {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let store: Arc<dyn ObjectStore> = Arc::new(MemStore::with_clock(clock.clone()));
+    (clock, store)
+}
+
+/// Issue 14 item 5: a writer cut off from the store stops acknowledging writes and
+/// FLUSHes before its lease can be taken, and resumes once a renewal lands; after a
+/// takeover it is fenced for good.
+#[test]
+fn a_writer_that_cannot_renew_stops_acknowledging_before_the_ttl() {
+    smol::block_on(async {
+        let (clock, mem) = clocked_store();
+        let net = FaultStore::new(mem.clone());
+        let a_store: Arc<dyn ObjectStore> = net.clone();
+        let fs = SimFs::new();
+        let mut cfg = host_cfg(&fs, "vm", "a");
+        cfg.clock = clock.clone();
+        cfg.lease_ttl = Duration::from_secs(60);
+        let a = Volume::open(cfg.clone(), a_store).await.unwrap();
+        a.write(0, &pattern(1, 4096), false).await.unwrap();
+        a.drain().await.unwrap();
+        net.set(Mode::Partitioned, "");
+        // 60 s TTL: deadline 60 - 6 - 2 = 52 s after the last renewal began.
+        clock.advance(51_000);
+        a.write(0, &pattern(2, 4096), false).await.unwrap();
+        a.flush().await.unwrap();
+        clock.advance(2_000);
+        let e = a.write(4096, &pattern(3, 4096), false).await.unwrap_err();
+        assert!(matches!(e, VolumeError::LeaseExpired(_)), "{e}");
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(matches!(a.flush().await, Err(VolumeError::LeaseExpired(_))));
+        assert!(a.stats().lease_expired);
+        assert_eq!(a.stats().lease_expirations, 1);
+        // Reads still work (from the cache).
+        assert!(read4k(&a, 0).await == pattern(2, 4096));
+        // The store comes back before anyone took over: a renewal resumes writes.
+        net.set(Mode::Normal, "");
+        a.drain().await.unwrap();
+        assert!(!a.stats().lease_expired);
+        a.write(4096, &pattern(3, 4096), false).await.unwrap();
+        a.drain().await.unwrap();
+        // Cut off again with a write acknowledged but not uploaded; another host
+        // takes over once the lease is stale.
+        net.set(Mode::Partitioned, "");
+        a.write(0, &pattern(4, 4096), false).await.unwrap();
+        clock.advance(53_000);
+        assert!(a.write(0, &pattern(5, 4096), false).await.is_err());
+        let mut b_cfg = host_cfg(&fs, "vm", "b");
+        b_cfg.clock = clock.clone();
+        b_cfg.lease_ttl = Duration::from_secs(60);
+        let e = Volume::open(b_cfg.clone(), mem.clone()).await.unwrap_err();
+        assert!(matches!(e, VolumeError::LeaseHeld { .. }), "{e}");
+        clock.advance(10_000);
+        let b = Volume::open(b_cfg, mem.clone()).await.unwrap();
+        assert!(read4k(&b, 4096).await == pattern(3, 4096));
+        assert!(
+            read4k(&b, 0).await == pattern(2, 4096),
+            "B must see what A drained"
+        );
+        // A's network returns: its renewal finds B's lease; A is fenced for good.
+        net.set(Mode::Normal, "");
+        assert!(matches!(a.drain().await, Err(VolumeError::Fenced(_))));
+        assert!(a.stats().fenced);
+        b.close().await.unwrap();
+        a.abandon().await;
+    });
+}
+
+/// Host clocks can be set arbitrarily wrong: staleness is judged on the store's
+/// clock (the lease's Last-Modified against a freshly written object's).
+#[test]
+fn a_host_whose_clock_is_an_hour_ahead_cannot_take_a_live_lease() {
+    smol::block_on(async {
+        let (clock, mem) = clocked_store();
+        let fs = SimFs::new();
+        let mut a_cfg = host_cfg(&fs, "vm", "a");
+        a_cfg.clock = clock.clone();
+        let a = Volume::open(a_cfg, mem.clone()).await.unwrap();
+        a.write(0, &pattern(1, 4096), false).await.unwrap();
+        a.drain().await.unwrap();
+        let mut b_cfg = host_cfg(&fs, "vm", "b");
+        b_cfg.clock = Arc::new(SkewedClock {
+            base: clock.clone(),
+            offset_ms: 3_600_000,
+            rate_permille: 0,
+        });
+        let e = Volume::open(b_cfg, mem.clone()).await.unwrap_err();
+        assert!(
+            matches!(&e, VolumeError::LeaseHeld { owner, .. } if owner.contains("id-a") && owner.contains('a')),
+            "{e}"
+        );
+        a.close().await.unwrap();
+    });
+}
+
+/// Issue 14 item 5: dirty data of a cache whose volume was written elsewhere since is
+/// set aside, never truncated (the old code discarded it with a warning).
+#[test]
+fn dirty_data_of_a_volume_written_elsewhere_is_set_aside() {
+    smol::block_on(async {
+        let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let fs = SimFs::new();
+        let a_cfg = host_cfg(&fs, "vm", "a");
+        let a = Volume::open(a_cfg.clone(), mem.clone()).await.unwrap();
+        a.write(0, &pattern(1, 4096), false).await.unwrap();
+        a.drain().await.unwrap();
+        // Acknowledged, never uploaded; then A dies.
+        a.write(0, &pattern(2, 4096), false).await.unwrap();
+        a.write(20480, &pattern(3, 8192), false).await.unwrap();
+        a.flush().await.unwrap();
+        a.abandon().await;
+        let mut b_cfg = host_cfg(&fs, "vm", "b");
+        b_cfg.takeover = true;
+        let b = Volume::open(b_cfg, mem.clone()).await.unwrap();
+        b.write(0, &pattern(4, 4096), false).await.unwrap();
+        b.drain().await.unwrap();
+        b.close().await.unwrap();
+        // A comes back and takes the volume again.
+        let mut a2 = a_cfg.clone();
+        a2.takeover = true;
+        let a = Volume::open(a2, mem.clone()).await.unwrap();
+        assert!(
+            read4k(&a, 0).await == pattern(4, 4096),
+            "A served its old data over B's"
+        );
+        let aside = a.stats().diverged.expect("dirty data was not set aside");
+        assert!(
+            aside.starts_with("/sim/a/.diverged/vm/"),
+            "{}",
+            aside.display()
+        );
+        let data = fs.open(&aside.join("data"), false).unwrap();
+        let mut got = vec![0u8; 8192];
+        data.read_at(&mut got, 20480).unwrap();
+        assert!(got == pattern(3, 8192), "set-aside data differs");
+        data.read_at(&mut got[..4096], 0).unwrap();
+        assert!(got[..4096] == pattern(2, 4096));
+        let ranges = read_file(&fs, &aside.join("dirty-ranges.txt"));
+        assert_eq!(ranges, "0 4096\n20480 8192\n");
+        let info = read_file(&fs, &aside.join("info.json"));
+        assert!(info.contains("\"dirty_bytes\": 12288"), "{info}");
+        assert!(info.contains("written-elsewhere"), "{info}");
+        a.close().await.unwrap();
+    });
+}
+
+/// Removing the cache of a fenced volume (export delete without purge) sets its
+/// dirty data aside instead of deleting it.
+#[test]
+fn purging_the_cache_of_a_fenced_volume_sets_dirty_data_aside() {
+    smol::block_on(async {
+        let mem: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let fs = SimFs::new();
+        let a_cfg = host_cfg(&fs, "vm", "a");
+        let a = Volume::open(a_cfg.clone(), mem.clone()).await.unwrap();
+        a.write(8192, &pattern(5, 4096), false).await.unwrap();
+        a.flush().await.unwrap();
+        let mut b_cfg = host_cfg(&fs, "vm", "b");
+        b_cfg.takeover = true;
+        let b = Volume::open(b_cfg, mem.clone()).await.unwrap();
+        assert!(matches!(a.drain().await, Err(VolumeError::Fenced(_))));
+        let _ = a.close().await;
+        Volume::purge_cache(&a_cfg).unwrap();
+        let aside: Vec<_> = fs
+            .list_dir(std::path::Path::new("/sim/a/.diverged/vm"))
+            .unwrap();
+        assert!(aside.is_empty(), "SimFs lists files only: {aside:?}");
+        assert!(fs.exists(std::path::Path::new("/sim/a/.diverged/vm")));
+        assert!(!fs.exists(&a_cfg.cache_dir.join("data")));
+        b.close().await.unwrap();
+    });
+}
+
+fn read_file(fs: &SimFs, p: &std::path::Path) -> String {
+    let f = fs.open(p, false).unwrap();
+    let mut b = vec![0u8; f.len().unwrap() as usize];
+    f.read_at(&mut b, 0).unwrap();
+    String::from_utf8(b).unwrap()
 }
