@@ -76,6 +76,8 @@ pub struct Acquired {
     pub held: Held,
     /// Owner before us (None if there was no lease object).
     pub prev_owner: Option<String>,
+    /// Epoch before ours (0 if there was no lease object).
+    pub prev_epoch: u64,
 }
 
 impl Lease {
@@ -216,6 +218,7 @@ pub async fn acquire(
                     return Ok(Acquired {
                         held: Held { lease, etag },
                         prev_owner: None,
+                        prev_epoch: 0,
                     })
                 }
                 Err(StoreError::PreconditionFailed(_)) => continue,
@@ -246,6 +249,7 @@ pub async fn acquire(
                 return Ok(Acquired {
                     held: Held { lease, etag },
                     prev_owner: Some(cur.owner),
+                    prev_epoch: cur.epoch,
                 })
             }
             Err(StoreError::PreconditionFailed(_)) => continue,

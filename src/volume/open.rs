@@ -168,6 +168,14 @@ async fn load_store_map(
     })
 }
 
+/// File in the cache dir naming the lease epoch the cache was last opened under.
+pub(crate) const CACHE_EPOCH_FILE: &str = "lease-epoch";
+
+fn read_cache_epoch(fs: &dyn fileio::FileIo, dir: &std::path::Path) -> Option<u64> {
+    let raw = fileio::read_all(fs, &dir.join(CACHE_EPOCH_FILE)).ok()??;
+    std::str::from_utf8(&raw).ok()?.trim().parse().ok()
+}
+
 fn new_uuid(seed: u64) -> u64 {
     let mut x = if seed == 0 {
         rand::random::<u64>()
@@ -264,7 +272,14 @@ pub(crate) async fn open(
         )));
     }
     // 4. Local state.
-    let local_ours = acq.prev_owner.as_deref().is_none_or(|o| o == cfg.owner);
+    // The cache is in step with the store only if nobody acquired the lease since it
+    // was last ours: the previous epoch must be the one the cache recorded (a lease
+    // write of ours that landed although its open failed also breaks the chain).
+    let recorded = read_cache_epoch(&*cfg.fileio, &cfg.cache_dir);
+    let local_ours = match acq.prev_owner.as_deref() {
+        None => true,
+        Some(o) => o == cfg.owner && recorded.is_none_or(|e| e == acq.prev_epoch),
+    };
     let fs = cfg.fileio.clone();
     let dir = cfg.cache_dir.clone();
     let (aside_root, name, now_ms) = (
@@ -293,6 +308,8 @@ pub(crate) async fn open(
             tracing::warn!(dir = %dir.display(), previous_owner = %prev, "lease was held by another owner; discarding the (clean) local cache");
         }
         let data = fs.open(&dir.join("data"), true).map_err(|e| io("opening cache file", e))?;
+        fileio::write_atomic(&*fs, &dir.join(CACHE_EPOCH_FILE), format!("{epoch}\n").as_bytes())
+            .map_err(|e| io("recording the lease epoch", e))?;
         let boot_id = fs.boot_id();
         let (map, errors, last_gen, tail) = match replayed {
             Some(r) => (r.map, r.checksum_errors, r.last_gen, r.tail),

@@ -114,7 +114,9 @@ impl FaultStore {
                 Err(StoreError::Unavailable(format!("delayed ({key})")))
             }
             Some(Mode::CommitThenFail) => {
-                let _ = run(data).await;
+                // The request commits, its reply is lost (a retry then sees the
+                // object: If-None-Match fails, If-Match finds a new etag).
+                run(data).await?;
                 Err(StoreError::Unavailable(format!("lost reply ({key})")))
             }
             Some(Mode::Duplicate) => {

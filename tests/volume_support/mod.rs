@@ -3,6 +3,7 @@
 
 pub mod fault;
 pub mod model;
+pub mod multihost;
 
 use glidefs::store::ObjectStore;
 use glidefs::volume::{FileIo, SimFs, Volume, VolumeConfig};
