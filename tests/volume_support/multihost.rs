@@ -1,5 +1,6 @@
 //! The multi-host model (tests/volume_multihost.rs): strategies, the model and the
 //! case runner. See that file for what is checked.
+#![allow(clippy::needless_range_loop)] // sectors index several parallel arrays
 
 use super::fault::{FaultStore, Mode};
 use super::*;
