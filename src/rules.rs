@@ -143,6 +143,29 @@ pub fn check_range(v: u32, range: &RangeInclusive<u32>) -> Result<(), String> {
     }
 }
 
+/// `cache.lease_ttl`: a lease not renewed for this long may be taken by another host
+/// (measured on the store's clock where the store gives one; see `volume::lease`).
+pub const LEASE_TTL: Duration = Duration::from_secs(300);
+
+/// `cache.lease_ttl` bounds: below 10 s a busy store's latency alone would self-fence
+/// writers; above an hour a dead host's volumes wait too long for another host.
+pub const LEASE_TTL_RANGE: RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(3600);
+
+/// The holder renews its lease every `LEASE_TTL / LEASE_RENEW_DIVISOR`.
+pub const LEASE_RENEW_DIVISOR: u32 = 3;
+
+/// Self-fencing margin, as a fraction `1/LEASE_SELF_FENCE_DIVISOR` of the TTL: a
+/// holder stops acknowledging writes and FLUSHes `TTL - TTL/10 - LEASE_CLOCK_SLACK`
+/// after its last renewal began. This covers clock *rate* differences up to 10 %
+/// between the holder and the store; clock offsets do not matter (docs/format.md,
+/// "Ownership").
+pub const LEASE_SELF_FENCE_DIVISOR: u32 = 10;
+
+/// Added to the TTL before a lease is judged stale, and subtracted from the holder's
+/// deadline: the store's Last-Modified has one-second resolution.
+pub const LEASE_CLOCK_SLACK: Duration = Duration::from_secs(2);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,26 +216,3 @@ mod tests {
         assert!(check_range(POOL_SLOTS as u32, &POOL_SLOTS_RANGE).is_ok());
     }
 }
-
-/// `cache.lease_ttl`: a lease not renewed for this long may be taken by another host
-/// (measured on the store's clock where the store gives one; see `volume::lease`).
-pub const LEASE_TTL: Duration = Duration::from_secs(300);
-
-/// `cache.lease_ttl` bounds: below 10 s a busy store's latency alone would self-fence
-/// writers; above an hour a dead host's volumes wait too long for another host.
-pub const LEASE_TTL_RANGE: RangeInclusive<Duration> =
-    Duration::from_secs(10)..=Duration::from_secs(3600);
-
-/// The holder renews its lease every `LEASE_TTL / LEASE_RENEW_DIVISOR`.
-pub const LEASE_RENEW_DIVISOR: u32 = 3;
-
-/// Self-fencing margin, as a fraction `1/LEASE_SELF_FENCE_DIVISOR` of the TTL: a
-/// holder stops acknowledging writes and FLUSHes `TTL - TTL/10 - LEASE_CLOCK_SLACK`
-/// after its last renewal began. This covers clock *rate* differences up to 10 %
-/// between the holder and the store; clock offsets do not matter (docs/format.md,
-/// "Ownership").
-pub const LEASE_SELF_FENCE_DIVISOR: u32 = 10;
-
-/// Added to the TTL before a lease is judged stale, and subtracted from the holder's
-/// deadline: the store's Last-Modified has one-second resolution.
-pub const LEASE_CLOCK_SLACK: Duration = Duration::from_secs(2);

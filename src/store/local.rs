@@ -388,6 +388,15 @@ impl ObjectStore for LocalDirStore {
     }
 }
 
+/// A file's mtime in ms since the Unix epoch (this host is the store's clock).
+fn modified_ms(m: &fs::Metadata) -> Option<u64> {
+    m.modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,13 +489,4 @@ mod tests {
             Err(StoreError::Config(_))
         ));
     }
-}
-
-/// A file's mtime in ms since the Unix epoch (this host is the store's clock).
-fn modified_ms(m: &fs::Metadata) -> Option<u64> {
-    m.modified()
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as u64)
 }

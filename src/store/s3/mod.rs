@@ -397,6 +397,16 @@ impl ObjectStore for S3Store {
     }
 }
 
+/// An HTTP date (`Last-Modified: Wed, 02 Dec 2026 09:40:00 GMT`) in ms since the Unix
+/// epoch; `None` when the server sent something else.
+fn http_date_ms(s: &str) -> Option<u64> {
+    httpdate::parse_http_date(s)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -427,14 +437,4 @@ mod tests {
             Err(StoreError::InvalidKey { .. })
         ));
     }
-}
-
-/// An HTTP date (`Last-Modified: Wed, 02 Dec 2026 09:40:00 GMT`) in ms since the Unix
-/// epoch; `None` when the server sent something else.
-fn http_date_ms(s: &str) -> Option<u64> {
-    httpdate::parse_http_date(s)
-        .ok()?
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_millis() as u64)
 }
