@@ -12,7 +12,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use glidefs::api::{client::encode_segment, ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{resolve_credentials, Config, DEFAULT_CONFIG};
-use glidefs::daemon::{self, ublk_options, EngineVolumes, UblkDevices, VolumeSettings};
+use glidefs::daemon::{
+    self, ublk_options, CacheDirLock, EngineVolumes, HostIdentity, UblkDevices, VolumeSettings,
+};
 use glidefs::metrics::Metrics;
 use glidefs::router::{DeviceBackend, Router, RouterConfig};
 use glidefs::size::ByteSize;
@@ -222,6 +224,10 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
     };
     let listen = cfg.listen()?;
     tracing::info!(version = VERSION, git_sha = GIT_SHA, config = ?config, "glidefs starting");
+    // Before anything touches the cache dir: one daemon per cache dir, for our lifetime.
+    let _cache_lock = CacheDirLock::acquire(&cfg.cache.dir)?;
+    let host = HostIdentity::load_or_create(&cfg.cache.dir)?;
+    tracing::info!(host_id = %host.id, hostname = %host.label, "host identity");
 
     // Signals first, so a SIGTERM during recovery is honoured once it finishes.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -253,7 +259,10 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
         None
     };
 
-    let volumes = Arc::new(EngineVolumes::new(store, VolumeSettings::from_config(&cfg)));
+    let volumes = Arc::new(EngineVolumes::new(
+        store,
+        VolumeSettings::from_config(&cfg, &host),
+    ));
     let router = Router::new(
         RouterConfig {
             cache_dir: cfg.cache.dir.clone(),

@@ -6,7 +6,7 @@
 
 use glidefs::api::{ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{Config, Listen};
-use glidefs::daemon::{EngineVolumes, VolumeSettings};
+use glidefs::daemon::{EngineVolumes, HostIdentity, VolumeSettings};
 use glidefs::metrics::Metrics;
 use glidefs::router::{Router, RouterConfig};
 use glidefs::store::metered::MeteredStore;
@@ -38,7 +38,10 @@ fn start_with(max_exports: u32, listen: Option<Listen>, recover: bool) -> Daemon
     )
     .unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw.clone(), metrics.store()));
-    let vols = Arc::new(EngineVolumes::new(store, VolumeSettings::from_config(&cfg)));
+    let vols = Arc::new(EngineVolumes::new(
+        store,
+        VolumeSettings::from_config(&cfg, &HostIdentity::load_or_create(&cfg.cache.dir).unwrap()),
+    ));
     let router = Router::new(
         RouterConfig {
             cache_dir: cfg.cache.dir.clone(),
@@ -401,7 +404,10 @@ fn restart_recovers_exports() {
         &StoreOptions::default(),
     )
     .unwrap();
-    let vols = Arc::new(EngineVolumes::new(raw, VolumeSettings::from_config(&cfg)));
+    let vols = Arc::new(EngineVolumes::new(
+        raw,
+        VolumeSettings::from_config(&cfg, &HostIdentity::load_or_create(&cfg.cache.dir).unwrap()),
+    ));
     let router = Router::new(
         RouterConfig {
             cache_dir: cfg.cache.dir.clone(),
