@@ -110,6 +110,11 @@ enum ExportCommand {
         /// Also delete its objects in the store.
         #[arg(long)]
         purge: bool,
+        /// With --purge: purge even though another host holds the volume's lease.
+        /// Only for an operator who knows that host is gone (powered off, its cache
+        /// lost): a host still serving the volume loses its data and is fenced.
+        #[arg(long, requires = "purge")]
+        force: bool,
     },
     /// Wait until everything written to the export is in the store.
     Drain {
@@ -345,8 +350,12 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
         }
         ExportCommand::List => client.request("GET", "/api/exports", None)?,
         ExportCommand::Get { name } => client.request("GET", &path(name), None)?,
-        ExportCommand::Delete { name, purge } => {
-            let q = if *purge { "?purge=true" } else { "" };
+        ExportCommand::Delete { name, purge, force } => {
+            let q = match (*purge, *force) {
+                (true, true) => "?purge=true&force=true",
+                (true, false) => "?purge=true",
+                _ => "",
+            };
             client.request("DELETE", &format!("{}{q}", path(name)), None)?
         }
         ExportCommand::Drain { name } => {
@@ -379,7 +388,7 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
                 );
             }
         }
-        ExportCommand::Delete { name, purge } => {
+        ExportCommand::Delete { name, purge, .. } => {
             out = format!(
                 "deleted {name}{}\n",
                 if purge { " (objects purged)" } else { "" }

@@ -24,7 +24,16 @@ struct Daemon {
 }
 
 fn start_with(max_exports: u32, listen: Option<Listen>, recover: bool) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), max_exports, listen, recover)
+}
+
+/// A daemon on `dir`'s cache dir and store (a restart when `dir` was used before).
+fn start_in(
+    dir: tempfile::TempDir,
+    max_exports: u32,
+    listen: Option<Listen>,
+    recover: bool,
+) -> Daemon {
     let mut cfg = Config::default();
     cfg.cache.dir = dir.path().join("cache");
     cfg.cache.flush_interval = Duration::from_millis(50);
@@ -484,4 +493,67 @@ fn data_survives_delete_and_cold_wake_and_moves_the_histograms() {
         t.read(2 << 20, &mut zero).await.unwrap();
         assert!(zero.iter().all(|&b| b == 0));
     });
+}
+
+/// Stop `d` as a daemon stops (devices stay, volumes closed) and return its directory.
+fn stop(d: Daemon) -> tempfile::TempDir {
+    let Daemon {
+        dir,
+        router,
+        server,
+        ..
+    } = d;
+    if let Some(s) = server {
+        s.stop();
+    }
+    router.shutdown(false);
+    dir
+}
+
+/// Another host (own owner id and cache dir) takes `name` over on `d`'s store, writes
+/// a block and drains it.
+fn other_host_takes_over(d: &Daemon, name: &str) {
+    use glidefs::volume::{Volume, VolumeConfig};
+    let mut cfg = VolumeConfig::new(name, 0, d.dir.path().join("host-b"));
+    cfg.owner = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0".into();
+    cfg.host_label = "host-b".into();
+    cfg.takeover = true;
+    smol::block_on(async {
+        let v = Volume::open(cfg, d.store.clone()).await.unwrap();
+        v.write(0, &[7u8; 4096], false).await.unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn purge_of_a_volume_another_host_holds_is_refused_unless_forced() {
+    let d = start(10);
+    assert_eq!(d.put("vm-1", r#"{"size": "1M"}"#).0, 201);
+    let d = start_in(stop(d), 10, None, false);
+    // Host B takes vm-1 while host A is down; A comes back and its export fails.
+    other_host_takes_over(&d, "vm-1");
+    d.router.recover().unwrap();
+    let (_, v) = d.req("GET", "/api/exports/vm-1", None);
+    assert_eq!(v["state"], "failed", "{v}");
+    let before = d.store_keys();
+    assert!(before.iter().any(|k| k.contains("vm-1")), "{before:?}");
+    let (status, v) = d.req("DELETE", "/api/exports/vm-1?purge=true", None);
+    assert_eq!(status, 409, "{v}");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("host-b") && msg.contains("force=true"),
+        "{msg}"
+    );
+    assert_eq!(d.store_keys(), before, "B's objects were deleted");
+    assert_eq!(d.exports().len(), 1, "export still listed");
+    // The operator who knows host B is gone forces it.
+    let (status, v) = d.req("DELETE", "/api/exports/vm-1?purge=true&force=true", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        !d.store_keys().iter().any(|k| k.contains("vm-1/")),
+        "{:?}",
+        d.store_keys()
+    );
+    assert!(d.exports().is_empty());
 }

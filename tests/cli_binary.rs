@@ -250,6 +250,26 @@ fn run_export_cli_sigterm_restart_and_kill9() {
 }
 
 #[test]
+fn delete_force_needs_purge_and_explains_itself() {
+    let o = glidefs(&[
+        "export",
+        "--api",
+        "unix:/nonexistent.sock",
+        "delete",
+        "a",
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
+    assert!(text(&o.stderr).contains("--purge"), "{}", text(&o.stderr));
+    let o = glidefs(&["export", "delete", "--help"]);
+    let help = text(&o.stdout);
+    assert!(
+        help.contains("--force") && help.contains("another host holds"),
+        "{help}"
+    );
+}
+
+#[test]
 fn a_second_daemon_on_the_same_cache_dir_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let d = spawn(dir.path());

@@ -384,7 +384,26 @@ fn grow_exists_and_purge() {
         assert_eq!(got, pattern(80, 4096));
         v.close().await.unwrap();
         drop(v);
-        Volume::purge(&store, "gr").await.unwrap();
+        // Another host may not purge what we hold (not stale): nothing is deleted.
+        let data_keys = || async {
+            let keys = store.list(VolumeKeys::new("gr").root()).await.unwrap();
+            let probe = VolumeKeys::new("gr").clock_probe();
+            keys.into_iter()
+                .filter(|o| o.key != probe)
+                .map(|o| o.key)
+                .collect::<Vec<_>>()
+        };
+        let keys_before = data_keys().await;
+        let mut other = cfg.clone();
+        other.owner = "another-host".into();
+        let err = Volume::purge(&store, "gr", other.lease_rules(), false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VolumeError::LeaseHeld { .. }), "{err}");
+        assert_eq!(data_keys().await, keys_before);
+        Volume::purge(&store, "gr", cfg.lease_rules(), false)
+            .await
+            .unwrap();
         assert!(store
             .list(VolumeKeys::new("gr").root())
             .await

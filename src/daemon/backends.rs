@@ -71,8 +71,19 @@ impl VolumeFactory for EngineVolumes {
             .await
             .map_err(classify)
     }
-    async fn purge(&self, name: &str) -> Result<(), BackendError> {
-        Volume::purge(&self.store, name).await.map_err(classify)?;
+    async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError> {
+        let cfg = self.cfg(name, 0);
+        match Volume::purge(&self.store, name, cfg.lease_rules(), force).await {
+            Ok(()) => {}
+            Err(VolumeError::LeaseHeld { owner, age_ms }) => {
+                return Err(BackendError::Fenced(format!(
+                    "volume lease held by {owner}, renewed {}s ago: that host may be serving it; \
+                     nothing was deleted. Purge with force=true (CLI: --force) only if that host is gone",
+                    age_ms / 1000
+                )))
+            }
+            Err(e) => return Err(classify(e)),
+        }
         self.forget_local(name).await
     }
     async fn forget_local(&self, name: &str) -> Result<(), BackendError> {

@@ -59,7 +59,9 @@ pub trait VolumeFactory: Send + Sync + 'static {
     /// The size of `name` in the object store, if it exists there.
     async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError>;
     /// Delete `name`'s objects in the store and its local cache (volume closed).
-    async fn purge(&self, name: &str) -> Result<(), BackendError>;
+    /// While another host holds the volume's lease (not stale) this deletes nothing
+    /// and fails with [`BackendError::Fenced`] naming the holder, unless `force`.
+    async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError>;
     /// Delete `name`'s local cache files only (volume closed and drained).
     async fn forget_local(&self, name: &str) -> Result<(), BackendError>;
 }

@@ -113,6 +113,9 @@ pub struct MemVolumes {
     pub fail: Mutex<HashSet<String>>,
     /// Names purged so far.
     pub purged: Mutex<Vec<String>>,
+    /// Names whose lease another host holds: name -> holder. Open and an unforced
+    /// purge fail with `Fenced`.
+    pub held_elsewhere: Mutex<BTreeMap<String, String>>,
 }
 
 impl MemVolumes {
@@ -134,6 +137,11 @@ impl VolumeFactory for MemVolumes {
         size_bytes: u64,
     ) -> Result<Arc<dyn ExportVolume>, BackendError> {
         self.check(name)?;
+        if let Some(holder) = self.held_elsewhere.lock().get(name) {
+            return Err(BackendError::Fenced(format!(
+                "volume lease held by {holder}"
+            )));
+        }
         let mut s = self.store.lock();
         let v = s
             .entry(name.to_string())
@@ -146,8 +154,15 @@ impl VolumeFactory for MemVolumes {
         self.check(name)?;
         Ok(self.store.lock().get(name).map(|v| v.size_bytes()))
     }
-    async fn purge(&self, name: &str) -> Result<(), BackendError> {
+    async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError> {
         self.check(name)?;
+        if !force {
+            if let Some(holder) = self.held_elsewhere.lock().get(name) {
+                return Err(BackendError::Fenced(format!(
+                    "volume lease held by {holder}"
+                )));
+            }
+        }
         self.store.lock().remove(name);
         self.purged.lock().push(name.to_string());
         Ok(())

@@ -171,7 +171,7 @@ impl Router {
             tracing::warn!(export = name, error = %e, "undo: volume close failed");
         }
         if fresh {
-            if let Err(e) = self.volumes.purge(name).await {
+            if let Err(e) = self.volumes.purge(name, false).await {
                 tracing::warn!(export = name, error = %e, "undo: purge of new volume failed");
             }
         }
@@ -241,12 +241,31 @@ impl Router {
 
     /// Delete `name`: detach the device, then (without `purge`) drain everything to
     /// the store and drop the local cache; with `purge` also delete its objects.
-    pub async fn delete(&self, name: &str, purge: bool) -> Result<(), RouterError> {
+    ///
+    /// A purge of a volume whose lease another host holds (e.g. an export that failed
+    /// with "lease held" because the volume moved) is refused with a conflict naming
+    /// the holder, and nothing is deleted, unless `force` (only with `purge`).
+    pub async fn delete(&self, name: &str, purge: bool, force: bool) -> Result<(), RouterError> {
         validate_name(name).map_err(RouterError::InvalidName)?;
+        if force && !purge {
+            return Err(RouterError::InvalidRequest(
+                "force only applies to a purge (purge=true)".into(),
+            ));
+        }
         let _op = self.begin_op()?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         let e = self.entry(name)?;
+        // A failed export has no volume open here, so nothing tells us the volume is
+        // still ours: purge first, and a refusal (another host holds it) leaves the
+        // export, its device and its registry entry exactly as they were.
+        let purged_early = purge && e.volume.is_none();
+        if purged_early {
+            self.volumes
+                .purge(name, force)
+                .await
+                .map_err(backend(name, "purge"))?;
+        }
         if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
             devs.delete(d.dev_id)
                 .map_err(backend(name, "delete device"))?;
@@ -277,8 +296,8 @@ impl Router {
                 "deleting a failed export: its local cache is kept"
             );
         }
-        if purge {
-            if let Err(err) = self.volumes.purge(name).await {
+        if purge && !purged_early {
+            if let Err(err) = self.volumes.purge(name, force).await {
                 self.set_entry(name, |x| x.error = Some(format!("purge failed: {err}")));
                 return Err(backend(name, "purge")(err));
             }

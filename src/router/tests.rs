@@ -103,7 +103,7 @@ fn limit_is_enforced_and_freed_by_delete() {
     assert!(!f.vols.store.lock().contains_key("c"));
     // Existing exports may still be grown at the limit.
     block_on(r.put("a", 8192)).unwrap();
-    block_on(r.delete("a", false)).unwrap();
+    block_on(r.delete("a", false, false)).unwrap();
     block_on(r.put("c", 4096)).unwrap();
 }
 
@@ -114,19 +114,19 @@ fn delete_drains_or_purges() {
     block_on(r.put("keep", 4096)).unwrap();
     block_on(r.put("gone", 4096)).unwrap();
     let keep = f.vols.store.lock()["keep"].clone();
-    block_on(r.delete("keep", false)).unwrap();
+    block_on(r.delete("keep", false, false)).unwrap();
     assert_eq!(keep.drains(), 1);
     assert!(keep.is_closed());
     assert!(
         f.vols.store.lock().contains_key("keep"),
         "non-purge delete keeps the store copy"
     );
-    block_on(r.delete("gone", true)).unwrap();
+    block_on(r.delete("gone", true, false)).unwrap();
     assert!(!f.vols.store.lock().contains_key("gone"));
     assert!(f.devs.devices.lock().is_empty());
     assert!(f.registry().is_empty());
     assert!(matches!(
-        block_on(r.delete("gone", false)),
+        block_on(r.delete("gone", false, false)),
         Err(RouterError::NotFound(_))
     ));
 }
@@ -138,7 +138,7 @@ fn cold_wake_opens_the_stored_volume() {
         let r = f.router(10, false);
         let (_, out) = block_on(r.put("moved", 8192)).unwrap();
         assert_eq!(out, PutOutcome::Created);
-        block_on(r.delete("moved", false)).unwrap();
+        block_on(r.delete("moved", false, false)).unwrap();
     }
     // Lost cache: a fresh cache dir, same "store".
     let g = Fixture {
@@ -182,7 +182,7 @@ fn restart_recovers_the_same_devices() {
         block_on(r.put("a", 4096)).unwrap();
         block_on(r.put("b", 8192)).unwrap();
         block_on(r.put("c", 4096)).unwrap();
-        block_on(r.delete("b", true)).unwrap();
+        block_on(r.delete("b", true, false)).unwrap();
         r.shutdown(false);
         assert_eq!(*f.devs.shut.lock(), Some(false));
     }
@@ -267,8 +267,8 @@ impl VolumeFactory for Gated {
     async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError> {
         self.inner.exists_in_store(name).await
     }
-    async fn purge(&self, name: &str) -> Result<(), BackendError> {
-        self.inner.purge(name).await
+    async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError> {
+        self.inner.purge(name, force).await
     }
     async fn forget_local(&self, name: &str) -> Result<(), BackendError> {
         self.inner.forget_local(name).await
@@ -300,7 +300,7 @@ fn a_slow_create_does_not_block_other_exports() {
     block_on(r.put("fast", 4096)).unwrap();
     block_on(r.put("busy", 8192)).unwrap();
     block_on(r.drain("busy")).unwrap();
-    block_on(r.delete("fast", true)).unwrap();
+    block_on(r.delete("fast", true, false)).unwrap();
     assert_eq!(r.list().len(), 1);
     rtx.send_blocking(()).unwrap();
     slow.join().unwrap().unwrap();
@@ -333,7 +333,7 @@ fn metrics_follow_exports() {
     assert!(text.contains("glidefs_io_bytes_total{export=\"m1\",op=\"read\"} 4096"));
     assert!(text.contains("glidefs_exports 1"));
     assert!(text.contains("glidefs_cache_hits_total{export=\"m1\"} 1"));
-    block_on(r.delete("m1", true)).unwrap();
+    block_on(r.delete("m1", true, false)).unwrap();
     assert!(!m.render().contains("export=\"m1\""));
 }
 
@@ -398,4 +398,34 @@ fn grow_that_loses_the_device_is_repaired_by_put() {
     );
     assert_eq!(f.registry()["g"].size_bytes, 8192);
     assert_eq!(f.devs.devices.lock().get(&0), Some(&8192));
+}
+
+#[test]
+fn purge_of_a_failed_export_another_host_holds_changes_nothing_unless_forced() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("vm-1", 4096)).unwrap();
+    r.shutdown(false);
+    // While this daemon is down, host B takes vm-1: the restart leaves it failed.
+    f.vols
+        .held_elsewhere
+        .lock()
+        .insert("vm-1".into(), "host-b".into());
+    let r = f.router(10, true);
+    assert_eq!(r.get("vm-1").unwrap().state, ExportState::Failed);
+    let before = r.get("vm-1").unwrap();
+    let err = block_on(r.delete("vm-1", true, false)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("host-b"), "{err}");
+    assert!(
+        f.vols.store.lock().contains_key("vm-1"),
+        "B's volume purged"
+    );
+    assert_eq!(r.get("vm-1").unwrap(), before, "export changed");
+    assert!(f.registry().contains_key("vm-1"));
+    let err = block_on(r.delete("vm-1", false, true)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "force without purge: {err}");
+    block_on(r.delete("vm-1", true, true)).unwrap();
+    assert!(!f.vols.store.lock().contains_key("vm-1"));
+    assert!(r.get("vm-1").is_err() && !f.registry().contains_key("vm-1"));
 }

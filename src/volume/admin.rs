@@ -1,7 +1,9 @@
 //! Store-level operations on a volume that need no open volume (exists, purge) and
 //! growing an open one: everything that changes the meta object after creation.
+//! Purge obeys the lease: it never deletes a volume another host holds, unless forced.
 
 use super::keys::VolumeKeys;
+use super::lease::{inspect, Holder, Rules};
 use super::manifest::VolumeMeta;
 use super::meta_io::{check_name, meta_bytes, read_meta};
 use super::{Inner, VolumeError};
@@ -18,9 +20,39 @@ pub(crate) async fn exists_in_store(
         .map(|(m, _)| m.size_bytes))
 }
 
-pub(crate) async fn purge(store: &dyn ObjectStore, name: &str) -> Result<(), VolumeError> {
+/// Delete every object of `name`, the lease last. First asks who holds the lease:
+/// another owner whose lease is not stale may be serving the volume right now, so
+/// unless `force` (an operator who knows that host is gone) this deletes nothing and
+/// returns [`VolumeError::LeaseHeld`] naming the holder.
+pub(crate) async fn purge(
+    store: &dyn ObjectStore,
+    name: &str,
+    rules: Rules<'_>,
+    force: bool,
+) -> Result<(), VolumeError> {
     check_name(name)?;
     let keys = VolumeKeys::new(name);
+    if let Holder::Other {
+        lease,
+        age_ms,
+        stale,
+    } = inspect(store, &keys, rules).await?
+    {
+        if !stale && !force {
+            return Err(VolumeError::LeaseHeld {
+                owner: lease.holder(),
+                age_ms,
+            });
+        }
+        tracing::warn!(
+            volume = name,
+            holder = %lease.holder(),
+            age_ms,
+            stale,
+            force,
+            "purging a volume whose lease another host held"
+        );
+    }
     let (meta, lease) = (keys.meta(), keys.lease());
     for o in store.list(keys.root()).await? {
         if o.key != meta && o.key != lease {
