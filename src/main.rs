@@ -10,7 +10,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use glidefs::api::{client::encode_segment, ApiServer, ApiState, Client, Endpoint};
+use glidefs::api::{client::encode_segment, AllowedHosts, ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{resolve_credentials, Config, DEFAULT_CONFIG};
 use glidefs::daemon::{
     self, ublk_options, CacheDirLock, EngineVolumes, HostIdentity, UblkDevices, VolumeSettings,
@@ -278,8 +278,9 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
         devices,
         metrics.clone(),
     )?;
-    let api = ApiServer::start(
+    let api = ApiServer::start_with_hosts(
         &listen,
+        AllowedHosts::new(&cfg.api.allowed_hosts, &listen),
         Arc::new(ApiState {
             router: router.clone(),
             metrics,

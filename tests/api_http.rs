@@ -557,3 +557,58 @@ fn purge_of_a_volume_another_host_holds_is_refused_unless_forced() {
     );
     assert!(d.exports().is_empty());
 }
+
+/// Send `GET path` with `host` as the Host header (None: no Host header) over TCP.
+fn get_with_host(addr: &str, path: &str, host: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+#[test]
+fn requests_for_other_host_names_are_refused() {
+    // DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1
+    // reaches the API with "Host: evil.example".
+    let d = start(10);
+    assert_eq!(d.put("vm-1", r#"{"size": "1M"}"#).0, 201);
+    let addr = d.server.as_ref().unwrap().addr().to_string();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    for bad in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "127.0.0.2",
+    ] {
+        let (status, body) = get_with_host(&addr, "/api/exports", Some(bad));
+        assert!(status == 403 || status == 421, "{bad}: {status} {body}");
+        assert!(
+            body.contains(bad) && body.contains("api.allowed_hosts"),
+            "{body}"
+        );
+        assert!(!body.contains("vm-1"), "{body}");
+    }
+    for good in [
+        "localhost".to_string(),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_string(),
+        "127.0.0.1".to_string(),
+        addr.clone(),
+        "[::1]".to_string(),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, body) = get_with_host(&addr, "/api/exports", Some(&good));
+        assert_eq!(status, 200, "{good}: {body}");
+    }
+    // The CLI's own client is accepted.
+    assert_eq!(d.req("GET", "/api/exports", None).0, 200);
+}
