@@ -612,3 +612,29 @@ fn requests_for_other_host_names_are_refused() {
     // The CLI's own client is accepted.
     assert_eq!(d.req("GET", "/api/exports", None).0, 200);
 }
+
+#[test]
+fn an_interrupted_grow_is_recovered_at_the_stored_size() {
+    use glidefs::volume::{Volume, VolumeConfig};
+    let d = start(10);
+    assert_eq!(d.put("g", r#"{"size": "1M"}"#).0, 201);
+    let store = d.store.clone();
+    let dir = stop(d);
+    // The crash window: the volume grew in the store, the registry still says 1M.
+    let cache = dir.path().join("cache");
+    let host = HostIdentity::load_or_create(&cache).unwrap();
+    let mut cfg = VolumeConfig::new("g", 2 << 20, cache.join("volumes/g"));
+    cfg.owner = host.id;
+    smol::block_on(async {
+        let v = Volume::open(cfg, store).await.unwrap();
+        v.close().await.unwrap();
+    });
+    let d = start_in(dir, 10, None, true);
+    let (status, v) = d.req("GET", "/api/exports/g", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (v["state"].as_str(), v["size_bytes"].as_u64()),
+        (Some("live"), Some(2 << 20)),
+        "{v}"
+    );
+}

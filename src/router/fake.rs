@@ -142,11 +142,21 @@ impl VolumeFactory for MemVolumes {
                 "volume lease held by {holder}"
             )));
         }
-        let mut s = self.store.lock();
-        let v = s
+        let v = self
+            .store
+            .lock()
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(MemVolume::new(size_bytes)))
             .clone();
+        // As the engine: a larger size grows the stored volume, a smaller one (other
+        // than 0, "the stored size") is refused.
+        let stored = v.size_bytes();
+        if size_bytes != 0 && size_bytes < stored {
+            return Err(BackendError::Invalid(format!(
+                "volume {name} is {stored} bytes; shrinking to {size_bytes} is not supported"
+            )));
+        }
+        v.grow(size_bytes.max(stored)).await?;
         v.closed.store(false, Ordering::SeqCst);
         Ok(v)
     }

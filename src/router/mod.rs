@@ -400,6 +400,34 @@ fn refuse_shrink(name: &str, current: u64, size: u64) -> Result<(), RouterError>
     Ok(())
 }
 
+/// Open the volume of a registered export of `registered` bytes. The store may hold
+/// it larger than the registry says (a crash between growing the volume and writing
+/// the registry, or a grow on another host): then the open at the registered size is
+/// refused as a shrink, and the volume is opened at its stored size instead, which
+/// the caller records. Any other failure is returned as it was.
+async fn open_registered(
+    volumes: &dyn VolumeFactory,
+    name: &str,
+    registered: u64,
+) -> Result<Arc<dyn ExportVolume>, BackendError> {
+    let first = match volumes.open(name, registered).await {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    match volumes.exists_in_store(name).await {
+        Ok(Some(stored)) if stored > registered => {
+            tracing::warn!(
+                export = name,
+                registered,
+                stored,
+                "the store holds the volume larger than the registry (interrupted grow?): adopting the stored size"
+            );
+            volumes.open(name, stored).await
+        }
+        _ => Err(first),
+    }
+}
+
 /// Grow `volume` to `size` if it is smaller (a volume never shrinks).
 async fn grow_to(volume: &Arc<dyn ExportVolume>, size: u64) -> Result<(), BackendError> {
     if volume.size_bytes() < size {

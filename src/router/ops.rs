@@ -7,7 +7,9 @@
 
 use super::backend::{DeviceInfo, ExportVolume};
 use super::error::{backend, RouterError};
-use super::{grow_to, refuse_shrink, Entry, ExportInfo, PutOutcome, Reservation, Router};
+use super::{
+    grow_to, open_registered, refuse_shrink, Entry, ExportInfo, PutOutcome, Reservation, Router,
+};
 use crate::rules::{validate_name, validate_size};
 use crate::size::format_size;
 use std::sync::Arc;
@@ -187,9 +189,7 @@ impl Router {
         refuse_shrink(name, e.size_bytes, size)?;
         let volume = match &e.volume {
             Some(v) => v.clone(),
-            None => self
-                .volumes
-                .open(name, e.size_bytes)
+            None => open_registered(self.volumes.as_ref(), name, e.size_bytes)
                 .await
                 .map_err(backend(name, "open"))?,
         };

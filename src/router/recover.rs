@@ -8,7 +8,7 @@
 
 use super::backend::{BackendError, ExportVolume};
 use super::error::{backend, RouterError};
-use super::{grow_to, Entry, RecoverySummary, Router};
+use super::{grow_to, open_registered, Entry, RecoverySummary, Router};
 use crate::parallel;
 use crate::router::RegEntry;
 use crate::ublk::IoTarget;
@@ -133,20 +133,25 @@ impl Router {
             elapsed_ms = t0.elapsed().as_millis() as u64,
             "recovery: devices attached"
         );
-        // Record device ids that changed (e.g. re-created devices).
-        let changed: Vec<(String, Option<u32>)> = map
+        // Record device ids that changed (e.g. re-created devices) and sizes adopted
+        // from the store (an interrupted grow).
+        let changed: Vec<(String, Option<u32>, u64)> = map
             .iter()
             .filter_map(|(n, e)| {
+                let r = entries.get(n)?;
                 let id = e.device.as_ref().map(|d| d.dev_id);
-                (id.is_some() && entries.get(n).map(|r| r.dev_id) != Some(id))
-                    .then(|| (n.clone(), id))
+                let new_id = (id.is_some() && r.dev_id != id).then_some(id);
+                let new_size = e.volume.is_some() && e.size_bytes != r.size_bytes;
+                (new_id.is_some() || new_size)
+                    .then(|| (n.clone(), new_id.unwrap_or(r.dev_id), e.size_bytes))
             })
             .collect();
         if !changed.is_empty() {
             self.persist(|p| {
-                for (n, id) in changed {
+                for (n, id, size) in changed {
                     if let Some(r) = p.get_mut(&n) {
                         r.dev_id = id;
+                        r.size_bytes = size;
                     }
                 }
             })?;
@@ -170,7 +175,7 @@ impl Router {
         tx: &std::sync::mpsc::Sender<(u32, Arc<dyn IoTarget>)>,
     ) -> Opened {
         let r = smol::block_on(async {
-            let v = self.volumes.open(&e.name, e.size_bytes).await?;
+            let v = open_registered(self.volumes.as_ref(), &e.name, e.size_bytes).await?;
             grow_to(&v, e.size_bytes).await?;
             Ok::<_, BackendError>(v)
         });
