@@ -273,6 +273,7 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
             cache_dir: cfg.cache.dir.clone(),
             max_exports: cfg.limits.max_exports as usize,
             open_concurrency: cfg.limits.open_concurrency as usize,
+            reopen_backoff: glidefs::rules::REOPEN_BACKOFF,
         },
         volumes,
         devices,

@@ -181,6 +181,11 @@ impl DeviceBackend for UblkDevices {
             .map(|(id, r)| (id, r.map_err(classify_ublk)))
             .collect()
     }
+    fn reattach(&self, dev_id: u32, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError> {
+        self.server
+            .reattach_device(dev_id, target)
+            .map_err(classify_ublk)
+    }
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
         self.server.delete_device(dev_id).map_err(classify_ublk)
     }

@@ -81,13 +81,17 @@ pub trait DeviceBackend: Send + Sync + 'static {
     /// ids when they are gone), many in parallel, with the targets arriving on
     /// `targets` as their volumes open, so that devices are re-attached while other
     /// volumes are still opening. `known` lists every id that may arrive: devices of
-    /// ours not in it, and known ids whose target never arrives, are orphans and may
-    /// be deleted, so this is called once, at start-up.
+    /// ours not in it are orphans and may be deleted, so this is called once, at
+    /// start-up. Known ids whose target never arrives are left as they are
+    /// (QUIESCED: their I/O waits) for [`DeviceBackend::reattach`] or `delete`.
     fn recover(
         &self,
         known: Vec<u32>,
         targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
     ) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
+    /// After start-up: re-attach one device that `recover` left waiting (or add it
+    /// with the same id when it is gone), serving `target`. Touches nothing else.
+    fn reattach(&self, dev_id: u32, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError>;
     /// Stop and delete a device.
     fn delete(&self, dev_id: u32) -> Result<(), BackendError>;
     /// Buffer-pool totals for metrics.

@@ -219,13 +219,14 @@ impl DeviceBackend for FakeDevices {
     }
     fn recover(
         &self,
-        _known: Vec<u32>,
+        known: Vec<u32>,
         targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
     ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
         let devices: Vec<_> = targets.into_iter().collect();
         let mut d = self.devices.lock();
-        // Like the real server: devices not listed are orphans and go away.
-        d.retain(|id, _| devices.iter().any(|(k, _)| k == id));
+        // Like the real server: devices not known are orphans and go away; known
+        // ones whose target did not arrive wait (quiesced).
+        d.retain(|id, _| known.contains(id));
         devices
             .into_iter()
             .map(|(id, t)| {
@@ -233,6 +234,13 @@ impl DeviceBackend for FakeDevices {
                 (id, Ok(info(id)))
             })
             .collect()
+    }
+    fn reattach(&self, dev_id: u32, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError> {
+        if self.fail_add.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable("injected add failure".into()));
+        }
+        self.devices.lock().insert(dev_id, target.size_bytes());
+        Ok(info(dev_id))
     }
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
         self.devices.lock().remove(&dev_id);

@@ -140,6 +140,8 @@ impl Router {
             volume: Some(volume),
             device,
             error: None,
+            parked: false,
+            reopen: false,
         };
         let info = Self::info(name, &entry);
         {
@@ -180,7 +182,7 @@ impl Router {
         self.metrics.remove_export(name);
     }
 
-    async fn repair(
+    pub(super) async fn repair(
         &self,
         name: &str,
         e: Entry,
@@ -198,9 +200,11 @@ impl Router {
             let mut device = e.device.clone();
             if let (Some(devs), None) = (&self.devices, &device) {
                 let target = self.target(name, &volume)?;
-                // Same id when it is free; `recover` is start-up only (it treats
-                // unlisted devices as orphans).
+                // A device start-up recovery left waiting is re-attached in place;
+                // otherwise the same id when it is free (`recover` is start-up only:
+                // it treats unlisted devices as orphans).
                 let d = match e.dev_id_hint {
+                    Some(id) if e.parked => devs.reattach(id, target),
                     Some(id) => devs.add(Some(id), target.clone()).or_else(|err| {
                         tracing::warn!(export = name, dev_id = id, error = %err, "previous device id unavailable");
                         devs.add(None, target)
@@ -216,6 +220,8 @@ impl Router {
                 volume: Some(volume.clone()),
                 device,
                 error: None,
+                parked: false,
+                reopen: false,
             })
         }
         .await;
@@ -270,6 +276,10 @@ impl Router {
             devs.delete(d.dev_id)
                 .map_err(backend(name, "delete device"))?;
             self.set_entry(name, |x| x.device = None);
+        } else if let (Some(devs), Some(id), true) = (&self.devices, e.dev_id_hint, e.parked) {
+            devs.delete(id)
+                .map_err(backend(name, "delete waiting device"))?;
+            self.set_entry(name, |x| x.parked = false);
         }
         if let Some(volume) = &e.volume {
             if !purge {

@@ -20,11 +20,28 @@ impl Fixture {
         }
     }
 
+    /// A recovered router; exports waiting for the store are re-opened only after
+    /// an hour (tests of the re-open use [`Fixture::router_with`]).
     fn router(&self, max: usize, with_devices: bool) -> Arc<Router> {
+        let hour = std::time::Duration::from_secs(3600);
+        let backoff = crate::backoff::Backoff {
+            base: hour,
+            max: hour,
+        };
+        self.router_with(max, with_devices, backoff)
+    }
+
+    fn router_with(
+        &self,
+        max: usize,
+        with_devices: bool,
+        reopen_backoff: crate::backoff::Backoff,
+    ) -> Arc<Router> {
         let cfg = RouterConfig {
             cache_dir: self.dir.path().join("cache"),
             max_exports: max,
             open_concurrency: 4,
+            reopen_backoff,
         };
         let devs: Option<Arc<dyn DeviceBackend>> = with_devices.then(|| self.devs.clone() as _);
         let r = Router::new(
@@ -226,6 +243,7 @@ fn not_ready_before_recovery() {
         cache_dir: f.dir.path().into(),
         max_exports: 1,
         open_concurrency: 1,
+        reopen_backoff: crate::rules::REOPEN_BACKOFF,
     };
     let r = Router::new(
         cfg,
@@ -289,6 +307,7 @@ fn a_slow_create_does_not_block_other_exports() {
         cache_dir: dir.path().into(),
         max_exports: 10,
         open_concurrency: 1,
+        reopen_backoff: crate::rules::REOPEN_BACKOFF,
     };
     let r = Router::new(cfg, gated, None, Metrics::new(true, "v", "s").unwrap()).unwrap();
     r.recover().unwrap();
@@ -314,6 +333,7 @@ fn metrics_follow_exports() {
         cache_dir: f.dir.path().into(),
         max_exports: 10,
         open_concurrency: 1,
+        reopen_backoff: crate::rules::REOPEN_BACKOFF,
     };
     let m = Metrics::new(true, "v", "s").unwrap();
     let r = Router::new(cfg, f.vols.clone(), None, m.clone()).unwrap();
@@ -351,6 +371,7 @@ fn shutdown_waits_for_operations_in_flight() {
         cache_dir: dir.path().into(),
         max_exports: 10,
         open_concurrency: 1,
+        reopen_backoff: crate::rules::REOPEN_BACKOFF,
     };
     let r = Router::new(
         cfg,
@@ -468,4 +489,88 @@ fn a_crash_during_grow_is_repaired_by_put() {
         (PutOutcome::Repaired, 8192, ExportState::Live)
     );
     assert_eq!(f.registry()["g"].size_bytes, 8192);
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Issue 14 item 9: the store is down while the daemon restarts (after kill -9).
+#[test]
+fn a_store_outage_at_restart_keeps_devices_and_reattaches_them() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("a", 4096)).unwrap();
+    block_on(r.put("b", 8192)).unwrap();
+    block_on(r.put("moved", 4096)).unwrap();
+    r.shutdown(false);
+    drop(r);
+    f.vols
+        .fail
+        .lock()
+        .extend(["a".to_string(), "b".to_string()]);
+    f.vols
+        .held_elsewhere
+        .lock()
+        .insert("moved".into(), "host-b".into());
+    let fast = crate::backoff::Backoff {
+        base: std::time::Duration::from_millis(20),
+        max: std::time::Duration::from_millis(100),
+    };
+    let r = f.router_with(10, true, fast);
+    for n in ["a", "b", "moved"] {
+        assert_eq!(r.get(n).unwrap().state, ExportState::Failed, "{n}");
+        assert!(f.registry().contains_key(n), "{n} left the registry");
+    }
+    // The devices of exports waiting for the store stay (quiesced); the device of
+    // the volume another host holds goes, as before.
+    let ids: Vec<u32> = f.devs.devices.lock().keys().copied().collect();
+    assert_eq!(ids, [0, 1], "devices of a, b kept, moved's deleted");
+    // The store comes back: both are re-attached on their own, same devices.
+    f.vols.fail.lock().clear();
+    wait_until("a and b live again", || {
+        ["a", "b"]
+            .iter()
+            .all(|n| r.get(n).unwrap().state == ExportState::Live)
+    });
+    assert_eq!(r.get("a").unwrap().device.as_deref(), Some("/dev/ublkb0"));
+    assert_eq!(r.get("b").unwrap().device.as_deref(), Some("/dev/ublkb1"));
+    assert_eq!(f.devs.devices.lock().get(&1), Some(&8192));
+    assert_eq!(r.get("moved").unwrap().state, ExportState::Failed);
+    assert_eq!(f.registry()["a"].dev_id, Some(0));
+}
+
+#[test]
+fn a_waiting_export_keeps_its_device_until_deleted() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("a", 4096)).unwrap();
+    block_on(r.put("b", 4096)).unwrap();
+    r.shutdown(false);
+    f.vols
+        .fail
+        .lock()
+        .extend(["a".to_string(), "b".to_string()]);
+    let r = f.router(10, true);
+    assert_eq!(f.devs.devices.lock().len(), 2);
+    // Deleting a waiting export deletes its device (the purge needs the store).
+    f.vols.fail.lock().remove("a");
+    block_on(r.delete("a", true, false)).unwrap();
+    assert_eq!(
+        f.devs.devices.lock().keys().copied().collect::<Vec<_>>(),
+        [1]
+    );
+    // A PUT repairs the other one in place, before the background re-open does.
+    f.vols.fail.lock().clear();
+    let (info, out) = block_on(r.put("b", 4096)).unwrap();
+    assert_eq!(
+        (out, info.device.as_deref()),
+        (PutOutcome::Repaired, Some("/dev/ublkb1"))
+    );
+    r.shutdown(true);
+    assert!(f.devs.devices.lock().is_empty());
 }
