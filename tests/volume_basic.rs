@@ -626,3 +626,36 @@ fn concurrent_acknowledged_writes_survive_kill_9_with_group_commit() {
         v.close().await.unwrap();
     });
 }
+
+/// Issue 14 item 8: a grow to a size the cache filesystem cannot hold in one file.
+#[test]
+fn a_grow_the_cache_cannot_hold_fails_alone_and_changes_nothing() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "big", MIB);
+        let v = open(&cfg, &store).await;
+        v.write(4096, &pattern(3, 4096), false).await.unwrap();
+        fs.fail_set_len_above(2 * MIB);
+        let err = v.grow(4 * MIB).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Invalid(_)), "{err}");
+        // The store still says 1 MiB, and the volume still serves.
+        assert_eq!(
+            Volume::exists_in_store(&store, "big").await.unwrap(),
+            Some(MIB)
+        );
+        assert_eq!(v.size_bytes(), MIB);
+        v.write(8192, &pattern(4, 4096), false).await.unwrap();
+        let mut got = vec![0u8; 4096];
+        v.read(4096, &mut got).await.unwrap();
+        assert_eq!(got, pattern(3, 4096));
+        v.drain().await.unwrap();
+        // A size it can hold still works.
+        v.grow(2 * MIB).await.unwrap();
+        assert_eq!(
+            Volume::exists_in_store(&store, "big").await.unwrap(),
+            Some(2 * MIB)
+        );
+        v.close().await.unwrap();
+    });
+}
