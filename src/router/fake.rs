@@ -230,7 +230,8 @@ impl DeviceBackend for FakeDevices {
         devices
             .into_iter()
             .map(|(id, t)| {
-                d.insert(id, t.size_bytes());
+                // A device still in the kernel keeps its size; a gone one is added.
+                d.entry(id).or_insert_with(|| t.size_bytes());
                 (id, Ok(info(id)))
             })
             .collect()
@@ -239,7 +240,12 @@ impl DeviceBackend for FakeDevices {
         if self.fail_add.load(Ordering::SeqCst) {
             return Err(BackendError::Unavailable("injected add failure".into()));
         }
-        self.devices.lock().insert(dev_id, target.size_bytes());
+        // Like the kernel: a waiting device is re-attached with the size it has;
+        // only a device that is gone is added at the target's size.
+        self.devices
+            .lock()
+            .entry(dev_id)
+            .or_insert_with(|| target.size_bytes());
         Ok(info(dev_id))
     }
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {

@@ -204,7 +204,15 @@ impl Router {
                 // otherwise the same id when it is free (`recover` is start-up only:
                 // it treats unlisted devices as orphans).
                 let d = match e.dev_id_hint {
-                    Some(id) if e.parked => devs.reattach(id, target),
+                    Some(id) if e.parked && volume.size_bytes() == e.size_bytes => {
+                        devs.reattach(id, target)
+                    }
+                    // The volume grew (this PUT, or a grow interrupted earlier): the
+                    // waiting device has the old size and cannot be resized live, so
+                    // it is re-created with the same id, as a grow does.
+                    Some(id) if e.parked => devs
+                        .delete(id)
+                        .and_then(|()| devs.add(Some(id), target)),
                     Some(id) => devs.add(Some(id), target.clone()).or_else(|err| {
                         tracing::warn!(export = name, dev_id = id, error = %err, "previous device id unavailable");
                         devs.add(None, target)

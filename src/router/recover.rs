@@ -138,6 +138,33 @@ impl Router {
                     }
                 }
             }
+            // A volume adopted at a larger stored size than registered (a grow
+            // interrupted after the store) came back on a device of the old size,
+            // which cannot grow live: re-create it with the same id, as the grow would
+            // have done.
+            for (name, e) in map.iter_mut() {
+                let registered = entries.get(name).map(|r| r.size_bytes);
+                let (Some(v), Some(d)) = (&e.volume, &e.device) else {
+                    continue;
+                };
+                if registered == Some(e.size_bytes) {
+                    continue;
+                }
+                let id = d.dev_id;
+                let res = self.target(name, v).and_then(|t| {
+                    devs.delete(id)
+                        .and_then(|()| devs.add(Some(id), t))
+                        .map_err(backend(name, "re-create device at the adopted size"))
+                });
+                match res {
+                    Ok(nd) => e.device = Some(nd),
+                    Err(err) => {
+                        tracing::error!(export = %name, error = %err, "device lost while re-creating it at the adopted size");
+                        e.device = None;
+                        e.error = Some(err.to_string());
+                    }
+                }
+            }
             // Devices of exports that failed for good serve nothing: delete them (as
             // a failed export has no device); those waiting for the store stay.
             for id in give_up {

@@ -574,3 +574,20 @@ fn a_waiting_export_keeps_its_device_until_deleted() {
     r.shutdown(true);
     assert!(f.devs.devices.lock().is_empty());
 }
+
+#[test]
+fn a_waiting_export_grown_by_put_gets_a_device_of_the_new_size() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("a", 4096)).unwrap();
+    r.shutdown(false);
+    f.vols.fail.lock().insert("a".into());
+    let r = f.router(10, true);
+    assert_eq!(f.devs.devices.lock().get(&0), Some(&4096), "device waits");
+    f.vols.fail.lock().clear();
+    let (info, out) = block_on(r.put("a", 8192)).unwrap();
+    assert_eq!((out, info.size_bytes), (PutOutcome::Repaired, 8192));
+    assert_eq!(info.device.as_deref(), Some("/dev/ublkb0"));
+    assert_eq!(f.devs.devices.lock().get(&0), Some(&8192));
+    assert_eq!(f.registry()["a"].size_bytes, 8192);
+}
