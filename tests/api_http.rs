@@ -640,3 +640,18 @@ fn an_interrupted_grow_is_recovered_at_the_stored_size() {
         "{v}"
     );
 }
+
+#[test]
+fn deleting_a_failed_export_without_purge_keeps_its_cache() {
+    let d = start(10);
+    assert_eq!(d.put("vm-1", r#"{"size": "1M"}"#).0, 201);
+    let d = start_in(stop(d), 10, None, false);
+    other_host_takes_over(&d, "vm-1");
+    d.router.recover().unwrap();
+    let cache = d.dir.path().join("cache/volumes/vm-1");
+    assert!(cache.exists());
+    assert_eq!(d.req("DELETE", "/api/exports/vm-1", None).0, 200);
+    assert!(d.exports().is_empty());
+    assert!(cache.exists(), "a failed export's cache was deleted");
+    assert!(d.store_keys().iter().any(|k| k.ends_with("vm-1/lease")));
+}
