@@ -175,6 +175,10 @@ pub struct ApiConfig {
     pub listen: String,
     /// Emit per-export metric series (switch off for very many exports).
     pub per_export_metrics: bool,
+    /// Host header values the TCP API answers (DNS-rebinding guard), default
+    /// [`crate::api::hosts::DEFAULT_ALLOWED_HOSTS`]. The host part of `listen` is
+    /// always allowed; `"*"` allows any.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -182,6 +186,10 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "127.0.0.1:8080".to_string(),
             per_export_metrics: true,
+            allowed_hosts: crate::api::hosts::DEFAULT_ALLOWED_HOSTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
         }
     }
 }
@@ -381,6 +389,9 @@ impl Config {
         rules::check_range(self.store.retries, &rules::STORE_RETRIES_RANGE)
             .map_err(|m| invalid("store.retries", m))?;
         parse_listen(&self.api.listen).map_err(|m| invalid("api.listen", m))?;
+        for h in &self.api.allowed_hosts {
+            crate::api::hosts::validate_entry(h).map_err(|m| invalid("api.allowed_hosts", m))?;
+        }
         let u = &self.ublk;
         let ranges = [
             ("ublk.workers", u.workers, &rules::WORKERS_RANGE),

@@ -10,9 +10,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use glidefs::api::{client::encode_segment, ApiServer, ApiState, Client, Endpoint};
+use glidefs::api::{client::encode_segment, AllowedHosts, ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{resolve_credentials, Config, DEFAULT_CONFIG};
-use glidefs::daemon::{self, ublk_options, EngineVolumes, UblkDevices, VolumeSettings};
+use glidefs::daemon::{
+    self, ublk_options, CacheDirLock, EngineVolumes, HostIdentity, UblkDevices, VolumeSettings,
+};
 use glidefs::metrics::Metrics;
 use glidefs::router::{DeviceBackend, Router, RouterConfig};
 use glidefs::size::ByteSize;
@@ -108,6 +110,11 @@ enum ExportCommand {
         /// Also delete its objects in the store.
         #[arg(long)]
         purge: bool,
+        /// With --purge: purge even though another host holds the volume's lease.
+        /// Only for an operator who knows that host is gone (powered off, its cache
+        /// lost): a host still serving the volume loses its data and is fenced.
+        #[arg(long, requires = "purge")]
+        force: bool,
     },
     /// Wait until everything written to the export is in the store.
     Drain {
@@ -222,6 +229,10 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
     };
     let listen = cfg.listen()?;
     tracing::info!(version = VERSION, git_sha = GIT_SHA, config = ?config, "glidefs starting");
+    // Before anything touches the cache dir: one daemon per cache dir, for our lifetime.
+    let _cache_lock = CacheDirLock::acquire(&cfg.cache.dir)?;
+    let host = HostIdentity::load_or_create(&cfg.cache.dir)?;
+    tracing::info!(host_id = %host.id, hostname = %host.label, "host identity");
 
     // Signals first, so a SIGTERM during recovery is honoured once it finishes.
     let mut signals = signal_hook::iterator::Signals::new([
@@ -253,19 +264,24 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
         None
     };
 
-    let volumes = Arc::new(EngineVolumes::new(store, VolumeSettings::from_config(&cfg)));
+    let volumes = Arc::new(EngineVolumes::new(
+        store,
+        VolumeSettings::from_config(&cfg, &host),
+    ));
     let router = Router::new(
         RouterConfig {
             cache_dir: cfg.cache.dir.clone(),
             max_exports: cfg.limits.max_exports as usize,
             open_concurrency: cfg.limits.open_concurrency as usize,
+            reopen_backoff: glidefs::rules::REOPEN_BACKOFF,
         },
         volumes,
         devices,
         metrics.clone(),
     )?;
-    let api = ApiServer::start(
+    let api = ApiServer::start_with_hosts(
         &listen,
+        AllowedHosts::new(&cfg.api.allowed_hosts, &listen),
         Arc::new(ApiState {
             router: router.clone(),
             metrics,
@@ -336,8 +352,12 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
         }
         ExportCommand::List => client.request("GET", "/api/exports", None)?,
         ExportCommand::Get { name } => client.request("GET", &path(name), None)?,
-        ExportCommand::Delete { name, purge } => {
-            let q = if *purge { "?purge=true" } else { "" };
+        ExportCommand::Delete { name, purge, force } => {
+            let q = match (*purge, *force) {
+                (true, true) => "?purge=true&force=true",
+                (true, false) => "?purge=true",
+                _ => "",
+            };
             client.request("DELETE", &format!("{}{q}", path(name)), None)?
         }
         ExportCommand::Drain { name } => {
@@ -370,7 +390,7 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
                 );
             }
         }
-        ExportCommand::Delete { name, purge } => {
+        ExportCommand::Delete { name, purge, .. } => {
             out = format!(
                 "deleted {name}{}\n",
                 if purge { " (objects purged)" } else { "" }

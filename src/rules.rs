@@ -134,6 +134,13 @@ pub const OPEN_CONCURRENCY: u32 = 16;
 /// Accepted `limits.open_concurrency`.
 pub const OPEN_CONCURRENCY_RANGE: RangeInclusive<u32> = 1..=1024;
 
+/// Backoff of the background re-opens of exports whose volume could not be opened at
+/// start-up because the store was unavailable (their devices wait, quiesced).
+pub const REOPEN_BACKOFF: crate::backoff::Backoff = crate::backoff::Backoff {
+    base: Duration::from_secs(1),
+    max: Duration::from_secs(30),
+};
+
 /// Check `v` against an accepted range; the message is the one the config reports.
 pub fn check_range(v: u32, range: &RangeInclusive<u32>) -> Result<(), String> {
     if range.contains(&v) {

@@ -6,7 +6,7 @@
 
 use glidefs::api::{ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{Config, Listen};
-use glidefs::daemon::{EngineVolumes, VolumeSettings};
+use glidefs::daemon::{EngineVolumes, HostIdentity, VolumeSettings};
 use glidefs::metrics::Metrics;
 use glidefs::router::{Router, RouterConfig};
 use glidefs::store::metered::MeteredStore;
@@ -24,7 +24,16 @@ struct Daemon {
 }
 
 fn start_with(max_exports: u32, listen: Option<Listen>, recover: bool) -> Daemon {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), max_exports, listen, recover)
+}
+
+/// A daemon on `dir`'s cache dir and store (a restart when `dir` was used before).
+fn start_in(
+    dir: tempfile::TempDir,
+    max_exports: u32,
+    listen: Option<Listen>,
+    recover: bool,
+) -> Daemon {
     let mut cfg = Config::default();
     cfg.cache.dir = dir.path().join("cache");
     cfg.cache.flush_interval = Duration::from_millis(50);
@@ -38,12 +47,16 @@ fn start_with(max_exports: u32, listen: Option<Listen>, recover: bool) -> Daemon
     )
     .unwrap();
     let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw.clone(), metrics.store()));
-    let vols = Arc::new(EngineVolumes::new(store, VolumeSettings::from_config(&cfg)));
+    let vols = Arc::new(EngineVolumes::new(
+        store,
+        VolumeSettings::from_config(&cfg, &HostIdentity::load_or_create(&cfg.cache.dir).unwrap()),
+    ));
     let router = Router::new(
         RouterConfig {
             cache_dir: cfg.cache.dir.clone(),
             max_exports: max_exports as usize,
             open_concurrency: 4,
+            reopen_backoff: glidefs::rules::REOPEN_BACKOFF,
         },
         vols,
         None,
@@ -401,12 +414,16 @@ fn restart_recovers_exports() {
         &StoreOptions::default(),
     )
     .unwrap();
-    let vols = Arc::new(EngineVolumes::new(raw, VolumeSettings::from_config(&cfg)));
+    let vols = Arc::new(EngineVolumes::new(
+        raw,
+        VolumeSettings::from_config(&cfg, &HostIdentity::load_or_create(&cfg.cache.dir).unwrap()),
+    ));
     let router = Router::new(
         RouterConfig {
             cache_dir: cfg.cache.dir.clone(),
             max_exports: 10,
             open_concurrency: 2,
+            reopen_backoff: glidefs::rules::REOPEN_BACKOFF,
         },
         vols,
         None,
@@ -478,4 +495,163 @@ fn data_survives_delete_and_cold_wake_and_moves_the_histograms() {
         t.read(2 << 20, &mut zero).await.unwrap();
         assert!(zero.iter().all(|&b| b == 0));
     });
+}
+
+/// Stop `d` as a daemon stops (devices stay, volumes closed) and return its directory.
+fn stop(d: Daemon) -> tempfile::TempDir {
+    let Daemon {
+        dir,
+        router,
+        server,
+        ..
+    } = d;
+    if let Some(s) = server {
+        s.stop();
+    }
+    router.shutdown(false);
+    dir
+}
+
+/// Another host (own owner id and cache dir) takes `name` over on `d`'s store, writes
+/// a block and drains it.
+fn other_host_takes_over(d: &Daemon, name: &str) {
+    use glidefs::volume::{Volume, VolumeConfig};
+    let mut cfg = VolumeConfig::new(name, 0, d.dir.path().join("host-b"));
+    cfg.owner = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0".into();
+    cfg.host_label = "host-b".into();
+    cfg.takeover = true;
+    smol::block_on(async {
+        let v = Volume::open(cfg, d.store.clone()).await.unwrap();
+        v.write(0, &[7u8; 4096], false).await.unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+    });
+}
+
+#[test]
+fn purge_of_a_volume_another_host_holds_is_refused_unless_forced() {
+    let d = start(10);
+    assert_eq!(d.put("vm-1", r#"{"size": "1M"}"#).0, 201);
+    let d = start_in(stop(d), 10, None, false);
+    // Host B takes vm-1 while host A is down; A comes back and its export fails.
+    other_host_takes_over(&d, "vm-1");
+    d.router.recover().unwrap();
+    let (_, v) = d.req("GET", "/api/exports/vm-1", None);
+    assert_eq!(v["state"], "failed", "{v}");
+    let before = d.store_keys();
+    assert!(before.iter().any(|k| k.contains("vm-1")), "{before:?}");
+    let (status, v) = d.req("DELETE", "/api/exports/vm-1?purge=true", None);
+    assert_eq!(status, 409, "{v}");
+    let msg = v["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("host-b") && msg.contains("force=true"),
+        "{msg}"
+    );
+    assert_eq!(d.store_keys(), before, "B's objects were deleted");
+    assert_eq!(d.exports().len(), 1, "export still listed");
+    // The operator who knows host B is gone forces it.
+    let (status, v) = d.req("DELETE", "/api/exports/vm-1?purge=true&force=true", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        !d.store_keys().iter().any(|k| k.contains("vm-1/")),
+        "{:?}",
+        d.store_keys()
+    );
+    assert!(d.exports().is_empty());
+}
+
+/// Send `GET path` with `host` as the Host header (None: no Host header) over TCP.
+fn get_with_host(addr: &str, path: &str, host: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\n{host}Connection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+#[test]
+fn requests_for_other_host_names_are_refused() {
+    // DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1
+    // reaches the API with "Host: evil.example".
+    let d = start(10);
+    assert_eq!(d.put("vm-1", r#"{"size": "1M"}"#).0, 201);
+    let addr = d.server.as_ref().unwrap().addr().to_string();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    for bad in [
+        "evil.example",
+        "evil.example:8080",
+        "localhost.evil.example",
+        "127.0.0.2",
+    ] {
+        let (status, body) = get_with_host(&addr, "/api/exports", Some(bad));
+        assert!(status == 403 || status == 421, "{bad}: {status} {body}");
+        assert!(
+            body.contains(bad) && body.contains("api.allowed_hosts"),
+            "{body}"
+        );
+        assert!(!body.contains("vm-1"), "{body}");
+    }
+    for good in [
+        "localhost".to_string(),
+        format!("localhost:{port}"),
+        "LOCALHOST".to_string(),
+        "127.0.0.1".to_string(),
+        addr.clone(),
+        "[::1]".to_string(),
+        format!("[::1]:{port}"),
+    ] {
+        let (status, body) = get_with_host(&addr, "/api/exports", Some(&good));
+        assert_eq!(status, 200, "{good}: {body}");
+    }
+    // The CLI's own client is accepted.
+    assert_eq!(d.req("GET", "/api/exports", None).0, 200);
+}
+
+#[test]
+fn an_interrupted_grow_is_recovered_at_the_stored_size() {
+    use glidefs::volume::{Volume, VolumeConfig};
+    let d = start(10);
+    assert_eq!(d.put("g", r#"{"size": "1M"}"#).0, 201);
+    let store = d.store.clone();
+    let dir = stop(d);
+    // The crash window: the volume grew in the store, the registry still says 1M.
+    let cache = dir.path().join("cache");
+    let host = HostIdentity::load_or_create(&cache).unwrap();
+    let mut cfg = VolumeConfig::new("g", 2 << 20, cache.join("volumes/g"));
+    cfg.owner = host.id;
+    smol::block_on(async {
+        let v = Volume::open(cfg, store).await.unwrap();
+        v.close().await.unwrap();
+    });
+    let d = start_in(dir, 10, None, true);
+    let (status, v) = d.req("GET", "/api/exports/g", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        (v["state"].as_str(), v["size_bytes"].as_u64()),
+        (Some("live"), Some(2 << 20)),
+        "{v}"
+    );
+}
+
+#[test]
+fn deleting_a_failed_export_without_purge_keeps_its_cache() {
+    let d = start(10);
+    assert_eq!(d.put("vm-1", r#"{"size": "1M"}"#).0, 201);
+    let d = start_in(stop(d), 10, None, false);
+    other_host_takes_over(&d, "vm-1");
+    d.router.recover().unwrap();
+    let cache = d.dir.path().join("cache/volumes/vm-1");
+    assert!(cache.exists());
+    assert_eq!(d.req("DELETE", "/api/exports/vm-1", None).0, 200);
+    assert!(d.exports().is_empty());
+    assert!(cache.exists(), "a failed export's cache was deleted");
+    assert!(d.store_keys().iter().any(|k| k.ends_with("vm-1/lease")));
 }

@@ -250,6 +250,55 @@ fn run_export_cli_sigterm_restart_and_kill9() {
 }
 
 #[test]
+fn delete_force_needs_purge_and_explains_itself() {
+    let o = glidefs(&[
+        "export",
+        "--api",
+        "unix:/nonexistent.sock",
+        "delete",
+        "a",
+        "--force",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "clap usage error");
+    assert!(text(&o.stderr).contains("--purge"), "{}", text(&o.stderr));
+    let o = glidefs(&["export", "delete", "--help"]);
+    let help = text(&o.stdout);
+    assert!(
+        help.contains("--force") && help.contains("another host holds"),
+        "{help}"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_cache_dir_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = spawn(dir.path());
+    let cfg = dir.path().join("glidefs.toml");
+    let o = glidefs(&["run", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "second daemon started");
+    let err = text(&o.stderr);
+    let lock = dir.path().join("cache/lock");
+    assert!(
+        err.contains(&format!("pid {}", d.child.id())) && err.contains(&lock.display().to_string()),
+        "{err}"
+    );
+    // The first daemon is unharmed and still serves.
+    assert!(d.cli(&["list"]).status.success());
+    d.signal(15);
+    let (code, log) = d.wait_exit();
+    assert_eq!(code, Some(0), "{log}");
+    // Once it is gone, the cache dir is free again, with the same host id.
+    let id = std::fs::read_to_string(dir.path().join("cache/host-id")).unwrap();
+    let d = spawn(dir.path());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("cache/host-id")).unwrap(),
+        id
+    );
+    d.signal(9);
+    d.wait_exit();
+}
+
+#[test]
 fn run_without_ublk_fails_clearly() {
     if Path::new("/dev/ublk-control").exists() {
         eprintln!("skipped: this host has ublk");

@@ -48,6 +48,8 @@ fn bad_values_name_their_key() {
         ("api", "listen = \"localhost\"", "api.listen"),
         ("api", "listen = \"unix:relative.sock\"", "api.listen"),
         ("api", "listen = \"127.0.0.1\"", "api.listen"),
+        ("api", "allowed_hosts = [\"http://x\"]", "api.allowed_hosts"),
+        ("api", "allowed_hosts = \"localhost\"", "api.allowed_hosts"),
         (
             "api",
             "per_export_metrics = \"no\"",

@@ -384,7 +384,26 @@ fn grow_exists_and_purge() {
         assert_eq!(got, pattern(80, 4096));
         v.close().await.unwrap();
         drop(v);
-        Volume::purge(&store, "gr").await.unwrap();
+        // Another host may not purge what we hold (not stale): nothing is deleted.
+        let data_keys = || async {
+            let keys = store.list(VolumeKeys::new("gr").root()).await.unwrap();
+            let probe = VolumeKeys::new("gr").clock_probe();
+            keys.into_iter()
+                .filter(|o| o.key != probe)
+                .map(|o| o.key)
+                .collect::<Vec<_>>()
+        };
+        let keys_before = data_keys().await;
+        let mut other = cfg.clone();
+        other.owner = "another-host".into();
+        let err = Volume::purge(&store, "gr", other.lease_rules(), false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, VolumeError::LeaseHeld { .. }), "{err}");
+        assert_eq!(data_keys().await, keys_before);
+        Volume::purge(&store, "gr", cfg.lease_rules(), false)
+            .await
+            .unwrap();
         assert!(store
             .list(VolumeKeys::new("gr").root())
             .await
@@ -604,6 +623,39 @@ fn concurrent_acknowledged_writes_survive_kill_9_with_group_commit() {
         );
         let v = drain_and_cold_open(v, &cfg, &store).await;
         assert_eq!(read_all(&v).await, want, "store copy differs after drain");
+        v.close().await.unwrap();
+    });
+}
+
+/// Issue 14 item 8: a grow to a size the cache filesystem cannot hold in one file.
+#[test]
+fn a_grow_the_cache_cannot_hold_fails_alone_and_changes_nothing() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "big", MIB);
+        let v = open(&cfg, &store).await;
+        v.write(4096, &pattern(3, 4096), false).await.unwrap();
+        fs.fail_set_len_above(2 * MIB);
+        let err = v.grow(4 * MIB).await.unwrap_err();
+        assert!(matches!(err, VolumeError::Invalid(_)), "{err}");
+        // The store still says 1 MiB, and the volume still serves.
+        assert_eq!(
+            Volume::exists_in_store(&store, "big").await.unwrap(),
+            Some(MIB)
+        );
+        assert_eq!(v.size_bytes(), MIB);
+        v.write(8192, &pattern(4, 4096), false).await.unwrap();
+        let mut got = vec![0u8; 4096];
+        v.read(4096, &mut got).await.unwrap();
+        assert_eq!(got, pattern(3, 4096));
+        v.drain().await.unwrap();
+        // A size it can hold still works.
+        v.grow(2 * MIB).await.unwrap();
+        assert_eq!(
+            Volume::exists_in_store(&store, "big").await.unwrap(),
+            Some(2 * MIB)
+        );
         v.close().await.unwrap();
     });
 }

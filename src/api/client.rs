@@ -171,8 +171,14 @@ impl Client {
         };
         let mut s = self.connect().map_err(io)?;
         let body = body.unwrap_or(b"");
+        // The API answers only Host names it knows (DNS-rebinding guard): name the
+        // address we connect to; a unix socket has none.
+        let host = match &self.endpoint {
+            Endpoint::Tcp(a) => a.as_str(),
+            Endpoint::Unix(_) => "localhost",
+        };
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: glidefs\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         s.write_all(head.as_bytes()).map_err(io)?;

@@ -114,28 +114,34 @@ fn parse_put_body(body: &[u8]) -> Result<u64, Reply> {
     }
 }
 
-/// Parse `purge=true|false` (the only query parameter, and only on DELETE).
-fn parse_purge(query: Option<&str>) -> Result<bool, Reply> {
-    let mut purge = false;
+/// Parse `purge=true|false` and `force=true|false` (the only query parameters, and
+/// only on DELETE).
+fn parse_delete_query(query: Option<&str>) -> Result<(bool, bool), Reply> {
+    let (mut purge, mut force) = (false, false);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        match pair.split_once('=') {
-            Some(("purge", "true" | "1")) => purge = true,
-            Some(("purge", "false" | "0")) => purge = false,
-            Some(("purge", v)) => {
-                return Err(Reply::error(
-                    400,
-                    format!("purge must be true or false, got {v:?}"),
-                ))
-            }
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let slot = match key {
+            "purge" => &mut purge,
+            "force" => &mut force,
             _ => {
                 return Err(Reply::error(
                     400,
                     format!("unknown query parameter {pair:?}"),
                 ))
             }
-        }
+        };
+        *slot = match value {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            v => {
+                return Err(Reply::error(
+                    400,
+                    format!("{key} must be true or false, got {v:?}"),
+                ))
+            }
+        };
     }
-    Ok(purge)
+    Ok((purge, force))
 }
 
 /// Handle one request. Blocking: runs router operations to completion.
@@ -225,11 +231,11 @@ fn export_route(
             }
         }
         "DELETE" => {
-            let purge = match parse_purge(query) {
+            let (purge, force) = match parse_delete_query(query) {
                 Ok(p) => p,
                 Err(r) => return r,
             };
-            match smol::block_on(state.router.delete(name, purge)) {
+            match smol::block_on(state.router.delete(name, purge, force)) {
                 Ok(()) => Reply::json(200, json!({ "deleted": name, "purged": purge })),
                 Err(e) => router_error(e),
             }

@@ -2,10 +2,14 @@
 //! short-lived thread per request (at most [`MAX_IN_FLIGHT`]; beyond that a 503), so
 //! a slow drain never blocks `/health` or other exports' requests.
 //!
+//! On TCP, requests whose Host header names another host are refused with 403
+//! before anything else runs (DNS rebinding, see [`super::hosts`]).
+//!
 //! Stopping ([`ApiServer::stop`]) unblocks the listener and joins the dispatcher:
 //! no new request is accepted afterwards; requests already running finish.
 
 use super::handlers::{handle, ApiState, Reply, MAX_BODY};
+use super::hosts::AllowedHosts;
 use crate::config::Listen;
 use std::io::Read;
 use std::path::PathBuf;
@@ -39,8 +43,23 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Bind `listen` and serve `state` until [`ApiServer::stop`].
+    /// Bind `listen` and serve `state` until [`ApiServer::stop`], answering the
+    /// default Host names ([`super::hosts::DEFAULT_ALLOWED_HOSTS`]).
     pub fn start(listen: &Listen, state: Arc<ApiState>) -> Result<ApiServer, ApiError> {
+        let defaults: Vec<String> = super::hosts::DEFAULT_ALLOWED_HOSTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        ApiServer::start_with_hosts(listen, AllowedHosts::new(&defaults, listen), state)
+    }
+
+    /// Bind `listen` and serve `state`, answering only requests whose Host header
+    /// `allowed` accepts (others get 403).
+    pub fn start_with_hosts(
+        listen: &Listen,
+        allowed: AllowedHosts,
+        state: Arc<ApiState>,
+    ) -> Result<ApiServer, ApiError> {
         let bind_err = |m: String| ApiError::Bind {
             addr: listen.to_string(),
             message: m,
@@ -75,7 +94,7 @@ impl ApiServer {
         let srv = server.clone();
         let dispatcher = std::thread::Builder::new()
             .name("api".into())
-            .spawn(move || dispatch(srv, state))
+            .spawn(move || dispatch(srv, state, Arc::new(allowed)))
             .map_err(|e| bind_err(e.to_string()))?;
         Ok(ApiServer {
             server,
@@ -112,7 +131,7 @@ impl Drop for ApiServer {
     }
 }
 
-fn dispatch(server: Arc<tiny_http::Server>, state: Arc<ApiState>) {
+fn dispatch(server: Arc<tiny_http::Server>, state: Arc<ApiState>, allowed: Arc<AllowedHosts>) {
     let in_flight = Arc::new(AtomicUsize::new(0));
     // `recv` returns an error once `unblock` is called.
     while let Ok(req) = server.recv() {
@@ -121,11 +140,11 @@ fn dispatch(server: Arc<tiny_http::Server>, state: Arc<ApiState>) {
             respond(req, Reply::error(503, "too many concurrent requests"));
             continue;
         }
-        let (st, inf) = (state.clone(), in_flight.clone());
+        let (st, inf, al) = (state.clone(), in_flight.clone(), allowed.clone());
         let spawned = std::thread::Builder::new()
             .name("api-req".into())
             .spawn(move || {
-                serve(&st, req);
+                serve(&st, &al, req);
                 inf.fetch_sub(1, Ordering::SeqCst);
             });
         if let Err(e) = spawned {
@@ -135,9 +154,19 @@ fn dispatch(server: Arc<tiny_http::Server>, state: Arc<ApiState>) {
     }
 }
 
-fn serve(state: &ApiState, mut req: tiny_http::Request) {
+fn serve(state: &ApiState, allowed: &AllowedHosts, mut req: tiny_http::Request) {
     let method = req.method().as_str().to_ascii_uppercase();
     let url = req.url().to_string();
+    let host = req
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Host"))
+        .map(|h| h.value.as_str().to_string());
+    if let Err(msg) = allowed.check(host.as_deref()) {
+        tracing::warn!(%method, %url, host = host.as_deref().unwrap_or(""), "api request for a Host that is not allowed refused");
+        respond(req, Reply::error(403, msg));
+        return;
+    }
     let mut body = Vec::new();
     let read = req
         .as_reader()

@@ -48,6 +48,8 @@ impl EngineVolumes {
         c.flush_mode = s.flush_mode;
         c.compress = s.compress;
         c.lease_ttl = s.lease_ttl;
+        c.owner = s.owner.clone();
+        c.host_label = s.host_label.clone();
         c
     }
 }
@@ -69,8 +71,19 @@ impl VolumeFactory for EngineVolumes {
             .await
             .map_err(classify)
     }
-    async fn purge(&self, name: &str) -> Result<(), BackendError> {
-        Volume::purge(&self.store, name).await.map_err(classify)?;
+    async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError> {
+        let cfg = self.cfg(name, 0);
+        match Volume::purge(&self.store, name, cfg.lease_rules(), force).await {
+            Ok(()) => {}
+            Err(VolumeError::LeaseHeld { owner, age_ms }) => {
+                return Err(BackendError::Fenced(format!(
+                    "volume lease held by {owner}, renewed {}s ago: that host may be serving it; \
+                     nothing was deleted. Purge with force=true (CLI: --force) only if that host is gone",
+                    age_ms / 1000
+                )))
+            }
+            Err(e) => return Err(classify(e)),
+        }
         self.forget_local(name).await
     }
     async fn forget_local(&self, name: &str) -> Result<(), BackendError> {
@@ -168,6 +181,11 @@ impl DeviceBackend for UblkDevices {
             .map(|(id, r)| (id, r.map_err(classify_ublk)))
             .collect()
     }
+    fn reattach(&self, dev_id: u32, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError> {
+        self.server
+            .reattach_device(dev_id, target)
+            .map_err(classify_ublk)
+    }
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
         self.server.delete_device(dev_id).map_err(classify_ublk)
     }
@@ -176,5 +194,41 @@ impl DeviceBackend for UblkDevices {
     }
     fn shutdown(&self, stop_devices: bool) {
         self.server.shutdown(stop_devices);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::router::BackendError;
+    use crate::store::mem::MemStore;
+
+    fn settings(cache: &std::path::Path) -> VolumeSettings {
+        let mut cfg = Config::default();
+        cfg.cache.dir = cache.to_path_buf();
+        let host = crate::daemon::HostIdentity::load_or_create(cache).unwrap();
+        VolumeSettings::from_config(&cfg, &host)
+    }
+
+    /// Issue 14 item 2: the appliance gives every host the same hostname and cache
+    /// dir path. Host B (a fresh disk mounted at the same path) must not be taken
+    /// for host A, which holds the volume.
+    #[test]
+    fn same_hostname_and_cache_path_are_different_owners() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::new());
+        let a = EngineVolumes::new(store.clone(), settings(&cache));
+        let va = smol::block_on(a.open("vm-1", 1 << 20)).unwrap();
+        smol::block_on(va.close()).unwrap();
+        // Host A's disk goes away; host B's fresh disk has the same path.
+        std::fs::rename(&cache, dir.path().join("host-a-disk")).unwrap();
+        let b = EngineVolumes::new(store, settings(&cache));
+        match smol::block_on(b.open("vm-1", 1 << 20)) {
+            Err(BackendError::Fenced(msg)) => assert!(msg.contains("host id"), "{msg}"),
+            Err(e) => panic!("unexpected error: {e}"),
+            Ok(_) => panic!("host B opened host A's volume as its own"),
+        }
     }
 }

@@ -6,8 +6,10 @@
 //! module copies values, it never decides one.
 
 pub mod backends;
+pub mod host_identity;
 
 pub use backends::{EngineVolume, EngineVolumes, UblkDevices};
+pub use host_identity::{CacheDirLock, HostIdentity, IdentityError};
 
 use crate::config::{Config, Credentials};
 use crate::store::StoreOptions;
@@ -47,11 +49,16 @@ pub struct VolumeSettings {
     pub compress: bool,
     /// `cache.lease_ttl`.
     pub lease_ttl: Duration,
+    /// Lease owner of every volume: this host's random id ([`HostIdentity`]).
+    pub owner: String,
+    /// Hostname written beside the owner, for display.
+    pub host_label: String,
 }
 
 impl VolumeSettings {
-    /// From the daemon config: volumes live in `<cache.dir>/volumes/<name>`.
-    pub fn from_config(cfg: &Config) -> VolumeSettings {
+    /// From the daemon config and this host's identity (read from the same
+    /// `cache.dir`): volumes live in `<cache.dir>/volumes/<name>`.
+    pub fn from_config(cfg: &Config, host: &HostIdentity) -> VolumeSettings {
         VolumeSettings {
             root: cfg.cache.dir.join("volumes"),
             dirty_limit_bytes: cfg.cache.dirty_limit.0,
@@ -59,6 +66,8 @@ impl VolumeSettings {
             flush_mode: cfg.cache.flush_mode,
             compress: cfg.cache.compress,
             lease_ttl: cfg.cache.lease_ttl,
+            owner: host.id.clone(),
+            host_label: host.label.clone(),
         }
     }
 }

@@ -59,7 +59,9 @@ pub trait VolumeFactory: Send + Sync + 'static {
     /// The size of `name` in the object store, if it exists there.
     async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError>;
     /// Delete `name`'s objects in the store and its local cache (volume closed).
-    async fn purge(&self, name: &str) -> Result<(), BackendError>;
+    /// While another host holds the volume's lease (not stale) this deletes nothing
+    /// and fails with [`BackendError::Fenced`] naming the holder, unless `force`.
+    async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError>;
     /// Delete `name`'s local cache files only (volume closed and drained).
     async fn forget_local(&self, name: &str) -> Result<(), BackendError>;
 }
@@ -79,13 +81,17 @@ pub trait DeviceBackend: Send + Sync + 'static {
     /// ids when they are gone), many in parallel, with the targets arriving on
     /// `targets` as their volumes open, so that devices are re-attached while other
     /// volumes are still opening. `known` lists every id that may arrive: devices of
-    /// ours not in it, and known ids whose target never arrives, are orphans and may
-    /// be deleted, so this is called once, at start-up.
+    /// ours not in it are orphans and may be deleted, so this is called once, at
+    /// start-up. Known ids whose target never arrives are left as they are
+    /// (QUIESCED: their I/O waits) for [`DeviceBackend::reattach`] or `delete`.
     fn recover(
         &self,
         known: Vec<u32>,
         targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
     ) -> Vec<(u32, Result<DeviceInfo, BackendError>)>;
+    /// After start-up: re-attach one device that `recover` left waiting (or add it
+    /// with the same id when it is gone), serving `target`. Touches nothing else.
+    fn reattach(&self, dev_id: u32, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError>;
     /// Stop and delete a device.
     fn delete(&self, dev_id: u32) -> Result<(), BackendError>;
     /// Buffer-pool totals for metrics.

@@ -32,6 +32,9 @@ pub enum RouterError {
     /// The size is not acceptable.
     #[error("{0}")]
     InvalidSize(String),
+    /// The request's options do not fit together.
+    #[error("{0}")]
+    InvalidRequest(String),
     /// No export of that name.
     #[error("export {0:?} not found")]
     NotFound(String),
@@ -69,7 +72,9 @@ impl RouterError {
     /// The error's kind, for status codes.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RouterError::InvalidName(_) | RouterError::InvalidSize(_) => ErrorKind::Invalid,
+            RouterError::InvalidName(_)
+            | RouterError::InvalidSize(_)
+            | RouterError::InvalidRequest(_) => ErrorKind::Invalid,
             RouterError::NotFound(_) => ErrorKind::NotFound,
             RouterError::Conflict(_) => ErrorKind::Conflict,
             RouterError::LimitReached(_) => ErrorKind::Limit,

@@ -113,6 +113,9 @@ pub struct MemVolumes {
     pub fail: Mutex<HashSet<String>>,
     /// Names purged so far.
     pub purged: Mutex<Vec<String>>,
+    /// Names whose lease another host holds: name -> holder. Open and an unforced
+    /// purge fail with `Fenced`.
+    pub held_elsewhere: Mutex<BTreeMap<String, String>>,
 }
 
 impl MemVolumes {
@@ -134,11 +137,26 @@ impl VolumeFactory for MemVolumes {
         size_bytes: u64,
     ) -> Result<Arc<dyn ExportVolume>, BackendError> {
         self.check(name)?;
-        let mut s = self.store.lock();
-        let v = s
+        if let Some(holder) = self.held_elsewhere.lock().get(name) {
+            return Err(BackendError::Fenced(format!(
+                "volume lease held by {holder}"
+            )));
+        }
+        let v = self
+            .store
+            .lock()
             .entry(name.to_string())
             .or_insert_with(|| Arc::new(MemVolume::new(size_bytes)))
             .clone();
+        // As the engine: a larger size grows the stored volume, a smaller one (other
+        // than 0, "the stored size") is refused.
+        let stored = v.size_bytes();
+        if size_bytes != 0 && size_bytes < stored {
+            return Err(BackendError::Invalid(format!(
+                "volume {name} is {stored} bytes; shrinking to {size_bytes} is not supported"
+            )));
+        }
+        v.grow(size_bytes.max(stored)).await?;
         v.closed.store(false, Ordering::SeqCst);
         Ok(v)
     }
@@ -146,8 +164,15 @@ impl VolumeFactory for MemVolumes {
         self.check(name)?;
         Ok(self.store.lock().get(name).map(|v| v.size_bytes()))
     }
-    async fn purge(&self, name: &str) -> Result<(), BackendError> {
+    async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError> {
         self.check(name)?;
+        if !force {
+            if let Some(holder) = self.held_elsewhere.lock().get(name) {
+                return Err(BackendError::Fenced(format!(
+                    "volume lease held by {holder}"
+                )));
+            }
+        }
         self.store.lock().remove(name);
         self.purged.lock().push(name.to_string());
         Ok(())
@@ -194,20 +219,34 @@ impl DeviceBackend for FakeDevices {
     }
     fn recover(
         &self,
-        _known: Vec<u32>,
+        known: Vec<u32>,
         targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
     ) -> Vec<(u32, Result<DeviceInfo, BackendError>)> {
         let devices: Vec<_> = targets.into_iter().collect();
         let mut d = self.devices.lock();
-        // Like the real server: devices not listed are orphans and go away.
-        d.retain(|id, _| devices.iter().any(|(k, _)| k == id));
+        // Like the real server: devices not known are orphans and go away; known
+        // ones whose target did not arrive wait (quiesced).
+        d.retain(|id, _| known.contains(id));
         devices
             .into_iter()
             .map(|(id, t)| {
-                d.insert(id, t.size_bytes());
+                // A device still in the kernel keeps its size; a gone one is added.
+                d.entry(id).or_insert_with(|| t.size_bytes());
                 (id, Ok(info(id)))
             })
             .collect()
+    }
+    fn reattach(&self, dev_id: u32, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError> {
+        if self.fail_add.load(Ordering::SeqCst) {
+            return Err(BackendError::Unavailable("injected add failure".into()));
+        }
+        // Like the kernel: a waiting device is re-attached with the size it has;
+        // only a device that is gone is added at the target's size.
+        self.devices
+            .lock()
+            .entry(dev_id)
+            .or_insert_with(|| target.size_bytes());
+        Ok(info(dev_id))
     }
     fn delete(&self, dev_id: u32) -> Result<(), BackendError> {
         self.devices.lock().remove(&dev_id);

@@ -6,7 +6,8 @@
 //!
 //! Files: this one holds the registry state, the helpers every operation shares,
 //! shutdown and the metrics source; `ops.rs` the API operations (put, delete,
-//! drain), `recover.rs` start-up recovery, `error.rs` the error kinds, `backend.rs`
+//! drain), `recover.rs` start-up recovery and the background re-open of exports
+//! whose volume waited for the store, `error.rs` the error kinds, `backend.rs`
 //! the traits the real layers (src/daemon/backends.rs) and the test fakes implement.
 //!
 //! Invariants:
@@ -58,6 +59,9 @@ pub struct RouterConfig {
     pub max_exports: usize,
     /// Volumes opened/closed in parallel at start and stop.
     pub open_concurrency: usize,
+    /// Backoff of the background re-opens of exports that waited for the store at
+    /// start-up ([`crate::rules::REOPEN_BACKOFF`]).
+    pub reopen_backoff: crate::backoff::Backoff,
 }
 
 /// An export's state as reported by the API.
@@ -121,6 +125,12 @@ struct Entry {
     volume: Option<Arc<dyn ExportVolume>>,
     device: Option<DeviceInfo>,
     error: Option<String>,
+    /// Device `dev_id_hint` was left QUIESCED by start-up recovery, waiting for this
+    /// export's volume: re-attach it in place (or delete it with the export).
+    parked: bool,
+    /// The volume could not be opened because the store was unavailable: the
+    /// background re-open ([`Router::reopen_waiting`]) keeps trying.
+    reopen: bool,
 }
 
 #[derive(Default)]
@@ -377,6 +387,23 @@ impl Router {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if let Some(devs) = &self.devices {
+            if stop_devices {
+                // Devices still waiting for their volume are not served, so the
+                // device layer does not know them: delete them here.
+                let parked: Vec<u32> = self
+                    .state
+                    .read()
+                    .exports
+                    .values()
+                    .filter(|e| e.parked && e.device.is_none())
+                    .filter_map(|e| e.dev_id_hint)
+                    .collect();
+                for id in parked {
+                    if let Err(e) = devs.delete(id) {
+                        tracing::warn!(dev_id = id, error = %e, "deleting a waiting device at shutdown");
+                    }
+                }
+            }
             devs.shutdown(stop_devices);
         }
         let vols = self.open_volumes();
@@ -398,6 +425,37 @@ fn refuse_shrink(name: &str, current: u64, size: u64) -> Result<(), RouterError>
         )));
     }
     Ok(())
+}
+
+/// Open the volume of a registered export of `registered` bytes. The store may hold
+/// it larger than the registry says (a crash between growing the volume and writing
+/// the registry, or a grow on another host): then the open at the registered size is
+/// refused as a shrink, and the volume is opened at its stored size instead, which
+/// the caller records. Any other failure is returned as it was.
+async fn open_registered(
+    volumes: &dyn VolumeFactory,
+    name: &str,
+    registered: u64,
+) -> Result<Arc<dyn ExportVolume>, BackendError> {
+    let first = match volumes.open(name, registered).await {
+        Ok(v) => return Ok(v),
+        // A shrink is refused as invalid; anything else (an outage above all) is
+        // not worth another round trip.
+        Err(e @ BackendError::Invalid(_)) => e,
+        Err(e) => return Err(e),
+    };
+    match volumes.exists_in_store(name).await {
+        Ok(Some(stored)) if stored > registered => {
+            tracing::warn!(
+                export = name,
+                registered,
+                stored,
+                "the store holds the volume larger than the registry (interrupted grow?): adopting the stored size"
+            );
+            volumes.open(name, stored).await
+        }
+        _ => Err(first),
+    }
 }
 
 /// Grow `volume` to `size` if it is smaller (a volume never shrinks).

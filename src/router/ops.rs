@@ -7,7 +7,9 @@
 
 use super::backend::{DeviceInfo, ExportVolume};
 use super::error::{backend, RouterError};
-use super::{grow_to, refuse_shrink, Entry, ExportInfo, PutOutcome, Reservation, Router};
+use super::{
+    grow_to, open_registered, refuse_shrink, Entry, ExportInfo, PutOutcome, Reservation, Router,
+};
 use crate::rules::{validate_name, validate_size};
 use crate::size::format_size;
 use std::sync::Arc;
@@ -138,6 +140,8 @@ impl Router {
             volume: Some(volume),
             device,
             error: None,
+            parked: false,
+            reopen: false,
         };
         let info = Self::info(name, &entry);
         {
@@ -171,14 +175,14 @@ impl Router {
             tracing::warn!(export = name, error = %e, "undo: volume close failed");
         }
         if fresh {
-            if let Err(e) = self.volumes.purge(name).await {
+            if let Err(e) = self.volumes.purge(name, false).await {
                 tracing::warn!(export = name, error = %e, "undo: purge of new volume failed");
             }
         }
         self.metrics.remove_export(name);
     }
 
-    async fn repair(
+    pub(super) async fn repair(
         &self,
         name: &str,
         e: Entry,
@@ -187,9 +191,7 @@ impl Router {
         refuse_shrink(name, e.size_bytes, size)?;
         let volume = match &e.volume {
             Some(v) => v.clone(),
-            None => self
-                .volumes
-                .open(name, e.size_bytes)
+            None => open_registered(self.volumes.as_ref(), name, e.size_bytes)
                 .await
                 .map_err(backend(name, "open"))?,
         };
@@ -198,9 +200,19 @@ impl Router {
             let mut device = e.device.clone();
             if let (Some(devs), None) = (&self.devices, &device) {
                 let target = self.target(name, &volume)?;
-                // Same id when it is free; `recover` is start-up only (it treats
-                // unlisted devices as orphans).
+                // A device start-up recovery left waiting is re-attached in place;
+                // otherwise the same id when it is free (`recover` is start-up only:
+                // it treats unlisted devices as orphans).
                 let d = match e.dev_id_hint {
+                    Some(id) if e.parked && volume.size_bytes() == e.size_bytes => {
+                        devs.reattach(id, target)
+                    }
+                    // The volume grew (this PUT, or a grow interrupted earlier): the
+                    // waiting device has the old size and cannot be resized live, so
+                    // it is re-created with the same id, as a grow does.
+                    Some(id) if e.parked => devs
+                        .delete(id)
+                        .and_then(|()| devs.add(Some(id), target)),
                     Some(id) => devs.add(Some(id), target.clone()).or_else(|err| {
                         tracing::warn!(export = name, dev_id = id, error = %err, "previous device id unavailable");
                         devs.add(None, target)
@@ -216,6 +228,8 @@ impl Router {
                 volume: Some(volume.clone()),
                 device,
                 error: None,
+                parked: false,
+                reopen: false,
             })
         }
         .await;
@@ -241,16 +255,39 @@ impl Router {
 
     /// Delete `name`: detach the device, then (without `purge`) drain everything to
     /// the store and drop the local cache; with `purge` also delete its objects.
-    pub async fn delete(&self, name: &str, purge: bool) -> Result<(), RouterError> {
+    ///
+    /// A purge of a volume whose lease another host holds (e.g. an export that failed
+    /// with "lease held" because the volume moved) is refused with a conflict naming
+    /// the holder, and nothing is deleted, unless `force` (only with `purge`).
+    pub async fn delete(&self, name: &str, purge: bool, force: bool) -> Result<(), RouterError> {
         validate_name(name).map_err(RouterError::InvalidName)?;
+        if force && !purge {
+            return Err(RouterError::InvalidRequest(
+                "force only applies to a purge (purge=true)".into(),
+            ));
+        }
         let _op = self.begin_op()?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
         let e = self.entry(name)?;
+        // A failed export has no volume open here, so nothing tells us the volume is
+        // still ours: purge first, and a refusal (another host holds it) leaves the
+        // export, its device and its registry entry exactly as they were.
+        let purged_early = purge && e.volume.is_none();
+        if purged_early {
+            self.volumes
+                .purge(name, force)
+                .await
+                .map_err(backend(name, "purge"))?;
+        }
         if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
             devs.delete(d.dev_id)
                 .map_err(backend(name, "delete device"))?;
             self.set_entry(name, |x| x.device = None);
+        } else if let (Some(devs), Some(id), true) = (&self.devices, e.dev_id_hint, e.parked) {
+            devs.delete(id)
+                .map_err(backend(name, "delete waiting device"))?;
+            self.set_entry(name, |x| x.parked = false);
         }
         if let Some(volume) = &e.volume {
             if !purge {
@@ -277,8 +314,8 @@ impl Router {
                 "deleting a failed export: its local cache is kept"
             );
         }
-        if purge {
-            if let Err(err) = self.volumes.purge(name).await {
+        if purge && !purged_early {
+            if let Err(err) = self.volumes.purge(name, force).await {
                 self.set_entry(name, |x| x.error = Some(format!("purge failed: {err}")));
                 return Err(backend(name, "purge")(err));
             }

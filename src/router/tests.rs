@@ -20,11 +20,28 @@ impl Fixture {
         }
     }
 
+    /// A recovered router; exports waiting for the store are re-opened only after
+    /// an hour (tests of the re-open use [`Fixture::router_with`]).
     fn router(&self, max: usize, with_devices: bool) -> Arc<Router> {
+        let hour = std::time::Duration::from_secs(3600);
+        let backoff = crate::backoff::Backoff {
+            base: hour,
+            max: hour,
+        };
+        self.router_with(max, with_devices, backoff)
+    }
+
+    fn router_with(
+        &self,
+        max: usize,
+        with_devices: bool,
+        reopen_backoff: crate::backoff::Backoff,
+    ) -> Arc<Router> {
         let cfg = RouterConfig {
             cache_dir: self.dir.path().join("cache"),
             max_exports: max,
             open_concurrency: 4,
+            reopen_backoff,
         };
         let devs: Option<Arc<dyn DeviceBackend>> = with_devices.then(|| self.devs.clone() as _);
         let r = Router::new(
@@ -103,7 +120,7 @@ fn limit_is_enforced_and_freed_by_delete() {
     assert!(!f.vols.store.lock().contains_key("c"));
     // Existing exports may still be grown at the limit.
     block_on(r.put("a", 8192)).unwrap();
-    block_on(r.delete("a", false)).unwrap();
+    block_on(r.delete("a", false, false)).unwrap();
     block_on(r.put("c", 4096)).unwrap();
 }
 
@@ -114,19 +131,19 @@ fn delete_drains_or_purges() {
     block_on(r.put("keep", 4096)).unwrap();
     block_on(r.put("gone", 4096)).unwrap();
     let keep = f.vols.store.lock()["keep"].clone();
-    block_on(r.delete("keep", false)).unwrap();
+    block_on(r.delete("keep", false, false)).unwrap();
     assert_eq!(keep.drains(), 1);
     assert!(keep.is_closed());
     assert!(
         f.vols.store.lock().contains_key("keep"),
         "non-purge delete keeps the store copy"
     );
-    block_on(r.delete("gone", true)).unwrap();
+    block_on(r.delete("gone", true, false)).unwrap();
     assert!(!f.vols.store.lock().contains_key("gone"));
     assert!(f.devs.devices.lock().is_empty());
     assert!(f.registry().is_empty());
     assert!(matches!(
-        block_on(r.delete("gone", false)),
+        block_on(r.delete("gone", false, false)),
         Err(RouterError::NotFound(_))
     ));
 }
@@ -138,7 +155,7 @@ fn cold_wake_opens_the_stored_volume() {
         let r = f.router(10, false);
         let (_, out) = block_on(r.put("moved", 8192)).unwrap();
         assert_eq!(out, PutOutcome::Created);
-        block_on(r.delete("moved", false)).unwrap();
+        block_on(r.delete("moved", false, false)).unwrap();
     }
     // Lost cache: a fresh cache dir, same "store".
     let g = Fixture {
@@ -182,7 +199,7 @@ fn restart_recovers_the_same_devices() {
         block_on(r.put("a", 4096)).unwrap();
         block_on(r.put("b", 8192)).unwrap();
         block_on(r.put("c", 4096)).unwrap();
-        block_on(r.delete("b", true)).unwrap();
+        block_on(r.delete("b", true, false)).unwrap();
         r.shutdown(false);
         assert_eq!(*f.devs.shut.lock(), Some(false));
     }
@@ -226,6 +243,7 @@ fn not_ready_before_recovery() {
         cache_dir: f.dir.path().into(),
         max_exports: 1,
         open_concurrency: 1,
+        reopen_backoff: crate::rules::REOPEN_BACKOFF,
     };
     let r = Router::new(
         cfg,
@@ -267,8 +285,8 @@ impl VolumeFactory for Gated {
     async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError> {
         self.inner.exists_in_store(name).await
     }
-    async fn purge(&self, name: &str) -> Result<(), BackendError> {
-        self.inner.purge(name).await
+    async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError> {
+        self.inner.purge(name, force).await
     }
     async fn forget_local(&self, name: &str) -> Result<(), BackendError> {
         self.inner.forget_local(name).await
@@ -289,6 +307,7 @@ fn a_slow_create_does_not_block_other_exports() {
         cache_dir: dir.path().into(),
         max_exports: 10,
         open_concurrency: 1,
+        reopen_backoff: crate::rules::REOPEN_BACKOFF,
     };
     let r = Router::new(cfg, gated, None, Metrics::new(true, "v", "s").unwrap()).unwrap();
     r.recover().unwrap();
@@ -300,7 +319,7 @@ fn a_slow_create_does_not_block_other_exports() {
     block_on(r.put("fast", 4096)).unwrap();
     block_on(r.put("busy", 8192)).unwrap();
     block_on(r.drain("busy")).unwrap();
-    block_on(r.delete("fast", true)).unwrap();
+    block_on(r.delete("fast", true, false)).unwrap();
     assert_eq!(r.list().len(), 1);
     rtx.send_blocking(()).unwrap();
     slow.join().unwrap().unwrap();
@@ -314,6 +333,7 @@ fn metrics_follow_exports() {
         cache_dir: f.dir.path().into(),
         max_exports: 10,
         open_concurrency: 1,
+        reopen_backoff: crate::rules::REOPEN_BACKOFF,
     };
     let m = Metrics::new(true, "v", "s").unwrap();
     let r = Router::new(cfg, f.vols.clone(), None, m.clone()).unwrap();
@@ -333,7 +353,7 @@ fn metrics_follow_exports() {
     assert!(text.contains("glidefs_io_bytes_total{export=\"m1\",op=\"read\"} 4096"));
     assert!(text.contains("glidefs_exports 1"));
     assert!(text.contains("glidefs_cache_hits_total{export=\"m1\"} 1"));
-    block_on(r.delete("m1", true)).unwrap();
+    block_on(r.delete("m1", true, false)).unwrap();
     assert!(!m.render().contains("export=\"m1\""));
 }
 
@@ -351,6 +371,7 @@ fn shutdown_waits_for_operations_in_flight() {
         cache_dir: dir.path().into(),
         max_exports: 10,
         open_concurrency: 1,
+        reopen_backoff: crate::rules::REOPEN_BACKOFF,
     };
     let r = Router::new(
         cfg,
@@ -398,4 +419,175 @@ fn grow_that_loses_the_device_is_repaired_by_put() {
     );
     assert_eq!(f.registry()["g"].size_bytes, 8192);
     assert_eq!(f.devs.devices.lock().get(&0), Some(&8192));
+}
+
+#[test]
+fn purge_of_a_failed_export_another_host_holds_changes_nothing_unless_forced() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("vm-1", 4096)).unwrap();
+    r.shutdown(false);
+    // While this daemon is down, host B takes vm-1: the restart leaves it failed.
+    f.vols
+        .held_elsewhere
+        .lock()
+        .insert("vm-1".into(), "host-b".into());
+    let r = f.router(10, true);
+    assert_eq!(r.get("vm-1").unwrap().state, ExportState::Failed);
+    let before = r.get("vm-1").unwrap();
+    let err = block_on(r.delete("vm-1", true, false)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("host-b"), "{err}");
+    assert!(
+        f.vols.store.lock().contains_key("vm-1"),
+        "B's volume purged"
+    );
+    assert_eq!(r.get("vm-1").unwrap(), before, "export changed");
+    assert!(f.registry().contains_key("vm-1"));
+    let err = block_on(r.delete("vm-1", false, true)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "force without purge: {err}");
+    block_on(r.delete("vm-1", true, true)).unwrap();
+    assert!(!f.vols.store.lock().contains_key("vm-1"));
+    assert!(r.get("vm-1").is_err() && !f.registry().contains_key("vm-1"));
+}
+
+/// Issue 14 item 7: a crash between growing the volume in the store and recording
+/// the new size in the registry (the store is then larger than the registry).
+fn crash_during_grow(f: &Fixture, name: &str) {
+    let r = f.router(10, true);
+    block_on(r.put(name, 4096)).unwrap();
+    r.shutdown(false);
+    let v = f.vols.store.lock()[name].clone();
+    block_on(v.grow(8192)).unwrap();
+    assert_eq!(f.registry()[name].size_bytes, 4096);
+}
+
+#[test]
+fn a_crash_during_grow_is_recovered_at_the_larger_size() {
+    let f = Fixture::new();
+    crash_during_grow(&f, "g");
+    let r = f.router(10, true);
+    let info = r.get("g").unwrap();
+    assert_eq!(info.state, ExportState::Live, "{info:?}");
+    assert_eq!(info.size_bytes, 8192);
+    assert_eq!(f.registry()["g"].size_bytes, 8192, "registry fixed");
+    assert_eq!(f.devs.devices.lock().get(&0), Some(&8192));
+}
+
+#[test]
+fn a_crash_during_grow_is_repaired_by_put() {
+    let f = Fixture::new();
+    crash_during_grow(&f, "g");
+    // The store is unreachable at restart; the export fails, then PUT repairs it.
+    f.vols.fail.lock().insert("g".into());
+    let r = f.router(10, true);
+    assert_eq!(r.get("g").unwrap().state, ExportState::Failed);
+    f.vols.fail.lock().clear();
+    let (info, out) = block_on(r.put("g", 8192)).unwrap();
+    assert_eq!(
+        (out, info.size_bytes, info.state),
+        (PutOutcome::Repaired, 8192, ExportState::Live)
+    );
+    assert_eq!(f.registry()["g"].size_bytes, 8192);
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Issue 14 item 9: the store is down while the daemon restarts (after kill -9).
+#[test]
+fn a_store_outage_at_restart_keeps_devices_and_reattaches_them() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("a", 4096)).unwrap();
+    block_on(r.put("b", 8192)).unwrap();
+    block_on(r.put("moved", 4096)).unwrap();
+    r.shutdown(false);
+    drop(r);
+    f.vols
+        .fail
+        .lock()
+        .extend(["a".to_string(), "b".to_string()]);
+    f.vols
+        .held_elsewhere
+        .lock()
+        .insert("moved".into(), "host-b".into());
+    let fast = crate::backoff::Backoff {
+        base: std::time::Duration::from_millis(20),
+        max: std::time::Duration::from_millis(100),
+    };
+    let r = f.router_with(10, true, fast);
+    for n in ["a", "b", "moved"] {
+        assert_eq!(r.get(n).unwrap().state, ExportState::Failed, "{n}");
+        assert!(f.registry().contains_key(n), "{n} left the registry");
+    }
+    // The devices of exports waiting for the store stay (quiesced); the device of
+    // the volume another host holds goes, as before.
+    let ids: Vec<u32> = f.devs.devices.lock().keys().copied().collect();
+    assert_eq!(ids, [0, 1], "devices of a, b kept, moved's deleted");
+    // The store comes back: both are re-attached on their own, same devices.
+    f.vols.fail.lock().clear();
+    wait_until("a and b live again", || {
+        ["a", "b"]
+            .iter()
+            .all(|n| r.get(n).unwrap().state == ExportState::Live)
+    });
+    assert_eq!(r.get("a").unwrap().device.as_deref(), Some("/dev/ublkb0"));
+    assert_eq!(r.get("b").unwrap().device.as_deref(), Some("/dev/ublkb1"));
+    assert_eq!(f.devs.devices.lock().get(&1), Some(&8192));
+    assert_eq!(r.get("moved").unwrap().state, ExportState::Failed);
+    assert_eq!(f.registry()["a"].dev_id, Some(0));
+}
+
+#[test]
+fn a_waiting_export_keeps_its_device_until_deleted() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("a", 4096)).unwrap();
+    block_on(r.put("b", 4096)).unwrap();
+    r.shutdown(false);
+    f.vols
+        .fail
+        .lock()
+        .extend(["a".to_string(), "b".to_string()]);
+    let r = f.router(10, true);
+    assert_eq!(f.devs.devices.lock().len(), 2);
+    // Deleting a waiting export deletes its device (the purge needs the store).
+    f.vols.fail.lock().remove("a");
+    block_on(r.delete("a", true, false)).unwrap();
+    assert_eq!(
+        f.devs.devices.lock().keys().copied().collect::<Vec<_>>(),
+        [1]
+    );
+    // A PUT repairs the other one in place, before the background re-open does.
+    f.vols.fail.lock().clear();
+    let (info, out) = block_on(r.put("b", 4096)).unwrap();
+    assert_eq!(
+        (out, info.device.as_deref()),
+        (PutOutcome::Repaired, Some("/dev/ublkb1"))
+    );
+    r.shutdown(true);
+    assert!(f.devs.devices.lock().is_empty());
+}
+
+#[test]
+fn a_waiting_export_grown_by_put_gets_a_device_of_the_new_size() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("a", 4096)).unwrap();
+    r.shutdown(false);
+    f.vols.fail.lock().insert("a".into());
+    let r = f.router(10, true);
+    assert_eq!(f.devs.devices.lock().get(&0), Some(&4096), "device waits");
+    f.vols.fail.lock().clear();
+    let (info, out) = block_on(r.put("a", 8192)).unwrap();
+    assert_eq!((out, info.size_bytes), (PutOutcome::Repaired, 8192));
+    assert_eq!(info.device.as_deref(), Some("/dev/ublkb0"));
+    assert_eq!(f.devs.devices.lock().get(&0), Some(&8192));
+    assert_eq!(f.registry()["a"].size_bytes, 8192);
 }

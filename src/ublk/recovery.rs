@@ -10,7 +10,10 @@
 //! - absent: added with the same id.
 //!
 //! Devices of ours with no known target (orphans) are deleted with a log line; other
-//! programs' devices are never touched. Devices are handled in parallel, bounded by
+//! programs' devices are never touched. Known devices whose target does not arrive
+//! (the volume could not be opened: e.g. the store is down) are left QUIESCED, so the
+//! guest's I/O waits instead of failing; [`UblkServer::reattach_device`] recovers one
+//! later, and the caller deletes those it gives up on. Devices are handled in parallel, bounded by
 //! [`BULK_PARALLELISM`], each as soon as its target is known
 //! ([`recover_devices_stream`]: the router hands targets over as volumes open).
 //!
@@ -53,13 +56,27 @@ impl UblkServer {
     /// [`recover_devices`](Self::recover_devices) with the targets arriving one by
     /// one on `targets` (e.g. as their volumes open): each device is recovered as
     /// soon as its target arrives. `known` lists every id that may arrive; known ids
-    /// whose target never arrives are deleted at the end, like orphans.
+    /// whose target never arrives are left as they are (QUIESCED) for a later
+    /// [`reattach_device`](Self::reattach_device) or delete.
     pub fn recover_devices_stream(
         &self,
         known: Vec<u32>,
         targets: std::sync::mpsc::Receiver<(u32, Arc<dyn IoTarget>)>,
     ) -> Vec<(u32, Result<DeviceInfo, UblkError>)> {
         recover_devices_stream(self, known, targets)
+    }
+
+    /// Recover one device of ours after start-up recovery (its volume opened late):
+    /// QUIESCED → re-attached in place with `target`, absent → added with the same
+    /// id. Unlike recovery, nothing else is touched.
+    pub fn reattach_device(
+        &self,
+        dev_id: u32,
+        target: Arc<dyn IoTarget>,
+    ) -> Result<DeviceInfo, UblkError> {
+        self.check_running()?;
+        let info = self.ctrl.raw_dev_info(dev_id).ok();
+        recover_one(self, dev_id, info, target, &StepTimes::default())
     }
 }
 
@@ -80,8 +97,8 @@ pub(crate) fn recover_devices(
 /// [`recover_devices`] with the targets arriving on `targets` (e.g. as their volumes
 /// open), each device recovered as soon as its target arrives. `known` lists every
 /// id that may arrive: devices of ours outside it are orphans, deleted first; known
-/// ids whose target never arrives (the channel closed without it) are deleted at the
-/// end, as orphans would have been.
+/// ids whose target never arrives (the channel closed without it) are left QUIESCED
+/// for the caller to re-attach or delete (a store outage must not cost the devices).
 pub(crate) fn recover_devices_stream(
     server: &UblkServer,
     known: Vec<u32>,
@@ -126,12 +143,16 @@ pub(crate) fn recover_devices_stream(
     });
     results.sort_by_key(|(id, _)| *id);
     let arrived: HashSet<u32> = results.iter().map(|(id, _)| *id).collect();
-    let never: Vec<u32> = known
+    let waiting = known
         .iter()
         .filter(|id| !arrived.contains(id) && ours_unserved(id))
-        .copied()
-        .collect();
-    delete_orphans(server, never);
+        .count();
+    if waiting > 0 {
+        tracing::warn!(
+            devices = waiting,
+            "ublk devices left quiesced: their volumes did not open"
+        );
+    }
     let ok = results.iter().filter(|(_, r)| r.is_ok()).count();
     tracing::info!(
         devices = results.len(),

@@ -1,10 +1,12 @@
 //! Store-level operations on a volume that need no open volume (exists, purge) and
 //! growing an open one: everything that changes the meta object after creation.
+//! Purge obeys the lease: it never deletes a volume another host holds, unless forced.
 
 use super::keys::VolumeKeys;
+use super::lease::{inspect, Holder, Rules};
 use super::manifest::VolumeMeta;
 use super::meta_io::{check_name, meta_bytes, read_meta};
-use super::{Inner, VolumeError};
+use super::{Inner, VolumeConfig, VolumeError};
 use crate::store::{ObjectStore, PutCondition};
 use std::sync::atomic::Ordering;
 
@@ -18,9 +20,39 @@ pub(crate) async fn exists_in_store(
         .map(|(m, _)| m.size_bytes))
 }
 
-pub(crate) async fn purge(store: &dyn ObjectStore, name: &str) -> Result<(), VolumeError> {
+/// Delete every object of `name`, the lease last. First asks who holds the lease:
+/// another owner whose lease is not stale may be serving the volume right now, so
+/// unless `force` (an operator who knows that host is gone) this deletes nothing and
+/// returns [`VolumeError::LeaseHeld`] naming the holder.
+pub(crate) async fn purge(
+    store: &dyn ObjectStore,
+    name: &str,
+    rules: Rules<'_>,
+    force: bool,
+) -> Result<(), VolumeError> {
     check_name(name)?;
     let keys = VolumeKeys::new(name);
+    if let Holder::Other {
+        lease,
+        age_ms,
+        stale,
+    } = inspect(store, &keys, rules).await?
+    {
+        if !stale && !force {
+            return Err(VolumeError::LeaseHeld {
+                owner: lease.holder(),
+                age_ms,
+            });
+        }
+        tracing::warn!(
+            volume = name,
+            holder = %lease.holder(),
+            age_ms,
+            stale,
+            force,
+            "purging a volume whose lease another host held"
+        );
+    }
     let (meta, lease) = (keys.meta(), keys.lease());
     for o in store.list(keys.root()).await? {
         if o.key != meta && o.key != lease {
@@ -41,20 +73,96 @@ pub(crate) async fn grow(inner: &Inner, new_size: u64) -> Result<(), VolumeError
     if new_size == g.0.size_bytes {
         return Ok(());
     }
+    // The cache file first: a size the cache filesystem cannot hold is refused
+    // before the store hears of it, and the volume keeps serving at its old size.
+    let old_size = g.0.size_bytes;
+    inner
+        .data
+        .set_len(new_size)
+        .map_err(|e| too_large_or_io(&inner.cfg, new_size, e))?;
     let m = VolumeMeta {
         size_bytes: new_size,
         ..g.0.clone()
     };
     let key = inner.keys.meta();
-    let etag = inner
+    let etag = match inner
         .store
         .put_if(&key, meta_bytes(&m)?, PutCondition::IfMatch(g.1.clone()))
-        .await?;
-    inner
-        .data
-        .set_len(new_size)
-        .map_err(|e| inner.fail("growing cache file", e))?;
+        .await
+    {
+        Ok(etag) => etag,
+        Err(e) => {
+            // Nothing beyond the old size holds data: give the space back.
+            if let Err(err) = inner.data.set_len(old_size) {
+                tracing::warn!(volume = %inner.cfg.name, error = %err, "shrinking the cache file back after a failed grow");
+            }
+            return Err(e.into());
+        }
+    };
     *g = (m, etag);
     inner.size.store(new_size, Ordering::Release);
     Ok(())
+}
+
+/// A cache file that cannot be `size` bytes long: EFBIG (or EINVAL) means the cache
+/// filesystem's file size limit, an invalid size for this host; anything else is an
+/// I/O error.
+fn too_large_or_io(cfg: &VolumeConfig, size: u64, e: std::io::Error) -> VolumeError {
+    match e.raw_os_error() {
+        Some(libc::EFBIG) | Some(libc::EINVAL) => VolumeError::Invalid(format!(
+            "the cache filesystem of {} cannot hold a {} cache file ({e}); ext4 holds at most 16T per file: use a smaller size or put cache.dir on XFS",
+            cfg.cache_dir.display(),
+            crate::size::format_size(size)
+        )),
+        _ => VolumeError::io(
+            format!("sizing the cache file in {}", cfg.cache_dir.display()),
+            e,
+        ),
+    }
+}
+
+/// Name of the probe file [`check_cache_capacity`] sizes and removes.
+#[allow(dead_code)] // until open.rs calls check_cache_capacity (issue 14, item 8)
+const CAPACITY_PROBE: &str = "capacity-probe";
+
+/// Check, before anything is written to the store, that the cache filesystem can
+/// hold this volume's cache file at `size` bytes: create the cache dir, size a
+/// sparse probe file in it to `size` (no space is allocated) and remove it. Fails
+/// with [`VolumeError::Invalid`] naming the size when the filesystem's file size
+/// limit is lower (ext4: 16 TiB; exports allow 64 TiB).
+#[allow(dead_code)] // until open.rs calls it before creating the meta object
+pub(crate) fn check_cache_capacity(cfg: &VolumeConfig, size: u64) -> Result<(), VolumeError> {
+    let dir = &cfg.cache_dir;
+    let fs = &cfg.fileio;
+    fs.create_dir_all(dir)
+        .map_err(|e| VolumeError::io(format!("creating cache dir {}", dir.display()), e))?;
+    let probe = dir.join(CAPACITY_PROBE);
+    let f = fs
+        .open(&probe, true)
+        .map_err(|e| VolumeError::io(format!("creating {}", probe.display()), e))?;
+    let sized = f.set_len(size);
+    drop(f);
+    let removed = fs.remove_file(&probe);
+    sized.map_err(|e| too_large_or_io(cfg, size, e))?;
+    removed.map_err(|e| VolumeError::io(format!("removing {}", probe.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::{FileIo, SimFs};
+    use std::sync::Arc;
+
+    #[test]
+    fn capacity_is_probed_without_leaving_a_file() {
+        let fs = SimFs::new();
+        fs.fail_set_len_above(1 << 20);
+        let mut cfg = VolumeConfig::new("v", 0, "/sim/cache/v");
+        cfg.fileio = Arc::new(fs.clone());
+        check_cache_capacity(&cfg, 1 << 20).unwrap();
+        let err = check_cache_capacity(&cfg, 2 << 20).unwrap_err();
+        assert!(matches!(err, VolumeError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("2M"), "{err}");
+        assert!(!fs.exists(&cfg.cache_dir.join(CAPACITY_PROBE)));
+    }
 }

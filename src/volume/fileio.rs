@@ -239,6 +239,8 @@ struct SimFile(Mutex<SimData>);
 struct SimState {
     files: HashMap<PathBuf, Arc<SimFile>>,
     boot: u64,
+    /// `set_len` beyond this fails with EFBIG (0: no limit), like ext4 at 16 TiB.
+    max_len: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// In-memory file system with page-cache semantics, for crash tests.
@@ -308,6 +310,15 @@ impl SimFs {
         d.cur = img;
     }
 
+    /// From now on `set_len` beyond `max` bytes fails with EFBIG, as on a file
+    /// system whose largest file is smaller than the volume (ext4: 16 TiB).
+    pub fn fail_set_len_above(&self, max: u64) {
+        self.0
+            .lock()
+            .max_len
+            .store(max, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Flip one byte of a file (corruption tests). Returns false if out of range.
     pub fn corrupt(&self, path: &Path, off: u64) -> bool {
         let st = self.0.lock();
@@ -328,7 +339,7 @@ impl SimFs {
     }
 }
 
-struct SimHandle(Arc<SimFile>);
+struct SimHandle(Arc<SimFile>, Arc<std::sync::atomic::AtomicU64>);
 
 impl FileHandle for SimHandle {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
@@ -369,6 +380,10 @@ impl FileHandle for SimHandle {
         Ok(self.0 .0.lock().cur.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        let max = self.1.load(std::sync::atomic::Ordering::SeqCst);
+        if max != 0 && len > max {
+            return Err(io::Error::from_raw_os_error(libc::EFBIG));
+        }
         // Size changes are metadata: durable at once in the simulator.
         let mut d = self.0 .0.lock();
         let n = len as usize;
@@ -388,15 +403,16 @@ fn not_found(p: &Path) -> io::Error {
 impl FileIo for SimFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn FileHandle>> {
         let mut st = self.0.lock();
+        let max = st.max_len.clone();
         if let Some(f) = st.files.get(path) {
-            return Ok(Arc::new(SimHandle(f.clone())));
+            return Ok(Arc::new(SimHandle(f.clone(), max)));
         }
         if !create {
             return Err(not_found(path));
         }
         let f = Arc::new(SimFile::default());
         st.files.insert(path.to_path_buf(), f.clone());
-        Ok(Arc::new(SimHandle(f)))
+        Ok(Arc::new(SimHandle(f, max)))
     }
     fn exists(&self, path: &Path) -> bool {
         let st = self.0.lock();

@@ -25,7 +25,7 @@
 //! VolumeConfig::new(name, size, cache_dir) + pub fields
 //! Volume::open(cfg, store) -> Result<Arc<Volume>, VolumeError>   // create, reopen, or cold wake
 //! Volume::exists_in_store(&store, name) -> Result<Option<u64 /*size*/>, VolumeError>
-//! Volume::purge(&store, name) -> Result<(), VolumeError>          // remote objects only
+//! Volume::purge(&store, name, rules, force) -> Result<(), VolumeError> // remote objects only
 //! Volume::purge_cache(&cfg) -> Result<(), VolumeError>            // local cache dir
 //! vol.size_bytes() -> u64
 //! vol.read(offset, &mut buf).await; vol.write(offset, &data, fua).await
@@ -382,9 +382,16 @@ impl Volume {
     }
 
     /// Delete every object of volume `name` (segments, manifests, meta, lease last).
-    /// The caller must have closed the volume.
-    pub async fn purge(store: &Arc<dyn ObjectStore>, name: &str) -> Result<(), VolumeError> {
-        admin::purge(store.as_ref(), name).await
+    /// The caller must have closed the volume. Refused with
+    /// [`VolumeError::LeaseHeld`] (nothing deleted) while another owner than
+    /// `rules.owner` holds a lease that is not stale, unless `force`.
+    pub async fn purge(
+        store: &Arc<dyn ObjectStore>,
+        name: &str,
+        rules: lease::Rules<'_>,
+        force: bool,
+    ) -> Result<(), VolumeError> {
+        admin::purge(store.as_ref(), name, rules, force).await
     }
 
     /// Delete the local cache directory of a (closed) volume. Dirty data it still

@@ -91,8 +91,7 @@ umount "$mnt"
 # Cold wake: the store alone must hold the filesystem.
 export_drain fs
 stop_daemon
-rm -rf "$CACHE_DIR"
-mkdir -p "$CACHE_DIR"
+wipe_cache
 start_daemon "$DAEMON_CONFIG"
 wait_ready 300
 export_create fs "$SIZE"

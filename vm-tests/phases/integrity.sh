@@ -40,9 +40,7 @@ DEV=""
 cold_restart() {
     export_drain "$NAME"
     stop_daemon
-    log "wiping the cache dir $CACHE_DIR"
-    rm -rf "$CACHE_DIR"
-    mkdir -p "$CACHE_DIR"
+    wipe_cache
     start_daemon "$DAEMON_CONFIG" "${MODE_ENV[@]}"
     wait_ready 300
     export_create "$NAME" "$SIZE"

@@ -293,6 +293,16 @@ daemon_rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON_PID/status"; }
 daemon_vmsize_kb() { awk '/^VmSize:/ {print $2}' "/proc/$DAEMON_PID/status"; }
 daemon_threads() { awk '/^Threads:/ {print $2}' "/proc/$DAEMON_PID/status"; }
 
+# wipe_cache: empties $CACHE_DIR (daemon stopped) except this host's identity
+# (host-id): the volumes can then only come from the store, and this is still the
+# host that holds their leases. A new host id is another host, which has to wait for
+# the lease TTL (or a takeover) before it may open them.
+wipe_cache() {
+    log "wiping the cache dir $CACHE_DIR (keeping host-id)"
+    [ -d "$CACHE_DIR" ] && find "$CACHE_DIR" -mindepth 1 -maxdepth 1 ! -name host-id -exec rm -rf {} +
+    mkdir -p "$CACHE_DIR"
+}
+
 # ---------------------------------------------------------------- HTTP API
 
 # api METHOD PATH [JSON_BODY]: sets API_STATUS (HTTP code, 000 if no answer) and
