@@ -560,7 +560,7 @@ round_partition() {
     st="$(proxy_ctl status)"
     echo "$st" | jq . >"$RESULTS_DIR/proxy-r1.json"
     local late_seg
-    late_seg="$(jq -r '[.late[] | select(.request | test("/seg/")) | "\(.request) -> \(.status)"] | join("; ")' <<<"$st")"
+    late_seg="$(jq -r '[.late[] | select(.request | test("^PUT .*/seg/")) | "\(.request) -> \(.status)"] | join("; ")' <<<"$st")"
     [ -n "$late_seg" ] || fail "round 1 did not exercise a late PUT: no held segment PUT was delivered after the partition (proxy-r1.json)"
     log "late segment PUTs delivered: $late_seg"
     record_figure r1_late_requests "$(jq '.late | length' <<<"$st")"
