@@ -27,7 +27,7 @@
 # and the phase goes on after a failed one; it fails at the end naming them all.
 # Setup errors (daemon, moto, proxy, mkfs, mount) fail at once.
 # ublks_max: 8
-# deadline: 1500
+# deadline: 2400
 # needs: glidefs moto
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -38,6 +38,9 @@ ROUNDS="${TAKEOVER_ROUNDS:-partition kill}"
 TREE_FILES="${TAKEOVER_TREE_FILES:-24}"
 # The API of the features issue 14 adds (docs/operations.md once they land).
 DIVERGED_PATH="${TAKEOVER_DIVERGED_PATH:-/api/diverged}"
+# A request to a daemon stuck somewhere is a finding, not a 10-minute wait (drains
+# and deletes set their own).
+API_TIMEOUT=120
 TTL_S="${TTL%s}"
 [[ "$TTL_S" =~ ^[0-9]+$ ]] || fail "TAKEOVER_TTL must be whole seconds like 12s, got $TTL"
 
@@ -113,10 +116,12 @@ use() {
     DAEMON_LOG="${D_LOG[$1]:-}"
 }
 
-# start_node NODE: `glidefs run` in its own mount and UTS namespace (hostname
-# takeover-a / takeover-b: the lease names the holder's hostname), log daemon.N.log.
+# start_node NODE [CHECK-ID]: `glidefs run` in its own mount and UTS namespace
+# (hostname takeover-a / takeover-b: the lease names the holder's hostname), log
+# daemon.N.log. Without CHECK-ID a daemon not ready within 180 s fails the phase;
+# with it, that is a failed check (thread stacks in stuck.N.txt) and the phase goes on.
 start_node() {
-    local n="$1"
+    local n="$1" id="${2:-}"
     DAEMON_N=$((DAEMON_N + 1))
     D_LOG[$n]="$RESULTS_DIR/daemon.$DAEMON_N.log"
     log "starting daemon $n #$DAEMON_N (hostname ${D_HOST[$n]}, config ${D_CFG[$n]})"
@@ -127,7 +132,22 @@ start_node() {
     D_PID[$n]=$!
     DAEMON_START_MS="$(now_ms)"
     use "$n"
-    wait_ready 180
+    [ -n "$id" ] || { wait_ready 180; return 0; }
+    local end=$((SECONDS + 180))
+    until curl -fsS -o /dev/null --max-time 5 "$API/health/ready" 2>/dev/null; do
+        if ! kill -0 "${D_PID[$n]}" 2>/dev/null; then
+            bad "$id" "daemon $n should restart and become ready; it exited (${D_LOG[$n]})"
+            D_PID[$n]=""
+            return 1
+        fi
+        if [ "$SECONDS" -ge "$end" ]; then
+            dump_stuck "daemon $n not ready 180 s after its start"
+            bad "$id" "daemon $n should become ready (GET /health/ready 200) within 180 s of its restart; still $(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$API/health/ready") (stacks: stuck.$STUCK_N.txt)"
+            return 1
+        fi
+        sleep 0.5
+    done
+    ok "$id" "daemon $n ready $(($(now_ms) - DAEMON_START_MS)) ms after its restart"
 }
 
 kill9_node() {
@@ -460,7 +480,7 @@ check_diverged() {
             bad "$id-data" "the set-aside path (${path:-none}) should hold the data A acknowledged after the drain (marker $marker); $( [ -e "${path:-/nonexistent}" ] && echo "marker not found in it" || echo "path absent"); $name's data in A's cache dir: $(grep -rlaF "$marker" "${D_CACHE[A]}" 2>/dev/null | head -n 3 | tr '\n' ' ')"
         fi
     fi
-    out="$("$GLIDEFS_BIN" diverged list --api "${D_API[A]}" 2>&1)" || true
+    out="$(timeout 60 "$GLIDEFS_BIN" diverged list --api "${D_API[A]}" 2>&1)" || true
     echo "$out" >"$RESULTS_DIR/cli-diverged.$name.txt"
     expect "$id-cli" "glidefs diverged list names $name" \
         "glidefs diverged list --api ${D_API[A]} should name $name; it printed: $(head -n 3 <<<"$out" | tr '\n' ' ')" \
@@ -543,7 +563,7 @@ round_partition() {
     acked="$(awk '$4 == 0' "$wlog" | wc -l)"
     record_figure r1_writes_acked "$acked"
     expect "$r.a-no-ack-after-ttl" "A acknowledged no fsync later than the TTL after the partition ($acked acknowledged before)" \
-        "A should acknowledge no write+fsync later than $TTL after losing the store; it acknowledged $late_acks (the last $(( ($(awk '$4 == 0 {t = $3} END {printf "%d", t}' "$wlog") - t_stall) / 1000 )) s after)" \
+        "A should acknowledge no write+fsync later than $TTL after losing the store; it acknowledged $late_acks (the last $(( ($(awk '$4 == 0 {t = $3} END {printf "%.0f", t}' "$wlog") - t_stall) / 1000 )) s after)" \
         [ "$late_acks" = 0 ]
     eio="$(awk '$4 != 0' "$wlog" | grep -c 'Input/output error' || true)"
     expect "$r.a-eio" "A's writes failed with EIO ($eio times; first: $(awk '$4 != 0' "$wlog" | head -n1))" \
@@ -659,7 +679,12 @@ round_kill() {
     lease_b="$(store_lease "$name")"
     log "lease of $name after B's takeover: $lease_b"
 
-    start_node A
+    start_node A "$r.a-restart-ready" || true
+    # A's restart must not touch B's devices (another daemon's, not orphans).
+    bounded 120 hash_dev "$DEV_B"
+    expect "$r.b-survives-a-restart" "B's $name device $DEV_B still reads the drained image after A's restart" \
+        "B's $name device $DEV_B should still read the drained image after A's restart (A's recovery must leave another daemon's devices alone); read status $BOUNDED_RC, sha256 ${BOUNDED_OUT:-none}, device $( [ -b "$DEV_B" ] && echo present || echo gone)" \
+        [ "$BOUNDED_RC:${BOUNDED_OUT// /}" = "0:$DRAINED_DEV_HASH" ]
     get_state A "$name"
     expect "$r.a-failed" "restarted A shows $name failed: $(jq -c '{state,error}' <<<"$API_BODY")" \
         "restarted A should show $name as \"failed\" (lease held by B); it shows $STATE: $API_BODY" \
