@@ -21,8 +21,9 @@
 #  Round "kill" (vm-2): the same up to the drain; the proxy drops A's store
 #   connections (so what A writes next is certainly dirty), A writes, kill -9 A.
 #   B is refused before the TTL, takes over after it and sees exactly the drained
-#   image. A restarted: vm-2 is `failed` (lease held by B), its dirty data still
-#   in A's cache dir; A's plain DELETE sets it aside (GET /api/diverged).
+#   image. A restarted: ready, B's devices untouched, vm-2 is `failed` (lease held
+#   by B), its dirty data still in A's cache dir; A's plain DELETE sets it aside
+#   (GET /api/diverged).
 # Every assertion is recorded in RESULTS_DIR/checks (PASS/FAIL id: expected, seen)
 # and the phase goes on after a failed one; it fails at the end naming them all.
 # Setup errors (daemon, moto, proxy, mkfs, mount) fail at once.
