@@ -68,6 +68,20 @@ enum Command {
         /// The file to check.
         file: PathBuf,
     },
+    /// Dirty data a daemon set aside because another host wrote its volume
+    /// (docs/operations.md, "Diverged data").
+    Diverged {
+        /// API address: http://host:port, unix:/path or a socket path.
+        #[arg(
+            long,
+            env = "GLIDEFS_API",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        api: String,
+        #[command(subcommand)]
+        command: DivergedCommand,
+    },
     /// Manage exports of a running daemon through its API.
     Export {
         /// API address: http://host:port, unix:/path or a socket path.
@@ -84,6 +98,12 @@ enum Command {
         #[command(subcommand)]
         command: ExportCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum DivergedCommand {
+    /// One line per set-aside directory: export, dirty bytes, when, path.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -132,6 +152,16 @@ fn main() {
         } => exit_code(run(config.as_deref(), stop_devices)),
         Command::Init { file } => exit_code(init(&file)),
         Command::CheckConfig { file } => exit_code(check_config(&file)),
+        Command::Diverged {
+            api,
+            command: DivergedCommand::List,
+        } => match diverged_list(&api) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("glidefs: {e:#}");
+                1
+            }
+        },
         Command::Export {
             api,
             timeout,
@@ -257,7 +287,7 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
             bail!("ublk is not available (/dev/ublk-control missing): `modprobe ublk_drv`, or set [ublk] enabled = false to serve exports without block devices");
         }
         Some(Arc::new(
-            UblkDevices::start(ublk_options(&cfg)).context("starting the ublk server")?,
+            UblkDevices::start(ublk_options(&cfg, &host)).context("starting the ublk server")?,
         ))
     } else {
         tracing::warn!("[ublk] enabled = false: exports get volumes but no block device");
@@ -329,6 +359,31 @@ fn is_loopback(l: &glidefs::config::Listen) -> bool {
         glidefs::config::Listen::Tcp(a) => a.ip().is_loopback(),
         glidefs::config::Listen::Unix(_) => true,
     }
+}
+
+fn diverged_list(api: &str) -> Result<i32> {
+    let client = Client::new(Endpoint::parse(api)?, Some(Duration::from_secs(60)));
+    let resp = client.request("GET", "/api/diverged", None)?;
+    if resp.status >= 400 {
+        eprintln!("glidefs: {} (HTTP {})", resp.error_message(), resp.status);
+        return Ok(4);
+    }
+    let v: serde_json::Value = serde_json::from_str(&resp.body).context("response is not JSON")?;
+    let list = v["diverged"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        println!("no diverged data");
+    }
+    for e in list {
+        println!(
+            "{}\t{} dirty bytes\t{} ms\t{}\t{}",
+            e["name"].as_str().unwrap_or("?"),
+            e["dirty_bytes"],
+            e["created_ms"],
+            e["reason"].as_str().unwrap_or("?"),
+            e["path"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(0)
 }
 
 fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {

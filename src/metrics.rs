@@ -40,6 +40,10 @@ pub trait StatsSource: Send + Sync + 'static {
     fn pool(&self) -> Option<PoolStats>;
     /// Number of exports (in any state).
     fn export_count(&self) -> usize;
+    /// `(state label, number of exports in it)` for every export state.
+    fn export_states(&self) -> Vec<(&'static str, usize)> {
+        Vec::new()
+    }
 }
 
 /// Pre-resolved handles for one export's I/O path.
@@ -296,6 +300,7 @@ struct ScrapeCollector {
     flush_errors: IntCounterVec,
     dirty_bytes: IntGaugeVec,
     exports: IntGauge,
+    exports_by_state: IntGaugeVec,
     pool_acquires: IntCounter,
     pool_waits: IntCounter,
     pool_workers: IntGauge,
@@ -331,6 +336,13 @@ impl ScrapeCollector {
                 lbl,
             )?,
             exports: IntGauge::with_opts(opts("exports", "Number of exports."))?,
+            exports_by_state: IntGaugeVec::new(
+                opts(
+                    "exports_by_state",
+                    "Exports per state: live, failed, fenced (another host took the lease), lease_expired (self-fenced: lease not renewed in time).",
+                ),
+                &["state"],
+            )?,
             pool_acquires: IntCounter::with_opts(opts(
                 "ublk_buffer_pool_acquires_total",
                 "I/O buffer slots acquired, all workers.",
@@ -363,6 +375,7 @@ impl Collector for ScrapeHandle {
         d.extend(s.flush_errors.desc());
         d.extend(s.dirty_bytes.desc());
         d.extend(s.exports.desc());
+        d.extend(s.exports_by_state.desc());
         d.extend(s.pool_acquires.desc());
         d.extend(s.pool_waits.desc());
         d.extend(s.pool_workers.desc());
@@ -426,6 +439,12 @@ impl Collector for ScrapeHandle {
         s.exports
             .set(i64::try_from(source.export_count()).unwrap_or(i64::MAX));
         out.extend(s.exports.collect());
+        for (state, n) in source.export_states() {
+            if let Ok(g) = s.exports_by_state.get_metric_with_label_values(&[state]) {
+                g.set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        out.extend(s.exports_by_state.collect());
         if let Some(p) = source.pool() {
             counter_set(&s.pool_acquires, p.acquires);
             counter_set(&s.pool_waits, p.backpressure_waits);

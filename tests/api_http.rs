@@ -641,8 +641,11 @@ fn an_interrupted_grow_is_recovered_at_the_stored_size() {
     );
 }
 
+/// A failed export's delete without purge leaves the store alone and removes its
+/// local cache; dirty data in it would be set aside first (volume::diverged, see
+/// tests/volume_ownership.rs), here the cache is clean.
 #[test]
-fn deleting_a_failed_export_without_purge_keeps_its_cache() {
+fn deleting_a_failed_export_without_purge_leaves_the_store_alone() {
     let d = start(10);
     assert_eq!(d.put("vm-1", r#"{"size": "1M"}"#).0, 201);
     let d = start_in(stop(d), 10, None, false);
@@ -652,6 +655,9 @@ fn deleting_a_failed_export_without_purge_keeps_its_cache() {
     assert!(cache.exists());
     assert_eq!(d.req("DELETE", "/api/exports/vm-1", None).0, 200);
     assert!(d.exports().is_empty());
-    assert!(cache.exists(), "a failed export's cache was deleted");
+    assert!(!cache.join("data").exists(), "the clean cache stayed");
     assert!(d.store_keys().iter().any(|k| k.ends_with("vm-1/lease")));
+    let (code, body) = d.req("GET", "/api/diverged", None);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["diverged"], serde_json::json!([]), "{body}");
 }

@@ -178,6 +178,13 @@ pub fn handle(state: &ApiState, method: &str, url: &str, body: &[u8]) -> Reply {
             "GET" => Reply::json(200, json!({ "exports": state.router.list() })),
             _ => Reply::method_not_allowed("GET"),
         },
+        "/api/diverged" => match method {
+            "GET" => match state.router.diverged() {
+                Ok(list) => Reply::json(200, json!({ "diverged": list })),
+                Err(e) => router_error(e),
+            },
+            _ => Reply::method_not_allowed("GET"),
+        },
         "/api/exports/" if method == "GET" => {
             Reply::json(200, json!({ "exports": state.router.list() }))
         }

@@ -79,6 +79,11 @@ pub struct HostIdentity {
 }
 
 impl HostIdentity {
+    /// The tag of this daemon's ublk devices (see `ublk::device_marker`).
+    pub fn device_tag(&self) -> u32 {
+        crc32c::crc32c(self.id.as_bytes())
+    }
+
     /// Read `<cache_dir>/host-id`, creating the dir and the file (0600) on first use.
     pub fn load_or_create(cache_dir: &Path) -> Result<HostIdentity, IdentityError> {
         Ok(HostIdentity {

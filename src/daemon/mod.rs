@@ -73,9 +73,12 @@ impl VolumeSettings {
 }
 
 /// ublk server options from the config.
-pub fn ublk_options(cfg: &Config) -> UblkOptions {
+pub fn ublk_options(cfg: &Config, host: &HostIdentity) -> UblkOptions {
     let u = &cfg.ublk;
-    let mut o = UblkOptions::default();
+    let mut o = UblkOptions {
+        owner_tag: host.device_tag(),
+        ..UblkOptions::default()
+    };
     if u.workers > 0 {
         o.workers = u.workers as usize;
     }

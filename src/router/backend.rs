@@ -64,6 +64,11 @@ pub trait VolumeFactory: Send + Sync + 'static {
     async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError>;
     /// Delete `name`'s local cache files only (volume closed and drained).
     async fn forget_local(&self, name: &str) -> Result<(), BackendError>;
+    /// Dirty data set aside because it could no longer be uploaded (see
+    /// `volume::diverged`), all exports.
+    fn list_diverged(&self) -> Result<Vec<crate::volume::diverged::DivergedEntry>, BackendError> {
+        Ok(Vec::new())
+    }
 }
 
 /// A block device attached to an export: the ublk layer's own description.

@@ -72,6 +72,32 @@ pub enum ExportState {
     Live,
     /// Recovery or a later step failed; see `error`. A PUT retries, DELETE removes.
     Failed,
+    /// Another host took the volume's lease: writes fail; the dirty data this host
+    /// could not upload is set aside when the export is deleted (docs/operations.md,
+    /// "Fenced exports").
+    Fenced,
+    /// The lease could not be renewed in time (store unreachable): writes and FLUSHes
+    /// fail until a renewal succeeds (self-fencing).
+    LeaseExpired,
+}
+
+impl ExportState {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [ExportState; 4] = [
+        ExportState::Live,
+        ExportState::Failed,
+        ExportState::Fenced,
+        ExportState::LeaseExpired,
+    ];
+    /// The API / metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ExportState::Live => "live",
+            ExportState::Failed => "failed",
+            ExportState::Fenced => "fenced",
+            ExportState::LeaseExpired => "lease_expired",
+        }
+    }
 }
 
 /// What the API returns for an export.
@@ -256,6 +282,45 @@ impl Router {
         Ok(())
     }
 
+    fn state_of(e: &Entry) -> ExportState {
+        if e.error.is_some() {
+            return ExportState::Failed;
+        }
+        match e.volume.as_ref().map(|v| v.counters()) {
+            Some(c) if c.fenced => ExportState::Fenced,
+            Some(c) if c.lease_expired => ExportState::LeaseExpired,
+            _ => ExportState::Live,
+        }
+    }
+
+    /// Number of exports in each state.
+    pub fn state_counts(&self) -> Vec<(ExportState, usize)> {
+        let st = self.state.read();
+        ExportState::ALL
+            .iter()
+            .map(|&s| {
+                (
+                    s,
+                    st.exports
+                        .values()
+                        .filter(|e| Self::state_of(e) == s)
+                        .count(),
+                )
+            })
+            .collect()
+    }
+
+    /// Dirty data set aside on this host (see [`VolumeFactory::list_diverged`]).
+    pub fn diverged(&self) -> Result<Vec<crate::volume::diverged::DivergedEntry>, RouterError> {
+        self.volumes
+            .list_diverged()
+            .map_err(|e| RouterError::Backend {
+                name: String::new(),
+                op: "list diverged data",
+                source: e,
+            })
+    }
+
     fn info(name: &str, e: &Entry) -> ExportInfo {
         ExportInfo {
             name: name.to_string(),
@@ -263,11 +328,7 @@ impl Router {
             size: format_size(e.size_bytes),
             device: e.device.as_ref().map(|d| d.block_path.clone()),
             dev_id: e.device.as_ref().map(|d| d.dev_id),
-            state: if e.error.is_some() {
-                ExportState::Failed
-            } else {
-                ExportState::Live
-            },
+            state: Self::state_of(e),
             error: e.error.clone(),
         }
     }
@@ -485,6 +546,17 @@ impl StatsSource for RouterStats {
     }
     fn export_count(&self) -> usize {
         self.0.upgrade().map(|r| r.len()).unwrap_or(0)
+    }
+    fn export_states(&self) -> Vec<(&'static str, usize)> {
+        self.0
+            .upgrade()
+            .map(|r| {
+                r.state_counts()
+                    .into_iter()
+                    .map(|(s, n)| (s.label(), n))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

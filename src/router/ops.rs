@@ -5,7 +5,7 @@
 //! in-flight guard that shutdown waits for, and undoes what it did when a later step
 //! fails: a failed request leaves device, volume and registry as they were.
 
-use super::backend::{DeviceInfo, ExportVolume};
+use super::backend::{BackendError, DeviceInfo, ExportVolume};
 use super::error::{backend, RouterError};
 use super::{
     grow_to, open_registered, refuse_shrink, Entry, ExportInfo, PutOutcome, Reservation, Router,
@@ -291,9 +291,17 @@ impl Router {
         }
         if let Some(volume) = &e.volume {
             if !purge {
-                if let Err(err) = volume.drain().await {
-                    self.reattach(name, volume, &e).await;
-                    return Err(backend(name, "drain")(err));
+                match volume.drain().await {
+                    Ok(()) => {}
+                    // Another host owns the volume: nothing more can be uploaded; the
+                    // dirty data is set aside below (forget_local), never deleted.
+                    Err(err @ BackendError::Fenced(_)) => {
+                        tracing::warn!(export = name, error = %err, "deleting a fenced export: its dirty data is set aside, not uploaded");
+                    }
+                    Err(err) => {
+                        self.reattach(name, volume, &e).await;
+                        return Err(backend(name, "drain")(err));
+                    }
                 }
             }
             if let Err(err) = volume.close().await {
@@ -309,10 +317,15 @@ impl Router {
                 }
             }
         } else if !purge {
+            // A failed export's cache may hold data never uploaded: forget_local sets
+            // any dirty data aside (listed by GET /api/diverged) and removes the rest.
             tracing::warn!(
                 export = name,
-                "deleting a failed export: its local cache is kept"
+                "deleting a failed export: dirty data in its cache is set aside"
             );
+            if let Err(err) = self.volumes.forget_local(name).await {
+                tracing::warn!(export = name, error = %err, "removing local cache failed");
+            }
         }
         if purge && !purged_early {
             if let Err(err) = self.volumes.purge(name, force).await {

@@ -48,6 +48,8 @@ pub(crate) struct AddSpec {
     pub depth: u16,
     pub max_io_bytes: u32,
     pub flags: u64,
+    /// `ublksrv_flags`: the owner's device marker.
+    pub marker: u64,
 }
 
 /// A request to the control thread.
@@ -190,7 +192,7 @@ impl CtrlThread {
             .depth(spec.depth)
             .io_buf_bytes(spec.max_io_bytes)
             .ctrl_flags(spec.flags)
-            .ctrl_target_flags(super::GLIDEFS_DEV_MARKER)
+            .ctrl_target_flags(spec.marker)
             .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
             .build()
             .map_err(|e| UblkError::from_libublk("ADD_DEV", spec.dev_id, e))?;

@@ -33,6 +33,7 @@ fn opts(bounce: bool) -> UblkOptions {
         queue_depth: 32,
         pool_slots: 64,
         bounce_mode: bounce,
+        owner_tag: 0,
     }
 }
 

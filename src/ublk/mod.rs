@@ -19,10 +19,13 @@
 //! - [`mounts`]: detaching ublk mounts from the daemon's own mount namespace, so its
 //!   exit can never wait on a filesystem only it could sync.
 //!
-//! Which devices are "ours": every device glidefs creates carries
-//! [`GLIDEFS_DEV_MARKER`] in `ublksrv_ctrl_dev_info.ublksrv_flags`, a field the
-//! kernel stores verbatim for the device's lifetime and returns in GET_DEV_INFO.
-//! It survives the daemon, needs no state file, and cannot go stale.
+//! Which devices are "ours": every device a daemon creates carries
+//! [`device_marker`]`(owner_tag)` in `ublksrv_ctrl_dev_info.ublksrv_flags`, a field
+//! the kernel stores verbatim for the device's lifetime and returns in GET_DEV_INFO.
+//! It survives the daemon, needs no state file, and cannot go stale. The tag comes
+//! from the daemon's host id, so two daemons on one host (own cache dirs) never
+//! recover or delete each other's devices. Devices of versions before the tag carry
+//! [`LEGACY_DEV_MARKER`] and are still recognised.
 
 mod bounce;
 pub mod buffer_pool;
@@ -48,8 +51,14 @@ pub use mem_target::MemTarget;
 pub use server::UblkServer;
 pub use target::IoTarget;
 
-/// Marker stored in `ublksrv_flags` of every device glidefs creates ("glidefs\0").
-pub const GLIDEFS_DEV_MARKER: u64 = u64::from_be_bytes(*b"glidefs\0");
+/// Marker of devices created before markers named their daemon ("glidefs\0").
+pub const LEGACY_DEV_MARKER: u64 = u64::from_be_bytes(*b"glidefs\0");
+
+/// Marker stored in `ublksrv_flags` of every device the daemon with `owner_tag`
+/// creates: "glfs" then the tag (big endian).
+pub fn device_marker(owner_tag: u32) -> u64 {
+    (u64::from(u32::from_be_bytes(*b"glfs")) << 32) | u64::from(owner_tag)
+}
 
 /// Size of one data-plane buffer slot: one volume block.
 pub const IO_BUF_BYTES: usize = crate::BLOCK_SIZE;
@@ -69,6 +78,9 @@ pub struct UblkOptions {
     /// Use per-tag bounce buffers instead of USER_COPY. Also forced by the environment
     /// variable `GLIDEFS_BOUNCE_MODE=1`, and used when the kernel lacks USER_COPY.
     pub bounce_mode: bool,
+    /// Tags this daemon's devices among other daemons' on the host (the daemon
+    /// derives it from its host id; see [`device_marker`]).
+    pub owner_tag: u32,
 }
 
 impl Default for UblkOptions {
@@ -82,6 +94,7 @@ impl Default for UblkOptions {
             queue_depth: crate::rules::QUEUE_DEPTH,
             pool_slots: crate::rules::POOL_SLOTS,
             bounce_mode: false,
+            owner_tag: 0,
         }
     }
 }

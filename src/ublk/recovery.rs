@@ -31,7 +31,7 @@ use super::ctrl;
 use super::error::UblkError;
 use super::server::{parallel_map, UblkServer, BULK_PARALLELISM};
 use super::target::IoTarget;
-use super::{DeviceInfo, DeviceState, GLIDEFS_DEV_MARKER};
+use super::{DeviceInfo, DeviceState};
 
 /// How long to wait for the old char device to be released / a LIVE device with a
 /// dead server to turn QUIESCED.
@@ -127,7 +127,7 @@ pub(crate) fn recover_devices_stream(
     let ours_unserved = |id: &u32| {
         in_kernel
             .get(id)
-            .is_some_and(|info| info.ublksrv_flags == GLIDEFS_DEV_MARKER)
+            .is_some_and(|info| server.is_ours(info.ublksrv_flags))
             && !served.contains(id)
     };
     let orphans: Vec<u32> = in_kernel
@@ -218,7 +218,7 @@ fn recover_one(
     let Some(mut info) = info else {
         return server.add_device(Some(id), target);
     };
-    if info.ublksrv_flags != GLIDEFS_DEV_MARKER {
+    if !server.is_ours(info.ublksrv_flags) {
         return Err(UblkError::NotOurs(id));
     }
     let t_wait = Instant::now();

@@ -27,7 +27,7 @@ use super::params;
 use super::queue::QueueSpec;
 use super::target::IoTarget;
 use super::worker::{self, WorkerHandle};
-use super::{DeviceInfo, DeviceState, UblkOptions, GLIDEFS_DEV_MARKER};
+use super::{DeviceInfo, DeviceState, UblkOptions, LEGACY_DEV_MARKER};
 
 /// Parallelism of bulk operations (recovery, mass deletion).
 pub(crate) const BULK_PARALLELISM: usize = 8;
@@ -54,6 +54,13 @@ pub struct UblkServer {
 }
 
 impl UblkServer {
+    /// Whether a device with `ublksrv_flags` was created by this daemon (its marker,
+    /// or the untagged marker of earlier versions).
+    pub(crate) fn is_ours(&self, ublksrv_flags: u64) -> bool {
+        ublksrv_flags == super::device_marker(self.opts.owner_tag)
+            || ublksrv_flags == LEGACY_DEV_MARKER
+    }
+
     /// Whether the kernel offers ublk (`/dev/ublk-control` exists).
     pub fn available() -> bool {
         std::path::Path::new(ctrl::CTRL_DEV).exists()
@@ -168,6 +175,7 @@ impl UblkServer {
             depth: self.opts.queue_depth,
             max_io_bytes,
             flags,
+            marker: super::device_marker(self.opts.owner_tag),
         })?;
         let id = info.dev_id;
         let res = self
@@ -295,7 +303,7 @@ impl UblkServer {
                 .ctrl
                 .dev_info(dev_id)
                 .map_err(|_| UblkError::UnknownDevice(dev_id))?;
-            if info.ublksrv_flags != GLIDEFS_DEV_MARKER {
+            if !self.is_ours(info.ublksrv_flags) {
                 return Err(UblkError::NotOurs(dev_id));
             }
         }
@@ -321,7 +329,7 @@ impl UblkServer {
         let mut out = Vec::new();
         for id in ctrl::list_dev_ids() {
             match self.ctrl.dev_info(id) {
-                Ok(info) if info.ublksrv_flags == GLIDEFS_DEV_MARKER => {
+                Ok(info) if self.is_ours(info.ublksrv_flags) => {
                     out.push((id, DeviceState::from_raw(info.state)))
                 }
                 Ok(_) => {}

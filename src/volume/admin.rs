@@ -122,7 +122,6 @@ fn too_large_or_io(cfg: &VolumeConfig, size: u64, e: std::io::Error) -> VolumeEr
 }
 
 /// Name of the probe file [`check_cache_capacity`] sizes and removes.
-#[allow(dead_code)] // until open.rs calls check_cache_capacity (issue 14, item 8)
 const CAPACITY_PROBE: &str = "capacity-probe";
 
 /// Check, before anything is written to the store, that the cache filesystem can
@@ -130,7 +129,6 @@ const CAPACITY_PROBE: &str = "capacity-probe";
 /// sparse probe file in it to `size` (no space is allocated) and remove it. Fails
 /// with [`VolumeError::Invalid`] naming the size when the filesystem's file size
 /// limit is lower (ext4: 16 TiB; exports allow 64 TiB).
-#[allow(dead_code)] // until open.rs calls it before creating the meta object
 pub(crate) fn check_cache_capacity(cfg: &VolumeConfig, size: u64) -> Result<(), VolumeError> {
     let dir = &cfg.cache_dir;
     let fs = &cfg.fileio;

@@ -596,7 +596,8 @@ impl Volume {
             manifests_written: l(&s.manifests_written),
             gc_deleted: l(&s.gc_deleted),
             fenced: i.fenced.lock().is_some(),
-            lease_expired: i.lease_expired.load(Ordering::Acquire),
+            lease_expired: i.lease_expired.load(Ordering::Acquire)
+                || i.cfg.clock.mono_ms() > i.lease_deadline.load(Ordering::Acquire),
             lease_expirations: l(&s.lease_expirations),
             diverged: i.diverged.lock().clone(),
         }

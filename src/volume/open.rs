@@ -205,6 +205,7 @@ pub(crate) async fn open(
         if cfg.size_bytes == 0 {
             return Err(VolumeError::NotFound(cfg.name.clone()));
         }
+        super::admin::check_cache_capacity(&cfg, cfg.size_bytes)?;
         let m = VolumeMeta {
             format: FORMAT_VERSION,
             block_size: BLOCK_SIZE as u64,
@@ -232,6 +233,7 @@ pub(crate) async fn open(
     let acquire_started = cfg.clock.mono_ms();
     let acq = lease::acquire(store.as_ref(), &keys, cfg.lease_rules(), cfg.takeover).await?;
     if cfg.size_bytes > meta.size_bytes {
+        super::admin::check_cache_capacity(&cfg, cfg.size_bytes)?;
         let m = VolumeMeta {
             size_bytes: cfg.size_bytes,
             ..meta.clone()

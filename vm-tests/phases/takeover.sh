@@ -10,7 +10,7 @@
 #   no force flag) succeeds and B sees exactly the drained image (device hash,
 #   e2fsck -f -n, file hashes). A must have self-fenced: no fsync acknowledged
 #   after stall+TTL, fsync fails with EIO, GET /api/exports/vm-1 state
-#   `lease_expired`, glidefs_exports{state="lease_expired"} 1. The proxy forwards
+#   `lease_expired`, glidefs_exports_by_state{state="lease_expired"} 1. The proxy forwards
 #   again: A's held requests land late; A's state becomes `fenced` (metric too).
 #   B deletes vm-1 (no purge) and wakes it again: still exactly the drained image,
 #   e2fsck clean (the late PUT was ignored). A's DELETE ?purge=true is refused
@@ -444,14 +444,14 @@ wait_state() {
     ok "$id" "$n's GET /api/exports/$name shows state \"$want\""
 }
 
-# check_state_metric ID NODE STATE: glidefs_exports{state="STATE"} is 1 on NODE.
+# check_state_metric ID NODE STATE: glidefs_exports_by_state{state="STATE"} is 1 on NODE.
 check_state_metric() {
     local id="$1" n="$2" want="$3" text line
     use "$n"
     text="$(curl -fsS --max-time 30 "$API/metrics")" || { bad "$id" "GET /metrics on $n failed"; return; }
-    line="$(grep -E "^glidefs_exports\{([^}]*,)?state=\"$want\"(,[^}]*)?\} " <<<"$text" | head -n1)" || true
+    line="$(grep -E "^glidefs_exports_by_state\{([^}]*,)?state=\"$want\"(,[^}]*)?\} " <<<"$text" | head -n1)" || true
     expect "$id" "$n's /metrics has $line" \
-        "$n's /metrics should have glidefs_exports{state=\"$want\"} 1; its glidefs_exports lines: $(grep '^glidefs_exports' <<<"$text" | tr '\n' ' ')" \
+        "$n's /metrics should have glidefs_exports_by_state{state=\"$want\"} 1; its glidefs_exports_by_state lines: $(grep '^glidefs_exports_by_state' <<<"$text" | tr '\n' ' ')" \
         [ "${line##* }" = 1 ]
 }
 
