@@ -659,3 +659,42 @@ fn a_grow_the_cache_cannot_hold_fails_alone_and_changes_nothing() {
         v.close().await.unwrap();
     });
 }
+
+/// Issue 14 item 4: a kill -9 inside journal compaction (journal N+1 created, the
+/// state file still naming N), a restart, a FLUSH, then power loss. The FLUSH covers
+/// the writes journal N recorded, so they must survive.
+#[test]
+fn flush_after_a_kill_during_journal_compaction_survives_power_loss() {
+    use glidefs::volume::journal::{self, Journal};
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "jc", MIB);
+        let v = open(&cfg, &store).await;
+        let x = pattern(110, 8192);
+        v.write(0, &x, false).await.unwrap();
+        v.abandon().await; // kill -9: the page cache keeps everything
+        drop(v);
+        // The kill landed after compaction created the next journal, before the
+        // state file was rewritten to name it.
+        let gens = journal::list_journals(&fs, &cfg.cache_dir).unwrap();
+        let last = *gens.last().unwrap();
+        let head =
+            glidefs::volume::fileio::read_all(&fs, &journal::journal_path(&cfg.cache_dir, last))
+                .unwrap()
+                .unwrap();
+        let uuid = u64::from_le_bytes(head[16..24].try_into().unwrap());
+        Journal::create(&fs, &cfg.cache_dir, last + 1, uuid).unwrap();
+
+        let v = open(&cfg, &store).await;
+        v.flush().await.unwrap(); // covers x
+        v.abandon().await;
+        drop(v);
+        fs.power_loss();
+        let v = open(&cfg, &store).await;
+        let mut got = vec![0u8; 8192];
+        v.read(0, &mut got).await.unwrap();
+        assert!(got == x, "a write covered by FLUSH was lost to power loss");
+        v.close().await.unwrap();
+    });
+}

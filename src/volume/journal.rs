@@ -437,7 +437,7 @@ pub struct Replayed {
     pub last_gen: u64,
     /// Where appending may simply continue: set when the local state needs no new
     /// checkpoint (no power loss, last close not clean, nothing torn or invalid, the
-    /// last journal intact); then the files on disk already describe `map` exactly
+    /// last journal intact and the one the state file names); then the files on disk already describe `map` exactly
     /// as they did for the previous process, as if it had never stopped.
     pub tail: Option<JournalTail>,
 }
@@ -545,7 +545,11 @@ pub fn replay(
     // records say. After a possible power loss, verify what was written after the
     // last SYNC record and drop clean sectors.
     let power_loss = !st.clean_close && st.boot_id != fs.boot_id();
-    if power_loss || st.clean_close || errors > 0 {
+    // A journal newer than the state file's means a compaction was cut short: the
+    // older journal's records were never made durable by a checkpoint, and FLUSHes
+    // sync only the journal being appended to. Appending must not simply continue.
+    let compaction_cut_short = tail.is_some_and(|t| t.gen != st.journal_gen);
+    if power_loss || st.clean_close || errors > 0 || compaction_cut_short {
         tail = None;
     }
     if power_loss {
