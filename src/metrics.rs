@@ -299,6 +299,7 @@ struct ScrapeCollector {
     cache_misses: IntCounterVec,
     flush_errors: IntCounterVec,
     dirty_bytes: IntGaugeVec,
+    unuploadable_blocks: IntGaugeVec,
     exports: IntGauge,
     exports_by_state: IntGaugeVec,
     pool_acquires: IntCounter,
@@ -332,6 +333,13 @@ impl ScrapeCollector {
                 opts(
                     "dirty_bytes",
                     "Bytes not yet committed to the object store.",
+                ),
+                lbl,
+            )?,
+            unuploadable_blocks: IntGaugeVec::new(
+                opts(
+                    "unuploadable_blocks",
+                    "Dirty blocks that cannot be uploaded: partly written, and their stored copy is unreadable (see docs/operations.md).",
                 ),
                 lbl,
             )?,
@@ -374,6 +382,7 @@ impl Collector for ScrapeHandle {
         d.extend(s.cache_misses.desc());
         d.extend(s.flush_errors.desc());
         d.extend(s.dirty_bytes.desc());
+        d.extend(s.unuploadable_blocks.desc());
         d.extend(s.exports.desc());
         d.extend(s.exports_by_state.desc());
         d.extend(s.pool_acquires.desc());
@@ -394,6 +403,7 @@ impl Collector for ScrapeHandle {
         s.cache_misses.reset();
         s.flush_errors.reset();
         s.dirty_bytes.reset();
+        s.unuploadable_blocks.reset();
         let vols = source.volumes();
         if s.per_export {
             for (name, c) in &vols {
@@ -409,6 +419,9 @@ impl Collector for ScrapeHandle {
                     f.inc_by(c.flush_errors);
                     d.set(i64::try_from(c.dirty_bytes).unwrap_or(i64::MAX));
                 }
+                if let Ok(u) = s.unuploadable_blocks.get_metric_with_label_values(&l) {
+                    u.set(i64::try_from(c.unuploadable_blocks).unwrap_or(i64::MAX));
+                }
             }
         } else {
             let sum = vols
@@ -418,6 +431,9 @@ impl Collector for ScrapeHandle {
                     cache_hits: a.cache_hits.saturating_add(c.cache_hits),
                     cache_misses: a.cache_misses.saturating_add(c.cache_misses),
                     flush_errors: a.flush_errors.saturating_add(c.flush_errors),
+                    unuploadable_blocks: a
+                        .unuploadable_blocks
+                        .saturating_add(c.unuploadable_blocks),
                     ..VolumeStats::default()
                 });
             if let (Ok(h), Ok(m), Ok(f), Ok(d)) = (
@@ -431,11 +447,15 @@ impl Collector for ScrapeHandle {
                 f.inc_by(sum.flush_errors);
                 d.set(i64::try_from(sum.dirty_bytes).unwrap_or(i64::MAX));
             }
+            if let Ok(u) = s.unuploadable_blocks.get_metric_with_label_values(&[]) {
+                u.set(i64::try_from(sum.unuploadable_blocks).unwrap_or(i64::MAX));
+            }
         }
         out.extend(s.cache_hits.collect());
         out.extend(s.cache_misses.collect());
         out.extend(s.flush_errors.collect());
         out.extend(s.dirty_bytes.collect());
+        out.extend(s.unuploadable_blocks.collect());
         s.exports
             .set(i64::try_from(source.export_count()).unwrap_or(i64::MAX));
         out.extend(s.exports.collect());
@@ -483,6 +503,7 @@ mod tests {
                         cache_hits: 2,
                         cache_misses: 0,
                         flush_errors: 5,
+                        unuploadable_blocks: 1,
                         ..VolumeStats::default()
                     },
                 ),
@@ -523,6 +544,7 @@ mod tests {
         assert!(text.contains("glidefs_cache_hits_total{export=\"a\"} 3"));
         assert!(text.contains("glidefs_dirty_bytes{export=\"a\"} 4096"));
         assert!(text.contains("glidefs_flush_errors_total{export=\"b\"} 5"));
+        assert!(text.contains("glidefs_unuploadable_blocks{export=\"b\"} 1"));
         assert!(text.contains("glidefs_exports 2"));
         assert!(text.contains("glidefs_ublk_buffer_pool_acquires_total 7"));
         assert!(text.contains("glidefs_ublk_buffer_pool_backpressure_waits_total 2"));
@@ -547,5 +569,6 @@ mod tests {
         assert!(text.contains("glidefs_read_io_size_bytes_count 2"));
         assert!(text.contains("glidefs_cache_hits_total 5"));
         assert!(text.contains("glidefs_dirty_bytes 4096"));
+        assert!(text.contains("glidefs_unuploadable_blocks 1"));
     }
 }

@@ -698,3 +698,80 @@ fn flush_after_a_kill_during_journal_compaction_survives_power_loss() {
         v.close().await.unwrap();
     });
 }
+
+/// Issue 14 item 6: a partly written block whose stored copy is corrupt cannot be
+/// uploaded (its other sectors are unknown). It must fail only what needs it: the
+/// other dirty blocks still reach the store, drain reports the block instead of
+/// waiting forever, writes keep being accepted, and the written sectors read back.
+#[test]
+fn an_unfetchable_block_fails_only_what_needs_it() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "unf", MIB);
+        cfg.compress = false;
+        let v = open(&cfg, &store).await;
+        v.write(0, &pattern(40, BLOCK_SIZE), false).await.unwrap();
+        v.write(BLOCK_SIZE as u64, &pattern(41, BLOCK_SIZE), false)
+            .await
+            .unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        drop(v);
+        let segs = store
+            .list(&VolumeKeys::new("unf").segments())
+            .await
+            .unwrap();
+        let key = &segs[0].key;
+        let mut obj = store.get(key).await.unwrap().to_vec();
+        let n = obj.len();
+        obj[n - 100] ^= 0x01; // inside block 1's payload
+        m.corrupt(key, Bytes::from(obj)).unwrap();
+        Volume::purge_cache(&cfg).unwrap();
+
+        let v = open(&cfg, &store).await;
+        let small = pattern(42, 4096);
+        v.write(BLOCK_SIZE as u64, &small, false).await.unwrap(); // block 1, one sector
+        let whole = pattern(43, BLOCK_SIZE);
+        for b in 2..6u64 {
+            v.write(b * BLOCK_SIZE as u64, &whole, false).await.unwrap();
+        }
+        let drained = futures_lite::future::or(async { Some(v.drain().await) }, async {
+            smol::Timer::after(std::time::Duration::from_secs(20)).await;
+            None
+        })
+        .await;
+        let e = drained
+            .expect("drain waited forever on the unfetchable block")
+            .unwrap_err();
+        assert!(e.to_string().contains("block 1"), "{e}");
+        assert_eq!(e.errno(), libc::EIO);
+        assert_eq!(v.stats().unuploadable_blocks, 1);
+        // Writes are still accepted and the written sector reads back.
+        v.write(3 * BLOCK_SIZE as u64, &small, false).await.unwrap();
+        let mut got = vec![0u8; 4096];
+        v.read(BLOCK_SIZE as u64, &mut got).await.unwrap();
+        assert_eq!(got, small);
+        // The block's other sectors are unknown: an error, never other data.
+        let e = v
+            .read(BLOCK_SIZE as u64 + 4096, &mut got)
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno(), libc::EIO);
+        // Rewriting the whole block makes it uploadable again.
+        v.write(BLOCK_SIZE as u64, &whole, false).await.unwrap();
+        v.drain().await.unwrap();
+        assert_eq!(v.stats().unuploadable_blocks, 0);
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        let mut buf = vec![0u8; BLOCK_SIZE];
+        for b in 1..6u64 {
+            v.read(b * BLOCK_SIZE as u64, &mut buf).await.unwrap();
+            let mut want = whole.clone();
+            if b == 3 {
+                want[..4096].copy_from_slice(&small);
+            }
+            assert!(buf == want, "block {b} after cold wake");
+        }
+        v.close().await.unwrap();
+    });
+}

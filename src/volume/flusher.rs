@@ -162,9 +162,23 @@ pub(crate) struct Pending {
 }
 
 /// Make the blocks fully valid, snapshot generations, read and encode them.
+///
+/// A partly written block whose stored copy cannot be read (checksum mismatch,
+/// malformed or missing object) cannot be made whole: it is left out and stays dirty,
+/// recorded in `State::unuploadable` and retried every cycle, so one bad block holds
+/// back neither the other blocks nor the writers. Store outages still fail the batch.
 async fn prepare(inner: &Arc<Inner>, blocks: &[u64]) -> Result<Option<Pending>, VolumeError> {
     for &b in blocks {
-        fetch::make_fully_valid(inner, b).await?;
+        match fetch::make_fully_valid(inner, b).await {
+            Ok(()) => {
+                inner.st.lock().unuploadable.remove(&b);
+            }
+            Err(e @ (VolumeError::Checksum(_) | VolumeError::Corrupt(_)))
+            | Err(e @ VolumeError::Store(StoreError::NotFound(_))) => {
+                note_unuploadable(inner, b, &e)
+            }
+            Err(e) => return Err(e),
+        }
     }
     // Snapshot generations before reading the data.
     let (snap, snap_seq, seq) = {
@@ -214,6 +228,47 @@ async fn prepare(inner: &Arc<Inner>, blocks: &[u64]) -> Result<Option<Pending>, 
         snap_seq,
         landed: false,
     }))
+}
+
+fn note_unuploadable(inner: &Inner, b: u64, e: &VolumeError) {
+    let dirty_sectors = {
+        let mut st = inner.st.lock();
+        let dirty = st.local.get(b).dirty.count_ones();
+        let why = format!("block {b}: its stored copy is unreadable ({e}); its {dirty} written sector(s) stay in the local cache until the whole block is rewritten");
+        if st.unuploadable.insert(b, why).is_some() {
+            None
+        } else {
+            Some(dirty)
+        }
+    };
+    if let Some(dirty_sectors) = dirty_sectors {
+        tracing::error!(volume = %inner.cfg.name, block = b, dirty_sectors, error = %e, "dirty block cannot be uploaded: its stored copy is unreadable; the other blocks go on");
+    }
+    // A drain waiting on this block learns it cannot complete.
+    inner.changed.notify(usize::MAX);
+}
+
+/// Why a drain up to write `target` cannot complete: every block still dirty from
+/// before it is unuploadable (and not yet rewritten whole). `None` while the flusher
+/// can still make progress.
+pub(crate) fn drain_blocked_by(st: &super::State, target: u64) -> Option<String> {
+    if st.unuploadable.is_empty() {
+        return None;
+    }
+    let mut why = None;
+    for b in &st.local.dirty_set {
+        let x = st.local.get(*b);
+        if x.dirty_since > target {
+            continue;
+        }
+        match st.unuploadable.get(b) {
+            Some(w) if x.valid != FULL => {
+                why.get_or_insert_with(|| w.clone());
+            }
+            _ => return None,
+        }
+    }
+    why
 }
 
 /// Whose object holds the key of segment `seq`: ours from an earlier attempt (same

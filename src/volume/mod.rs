@@ -63,7 +63,7 @@ use blockmap::{mask, LocalMap, StoreMap, SECTORS_PER_BLOCK};
 use event_listener::Event;
 use journal::{Journal, Record};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -107,6 +107,9 @@ pub struct VolumeStats {
     pub lease_expirations: u64,
     /// Dirty data found at open after another host wrote the volume was moved here.
     pub diverged: Option<std::path::PathBuf>,
+    /// Dirty blocks that cannot be uploaded because their stored copy is unreadable
+    /// (see [`VolumeError::Unuploadable`]).
+    pub unuploadable_blocks: u64,
 }
 
 #[derive(Default)]
@@ -142,6 +145,9 @@ pub(crate) struct State {
     pub last_committed: u64,
     /// Segments committed since the last manifest.
     pub segs_since_manifest: u32,
+    /// Dirty blocks the flusher cannot upload (block -> why): partly written, and
+    /// the stored copy of their other sectors is unreadable. See `flusher::prepare`.
+    pub unuploadable: BTreeMap<u64, String>,
 }
 
 /// The shared state of one open volume. Its fields are private to `volume` and the
@@ -504,9 +510,18 @@ impl Volume {
         loop {
             inner.check_live()?;
             let l = inner.changed.listen();
-            let done = match inner.st.lock().local.oldest_dirty() {
-                None => true,
-                Some(s) => s > target,
+            let done = {
+                let st = inner.st.lock();
+                match st.local.oldest_dirty() {
+                    None => true,
+                    Some(s) if s > target => true,
+                    Some(_) => {
+                        if let Some(why) = flusher::drain_blocked_by(&st, target) {
+                            return Err(VolumeError::Unuploadable(why));
+                        }
+                        false
+                    }
+                }
             };
             if done {
                 // Make the CLEAN records durable too, so a later power loss cannot
@@ -583,9 +598,13 @@ impl Volume {
         let i = &self.inner;
         let s = &i.stats;
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (dirty_sectors, unuploadable_blocks) = {
+            let st = i.st.lock();
+            (st.local.dirty_sectors, st.unuploadable.len() as u64)
+        };
         VolumeStats {
             size_bytes: self.size_bytes(),
-            dirty_bytes: i.st.lock().local.dirty_sectors * SS,
+            dirty_bytes: dirty_sectors * SS,
             cache_hits: l(&s.cache_hits),
             cache_misses: l(&s.cache_misses),
             flush_errors: l(&s.flush_errors),
@@ -600,6 +619,7 @@ impl Volume {
                 || i.cfg.clock.mono_ms() > i.lease_deadline.load(Ordering::Acquire),
             lease_expirations: l(&s.lease_expirations),
             diverged: i.diverged.lock().clone(),
+            unuploadable_blocks,
         }
     }
 }

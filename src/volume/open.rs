@@ -368,6 +368,7 @@ pub(crate) async fn open(
             next_seq: max_seq + 1,
             last_committed,
             segs_since_manifest: 0,
+            unuploadable: Default::default(),
         }),
         sync_lock: async_lock::Mutex::new(()),
         meta: async_lock::Mutex::new((meta, etag)),
