@@ -775,3 +775,53 @@ fn an_unfetchable_block_fails_only_what_needs_it() {
         v.close().await.unwrap();
     });
 }
+
+/// Issue 14 item 10: during a store outage the flusher never completes a cycle, and
+/// journal compaction used to run only after a successful one: rewrites and ZERO
+/// records grew the journal without bound. It must stay near its compaction size.
+#[test]
+fn the_journal_stays_bounded_during_a_store_outage() {
+    use glidefs::volume::journal;
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "jb", MIB); // journal_compact_bytes = 8 KiB
+        cfg.flush_interval = std::time::Duration::from_millis(10);
+        let v = open(&cfg, &store).await;
+        m.set_offline(true);
+        let d = pattern(120, 4096);
+        for i in 0..20_000u64 {
+            if i % 2 == 0 {
+                v.write_zeroes((i % 64) * 4096, 4096).await.unwrap();
+            } else {
+                v.write((i % 64) * 4096, &d, false).await.unwrap();
+            }
+            if i % 50 == 0 {
+                // Let the flusher's retries run.
+                smol::Timer::after(std::time::Duration::from_millis(3)).await;
+            }
+        }
+        smol::Timer::after(std::time::Duration::from_millis(100)).await;
+        let mut total = 0;
+        for g in journal::list_journals(&fs, &cfg.cache_dir).unwrap() {
+            let p = journal::journal_path(&cfg.cache_dir, g);
+            total += glidefs::volume::fileio::read_all(&fs, &p)
+                .unwrap()
+                .unwrap()
+                .len();
+        }
+        assert!(
+            total < 64 << 10,
+            "journal grew to {total} bytes during the outage"
+        );
+        m.set_offline(false);
+        v.drain().await.unwrap();
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        let mut got = vec![0u8; 4096];
+        v.read(63 * 4096, &mut got).await.unwrap();
+        assert_eq!(got, d);
+        v.read(62 * 4096, &mut got).await.unwrap();
+        assert_eq!(got, vec![0u8; 4096]);
+        v.close().await.unwrap();
+    });
+}

@@ -57,7 +57,14 @@ async fn run(inner: Arc<Inner>) {
         if inner.bg_stop.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
             return;
         }
-        let r = cycle(&inner, &mut pending).await;
+        let mut r = cycle(&inner, &mut pending).await;
+        // Compaction is local: it also runs while the store is away, or rewrites and
+        // ZERO records would grow the journal without bound during an outage.
+        if !matches!(r, Err(VolumeError::Fenced(_))) && !inner.failed.load(Ordering::Acquire) {
+            if let Err(e) = compact_journal_if_due(&inner).await {
+                r = r.and(Err(e));
+            }
+        }
         match r {
             Ok(()) => failures = 0,
             Err(VolumeError::Fenced(m)) => {
@@ -106,6 +113,11 @@ async fn cycle(inner: &Arc<Inner>, pending: &mut Option<Pending>) -> Result<(), 
     if committed {
         maybe_manifest(inner).await?;
     }
+    Ok(())
+}
+
+/// Journal compaction once the journal grew past `journal_compact_bytes`.
+async fn compact_journal_if_due(inner: &Arc<Inner>) -> Result<(), VolumeError> {
     let jsize = inner.st.lock().journal.size();
     if jsize > inner.cfg.journal_compact_bytes {
         checkpoint_local(inner, false, true).await?;
