@@ -13,7 +13,17 @@
 //!   rewritten (a late PUT of a fenced writer is never applied);
 //! - a host reopening its own cache with nobody in between sees all it acknowledged;
 //! - a drain that succeeds after another host opened the volume is a bug;
-//! - dirty data of a host whose volume was written elsewhere is set aside intact.
+//! - dirty data of a host whose volume was written elsewhere is set aside intact;
+//! - at the end, a host other than the last opener takes the volume by force and
+//!   every sector must again be a value the model allows (a fenced writer's commit
+//!   after the takeover shows here).
+//!
+//! Besides single random ops, a case holds now and then a "late landing" chain
+//! (`late_landing` in volume_support/multihost.rs): an owner's segment PUT is held
+//! back, another host takes over, the PUT lands, and the first host opens again.
+//! Random ops alone almost never assemble it: with the zombie rule of
+//! src/volume/fencing.rs disabled, the 1000 cases passed before the chain existed
+//! and fail within seconds with it.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 1000; tests/volume_s3.rs runs
 //! the same cases against moto).
@@ -38,7 +48,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
-    fn multihost_memstore(hosts in hosts(), ops in prop::collection::vec(op(), 1..40)) {
+    fn multihost_memstore(hosts in hosts(), ops in ops()) {
         let clock = Arc::new(glidefs::clock::ManualClock::new(1_800_000_000_000));
         let store = Arc::new(MemStore::with_clock(clock.clone()));
         run_case(store, clock, &hosts, &ops);
