@@ -25,8 +25,9 @@
 //! src/volume/fencing.rs disabled, the 1000 cases passed before the chain existed
 //! and fail within seconds with it.
 //!
-//! `PROPTEST_CASES` sets the number of cases (default 1000; tests/volume_s3.rs runs
-//! the same cases against moto).
+//! `PROPTEST_CASES` sets the number of cases (default 1000).
+//! tests/volume_multihost_s3.rs runs the same `run_case` against moto
+//! (`GLIDEFS_MULTIHOST_S3_CASES`, default 500), object times on the model's clock.
 // Test code: a panic is the test failing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

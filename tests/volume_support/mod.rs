@@ -1,6 +1,7 @@
 //! Helpers shared by the volume engine tests (tests/volume_*.rs).
 #![allow(dead_code)]
 
+pub mod clocked;
 pub mod fault;
 pub mod model;
 pub mod multihost;
