@@ -56,7 +56,7 @@ fn multihost_moto() {
         max_shrink_time: 300_000,
         ..ProptestConfig::default()
     };
-    proptest!(config, |(hosts in hosts(), ops in prop::collection::vec(op(), 1..40))| {
+    proptest!(config, |(hosts in hosts(), ops in ops())| {
         let n = case.fetch_add(1, Ordering::Relaxed);
         let clock = Arc::new(ManualClock::new(1_800_000_000_000));
         let store = ClockedStore::new(s3.clone(), &format!("case{n}/"), clock.clone());

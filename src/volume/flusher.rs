@@ -125,6 +125,9 @@ async fn compact_journal_if_due(inner: &Arc<Inner>) -> Result<(), VolumeError> {
     Ok(())
 }
 
+/// Unconfirmed renewal attempts remembered (the first ones count: they began first).
+const UNSURE_RENEWALS_KEPT: usize = 16;
+
 /// Renew the lease every TTL/3 (monotonic clock), and drop its fences once a
 /// manifest of ours made them redundant (see `fencing.rs`).
 async fn renew_if_due(inner: &Inner) -> Result<(), VolumeError> {
@@ -140,18 +143,40 @@ async fn renew_if_due(inner: &Inner) -> Result<(), VolumeError> {
     } else {
         held.lease.fences.clone()
     };
-    let (new, written) = lease::renew(
+    let now_ms = inner.cfg.clock.now_ms();
+    let r = lease::renew(
         inner.store.as_ref(),
         &inner.keys.lease(),
         &held,
-        inner.cfg.clock.now_ms(),
+        now_ms,
         fences,
     )
-    .await?;
-    *inner.lease.lock() = new;
+    .await;
+    let (new, written) = match r {
+        Ok(x) => x,
+        Err(e @ VolumeError::Store(_)) => {
+            // It may still land (or have landed, its reply lost).
+            let mut unsure = inner.unsure_renewals.lock();
+            if unsure.len() < UNSURE_RENEWALS_KEPT {
+                unsure.push((now_ms, started));
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let unsure = std::mem::take(&mut *inner.unsure_renewals.lock());
     if written {
         inner.renewed(started);
+    } else if unsure.iter().any(|u| u.0 == new.lease.renewed_at_ms) {
+        // The stored lease is one an earlier, failed-looking attempt wrote: it landed,
+        // no earlier than the first of those attempts began (counting from then is
+        // on the safe side). Without this, a store that loses the replies of lease
+        // writes would leave every renewal unconfirmed until writes self-fence.
+        if let Some(began) = unsure.iter().map(|u| u.1).min() {
+            inner.renewed(began);
+        }
     }
+    *inner.lease.lock() = new;
     Ok(())
 }
 

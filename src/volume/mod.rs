@@ -175,6 +175,10 @@ pub(crate) struct Inner {
     lease_deadline: AtomicU64,
     /// Monotonic ms when the last successful renewal (or the acquisition) began.
     last_renew: AtomicU64,
+    /// Renewals since the last confirmed one whose outcome is unknown (the PUT
+    /// failed, but may have landed): (the `renewed_at_ms` each wrote, monotonic ms
+    /// when each began). If a later attempt finds one of them stored, it landed.
+    unsure_renewals: Mutex<Vec<(u64, u64)>>,
     /// Writes are being refused because the deadline passed.
     lease_expired: AtomicBool,
     /// A manifest of our epoch was committed: the lease's fences are redundant.

@@ -376,6 +376,7 @@ pub(crate) async fn open(
         zombies: Mutex::new(loaded.zombies),
         lease_deadline: AtomicU64::new(acquire_started + lease::self_fence_after_ms(ttl_ms)),
         last_renew: AtomicU64::new(acquire_started),
+        unsure_renewals: Mutex::new(Vec::new()),
         lease_expired: AtomicBool::new(false),
         wrote_manifest: AtomicBool::new(false),
         changed: Event::new(),

@@ -54,7 +54,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         4 => (h.clone(), prop::bool::weighted(0.3)).prop_map(|(host, force)| Op::Open { host, force }),
         1 => h.clone().prop_map(|host| Op::Kill { host }),
         1 => h.clone().prop_map(|host| Op::Close { host }),
-        3 => (h.clone(), 0u8..5).prop_map(|(host, mode)| Op::Net { host, mode }),
+        3 => (h.clone(), 0u8..6).prop_map(|(host, mode)| Op::Net { host, mode }),
         2 => h.clone().prop_map(|host| Op::Release { host }),
         3 => (0u64..45_000).prop_map(|ms| Op::Advance { ms }),
     ]
@@ -178,6 +178,9 @@ pub fn run_case(
                 cfg.owner = format!("host-id-{i}");
                 cfg.host_label = format!("h{i}");
                 cfg.lease_ttl = TTL;
+                // Failed uploads (held PUTs, partitions) retry in the background for
+                // the rest of the case: not so often that they dominate its cost.
+                cfg.retry_max = Duration::from_millis(100);
                 cfg.checkpoint_every = 2;
                 cfg.clock = Arc::new(SkewedClock {
                     base: clock.clone(),
@@ -459,7 +462,9 @@ pub fn run_case(
                         // Lost replies of segment PUTs (the S3 store resolves an
                         // ambiguous conditional PUT itself by reading the object back).
                         3 => (Mode::CommitThenFail, "/seg/"),
-                        _ => (Mode::Duplicate, "/"),
+                        4 => (Mode::Duplicate, "/"),
+                        // Lost replies of lease writes (acquire, fence, renew).
+                        _ => (Mode::CommitThenFail, "/lease"),
                     };
                     h.mode = m;
                     h.net.set(m, filter);
