@@ -45,8 +45,11 @@ pub fn hosts() -> impl Strategy<Value = Vec<HostSpec>> {
     )
 }
 
-pub fn op() -> impl Strategy<Value = Op> {
+/// Network modes `Net` chooses from: 0..=4, and 5 (lost replies of lease writes)
+/// with `lease_lost_replies`.
+pub fn op_with(lease_lost_replies: bool) -> impl Strategy<Value = Op> {
     let h = 0usize..3;
+    let modes = if lease_lost_replies { 0u8..6 } else { 0u8..5 };
     prop_oneof![
         10 => (h.clone(), 0..SECTORS).prop_map(|(host, sector)| Op::Write { host, sector }),
         4 => (h.clone(), 0..SECTORS).prop_map(|(host, sector)| Op::Read { host, sector }),
@@ -54,7 +57,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         4 => (h.clone(), prop::bool::weighted(0.3)).prop_map(|(host, force)| Op::Open { host, force }),
         1 => h.clone().prop_map(|host| Op::Kill { host }),
         1 => h.clone().prop_map(|host| Op::Close { host }),
-        3 => (h.clone(), 0u8..6).prop_map(|(host, mode)| Op::Net { host, mode }),
+        3 => (h.clone(), modes).prop_map(|(host, mode)| Op::Net { host, mode }),
         2 => h.clone().prop_map(|host| Op::Release { host }),
         3 => (0u64..45_000).prop_map(|ms| Op::Advance { ms }),
     ]
@@ -109,11 +112,21 @@ fn late_landing() -> impl Strategy<Value = Vec<Op>> {
     )
 }
 
+/// Every single op, lease lost replies included.
+pub fn op() -> impl Strategy<Value = Op> {
+    op_with(true)
+}
+
 /// A case: random single ops, with now and then a [`late_landing`] chain among them.
 pub fn ops() -> impl Strategy<Value = Vec<Op>> {
+    ops_with(true)
+}
+
+/// [`ops`], with or without lost replies of lease writes.
+pub fn ops_with(lease_lost_replies: bool) -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(
         prop_oneof![
-            12 => op().prop_map(|o| vec![o]),
+            12 => op_with(lease_lost_replies).prop_map(|o| vec![o]),
             1 => late_landing(),
         ],
         1..40,
