@@ -194,6 +194,36 @@ fn a_long_discard_lets_other_tasks_on_its_thread_run() {
     });
 }
 
+/// Blocks 0 and 1 written with `pattern(seed)` and `pattern(seed + 1)`, drained into
+/// one segment, closed; then a byte inside block 1's stored payload is flipped and
+/// the cache is purged, so that block 1 can only come from its corrupt copy.
+async fn two_blocks_with_the_second_corrupt_in_the_store(
+    m: &MemStore,
+    store: &Arc<dyn ObjectStore>,
+    cfg: &glidefs::volume::VolumeConfig,
+    seed: u64,
+) {
+    let v = open(cfg, store).await;
+    v.write(0, &pattern(seed, BLOCK_SIZE), false).await.unwrap();
+    v.write(BLOCK_SIZE as u64, &pattern(seed + 1, BLOCK_SIZE), false)
+        .await
+        .unwrap();
+    v.drain().await.unwrap();
+    v.close().await.unwrap();
+    drop(v);
+    let segs = store
+        .list(&VolumeKeys::new(&cfg.name).segments())
+        .await
+        .unwrap();
+    assert_eq!(segs.len(), 1);
+    let key = &segs[0].key;
+    let mut obj = store.get(key).await.unwrap().to_vec();
+    let n = obj.len();
+    obj[n - 100] ^= 0x01; // inside the second block's payload
+    m.corrupt(key, Bytes::from(obj)).unwrap();
+    Volume::purge_cache(cfg).unwrap();
+}
+
 #[test]
 fn corrupted_segment_is_an_io_error_never_data() {
     smol::block_on(async {
@@ -201,25 +231,7 @@ fn corrupted_segment_is_an_io_error_never_data() {
         let fs = SimFs::new();
         let mut cfg = sim_cfg(&fs, "corr", MIB);
         cfg.compress = false;
-        let v = open(&cfg, &store).await;
-        v.write(0, &pattern(30, BLOCK_SIZE), false).await.unwrap();
-        v.write(BLOCK_SIZE as u64, &pattern(31, BLOCK_SIZE), false)
-            .await
-            .unwrap();
-        v.drain().await.unwrap();
-        v.close().await.unwrap();
-        drop(v);
-        let segs = store
-            .list(&VolumeKeys::new("corr").segments())
-            .await
-            .unwrap();
-        assert_eq!(segs.len(), 1);
-        let key = &segs[0].key;
-        let mut obj = store.get(key).await.unwrap().to_vec();
-        let n = obj.len();
-        obj[n - 100] ^= 0x01; // inside the second block's payload
-        m.corrupt(key, Bytes::from(obj)).unwrap();
-        Volume::purge_cache(&cfg).unwrap();
+        two_blocks_with_the_second_corrupt_in_the_store(&m, &store, &cfg, 30).await;
         let v = open(&cfg, &store).await;
         let mut buf = vec![0u8; BLOCK_SIZE];
         v.read(0, &mut buf).await.unwrap();
@@ -710,24 +722,7 @@ fn an_unfetchable_block_fails_only_what_needs_it() {
         let fs = SimFs::new();
         let mut cfg = sim_cfg(&fs, "unf", MIB);
         cfg.compress = false;
-        let v = open(&cfg, &store).await;
-        v.write(0, &pattern(40, BLOCK_SIZE), false).await.unwrap();
-        v.write(BLOCK_SIZE as u64, &pattern(41, BLOCK_SIZE), false)
-            .await
-            .unwrap();
-        v.drain().await.unwrap();
-        v.close().await.unwrap();
-        drop(v);
-        let segs = store
-            .list(&VolumeKeys::new("unf").segments())
-            .await
-            .unwrap();
-        let key = &segs[0].key;
-        let mut obj = store.get(key).await.unwrap().to_vec();
-        let n = obj.len();
-        obj[n - 100] ^= 0x01; // inside block 1's payload
-        m.corrupt(key, Bytes::from(obj)).unwrap();
-        Volume::purge_cache(&cfg).unwrap();
+        two_blocks_with_the_second_corrupt_in_the_store(&m, &store, &cfg, 40).await;
 
         let v = open(&cfg, &store).await;
         let small = pattern(42, 4096);

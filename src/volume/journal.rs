@@ -437,8 +437,9 @@ pub struct Replayed {
     pub last_gen: u64,
     /// Where appending may simply continue: set when the local state needs no new
     /// checkpoint (no power loss, last close not clean, nothing torn or invalid, the
-    /// last journal intact and the one the state file names); then the files on disk already describe `map` exactly
-    /// as they did for the previous process, as if it had never stopped.
+    /// last journal intact and the one the state file names); then the files on disk
+    /// already describe `map` exactly as they did for the previous process, as if it
+    /// had never stopped.
     pub tail: Option<JournalTail>,
 }
 
