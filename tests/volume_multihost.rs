@@ -39,10 +39,7 @@ use std::sync::Arc;
 use volume_support::multihost::*;
 
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000)
+    volume_support::proptest_cases(None, 1000)
 }
 
 proptest! {

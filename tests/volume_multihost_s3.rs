@@ -37,11 +37,7 @@ use volume_support::clocked::ClockedStore;
 use volume_support::multihost::*;
 
 fn cases() -> u32 {
-    std::env::var("GLIDEFS_MULTIHOST_S3_CASES")
-        .or_else(|_| std::env::var("PROPTEST_CASES"))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300)
+    volume_support::proptest_cases(Some("GLIDEFS_MULTIHOST_S3_CASES"), 300)
 }
 
 #[test]

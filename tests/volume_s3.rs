@@ -38,11 +38,7 @@ fn shared_server() -> &'static TestServer {
 }
 
 fn cases() -> u32 {
-    std::env::var("GLIDEFS_S3_MODEL_CASES")
-        .or_else(|_| std::env::var("PROPTEST_CASES"))
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(256)
+    proptest_cases(Some("GLIDEFS_S3_MODEL_CASES"), 256)
 }
 
 static CASE: AtomicU64 = AtomicU64::new(0);

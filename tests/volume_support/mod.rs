@@ -12,6 +12,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Property-test cases: the test's own variable `own` if set, else `PROPTEST_CASES`,
+/// else `default` (a value that does not parse also gives `default`).
+pub fn proptest_cases(own: Option<&str>, default: u32) -> u32 {
+    own.map_or_else(
+        || std::env::var("PROPTEST_CASES"),
+        |v| std::env::var(v).or_else(|_| std::env::var("PROPTEST_CASES")),
+    )
+    .ok()
+    .and_then(|s| s.parse().ok())
+    .unwrap_or(default)
+}
+
 /// A config on the simulated file system with fast retries and no timer flushes.
 pub fn sim_cfg(fs: &SimFs, name: &str, size: u64) -> VolumeConfig {
     let mut c = VolumeConfig::new(name, size, PathBuf::from(format!("/sim/{name}")));
