@@ -7,7 +7,7 @@
 mod volume_support;
 
 use glidefs::clock::{ManualClock, SkewedClock};
-use glidefs::store::{MemStore, ObjectStore};
+use glidefs::store::{MemStore, ObjectMeta, ObjectStore, PutCondition, StoreError};
 use glidefs::volume::{FileIo, SimFs, Volume, VolumeConfig, VolumeError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,6 +176,97 @@ fn a_host_whose_clock_is_an_hour_ahead_cannot_take_a_live_lease() {
             "{e}"
         );
         a.close().await.unwrap();
+    });
+}
+
+/// A store whose one-time check before the first conditional write (S3's
+/// conditional-write probe) costs `cost_ms` on the test clock, run by `put_if` or
+/// ahead of it by `prepare`, as `S3Store` does.
+struct SlowFirstCheck {
+    inner: Arc<dyn ObjectStore>,
+    clock: Arc<ManualClock>,
+    cost_ms: u64,
+    checked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for SlowFirstCheck {
+    async fn put(&self, key: &str, data: bytes::Bytes) -> Result<String, StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn put_if(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        cond: PutCondition,
+    ) -> Result<String, StoreError> {
+        self.prepare().await?;
+        self.inner.put_if(key, data, cond).await
+    }
+    async fn prepare(&self) -> Result<(), StoreError> {
+        if !self.checked.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            self.clock.advance(self.cost_ms);
+        }
+        Ok(())
+    }
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, StoreError> {
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        "slow-first-check".into()
+    }
+}
+
+/// The store's one-time check (S3's conditional-write probe, 30 s under emulation)
+/// is not part of the first lease window: a daemon whose first conditional write of
+/// the run is a volume's lease used to come up self-fenced (lease_expired) when the
+/// probe took longer than the window (seen in the takeover VM phase, 12 s TTL).
+#[test]
+fn the_stores_first_check_does_not_count_against_the_lease() {
+    smol::block_on(async {
+        let (clock, mem) = clocked_store();
+        let fs = SimFs::new();
+        let mut cfg = host_cfg(&fs, "vm", "a");
+        cfg.clock = clock.clone();
+        cfg.lease_ttl = Duration::from_secs(60);
+        let a = Volume::open(cfg.clone(), mem.clone()).await.unwrap();
+        a.write(0, &pattern(1, 4096), false).await.unwrap();
+        a.close().await.unwrap();
+        // The restarted daemon's store has not run its check yet; the volume exists,
+        // so the lease is its first conditional write. 55 s of checks > the 52 s
+        // a 60 s lease is trusted for.
+        let net = FaultStore::new(Arc::new(SlowFirstCheck {
+            inner: mem.clone(),
+            clock: clock.clone(),
+            cost_ms: 55_000,
+            checked: false.into(),
+        }));
+        let store: Arc<dyn ObjectStore> = net.clone();
+        let a = Volume::open(cfg, store).await.unwrap();
+        // No renewal can land now: only the window the open started counts.
+        net.set(Mode::Partitioned, "");
+        a.write(4096, &pattern(2, 4096), false)
+            .await
+            .expect("a write right after open");
+        a.flush().await.expect("a FLUSH right after open");
+        assert!(!a.stats().lease_expired);
+        a.abandon().await;
     });
 }
 

@@ -73,6 +73,10 @@ impl ObjectStore for MeteredStore {
         r
     }
 
+    async fn prepare(&self) -> Result<(), StoreError> {
+        self.inner.prepare().await
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let t = Instant::now();
         let r = self.inner.get(key).await;

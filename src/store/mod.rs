@@ -118,4 +118,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
     /// Human-readable description for logs (no secrets).
     fn describe(&self) -> String;
+    /// The checks a store runs once before its first conditional write (S3: the
+    /// conditional-write probe, seconds against a slow service); later calls return
+    /// at once. [`put_if`](Self::put_if) runs them itself; a caller that times a
+    /// window around a conditional write (the lease) calls this first, so the
+    /// checks are not counted in the window. Wrappers forward it.
+    async fn prepare(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -228,7 +228,9 @@ pub(crate) async fn open(
             cfg.name, meta.size_bytes, cfg.size_bytes
         )));
     }
-    // 2. Lease.
+    // 2. Lease. The store's one-time checks first (S3's conditional-write probe:
+    // 30 s under emulation), so they do not eat into the first lease window.
+    store.prepare().await?;
     let ttl_ms = cfg.lease_ttl.as_millis() as u64;
     let acquire_started = cfg.clock.mono_ms();
     let acq = lease::acquire(store.as_ref(), &keys, cfg.lease_rules(), cfg.takeover).await?;

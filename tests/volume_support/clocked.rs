@@ -111,6 +111,9 @@ impl ObjectStore for ClockedStore {
         let r = self.inner.put_if(&self.full(key), data, cond).await;
         self.wrote(key, r)
     }
+    async fn prepare(&self) -> Result<(), StoreError> {
+        self.inner.prepare().await
+    }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.inner.get(&self.full(key)).await
     }

@@ -142,6 +142,10 @@ impl ObjectStore for FaultStore {
     ) -> Result<String, StoreError> {
         self.write(key, data, Some(cond)).await
     }
+    async fn prepare(&self) -> Result<(), StoreError> {
+        self.down("")?;
+        self.inner.prepare().await
+    }
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         self.down(key)?;
         self.inner.get(key).await

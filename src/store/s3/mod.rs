@@ -280,6 +280,10 @@ impl ObjectStore for S3Store {
         self.put_if_checked(key, data, cond).await
     }
 
+    async fn prepare(&self) -> Result<(), StoreError> {
+        self.probe_conditional().await
+    }
+
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         validate_key(key)?;
         Ok(self
