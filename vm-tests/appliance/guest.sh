@@ -27,6 +27,12 @@
 #               is in none of `ps auxwwe`, the journal, /metrics, `systemctl show`
 # Every check appends "ok|FAIL name: detail" to results/checks; figures go to
 # results/figures ("name value unit"); results/verdict is PASS or FAIL.
+#
+# Nothing here may hang the run: fio is waited for with a bound, and a watchdog ends
+# each boot after APPLIANCE_BOOT_DEADLINE_S (default 1200) with a FAIL, a diagnosis
+# (results/diag-*.txt: the daemon's journal, D-state tasks and their kernel stacks,
+# the ublk devices' in-flight counts; its head also on the console, which
+# vm-tests/appliance-run prints on failure) and a forced power-off.
 set -uo pipefail
 T=/mnt/test
 R=$T/results
@@ -57,6 +63,62 @@ figure() {
     echo "$1 $2 ${3:-}" >>"$R/figures"
     log "figure $1 = $2 ${3:-}"
 }
+# A diagnosis of a stuck step, to results/diag-NAME.txt and (its first lines) to the
+# console. Every command is bounded: the daemon or a device may be the stuck part.
+diagnose() { # NAME WHY
+    local f="$R/diag-$1.txt" p
+    {
+        echo "== $2"
+        echo "== systemctl status glidefs"
+        timeout 10 systemctl status glidefs --no-pager -n 0
+        echo "== ublk devices (in flight: reads writes)"
+        for p in /sys/block/ublkb*; do [ -e "$p" ] && echo "$(basename "$p") $(cat "$p/inflight")"; done
+        echo "== glidefs export list"
+        timeout 10 glidefs export list
+        echo "== tasks in D state, with their kernel stacks"
+        for p in $(ps -eo pid=,stat= | awk '$2 ~ /D/ {print $1}'); do
+            echo "-- $p $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | cut -c1-200)"
+            cat "/proc/$p/stack" 2>/dev/null
+        done
+        echo "== journal of glidefs.service (last 120 lines)"
+        timeout 20 journalctl -b -u glidefs --no-pager -o short-monotonic -n 120
+        echo "== kernel (last 60 lines)"
+        dmesg | tail -n 60
+    } >"$f" 2>&1
+    log "diagnosis of '$2' in $(basename "$f"):"
+    head -n 150 "$f" >/dev/console
+}
+
+# Waits for PID at most SECONDS; on timeout: FAIL, diagnosis, the process killed.
+wait_bounded() { # PID SECONDS NAME
+    local pid="$1" i
+    for ((i = 0; i < $2 * 5; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        bad "$3: still running after $2 s"
+        diagnose "$3" "$3 still running after $2 s"
+        kill -9 "$pid" 2>/dev/null
+        return 124
+    fi
+    wait "$pid"
+}
+
+# Ends this boot after SECONDS whatever is stuck: FAIL, diagnosis, the results
+# synced (only the test disk's file system: a stuck ublk device would hang a
+# global sync) and a forced power-off (a clean one may wait on the stuck device).
+watchdog() { # SECONDS
+    sleep "$1"
+    bad "stage $(cat "$R/stage"): not finished after $1 s (APPLIANCE_BOOT_DEADLINE_S)"
+    diagnose "deadline-$(cat "$R/stage")" "boot deadline"
+    timeout 30 journalctl -b --no-pager -o short-monotonic >"$R/journal-$(cat "$R/stage")-deadline.txt" 2>&1
+    echo FAIL >"$R/verdict"
+    sync -f "$R/verdict"
+    echo 1 >/proc/sys/kernel/sysrq
+    echo o >/proc/sysrq-trigger
+}
+
 finish() {
     journalctl -b --no-pager -o short-monotonic >"$R/journal-$(cat "$R/stage" 2>/dev/null || echo x).txt" 2>&1
     if grep -q '^FAIL' "$R/checks" 2>/dev/null; then echo FAIL >"$R/verdict"; else echo PASS >"$R/verdict"; fi
@@ -194,7 +256,7 @@ stage1() {
         bad "kill9: no restart (NRestarts $(nrestarts), MainPID $(main_pid))"
     fi
     figure kill9_to_active_ms $(((t1 - t0) / 1000000)) ms
-    wait "$fio_pid"
+    wait_bounded "$fio_pid" 600 "kill9: fio"
     local rc=$?
     sampler_check kill9 "$oldpid"
     if [ "$rc" = 0 ] && [ "$(fio_errors kill9)" = 0 ]; then
@@ -230,11 +292,13 @@ restart_under_fio() { # NAME WRITE_SECONDS ACTION...: ACTION while fio writes
     sampler "$name" &
     SAMPLER_PID=$!
     t0=$(date +%s%N)
+    log "$name: '$*' under fio (pid $fio_pid)"
     "$@" >>"$R/log" 2>&1 || bad "$name: '$*' failed"
     t1=$(date +%s%N)
+    log "$name: '$*' returned after $(((t1 - t0) / 1000000)) ms; waiting for fio"
     kill -0 "$fio_pid" 2>/dev/null || bad "$name: fio ended before '$*' returned: the stall is not measured"
     wait_active 300 || bad "$name: not active again"
-    wait "$fio_pid"
+    wait_bounded "$fio_pid" $((write_s + 600)) "$name: fio"
     local rc=$?
     sampler_check "$name" "$before"
     [ "$(main_pid)" != "$before" ] || bad "$name: the daemon was not restarted (MainPID $before)"
@@ -263,6 +327,7 @@ stage2() {
     local sum
     sum=$(sha256sum "$dev" | cut -d' ' -f1)
     if [ "$sum" = "$(cat "$R/vol0.sha256")" ]; then ok "reboot: vol0 sha256 unchanged"; else bad "reboot: vol0 sha256 $sum, was $(cat "$R/vol0.sha256")"; fi
+    log "export delete vol0"
     glidefs export delete vol0 >>"$R/log" 2>&1 || bad "export delete vol0"
 
     # restart and upgrade under fio.
@@ -386,6 +451,7 @@ EOF
     systemctl stop moto
 }
 
+watchdog "${APPLIANCE_BOOT_DEADLINE_S:-1200}" &
 case "$(cat "$R/stage" 2>/dev/null || echo 0)" in
     0) stage1 ;;
     2) stage2 ;;
