@@ -9,7 +9,7 @@
 //! (journals fdatasync'ed) → exit 0.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use glidefs::api::{client::encode_segment, AllowedHosts, ApiServer, ApiState, Client, Endpoint};
 use glidefs::config::{resolve_credentials, Config, DEFAULT_CONFIG};
 use glidefs::daemon::{
@@ -71,33 +71,34 @@ enum Command {
     /// Dirty data a daemon set aside because another host wrote its volume
     /// (docs/operations.md, "Diverged data").
     Diverged {
-        /// API address: http://host:port, unix:/path or a socket path.
-        #[arg(
-            long,
-            env = "GLIDEFS_API",
-            default_value = "http://127.0.0.1:8080",
-            global = true
-        )]
-        api: String,
+        #[command(flatten)]
+        api: ApiAddress,
         #[command(subcommand)]
         command: DivergedCommand,
     },
     /// Manage exports of a running daemon through its API.
     Export {
-        /// API address: http://host:port, unix:/path or a socket path.
-        #[arg(
-            long,
-            env = "GLIDEFS_API",
-            default_value = "http://127.0.0.1:8080",
-            global = true
-        )]
-        api: String,
+        #[command(flatten)]
+        api: ApiAddress,
         /// Timeout of one request in seconds (0: none; drains wait without one by default).
         #[arg(long, global = true)]
         timeout: Option<u64>,
         #[command(subcommand)]
         command: ExportCommand,
     },
+}
+
+/// The running daemon's API, for the client subcommands.
+#[derive(Args)]
+struct ApiAddress {
+    /// API address: http://host:port, unix:/path or a socket path.
+    #[arg(
+        long = "api",
+        env = "GLIDEFS_API",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
 }
 
 #[derive(Subcommand)]
@@ -155,7 +156,7 @@ fn main() {
         Command::Diverged {
             api,
             command: DivergedCommand::List,
-        } => match diverged_list(&api) {
+        } => match diverged_list(&api.url) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("glidefs: {e:#}");
@@ -166,7 +167,7 @@ fn main() {
             api,
             timeout,
             command,
-        } => match export(&api, timeout, command) {
+        } => match export(&api.url, timeout, command) {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("glidefs: {e:#}");
