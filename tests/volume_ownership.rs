@@ -19,7 +19,6 @@ const MIB: u64 = 1 << 20;
 fn host_cfg(fs: &SimFs, name: &str, host: &str) -> VolumeConfig {
     let mut c = sim_cfg(fs, name, MIB);
     c.cache_dir = format!("/sim/{host}/{name}").into();
-    c.set_aside_dir = format!("/sim/{host}/.diverged").into();
     c.owner = format!("id-{host}");
     c.host_label = host.to_string();
     c.checkpoint_every = 1000;

@@ -87,7 +87,7 @@ impl VolumeFactory for EngineVolumes {
         self.forget_local(name).await
     }
     fn list_diverged(&self) -> Result<Vec<crate::volume::diverged::DivergedEntry>, BackendError> {
-        let dir = self.cfg("x", 0).set_aside_dir;
+        let dir = self.cfg("x", 0).set_aside_dir();
         Volume::list_diverged(&crate::volume::RealFs, &dir).map_err(classify)
     }
     async fn forget_local(&self, name: &str) -> Result<(), BackendError> {

@@ -33,9 +33,6 @@ pub struct VolumeConfig {
     pub size_bytes: u64,
     /// Per-volume cache directory (cache file, journal, local state).
     pub cache_dir: PathBuf,
-    /// Where dirty data that can no longer be uploaded is moved (see
-    /// [`super::diverged`]); default `<parent of cache_dir>/.diverged`.
-    pub set_aside_dir: PathBuf,
     /// Dirty bytes beyond which writes wait for the flusher (never fail).
     pub dirty_limit_bytes: u64,
     /// The flusher uploads dirty data at least this often.
@@ -107,15 +104,10 @@ impl VolumeConfig {
         let cache_dir = cache_dir.into();
         let host_label = hostname();
         let owner = format!("{host_label}:{}", cache_dir.display());
-        let set_aside_dir = cache_dir
-            .parent()
-            .map(|p| p.join(".diverged"))
-            .unwrap_or_else(|| PathBuf::from(".diverged"));
         VolumeConfig {
             name: name.into(),
             size_bytes,
             cache_dir,
-            set_aside_dir,
             dirty_limit_bytes: crate::rules::DIRTY_LIMIT,
             flush_interval: crate::rules::FLUSH_INTERVAL,
             flush_mode: FlushMode::Local,
@@ -134,6 +126,16 @@ impl VolumeConfig {
             clock: Arc::new(SystemClock),
             seed: 0,
         }
+    }
+
+    /// Where dirty data that can no longer be uploaded is moved (see
+    /// [`super::diverged`]): `<parent of cache_dir>/.diverged`, beside every
+    /// volume's cache directory.
+    pub fn set_aside_dir(&self) -> PathBuf {
+        self.cache_dir
+            .parent()
+            .map(|p| p.join(".diverged"))
+            .unwrap_or_else(|| PathBuf::from(".diverged"))
     }
 }
 

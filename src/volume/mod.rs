@@ -413,7 +413,7 @@ impl Volume {
             let to = diverged::set_aside(
                 fs,
                 &cfg.cache_dir,
-                &cfg.set_aside_dir,
+                &cfg.set_aside_dir(),
                 diverged::Aside {
                     name: &cfg.name,
                     uuid,

@@ -286,11 +286,7 @@ pub(crate) async fn open(
     };
     let fs = cfg.fileio.clone();
     let dir = cfg.cache_dir.clone();
-    let (aside_root, name, now_ms) = (
-        cfg.set_aside_dir.clone(),
-        cfg.name.clone(),
-        cfg.clock.now_ms(),
-    );
+    let (aside_root, name, now_ms) = (cfg.set_aside_dir(), cfg.name.clone(), cfg.clock.now_ms());
     let prev = acq.prev_owner.clone().unwrap_or_default();
     let (data, replayed, boot_id, journal, diverged) = smol::unblock(move || -> Result<_, VolumeError> {
         let io = |c: &str, e| VolumeError::io(format!("{c} in {}", dir.display()), e);

@@ -187,7 +187,6 @@ pub fn run_case(
                 let net = FaultStore::new(store.clone());
                 let mut cfg = sim_cfg(&fs, "vm", SIZE);
                 cfg.cache_dir = format!("/sim/h{i}/vm").into();
-                cfg.set_aside_dir = format!("/sim/h{i}/.diverged").into();
                 cfg.owner = format!("host-id-{i}");
                 cfg.host_label = format!("h{i}");
                 cfg.lease_ttl = TTL;
