@@ -11,6 +11,10 @@
 #                   SIGTERM: the daemon must exit 0 within 60 s leaving the device for
 #                   the next one, which recovers it again and deletes it
 #   stop-idle-recovered  fio, drain, kill -9 with no I/O in flight, restart, SIGTERM
+#   stop-busy       fio, SIGTERM mid-write (a graceful restart, as `systemctl restart`
+#                   does): the daemon exits 0, the next one recovers the device, and
+#                   fio finishes without an error within 120 s (the appliance's
+#                   restart under fio once hung until CI's timeout)
 #   stop-mounted-recovered  ext4 on the device, sync, kill -9 with it mounted, restart,
 #                   umount, SIGTERM (how `filesystem` ends; the recovered daemon once
 #                   did not exit there)
@@ -25,7 +29,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SIZE="${TEARDOWN_SIZE:-64M}"
 ROUNDS="${TEARDOWN_ROUNDS:-3}"
-CASES="${TEARDOWN_CASES:-after-io no-drain after-recovery bounce busy stop-recovered stop-idle-recovered stop-mounted-recovered}"
+CASES="${TEARDOWN_CASES:-after-io no-drain after-recovery bounce busy stop-recovered stop-idle-recovered stop-busy stop-mounted-recovered}"
 API_TIMEOUT="${TEARDOWN_TIMEOUT_S:-120}"
 IO_SECONDS="${TEARDOWN_IO_S:-6}"
 
@@ -123,6 +127,18 @@ for ((round = 1; round <= ROUNDS; round++)); do
                 export_drain "$name"
                 kill9_and_recover
                 stop_and_restart
+                ;;
+            stop-busy)
+                sleep "$(rand_between 2 "$IO_SECONDS")"
+                kill -0 "$BG_PID" 2>/dev/null || fail "fio ended before the SIGTERM"
+                stop_and_restart
+                end=$((SECONDS + 120))
+                while [ "$SECONDS" -lt "$end" ] && kill -0 "$BG_PID" 2>/dev/null; do sleep 0.2; done
+                if kill -0 "$BG_PID" 2>/dev/null; then
+                    dump_stuck "fio still running 120 s after the restart"
+                    fail "fio on $dev hangs after a SIGTERM restart under I/O"
+                fi
+                wait "$BG_PID" || fio_failed "$name"
                 ;;
             stop-mounted-recovered)
                 wait "$BG_PID" || fio_failed "$name"
