@@ -29,7 +29,7 @@
 # results/figures ("name value unit"); results/verdict is PASS or FAIL.
 #
 # Nothing here may hang the run: fio is waited for with a bound, and a watchdog ends
-# each boot after APPLIANCE_BOOT_DEADLINE_S (default 1200) with a FAIL, a diagnosis
+# each boot after APPLIANCE_BOOT_DEADLINE_S (default 900) with a FAIL, a diagnosis
 # (results/diag-*.txt: the daemon's journal, D-state tasks and their kernel stacks,
 # the ublk devices' in-flight counts; its head also on the console, which
 # vm-tests/appliance-run prints on failure) and a forced power-off.
@@ -451,7 +451,7 @@ EOF
     systemctl stop moto
 }
 
-watchdog "${APPLIANCE_BOOT_DEADLINE_S:-1200}" &
+watchdog "${APPLIANCE_BOOT_DEADLINE_S:-900}" &
 case "$(cat "$R/stage" 2>/dev/null || echo 0)" in
     0) stage1 ;;
     2) stage2 ;;
