@@ -189,6 +189,9 @@ pub struct FakeDevices {
     pub devices: Mutex<BTreeMap<u32, u64>>,
     /// When set, `add` fails.
     pub fail_add: AtomicBool,
+    /// Ids whose recovery and re-attach fail (the kernel device stays, quiesced), as
+    /// START_USER_RECOVERY does while the old char device is not released.
+    pub fail_recover: Mutex<std::collections::HashSet<u32>>,
     /// Set by `shutdown`: `Some(stop_devices)`.
     pub shut: Mutex<Option<bool>>,
 }
@@ -230,6 +233,10 @@ impl DeviceBackend for FakeDevices {
         devices
             .into_iter()
             .map(|(id, t)| {
+                if d.contains_key(&id) && self.fail_recover.lock().contains(&id) {
+                    let e = BackendError::Internal(format!("injected recovery failure of {id}"));
+                    return (id, Err(e));
+                }
                 // A device still in the kernel keeps its size; a gone one is added.
                 d.entry(id).or_insert_with(|| t.size_bytes());
                 (id, Ok(info(id)))
@@ -239,6 +246,10 @@ impl DeviceBackend for FakeDevices {
     fn reattach(&self, dev_id: u32, target: Arc<dyn IoTarget>) -> Result<DeviceInfo, BackendError> {
         if self.fail_add.load(Ordering::SeqCst) {
             return Err(BackendError::Unavailable("injected add failure".into()));
+        }
+        if self.fail_recover.lock().contains(&dev_id) {
+            let e = format!("injected recovery failure of {dev_id}");
+            return Err(BackendError::Internal(e));
         }
         // Like the kernel: a waiting device is re-attached with the size it has;
         // only a device that is gone is added at the target's size.

@@ -7,7 +7,10 @@
 //! unreadable registry is an error. The router is ready only after this returns.
 //! Exports whose volume waited for an unavailable store keep their device QUIESCED
 //! and are re-opened by a background thread with backoff ([`crate::backoff`]), so a
-//! store outage during a restart costs the guests latency, never their disks.
+//! store outage during a restart costs the guests latency, never their disks. The
+//! same thread re-attaches, in place, a device whose own recovery failed while its
+//! volume opened (the device stays QUIESCED in the kernel meanwhile; a second device
+//! beside it would leave the guest's I/O on the first waiting forever).
 
 use super::backend::{BackendError, ExportVolume};
 use super::error::{backend, RouterError};
@@ -121,8 +124,17 @@ impl Router {
                 match res {
                     Ok(d) => e.device = Some(d),
                     Err(err) => {
-                        tracing::error!(export = %name, dev_id = id, error = %err, "device could not be recovered");
-                        e.error = Some(format!("device {id}: {err}"));
+                        // The device is still in the kernel, quiesced, with the
+                        // guest's I/O waiting on it: re-attach it in place later
+                        // (background, or PUT), never a second device beside it.
+                        tracing::error!(export = %name, dev_id = id, error = %err, "device could not be recovered; re-attaching it in the background");
+                        e.error = Some(format!(
+                            "device {id} kept, re-attaching in the background: {err}"
+                        ));
+                        if e.volume.is_some() {
+                            e.parked = true;
+                            e.reopen = true;
+                        }
                     }
                 }
             }
@@ -134,7 +146,11 @@ impl Router {
                 let id = entries.get(name).and_then(|r| r.dev_id);
                 if let Some(id) = id {
                     if e.volume.is_some() && e.error.is_none() && !answered.contains(&id) {
-                        e.error = Some(format!("device {id}: not recovered"));
+                        e.error = Some(format!(
+                            "device {id}: not recovered; re-attaching in the background"
+                        ));
+                        e.parked = true;
+                        e.reopen = true;
                     }
                 }
             }
@@ -295,7 +311,13 @@ impl Router {
             _ => return false,
         };
         let size = e.size_bytes;
+        // Open already: only its device is waiting (its start-up recovery failed).
+        let device_only = e.volume.is_some();
         match self.repair(name, e, size).await {
+            Ok(_) if device_only => {
+                tracing::info!(export = name, "device re-attached");
+                false
+            }
             Ok(_) => {
                 tracing::info!(
                     export = name,
@@ -307,6 +329,10 @@ impl Router {
                 source: BackendError::Unavailable(_),
                 ..
             }) => true,
+            Err(err) if device_only => {
+                tracing::warn!(export = name, error = %err, "device re-attach failed; retrying");
+                true
+            }
             Err(err) => {
                 tracing::error!(export = name, error = %err, "re-open failed; the export stays failed (PUT retries)");
                 self.set_entry(name, |x| x.reopen = false);

@@ -544,6 +544,58 @@ fn a_store_outage_at_restart_keeps_devices_and_reattaches_them() {
     assert_eq!(f.registry()["a"].dev_id, Some(0));
 }
 
+/// A device whose start-up recovery fails (the kernel's START_USER_RECOVERY
+/// refused past its patience) stays in the kernel, quiesced, with the guest's I/O
+/// waiting on it: it is re-attached in place in the background, and a PUT re-attaches
+/// it rather than adding a second device beside the stuck one (the old code marked
+/// the export failed for good, and its PUT left the first device waiting forever).
+#[test]
+fn a_device_whose_recovery_fails_is_reattached_in_place() {
+    let f = Fixture::new();
+    let r = f.router(10, true);
+    block_on(r.put("a", 4096)).unwrap();
+    block_on(r.put("b", 8192)).unwrap();
+    r.shutdown(false);
+    drop(r);
+    f.devs.fail_recover.lock().insert(1);
+    // Re-attached by PUT, in place.
+    let r = f.router(10, true);
+    let b = r.get("b").unwrap();
+    assert_eq!(b.state, ExportState::Failed);
+    assert!(b.error.unwrap().contains("injected recovery failure"));
+    assert_eq!(r.get("a").unwrap().state, ExportState::Live);
+    f.devs.fail_recover.lock().clear();
+    let (info, out) = block_on(r.put("b", 8192)).unwrap();
+    assert_eq!(out, PutOutcome::Repaired);
+    assert_eq!(info.device.as_deref(), Some("/dev/ublkb1"));
+    let ids: Vec<u32> = f.devs.devices.lock().keys().copied().collect();
+    assert_eq!(ids, [0, 1], "no second device beside the waiting one");
+    r.shutdown(false);
+    drop(r);
+    // Re-attached in the background once the kernel lets it.
+    f.devs.fail_recover.lock().insert(1);
+    let fast = crate::backoff::Backoff {
+        base: std::time::Duration::from_millis(20),
+        max: std::time::Duration::from_millis(100),
+    };
+    let r = f.router_with(10, true, fast);
+    assert_eq!(r.get("b").unwrap().state, ExportState::Failed);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(
+        r.get("b").unwrap().state,
+        ExportState::Failed,
+        "still refused"
+    );
+    f.devs.fail_recover.lock().clear();
+    wait_until("b live again", || {
+        r.get("b").unwrap().state == ExportState::Live
+    });
+    assert_eq!(r.get("b").unwrap().device.as_deref(), Some("/dev/ublkb1"));
+    let ids: Vec<u32> = f.devs.devices.lock().keys().copied().collect();
+    assert_eq!(ids, [0, 1]);
+    assert_eq!(f.registry()["b"].dev_id, Some(1));
+}
+
 #[test]
 fn a_waiting_export_keeps_its_device_until_deleted() {
     let f = Fixture::new();
