@@ -273,6 +273,7 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
     .context("installing signal handlers")?;
 
     let metrics = Metrics::new(cfg.api.per_export_metrics, VERSION, GIT_SHA).context("metrics")?;
+    metrics.set_dirty_limit(cfg.cache.dirty_limit.0);
     let creds = resolve_credentials(&cfg.store, &|k| std::env::var(k).ok())?;
     let store_url = cfg.store_url();
     if let Some(p) = store_url.strip_prefix("file://") {

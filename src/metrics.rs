@@ -44,6 +44,10 @@ pub trait StatsSource: Send + Sync + 'static {
     fn export_states(&self) -> Vec<(&'static str, usize)> {
         Vec::new()
     }
+    /// Whether the daemon is ready (what /health/ready answers); `None`: unknown.
+    fn ready(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// Pre-resolved handles for one export's I/O path.
@@ -96,6 +100,8 @@ pub struct Metrics {
     shared_io: Option<IoMetrics>,
     store: StoreMetrics,
     scrape: Arc<ScrapeCollector>,
+    /// `cache.dirty_limit`, set once by the daemon.
+    dirty_limit: IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -191,6 +197,11 @@ impl Metrics {
 
         let scrape = Arc::new(ScrapeCollector::new(per_export)?);
         registry.register(Box::new(ScrapeHandle(scrape.clone())))?;
+        let dirty_limit = IntGauge::with_opts(opts(
+            "dirty_limit_bytes",
+            "cache.dirty_limit: dirty bytes of one export beyond which its writers wait.",
+        ))?;
+        registry.register(Box::new(dirty_limit.clone()))?;
 
         let mut m = Metrics {
             registry,
@@ -199,6 +210,7 @@ impl Metrics {
             shared_io: None,
             store,
             scrape,
+            dirty_limit,
         };
         if !per_export {
             m.shared_io = Some(m.resolve(&[])?);
@@ -273,6 +285,12 @@ impl Metrics {
         self.store.clone()
     }
 
+    /// The configured per-export dirty limit (`cache.dirty_limit`), for alert rules.
+    pub fn set_dirty_limit(&self, bytes: u64) {
+        self.dirty_limit
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     /// Set where scrape-time values come from.
     pub fn set_source(&self, source: Arc<dyn StatsSource>) {
         *self.scrape.source.lock() = Some(source);
@@ -302,6 +320,7 @@ struct ScrapeCollector {
     unuploadable_blocks: IntGaugeVec,
     exports: IntGauge,
     exports_by_state: IntGaugeVec,
+    ready: IntGauge,
     pool_acquires: IntCounter,
     pool_waits: IntCounter,
     pool_workers: IntGauge,
@@ -351,6 +370,10 @@ impl ScrapeCollector {
                 ),
                 &["state"],
             )?,
+            ready: IntGauge::with_opts(opts(
+                "ready",
+                "1 when the daemon is ready (start-up recovery done, not stopping): /health/ready answers 200.",
+            ))?,
             pool_acquires: IntCounter::with_opts(opts(
                 "ublk_buffer_pool_acquires_total",
                 "I/O buffer slots acquired, all workers.",
@@ -385,6 +408,7 @@ impl Collector for ScrapeHandle {
         d.extend(s.unuploadable_blocks.desc());
         d.extend(s.exports.desc());
         d.extend(s.exports_by_state.desc());
+        d.extend(s.ready.desc());
         d.extend(s.pool_acquires.desc());
         d.extend(s.pool_waits.desc());
         d.extend(s.pool_workers.desc());
@@ -465,6 +489,10 @@ impl Collector for ScrapeHandle {
             }
         }
         out.extend(s.exports_by_state.collect());
+        if let Some(ready) = source.ready() {
+            s.ready.set(i64::from(ready));
+            out.extend(s.ready.collect());
+        }
         if let Some(p) = source.pool() {
             counter_set(&s.pool_acquires, p.acquires);
             counter_set(&s.pool_waits, p.backpressure_waits);
@@ -520,12 +548,16 @@ mod tests {
         fn export_count(&self) -> usize {
             2
         }
+        fn ready(&self) -> Option<bool> {
+            Some(true)
+        }
     }
 
     #[test]
     fn per_export_series_and_scrape_values() {
         let m = Metrics::new(true, "0.1.0", "abc123").unwrap();
         m.set_source(Arc::new(Src));
+        m.set_dirty_limit(1 << 30);
         let io = m.export_io("vol1").unwrap();
         io.read_size.observe(4096.0);
         io.write_size.observe(131072.0);
@@ -546,6 +578,8 @@ mod tests {
         assert!(text.contains("glidefs_flush_errors_total{export=\"b\"} 5"));
         assert!(text.contains("glidefs_unuploadable_blocks{export=\"b\"} 1"));
         assert!(text.contains("glidefs_exports 2"));
+        assert!(text.contains("glidefs_ready 1"));
+        assert!(text.contains("glidefs_dirty_limit_bytes 1073741824"));
         assert!(text.contains("glidefs_ublk_buffer_pool_acquires_total 7"));
         assert!(text.contains("glidefs_ublk_buffer_pool_backpressure_waits_total 2"));
         assert!(text.contains("glidefs_ublk_buffer_pool_workers_initialized 2"));

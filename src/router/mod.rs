@@ -547,6 +547,9 @@ impl StatsSource for RouterStats {
     fn export_count(&self) -> usize {
         self.0.upgrade().map(|r| r.len()).unwrap_or(0)
     }
+    fn ready(&self) -> Option<bool> {
+        self.0.upgrade().map(|r| r.is_ready())
+    }
     fn export_states(&self) -> Vec<(&'static str, usize)> {
         self.0
             .upgrade()

@@ -337,7 +337,9 @@ fn metrics_follow_exports() {
     };
     let m = Metrics::new(true, "v", "s").unwrap();
     let r = Router::new(cfg, f.vols.clone(), None, m.clone()).unwrap();
+    assert!(m.render().contains("glidefs_ready 0"), "before recovery");
     r.recover().unwrap();
+    assert!(m.render().contains("glidefs_ready 1"), "after recovery");
     block_on(r.put("m1", 1 << 20)).unwrap();
     // Drive I/O through the metered target the router built for the device.
     let t = r.io_target("m1").unwrap();
@@ -355,6 +357,8 @@ fn metrics_follow_exports() {
     assert!(text.contains("glidefs_cache_hits_total{export=\"m1\"} 1"));
     block_on(r.delete("m1", true, false)).unwrap();
     assert!(!m.render().contains("export=\"m1\""));
+    r.shutdown(false);
+    assert!(m.render().contains("glidefs_ready 0"), "stopping");
 }
 
 #[test]
