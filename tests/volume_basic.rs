@@ -820,3 +820,47 @@ fn the_journal_stays_bounded_during_a_store_outage() {
         v.close().await.unwrap();
     });
 }
+
+/// Shutdown stops the uploads before the devices (Router::shutdown): in between,
+/// I/O goes on locally, what needs the store waits rather than failing, and the
+/// close that follows keeps everything acknowledged.
+#[test]
+fn after_stop_background_io_goes_on_locally_and_close_keeps_it() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "bg", MIB);
+        let v = open(&cfg, &store).await;
+        v.write(0, &pattern(1, 4096), false).await.unwrap();
+        v.drain().await.unwrap();
+        let puts = m.put_count();
+        v.stop_background().await;
+        v.write(4096, &pattern(2, 4096), false).await.unwrap();
+        v.flush().await.unwrap();
+        let mut got = vec![0u8; 4096];
+        v.read(4096, &mut got).await.unwrap();
+        assert!(got == pattern(2, 4096));
+        // A drain needs the flusher: it waits (the device stopping drops it), it
+        // does not fail.
+        let mut d = Box::pin({
+            let v = v.clone();
+            async move { v.drain().await }
+        });
+        assert!(futures_lite::future::poll_once(&mut d).await.is_none());
+        smol::Timer::after(std::time::Duration::from_millis(50)).await;
+        assert!(futures_lite::future::poll_once(&mut d).await.is_none());
+        drop(d);
+        assert_eq!(
+            m.put_count(),
+            puts,
+            "nothing uploaded after stop_background"
+        );
+        v.close().await.unwrap();
+        let v = open(&cfg, &store).await;
+        for (off, seed) in [(0, 1), (4096, 2)] {
+            v.read(off, &mut got).await.unwrap();
+            assert!(got == pattern(seed, 4096), "block at {off}");
+        }
+        v.close().await.unwrap();
+    });
+}

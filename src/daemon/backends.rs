@@ -135,6 +135,9 @@ impl ExportVolume for EngineVolume {
     async fn close(&self) -> Result<(), BackendError> {
         self.0.close().await.map_err(classify)
     }
+    async fn stop_background(&self) {
+        self.0.stop_background().await
+    }
     fn counters(&self) -> VolumeStats {
         self.0.stats()
     }

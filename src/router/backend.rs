@@ -41,6 +41,9 @@ pub trait ExportVolume: IoTarget {
     async fn drain(&self) -> Result<(), BackendError>;
     /// Stop background work and make journals durable locally (fdatasync).
     async fn close(&self) -> Result<(), BackendError>;
+    /// Stop background work (uploads) ahead of `close`; I/O keeps working, and what
+    /// waits for the store waits. Shutdown calls it before the devices stop.
+    async fn stop_background(&self) {}
     /// Scrape-time counters.
     fn counters(&self) -> VolumeStats;
 }

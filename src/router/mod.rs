@@ -447,6 +447,14 @@ impl Router {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        // Uploads in flight finish (each bounded by its volume's grace) while the
+        // devices still serve I/O, so the guests' stall is only the handover below.
+        let t0 = std::time::Instant::now();
+        let vols = self.open_volumes();
+        crate::parallel::map(self.cfg.open_concurrency, vols, |(_, v)| {
+            smol::block_on(v.stop_background())
+        });
+        let t_bg = t0.elapsed().as_millis() as u64;
         if let Some(devs) = &self.devices {
             if stop_devices {
                 // Devices still waiting for their volume are not served, so the
@@ -467,12 +475,19 @@ impl Router {
             }
             devs.shutdown(stop_devices);
         }
+        let t_devs = t0.elapsed().as_millis() as u64;
         let vols = self.open_volumes();
         crate::parallel::map(self.cfg.open_concurrency, vols, |(name, v)| {
             if let Err(e) = smol::block_on(v.close()) {
                 tracing::error!(export = %name, error = %e, "close failed");
             }
         });
+        tracing::info!(
+            uploads_stopped_ms = t_bg,
+            devices_stopped_ms = t_devs - t_bg,
+            volumes_closed_ms = t0.elapsed().as_millis() as u64 - t_devs,
+            "shutdown steps"
+        );
         self.ready.store(false, Ordering::SeqCst);
     }
 }

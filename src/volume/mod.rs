@@ -557,6 +557,14 @@ impl Volume {
         flusher::checkpoint_local(inner, true, false).await
     }
 
+    /// Stop the flusher ahead of [`close`](Self::close), at shutdown while the device
+    /// still serves I/O: an upload in flight finishes (bounded) with the guest's I/O
+    /// still flowing. Reads, writes and local FLUSHes keep working; what waits for
+    /// the store (drain, a store-mode FLUSH, writers at the dirty limit) waits.
+    pub async fn stop_background(&self) {
+        self.stop_flusher().await;
+    }
+
     /// Simulate `kill -9` (tests): stop the flusher and refuse further I/O without
     /// syncing anything. What the engine wrote stays in the (simulated) page cache.
     #[doc(hidden)]
