@@ -561,8 +561,17 @@ impl Volume {
     /// still serves I/O: an upload in flight finishes (bounded) with the guest's I/O
     /// still flowing. Reads, writes and local FLUSHes keep working; what waits for
     /// the store (drain, a store-mode FLUSH, writers at the dirty limit) waits.
+    /// Then a local checkpoint (the flusher's own, not a clean close) syncs the
+    /// cache data, so the close after the device stopped has little left to sync.
     pub async fn stop_background(&self) {
         self.stop_flusher().await;
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = flusher::checkpoint_local(inner, false, false).await {
+            tracing::warn!(volume = %inner.cfg.name, error = %e, "checkpoint before close failed");
+        }
     }
 
     /// Simulate `kill -9` (tests): stop the flusher and refuse further I/O without
