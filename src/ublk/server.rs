@@ -352,8 +352,9 @@ impl UblkServer {
     }
 
     /// Stop serving. With `stop_devices`, every device is stopped and deleted first;
-    /// without, the workers just exit and close the char devices, which leaves the
-    /// devices QUIESCED for the next daemon to recover. Idempotent.
+    /// without, the workers drop their tasks and keep their rings until the process
+    /// exits, which the kernel handles as it does kill -9: the devices go QUIESCED
+    /// for the next daemon to recover. Idempotent.
     pub fn shutdown(&self, stop_devices: bool) {
         if self.shut.swap(true, Ordering::SeqCst) {
             return;

@@ -51,9 +51,10 @@ pub(crate) enum WorkerMsg {
     /// Wait until the queue's tag tasks ended (the kernel aborted their commands
     /// after STOP_DEV), then release its file slot; reply when done.
     Detach(u32, u16, mpsc::SyncSender<Result<(), UblkError>>),
-    /// Leave the loop: dropping the ring cancels outstanding commands, which the
-    /// kernel treats like a dead server (devices go QUIESCED, recoverable).
-    Exit,
+    /// Stop serving: drop every task (no request reaches a target afterwards),
+    /// reply, then keep the ring, untouched, until the process exits (see
+    /// `worker_loop`).
+    Exit(mpsc::SyncSender<()>),
     /// Tests: run a closure on the worker thread (e.g. to spawn a task there).
     #[cfg(test)]
     Run(OnWorker),
@@ -114,11 +115,16 @@ impl WorkerHandle {
         r
     }
 
+    /// Stop serving; returns once the worker dropped its tasks. The thread is not
+    /// joined: it keeps its ring until the process exits.
     pub(crate) fn exit(&self) {
-        let _ = self.send(WorkerMsg::Exit);
-        if let Some(t) = self.thread.lock().take() {
-            let _ = t.join();
+        let (tx, rx) = mpsc::sync_channel(1);
+        if self.send(WorkerMsg::Exit(tx)).is_ok()
+            && rx.recv_timeout(DRAIN_TIMEOUT + REPLY_SLACK).is_err()
+        {
+            tracing::error!(worker = self.kick.index(), "worker did not answer exit");
         }
+        drop(self.thread.lock().take());
     }
 }
 
@@ -272,6 +278,23 @@ impl WorkerCtx {
     }
 }
 
+/// Exit: drop the tasks (their ops are abandoned and no request reaches a target any
+/// more; the volumes close next), answer, and park with the ring open until the
+/// process exits. The kernel then sees what it sees at kill -9: every command
+/// cancelled at the exit of the task that issued it, and the devices go QUIESCED
+/// for the next daemon. Closing the ring here instead left a device LIVE with no
+/// server for good, now and then, on 6.12 (its guest's I/O hung: 1 in 18 rounds
+/// of the teardown phase's stop-busy case).
+fn stop_for_good(ctx: &WorkerCtx, ack: Option<mpsc::SyncSender<()>>) -> ! {
+    ctx.queues.borrow_mut().clear();
+    if let Some(ack) = ack {
+        let _ = ack.send(());
+    }
+    loop {
+        std::thread::park();
+    }
+}
+
 fn worker_loop(reactor: Rc<Reactor>, rx: mpsc::Receiver<WorkerMsg>) {
     let ctx = Rc::new(WorkerCtx {
         reactor: reactor.clone(),
@@ -290,12 +313,8 @@ fn worker_loop(reactor: Rc<Reactor>, rx: mpsc::Receiver<WorkerMsg>) {
                 }
                 #[cfg(test)]
                 Ok(WorkerMsg::Run(f)) => f(&ctx),
-                Ok(WorkerMsg::Exit) | Err(mpsc::TryRecvError::Disconnected) => {
-                    // Drop tasks before the ring: their ops are abandoned, then the
-                    // ring's exit cancels the kernel side.
-                    ctx.queues.borrow_mut().clear();
-                    return;
-                }
+                Ok(WorkerMsg::Exit(ack)) => stop_for_good(&ctx, Some(ack)),
+                Err(mpsc::TryRecvError::Disconnected) => stop_for_good(&ctx, None),
                 Err(mpsc::TryRecvError::Empty) => break,
             }
         }
