@@ -27,7 +27,6 @@ use std::future::Future;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -70,7 +69,6 @@ pub(crate) struct WorkerHandle {
     kick: Arc<Kick>,
     /// Queues attached (the placement load).
     pub(crate) load: AtomicUsize,
-    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl WorkerHandle {
@@ -124,7 +122,6 @@ impl WorkerHandle {
         {
             tracing::error!(worker = self.kick.index(), "worker did not answer exit");
         }
-        drop(self.thread.lock().take());
     }
 }
 
@@ -138,7 +135,8 @@ pub(crate) fn spawn_worker(
     let (tx, rx) = mpsc::channel();
     let (ready_tx, ready_rx) = mpsc::sync_channel(1);
     let k2 = kick.clone();
-    let thread = std::thread::Builder::new()
+    // Detached: a worker is never joined (it parks for good at exit).
+    std::thread::Builder::new()
         .name(format!("ublk-w{index}"))
         .spawn(move || {
             if let Some(cpu) = cpu {
@@ -161,7 +159,6 @@ pub(crate) fn spawn_worker(
         tx: Mutex::new(tx),
         kick,
         load: AtomicUsize::new(0),
-        thread: Mutex::new(Some(thread)),
     })
 }
 
