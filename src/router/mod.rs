@@ -476,6 +476,8 @@ impl Router {
             devs.shutdown(stop_devices);
         }
         let t_devs = t0.elapsed().as_millis() as u64;
+        // Listed again: an API operation still running past SHUTDOWN_GRACE may have
+        // opened a volume since the first list.
         let vols = self.open_volumes();
         crate::parallel::map(self.cfg.open_concurrency, vols, |(name, v)| {
             if let Err(e) = smol::block_on(v.close()) {

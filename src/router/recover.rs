@@ -128,13 +128,10 @@ impl Router {
                         // guest's I/O waiting on it: re-attach it in place later
                         // (background, or PUT), never a second device beside it.
                         tracing::error!(export = %name, dev_id = id, error = %err, "device could not be recovered; re-attaching it in the background");
-                        e.error = Some(format!(
-                            "device {id} kept, re-attaching in the background: {err}"
-                        ));
-                        if e.volume.is_some() {
-                            e.parked = true;
-                            e.reopen = true;
-                        }
+                        wait_for_device(
+                            e,
+                            format!("device {id} kept, re-attaching in the background: {err}"),
+                        );
                     }
                 }
             }
@@ -146,11 +143,10 @@ impl Router {
                 let id = entries.get(name).and_then(|r| r.dev_id);
                 if let Some(id) = id {
                     if e.volume.is_some() && e.error.is_none() && !answered.contains(&id) {
-                        e.error = Some(format!(
-                            "device {id}: not recovered; re-attaching in the background"
-                        ));
-                        e.parked = true;
-                        e.reopen = true;
+                        wait_for_device(
+                            e,
+                            format!("device {id}: not recovered; re-attaching in the background"),
+                        );
                     }
                 }
             }
@@ -369,5 +365,16 @@ impl Router {
             }
         }
         (e, r, target, target_err)
+    }
+}
+
+/// An export whose volume opened but whose device was not re-attached: failed with
+/// `error`, its device kept (parked) for the background thread, or a PUT, to
+/// re-attach in place.
+fn wait_for_device(e: &mut Entry, error: String) {
+    e.error = Some(error);
+    if e.volume.is_some() {
+        e.parked = true;
+        e.reopen = true;
     }
 }
