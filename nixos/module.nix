@@ -437,6 +437,10 @@ in
         ProtectClock = true;
         ProtectHostname = true;
         ProtectProc = "invisible";
+        # /proc shows processes only; the one system file the daemon reads, the
+        # boot id (power-loss detection), is bound where it looks next.
+        ProcSubset = "pid";
+        BindReadOnlyPaths = [ "/proc/sys/kernel/random/boot_id:/run/glidefs/boot_id" ];
         RestrictNamespaces = true;
         RestrictAddressFamilies = [
           "AF_UNIX"

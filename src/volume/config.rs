@@ -88,11 +88,19 @@ impl fmt::Debug for VolumeConfig {
     }
 }
 
-/// This host's name (`localhost` when unreadable): for display only.
+/// This host's name (`localhost` when empty): for display only. From uname(2), not
+/// `/proc/sys/kernel/hostname`, which glidefs.service's `ProcSubset=pid` hides.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".to_string())
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    if name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name
+    }
 }
 
 impl VolumeConfig {

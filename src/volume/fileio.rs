@@ -201,27 +201,32 @@ impl FileIo for RealFs {
         }
     }
     fn boot_id(&self) -> String {
-        read_boot_id(Path::new(BOOT_ID_PATH))
+        read_boot_id(&BOOT_ID_PATHS.map(Path::new))
     }
 }
 
-/// Where the kernel names the current boot.
-const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+/// Where the kernel names the current boot, in the order tried: the kernel's own
+/// file, then the copy glidefs.service binds into its runtime directory
+/// (`BindReadOnlyPaths=`), because its `ProcSubset=pid` hides `/proc/sys`.
+const BOOT_ID_PATHS: [&str; 2] = ["/proc/sys/kernel/random/boot_id", "/run/glidefs/boot_id"];
 
-/// The boot id at `path`. One that cannot be read (or is empty) becomes a random
-/// `unreadable-…` id, new on every call: it never equals an id recorded before, so
-/// the journal replay treats an unclean close as a possible power loss and verifies,
-/// instead of trusting unsynced records (fail closed).
-fn read_boot_id(path: &Path) -> String {
-    match std::fs::read_to_string(path) {
-        Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
-        res => {
-            let why = res.err().map_or("empty".to_string(), |e| e.to_string());
-            tracing::warn!(path = %path.display(), error = %why,
-                "cannot read the boot id: every unclean close counts as a possible power loss");
-            format!("unreadable-{:016x}", rand::random::<u64>())
+/// The boot id from the first of `paths` that holds one. When none can be read (or
+/// all are empty) it becomes a random `unreadable-…` id, new on every call: it never
+/// equals an id recorded before, so the journal replay treats an unclean close as a
+/// possible power loss and verifies, instead of trusting unsynced records (fail
+/// closed).
+fn read_boot_id(paths: &[&Path]) -> String {
+    let mut why = Vec::new();
+    for path in paths {
+        match std::fs::read_to_string(path) {
+            Ok(s) if !s.trim().is_empty() => return s.trim().to_string(),
+            Ok(_) => why.push(format!("{}: empty", path.display())),
+            Err(e) => why.push(format!("{}: {e}", path.display())),
         }
     }
+    tracing::warn!(tried = %why.join("; "),
+        "cannot read the boot id: every unclean close counts as a possible power loss");
+    format!("unreadable-{:016x}", rand::random::<u64>())
 }
 
 #[derive(Default)]
@@ -477,12 +482,20 @@ mod tests {
     #[test]
     fn an_unreadable_boot_id_never_matches_a_recorded_one() {
         let dir = tempfile::tempdir().unwrap();
-        let id = read_boot_id(&dir.path().join("no-such-file"));
+        let missing = dir.path().join("no-such-file");
+        let id = read_boot_id(&[&missing]);
         assert!(!id.is_empty(), "an unreadable boot id reads as empty");
-        assert_ne!(id, read_boot_id(&dir.path().join("no-such-file-either")));
+        assert_ne!(id, read_boot_id(&[&dir.path().join("no-such-file-either")]));
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "").unwrap();
+        assert!(read_boot_id(&[&empty]).starts_with("unreadable-"));
         let good = dir.path().join("boot_id");
         std::fs::write(&good, "1234\n").unwrap();
-        assert_eq!(read_boot_id(&good), "1234");
+        assert_eq!(read_boot_id(&[&good]), "1234");
+        // The first place that holds one wins; missing or empty ones are skipped.
+        let other = dir.path().join("other");
+        std::fs::write(&other, "5678\n").unwrap();
+        assert_eq!(read_boot_id(&[&missing, &empty, &good, &other]), "1234");
     }
 
     /// Cache files hold guests' data: readable by their owner only, whatever the umask.

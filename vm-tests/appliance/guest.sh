@@ -374,6 +374,12 @@ stage2() {
     check "hardening: only CAP_SYS_ADMIN in the bounding set" \
         sh -c "grep -q '^CapBnd:.*0000000000200000$' /proc/$pid/status"
     check "hardening: seccomp filter on" sh -c "grep -q '^Seccomp:.*2' /proc/$pid/status"
+    check "hardening: /proc shows processes only (ProcSubset=pid)" \
+        nsenter -t "$pid" -m -- sh -c '! test -e /proc/sys/kernel/random/boot_id'
+    check "hardening: the kernel's boot id is bound where the daemon looks" \
+        sh -c "nsenter -t $pid -m -- cat /run/glidefs/boot_id | cmp -s - /proc/sys/kernel/random/boot_id"
+    check "hardening: the daemon read the boot id (no 'cannot read the boot id' this boot)" \
+        sh -c "! journalctl -b -u glidefs --no-pager | grep -q 'cannot read the boot id'"
 
     credentials
     finish
