@@ -374,6 +374,13 @@ stage2() {
     check "hardening: only CAP_SYS_ADMIN in the bounding set" \
         sh -c "grep -q '^CapBnd:.*0000000000200000$' /proc/$pid/status"
     check "hardening: seccomp filter on" sh -c "grep -q '^Seccomp:.*2' /proc/$pid/status"
+    # Information, not a check: whether the daemon, with only CAP_SYS_ADMIN, can read
+    # init's mount namespace link (src/ublk/mounts.rs compares it with its own).
+    if nsenter -t "$pid" -m -- setpriv --bounding-set=-all,+sys_admin -- stat -L /proc/1/ns/mnt >>"$R/log" 2>&1; then
+        log "info: /proc/1/ns/mnt is readable with the daemon's capabilities"
+    else
+        log "info: /proc/1/ns/mnt is NOT readable with the daemon's capabilities"
+    fi
     check "hardening: /proc shows processes only (ProcSubset=pid)" \
         nsenter -t "$pid" -m -- sh -c '! test -e /proc/sys/kernel/random/boot_id'
     check "hardening: the kernel's boot id is bound where the daemon looks" \
