@@ -864,3 +864,39 @@ fn after_stop_background_io_goes_on_locally_and_close_keeps_it() {
         v.close().await.unwrap();
     });
 }
+
+/// Thousands of idle exports must not wake the host every flush interval (issue 19,
+/// "idle costs nothing"): a clean volume's flusher sleeps until its first write, a
+/// kick or its lease renewal, and a write after the idle spell still reaches the
+/// store about a flush interval later, without a drain.
+#[test]
+fn an_idle_volume_does_not_wake_its_flusher_every_flush_interval() {
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "idle", MIB);
+        cfg.flush_interval = std::time::Duration::from_millis(20);
+        // The default lease TTL (300 s) renews every 100 s: never within this test.
+        let v = open(&cfg, &store).await;
+        // The open kicks the flusher once; let that cycle end.
+        smol::Timer::after(std::time::Duration::from_millis(200)).await;
+        let w0 = v.stats().flusher_wakeups;
+        smol::Timer::after(std::time::Duration::from_millis(600)).await;
+        let woke = v.stats().flusher_wakeups - w0;
+        assert!(
+            woke <= 1,
+            "an idle volume's flusher woke {woke} times in 600 ms (flush interval 20 ms)"
+        );
+        let segs = v.stats().segments_written;
+        v.write(0, &pattern(1, 4096), false).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while v.stats().segments_written == segs {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a write after an idle spell was not uploaded within 10 s (flush interval 20 ms)"
+            );
+            smol::Timer::after(std::time::Duration::from_millis(10)).await;
+        }
+        v.close().await.unwrap();
+    });
+}

@@ -140,6 +140,7 @@ impl Volume {
         }
         // The records must be in the journal file before the acknowledgement.
         self.inner.journal_commit(ticket).await?;
+        self.inner.note_dirtied();
         // Start flushing early, before writers have to wait at the limit.
         let dirty = self.inner.st.lock().local.dirty_sectors * SS;
         if dirty >= self.inner.cfg.dirty_limit_bytes / 2
@@ -261,6 +262,7 @@ impl Volume {
             drop(st);
             pos += n;
         }
+        inner.note_dirtied();
         Ok(())
     }
 }

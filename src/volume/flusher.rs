@@ -45,6 +45,9 @@ async fn run(inner: Arc<Inner>) {
         if failures > 0 {
             smol::Timer::after(inner.backoff(failures)).await;
         } else {
+            if pending.is_none() {
+                wait_while_clean(&inner, interval, renew_every).await;
+            }
             let l = inner.kick.listen();
             if !inner.kick_flag.swap(false, Ordering::AcqRel) {
                 futures_lite::future::or(l, async {
@@ -54,6 +57,7 @@ async fn run(inner: Arc<Inner>) {
                 inner.kick_flag.store(false, Ordering::Release);
             }
         }
+        bump(&inner.stats.flusher_wakeups, 1);
         if inner.bg_stop.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
             return;
         }
@@ -82,6 +86,38 @@ async fn run(inner: Arc<Inner>) {
             }
         }
     }
+}
+
+/// While nothing is dirty: sleep until a write dirties the volume (the caller then
+/// waits the write-back delay), a kick (returns with `kick_flag` still set, so the
+/// caller cycles at once) or the lease renewal is due (then the caller's short wait
+/// ends it). Thousands of idle exports then cost about one wake-up per renewal
+/// period each, not one per `flush_interval`. A renewal that is overdue (one that
+/// did not count) is retried after `interval`, as before, never in a tight loop.
+async fn wait_while_clean(
+    inner: &Inner,
+    interval: std::time::Duration,
+    renew_every: std::time::Duration,
+) {
+    let kick = inner.kick.listen();
+    let dirtied = inner.dirtied.listen();
+    inner.flusher_idle.store(true, Ordering::SeqCst);
+    let clean = inner.st.lock().local.dirty_set.is_empty();
+    if clean && !inner.kick_flag.load(Ordering::Acquire) {
+        let since = inner
+            .cfg
+            .clock
+            .mono_ms()
+            .saturating_sub(inner.last_renew.load(Ordering::Acquire));
+        let due_in = renew_every
+            .saturating_sub(std::time::Duration::from_millis(since))
+            .saturating_sub(interval);
+        futures_lite::future::or(futures_lite::future::or(kick, dirtied), async {
+            smol::Timer::after(due_in).await;
+        })
+        .await;
+    }
+    inner.flusher_idle.store(false, Ordering::SeqCst);
 }
 
 async fn cycle(inner: &Arc<Inner>, pending: &mut Option<Pending>) -> Result<(), VolumeError> {

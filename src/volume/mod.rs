@@ -110,6 +110,10 @@ pub struct VolumeStats {
     /// Dirty blocks that cannot be uploaded because their stored copy is unreadable
     /// (see [`VolumeError::Unuploadable`]).
     pub unuploadable_blocks: u64,
+    /// Times the background flusher woke. A clean volume's flusher sleeps until a
+    /// write, a kick or its lease renewal, so an idle volume adds about one wake-up
+    /// per renewal period (`lease_ttl` / 3).
+    pub flusher_wakeups: u64,
 }
 
 #[derive(Default)]
@@ -124,6 +128,7 @@ pub(crate) struct Stats {
     pub manifests_written: AtomicU64,
     pub gc_deleted: AtomicU64,
     pub lease_expirations: AtomicU64,
+    pub flusher_wakeups: AtomicU64,
 }
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -190,6 +195,10 @@ pub(crate) struct Inner {
     /// Wakes the flusher.
     kick: Event,
     kick_flag: AtomicBool,
+    /// The flusher sleeps because nothing is dirty: the next write must wake it
+    /// (through `dirtied`) to start the write-back delay.
+    flusher_idle: AtomicBool,
+    dirtied: Event,
     stats: Stats,
     closed: AtomicBool,
     /// Set before the flusher is stopped: blocking jobs it queued must not run.
@@ -206,6 +215,17 @@ impl Inner {
     pub fn kick(&self) {
         self.kick_flag.store(true, Ordering::Release);
         self.kick.notify(usize::MAX);
+    }
+    /// After a write made blocks dirty: wake a flusher that sleeps because the volume
+    /// was clean. One relaxed load per write otherwise. No wake-up is lost: the
+    /// flusher sets `flusher_idle` before it looks at the dirty set under `st`, and
+    /// a writer marks blocks dirty under `st` before it calls this.
+    pub(crate) fn note_dirtied(&self) {
+        if self.flusher_idle.load(Ordering::Relaxed)
+            && self.flusher_idle.swap(false, Ordering::SeqCst)
+        {
+            self.dirtied.notify(usize::MAX);
+        }
     }
     pub fn fail(&self, context: &str, e: std::io::Error) -> VolumeError {
         tracing::error!(volume = %self.cfg.name, %context, error = %e, "local I/O error; volume failed");
@@ -641,6 +661,7 @@ impl Volume {
             lease_expirations: l(&s.lease_expirations),
             diverged: i.diverged.lock().clone(),
             unuploadable_blocks,
+            flusher_wakeups: l(&s.flusher_wakeups),
         }
     }
 }

@@ -380,6 +380,8 @@ pub(crate) async fn open(
         changed: Event::new(),
         kick: Event::new(),
         kick_flag: AtomicBool::new(false),
+        flusher_idle: AtomicBool::new(false),
+        dirtied: Event::new(),
         stats,
         closed: AtomicBool::new(false),
         bg_stop: AtomicBool::new(false),
