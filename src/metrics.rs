@@ -16,7 +16,7 @@ use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::Arc;
@@ -318,6 +318,7 @@ struct ScrapeCollector {
     flush_errors: IntCounterVec,
     dirty_bytes: IntGaugeVec,
     unuploadable_blocks: IntGaugeVec,
+    traffic: TrafficFamilies,
     exports: IntGauge,
     exports_by_state: IntGaugeVec,
     ready: IntGauge,
@@ -362,6 +363,7 @@ impl ScrapeCollector {
                 ),
                 lbl,
             )?,
+            traffic: TrafficFamilies::new(per_export)?,
             exports: IntGauge::with_opts(opts("exports", "Number of exports."))?,
             exports_by_state: IntGaugeVec::new(
                 opts(
@@ -390,6 +392,98 @@ impl ScrapeCollector {
     }
 }
 
+/// What each export asks of the store (from [`VolumeStats::store`]): requests by
+/// kind, bytes both ways, and bytes written per byte of guest writes.
+struct TrafficFamilies {
+    requests: IntCounterVec,
+    bytes_written: IntCounterVec,
+    bytes_read: IntCounterVec,
+    amplification: GaugeVec,
+}
+
+impl TrafficFamilies {
+    fn new(per_export: bool) -> Result<Self, prometheus::Error> {
+        let lbl: &[&str] = if per_export { &["export"] } else { &[] };
+        let lbl_op: &[&str] = if per_export {
+            &["export", "op"]
+        } else {
+            &["op"]
+        };
+        Ok(TrafficFamilies {
+            requests: IntCounterVec::new(
+                opts(
+                    "export_store_requests_total",
+                    "Store requests made by the export's volume, by kind (put, get, head, list, delete), whatever their outcome.",
+                ),
+                lbl_op,
+            )?,
+            bytes_written: IntCounterVec::new(
+                opts(
+                    "store_bytes_written_total",
+                    "Bytes the export's volume wrote to the store: segments, manifests, lease and meta.",
+                ),
+                lbl,
+            )?,
+            bytes_read: IntCounterVec::new(
+                opts(
+                    "store_bytes_read_total",
+                    "Bytes the export's volume read from the store.",
+                ),
+                lbl,
+            )?,
+            amplification: GaugeVec::new(
+                opts(
+                    "write_amplification",
+                    "Store bytes written per byte of guest writes since the volume opened (0 before its first write).",
+                ),
+                lbl,
+            )?,
+        })
+    }
+
+    fn desc(&self) -> Vec<&Desc> {
+        let mut d = self.requests.desc();
+        d.extend(self.bytes_written.desc());
+        d.extend(self.bytes_read.desc());
+        d.extend(self.amplification.desc());
+        d
+    }
+
+    fn reset(&self) {
+        self.requests.reset();
+        self.bytes_written.reset();
+        self.bytes_read.reset();
+        self.amplification.reset();
+    }
+
+    /// One series per family for `labels` (`[export]`, or `[]` for the sum).
+    fn fill(&self, labels: &[&str], c: &VolumeStats) {
+        for (op, n) in c.store.by_op() {
+            let mut l = labels.to_vec();
+            l.push(op);
+            if let Ok(m) = self.requests.get_metric_with_label_values(&l) {
+                m.inc_by(n);
+            }
+        }
+        if let Ok(m) = self.bytes_written.get_metric_with_label_values(labels) {
+            m.inc_by(c.store.bytes_written);
+        }
+        if let Ok(m) = self.bytes_read.get_metric_with_label_values(labels) {
+            m.inc_by(c.store.bytes_read);
+        }
+        if let Ok(m) = self.amplification.get_metric_with_label_values(labels) {
+            m.set(c.write_amplification());
+        }
+    }
+
+    fn collect(&self, out: &mut Vec<MetricFamily>) {
+        out.extend(self.requests.collect());
+        out.extend(self.bytes_written.collect());
+        out.extend(self.bytes_read.collect());
+        out.extend(self.amplification.collect());
+    }
+}
+
 fn counter_set(c: &IntCounter, v: u64) {
     c.reset();
     c.inc_by(v);
@@ -406,6 +500,7 @@ impl Collector for ScrapeHandle {
         d.extend(s.flush_errors.desc());
         d.extend(s.dirty_bytes.desc());
         d.extend(s.unuploadable_blocks.desc());
+        d.extend(s.traffic.desc());
         d.extend(s.exports.desc());
         d.extend(s.exports_by_state.desc());
         d.extend(s.ready.desc());
@@ -428,6 +523,7 @@ impl Collector for ScrapeHandle {
         s.flush_errors.reset();
         s.dirty_bytes.reset();
         s.unuploadable_blocks.reset();
+        s.traffic.reset();
         let vols = source.volumes();
         if s.per_export {
             for (name, c) in &vols {
@@ -446,6 +542,7 @@ impl Collector for ScrapeHandle {
                 if let Ok(u) = s.unuploadable_blocks.get_metric_with_label_values(&l) {
                     u.set(i64::try_from(c.unuploadable_blocks).unwrap_or(i64::MAX));
                 }
+                s.traffic.fill(&l, c);
             }
         } else {
             let sum = vols
@@ -458,6 +555,10 @@ impl Collector for ScrapeHandle {
                     unuploadable_blocks: a
                         .unuploadable_blocks
                         .saturating_add(c.unuploadable_blocks),
+                    client_bytes_written: a
+                        .client_bytes_written
+                        .saturating_add(c.client_bytes_written),
+                    store: a.store.plus(&c.store),
                     ..VolumeStats::default()
                 });
             if let (Ok(h), Ok(m), Ok(f), Ok(d)) = (
@@ -474,12 +575,14 @@ impl Collector for ScrapeHandle {
             if let Ok(u) = s.unuploadable_blocks.get_metric_with_label_values(&[]) {
                 u.set(i64::try_from(sum.unuploadable_blocks).unwrap_or(i64::MAX));
             }
+            s.traffic.fill(&[], &sum);
         }
         out.extend(s.cache_hits.collect());
         out.extend(s.cache_misses.collect());
         out.extend(s.flush_errors.collect());
         out.extend(s.dirty_bytes.collect());
         out.extend(s.unuploadable_blocks.collect());
+        s.traffic.collect(&mut out);
         s.exports
             .set(i64::try_from(source.export_count()).unwrap_or(i64::MAX));
         out.extend(s.exports.collect());
@@ -521,6 +624,12 @@ mod tests {
                         cache_hits: 3,
                         cache_misses: 1,
                         flush_errors: 0,
+                        client_bytes_written: 4096,
+                        store: crate::store::TrafficCounts {
+                            puts: 3,
+                            bytes_written: 131072 + 4096,
+                            ..Default::default()
+                        },
                         ..VolumeStats::default()
                     },
                 ),
@@ -532,6 +641,14 @@ mod tests {
                         cache_misses: 0,
                         flush_errors: 5,
                         unuploadable_blocks: 1,
+                        client_bytes_written: 4096,
+                        store: crate::store::TrafficCounts {
+                            puts: 1,
+                            gets: 2,
+                            bytes_written: 4096,
+                            bytes_read: 100,
+                            ..Default::default()
+                        },
                         ..VolumeStats::default()
                     },
                 ),
@@ -577,6 +694,15 @@ mod tests {
         assert!(text.contains("glidefs_dirty_bytes{export=\"a\"} 4096"));
         assert!(text.contains("glidefs_flush_errors_total{export=\"b\"} 5"));
         assert!(text.contains("glidefs_unuploadable_blocks{export=\"b\"} 1"));
+        assert!(text.contains("glidefs_store_bytes_written_total{export=\"a\"} 135168"));
+        assert!(text.contains("glidefs_store_bytes_read_total{export=\"b\"} 100"));
+        assert!(text.contains("glidefs_export_store_requests_total{export=\"a\",op=\"put\"} 3"));
+        assert!(text.contains("glidefs_export_store_requests_total{export=\"b\",op=\"get\"} 2"));
+        assert!(
+            text.contains("glidefs_write_amplification{export=\"a\"} 33"),
+            "{text}"
+        );
+        assert!(text.contains("glidefs_write_amplification{export=\"b\"} 1"));
         assert!(text.contains("glidefs_exports 2"));
         assert!(text.contains("glidefs_ready 1"));
         assert!(text.contains("glidefs_dirty_limit_bytes 1073741824"));
@@ -604,5 +730,9 @@ mod tests {
         assert!(text.contains("glidefs_cache_hits_total 5"));
         assert!(text.contains("glidefs_dirty_bytes 4096"));
         assert!(text.contains("glidefs_unuploadable_blocks 1"));
+        assert!(text.contains("glidefs_export_store_requests_total{op=\"put\"} 4"));
+        assert!(text.contains("glidefs_store_bytes_written_total 139264"));
+        // The sum's ratio, not a sum of ratios: 139264 / 8192.
+        assert!(text.contains("glidefs_write_amplification 17"), "{text}");
     }
 }

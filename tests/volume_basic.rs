@@ -900,3 +900,39 @@ fn an_idle_volume_does_not_wake_its_flusher_every_flush_interval() {
         v.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_volume_counts_its_store_requests_and_guest_bytes() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let v = open(&sim_cfg(&fs, "traffic", MIB), &store).await;
+        let bs = BLOCK_SIZE as u64;
+        for (i, off) in [0, 3 * bs, 5 * bs].into_iter().enumerate() {
+            v.write(off, &pattern(i as u64 + 1, 4096), false)
+                .await
+                .unwrap();
+        }
+        v.write(7 * bs + 512, &pattern(9, 512), false)
+            .await
+            .unwrap();
+        v.drain().await.unwrap();
+        let s = v.stats();
+        let client = 3 * 4096 + 512;
+        assert_eq!(s.client_bytes_written, client);
+        // The store serves only this volume: every PUT it saw was counted.
+        assert_eq!(s.store.puts, m.put_count(), "{s:?}");
+        assert!(
+            s.store.puts >= s.segments_written + s.manifests_written,
+            "{s:?}"
+        );
+        assert!(s.store.bytes_written >= s.bytes_uploaded, "{s:?}");
+        assert!(
+            s.store.requests() > s.store.puts,
+            "the open lists and reads: {s:?}"
+        );
+        let want = s.store.bytes_written as f64 / client as f64;
+        assert!((s.write_amplification() - want).abs() < 1e-9);
+        v.close().await.unwrap();
+    });
+}

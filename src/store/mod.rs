@@ -9,6 +9,7 @@
 //!
 //! See docs/format.md for the objects the volume engine writes.
 
+pub mod counted;
 pub mod key;
 pub mod local;
 pub mod mem;
@@ -18,6 +19,7 @@ pub mod retry;
 pub mod s3;
 pub mod url;
 
+pub use counted::{CountedStore, StoreTraffic, TrafficCounts};
 pub use key::{validate_key, validate_prefix};
 pub use local::LocalDirStore;
 pub use mem::MemStore;

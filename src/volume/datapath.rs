@@ -140,6 +140,7 @@ impl Volume {
         }
         // The records must be in the journal file before the acknowledgement.
         self.inner.journal_commit(ticket).await?;
+        bump(&self.inner.stats.client_bytes_written, data.len() as u64);
         self.inner.note_dirtied();
         // Start flushing early, before writers have to wait at the limit.
         let dirty = self.inner.st.lock().local.dirty_sectors * SS;

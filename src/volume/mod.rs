@@ -57,7 +57,7 @@ pub use config::{Clock, FlushMode, SystemClock, VolumeConfig};
 pub use error::VolumeError;
 pub use fileio::{FileHandle, FileIo, RealFs, SimFs};
 
-use crate::store::ObjectStore;
+use crate::store::{ObjectStore, StoreTraffic, TrafficCounts};
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
 use blockmap::{mask, LocalMap, StoreMap, SECTORS_PER_BLOCK};
 use event_listener::Event;
@@ -114,6 +114,23 @@ pub struct VolumeStats {
     /// write, a kick or its lease renewal, so an idle volume adds about one wake-up
     /// per renewal period (`lease_ttl` / 3).
     pub flusher_wakeups: u64,
+    /// Bytes of guest writes acknowledged (WRITE requests; not WRITE_ZEROES or
+    /// DISCARD, which carry no data).
+    pub client_bytes_written: u64,
+    /// Every request this volume made to the store, and the bytes moved
+    /// ([`crate::store::CountedStore`]).
+    pub store: TrafficCounts,
+}
+
+impl VolumeStats {
+    /// Bytes written to the store per byte of guest writes (0 before the first
+    /// write). Includes the manifests, lease renewals and meta, not only segments.
+    pub fn write_amplification(&self) -> f64 {
+        if self.client_bytes_written == 0 {
+            return 0.0;
+        }
+        self.store.bytes_written as f64 / self.client_bytes_written as f64
+    }
 }
 
 #[derive(Default)]
@@ -129,6 +146,9 @@ pub(crate) struct Stats {
     pub gc_deleted: AtomicU64,
     pub lease_expirations: AtomicU64,
     pub flusher_wakeups: AtomicU64,
+    pub client_bytes_written: AtomicU64,
+    /// Shared with the [`crate::store::CountedStore`] the volume's store is wrapped in.
+    pub store_traffic: Arc<StoreTraffic>,
 }
 
 pub(crate) fn bump(c: &AtomicU64, n: u64) {
@@ -662,6 +682,8 @@ impl Volume {
             diverged: i.diverged.lock().clone(),
             unuploadable_blocks,
             flusher_wakeups: l(&s.flusher_wakeups),
+            client_bytes_written: l(&s.client_bytes_written),
+            store: s.store_traffic.snapshot(),
         }
     }
 }

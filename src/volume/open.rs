@@ -19,7 +19,7 @@ use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
 use super::meta_io::{check_name, meta_bytes, read_meta};
 use super::segment;
 use super::{fileio, Inner, State, Stats, VolumeConfig, VolumeError};
-use crate::store::{ObjectStore, PutCondition, StoreError};
+use crate::store::{CountedStore, ObjectStore, PutCondition, StoreError, StoreTraffic};
 use crate::BLOCK_SIZE;
 use event_listener::Event;
 use parking_lot::Mutex;
@@ -194,6 +194,9 @@ pub(crate) async fn open(
 ) -> Result<Arc<Inner>, VolumeError> {
     check_name(&cfg.name)?;
     crate::rules::check_aligned(cfg.size_bytes).map_err(VolumeError::Invalid)?;
+    // Every request from here on, the open's own included, is counted per volume.
+    let traffic = Arc::new(StoreTraffic::default());
+    let store: Arc<dyn ObjectStore> = Arc::new(CountedStore::new(store, traffic.clone()));
     let keys = VolumeKeys::new(&cfg.name);
     let meta_key = keys.meta();
     let mut rng_seed = new_uuid(cfg.seed);
@@ -347,7 +350,10 @@ pub(crate) async fn open(
     .await?;
     rng_seed ^= 0x2545_f491_4f6c_dd1d;
     let (map, errors) = replayed;
-    let stats = Stats::default();
+    let stats = Stats {
+        store_traffic: traffic,
+        ..Stats::default()
+    };
     stats.checksum_errors.store(errors, Ordering::Relaxed);
     let last_committed = max_seq;
     let inner = Inner {
