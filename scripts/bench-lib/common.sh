@@ -79,6 +79,8 @@ workload_args() {
         rw4k-qd32) echo "randwrite 4k 32" ;;
         sr128k-qd8) echo "read 128k 8" ;;
         sw128k-qd8) echo "write 128k 8" ;;
+        # A FLUSH-heavy writer (a database's commit): fsync after every write.
+        fsw4k-qd1) echo "randwrite 4k 1 --fsync=1" ;;
         *) return 1 ;;
     esac
 }
@@ -88,8 +90,8 @@ workload_args() {
 run_fio() {
     local target="$1" wl="$2"
     shift 2
-    local devs=("$@") rw bs qd name json
-    read -r rw bs qd < <(workload_args "$wl") || die "unknown workload $wl"
+    local devs=("$@") rw bs qd extra name json
+    read -r rw bs qd extra < <(workload_args "$wl") || die "unknown workload $wl"
     name="$wl"
     [ "${#devs[@]}" -gt 1 ] && name="$wl-${#devs[@]}dev"
     json="$WORK/fio/$target.$name.json"
@@ -98,6 +100,8 @@ run_fio() {
         --rw="$rw" --bs="$bs" --iodepth="$qd" --size="$BENCH_WS"
         --time_based --runtime="$BENCH_RUNTIME" --ramp_time="$BENCH_RAMP"
         --group_reporting --randrepeat=0 --norandommap)
+    # shellcheck disable=SC2206 # extra options are words on purpose
+    [ -n "$extra" ] && args+=($extra)
     local i=0
     for d in "${devs[@]}"; do
         args+=(--name="j$i" --filename="$d")

@@ -1,12 +1,13 @@
 # shellcheck shell=bash
 # The density sweep: for each N in $BENCH_DENSITY_N a fresh daemon creates N exports
 # of $BENCH_DENSITY_SIZE, then we record its RSS (with and without the buffer pools),
-# threads and creation time; kill -9 it, start it again and time the recovery until
+# threads and creation time; then leave it idle for $BENCH_DENSITY_IDLE_S and record
+# its CPU use and its exports' store requests (per hour); kill -9 it, start it again and time the recovery until
 # every device serves a 4 KiB read; finally delete all N and time that.
 # One row per N goes to $DENSITY_RAW (tab separated, see DENSITY_COLS); a failed
 # step gives status "fail:<step>" and zeros, never a made-up figure.
 
-DENSITY_COLS="n rss_kib pool_kib per_export_excl_kib per_export_incl_kib marginal_kib threads vmsize_mib create_s create_ms_each recovery_ready_s recovery_io_s delete_s probe_s status"
+DENSITY_COLS="n rss_kib pool_kib per_export_excl_kib per_export_incl_kib marginal_kib threads vmsize_mib create_s create_ms_each recovery_ready_s recovery_io_s delete_s probe_s idle_cpu_pct idle_req_per_h status"
 
 # read_all DEVICES_FILE SECONDS [T0]: one direct 4 KiB read from each device, in one
 # process (read_all.py; one `dd` per device cost ~0.15 s of process start-up each
@@ -16,13 +17,34 @@ read_all() {
     timeout "$2" "$PY" "$BENCH_LIB/read_all.py" "$1" ${3:+"$3"}
 }
 
+# density_idle SECONDS: "cpu_pct requests_per_hour" of the daemon left alone for
+# SECONDS: its CPU time (utime + stime, /proc/PID/stat) over the window as a percent
+# of one core, and the growth of its exports' glidefs_export_store_requests_total.
+# The scrapes fall outside the CPU window.
+density_idle() {
+    local s="$1" hz c0 c1 r0 r1
+    hz=$(getconf CLK_TCK)
+    r0=$(density_store_requests) || return 1
+    c0=$(awk '{print $14 + $15}' "/proc/$GFS_PID/stat") || return 1
+    sleep "$s"
+    c1=$(awk '{print $14 + $15}' "/proc/$GFS_PID/stat") || return 1
+    r1=$(density_store_requests) || return 1
+    awk -v c0="$c0" -v c1="$c1" -v hz="$hz" -v s="$s" -v r0="$r0" -v r1="$r1" \
+        'BEGIN {printf "%.2f %.0f\n", (c1 - c0) / hz / s * 100, (r1 - r0) * 3600 / s}'
+}
+
+density_store_requests() {
+    curl -fsS --max-time 120 "$GFS_URL/metrics" \
+        | awk '/^glidefs_export_store_requests_total/ {s += $2} END {printf "%d\n", s}'
+}
+
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
 
 density_one() {
     local n="$1" dir="$BENCH_DATA_DIR/density-$n" status=ok
     local rss0=0 thr0=0 vm0=0 pool0=0 rss=0 thr=0 vm=0 pool=0 npool=0
-    local t_create=0 t_ready=0 t_io=0 t_delete=0 t_probe=0 t0
+    local t_create=0 t_ready=0 t_io=0 t_delete=0 t_probe=0 t0 idle_cpu=0 idle_req=0
     rm -rf "$dir"
     glidefs_config "$dir"
     # Room for this N and for devices a previous N may have left behind.
@@ -41,6 +63,13 @@ density_one() {
             read -r rss thr vm < <(glidefs_proc_facts)
             read -r pool npool < <(glidefs_pool_kib)
             log "density N=$n: created in ${t_create}s, RSS ${rss} KiB (pool $pool KiB, $npool pools), $thr threads"
+            if [ "${BENCH_DENSITY_IDLE_S:-0}" -gt 0 ]; then
+                if read -r idle_cpu idle_req < <(density_idle "$BENCH_DENSITY_IDLE_S"); then
+                    log "density N=$n: idle ${BENCH_DENSITY_IDLE_S}s: CPU ${idle_cpu}% of a core, $idle_req store requests/h"
+                else
+                    fail idle
+                fi
+            fi
             # What the probe itself costs (start-up of the poller against a daemon
             # that is already ready): part of recovery_ready, not the daemon's.
             t0=$(now)
@@ -82,10 +111,10 @@ density_one() {
     rm -rf "$dir"
     awk -v n="$n" -v rss="$rss" -v pool="$pool" -v rss0="$rss0" -v pool0="$pool0" \
         -v thr="$thr" -v vm="$vm" -v tc="$t_create" -v tr="$t_ready" -v ti="$t_io" \
-        -v td="$t_delete" -v tp="$t_probe" -v st="$status" 'BEGIN {
+        -v td="$t_delete" -v tp="$t_probe" -v ic="$idle_cpu" -v ir="$idle_req" -v st="$status" 'BEGIN {
             ex = (rss - pool) / n; inc = rss / n; mg = ((rss - pool) - (rss0 - pool0)) / n
-            printf "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.3f\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\n",
-                n, rss, pool, ex, inc, mg, thr, vm / 1024, tc, tc * 1000 / n, tr, ti, td, tp, st }'
+            printf "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.3f\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t%d\t%s\n",
+                n, rss, pool, ex, inc, mg, thr, vm / 1024, tc, tc * 1000 / n, tr, ti, td, tp, ic, ir, st }'
 }
 
 density_sweep() {
@@ -113,6 +142,8 @@ density_report() {
     echo "# ((RSS - pool) at N - (RSS - pool) with no export) / N. recovery_ready = kill -9"
     echo "# to API ready; recovery_io = kill -9 to every device having served a 4 KiB read;"
     echo "# probe = what the ready probe costs on a daemon already up (in recovery_ready)."
+    echo "# idle_cpu_pct / idle_req_per_h: the daemon left alone for ${BENCH_DENSITY_IDLE_S:-0} s after"
+    echo "# creation (0 s: not measured): CPU time as % of one core; its exports' store requests."
     # shellcheck disable=SC2086
     echo "# density: exports of $BENCH_DENSITY_SIZE each, N = $BENCH_DENSITY_N, daemon in USER_COPY mode"
     { echo "$DENSITY_COLS" | tr ' ' '\t'; cat "$2"; } | column -t -s $'\t' | sed '1s/^/# /; 1!s/^/  /'
@@ -121,6 +152,8 @@ density_report() {
     awk '!/^#/ && $1 == 1025 {
         printf "#   RSS per export at N=1025, pool excluded  <= 200 KB  measured %s KiB  %s\n", $4, ($4 <= 195.3 ? "PASS" : "MISS")
         printf "#   recovery of 1025 devices                 <= 30 s    measured %s s  %s\n", $12, ($12 <= 30 && $12 > 0 ? "PASS" : "MISS")
+        if (NF >= 17 && $15 > 0)
+            printf "#   idle CPU at N=1025 (issue 19)            <= 1%%      measured %s %%  %s\n", $15, ($15 <= 1 ? "PASS" : "MISS")
         seen = 1 }
         END { if (!seen) print "#   N=1025 not measured in this run" }' "$2"
 }

@@ -6,7 +6,7 @@
 # BENCH_ROUNDS > 1 repeats the whole pass (targets in turn, so slow drifts of a
 # shared host hit every target alike); report.py takes the median per figure.
 
-IOPS_WORKLOADS="${BENCH_WORKLOADS:-rr4k-qd1 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128k-qd8}"
+IOPS_WORKLOADS="${BENCH_WORKLOADS:-rr4k-qd1 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128k-qd8 fsw4k-qd1}"
 IOPS_MULTI_WORKLOADS="${BENCH_MULTI_WORKLOADS:-rr4k-qd32 rw4k-qd32}"
 
 iops_suite() {

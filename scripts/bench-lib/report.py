@@ -20,6 +20,8 @@ TARGETS = [
     ("cache-hit 4k randread QD32 vs rublk loop", "glidefs", "rr4k-qd32", "rublk-loop", 1.0),
     ("cache-hit 4k randread QD1 vs rublk loop", "glidefs", "rr4k-qd1", "rublk-loop", 1.0),
     ("4k randwrite QD32 vs rublk loop", "glidefs", "rw4k-qd32", "rublk-loop", 1.0),
+    # Issue 19: a FLUSH-heavy writer against the cache's own file system.
+    ("4k randwrite+fsync QD1 vs the cache disk", "glidefs", "fsw4k-qd1", "cache-file", 0.5),
 ]
 # (USER_COPY target, bounce twin, what they are) for the bounce comparison.
 BOUNCE_PAIRS = [

@@ -36,6 +36,7 @@ rublk_bin() {
 target_unavailable() {
     case "$1" in
         null_blk | brd) modinfo "$1" >/dev/null 2>&1 || echo "module $1 not available" ;;
+        cache-file) command -v fallocate >/dev/null || echo "fallocate missing" ;;
         rublk-null | rublk-loop)
             rublk_bin >/dev/null || echo "rublk not installed (scripts/install-bench-tools.sh)"
             ensure_ublk 64 || echo "ublk_drv not available"
@@ -63,6 +64,15 @@ target_up() {
         brd)
             reload_module brd rd_nr="$count" rd_size=$((BENCH_DEV_MIB * 1024)) || return 1
             for ((i = 0; i < count; i++)); do echo "/dev/ram$i"; done
+            ;;
+        cache-file)
+            # Regular files on the file system the glidefs cache lives on: what the
+            # cache disk itself gives (the reference of the FLUSH-heavy workload).
+            mkdir -p "$BENCH_DATA_DIR/cache-file" || return 1
+            for ((i = 0; i < count; i++)); do
+                fallocate -l "${BENCH_DEV_MIB}M" "$BENCH_DATA_DIR/cache-file/disk$i.img" || return 1
+                echo "$BENCH_DATA_DIR/cache-file/disk$i.img"
+            done
             ;;
         rublk-null | rublk-loop)
             local bin id args
@@ -138,6 +148,7 @@ target_down() {
     local name="$1"
     case "$name" in
         null_blk | brd) rmmod "$name" 2>/dev/null || true ;;
+        cache-file) rm -rf "$BENCH_DATA_DIR/cache-file" ;;
         rublk-null | rublk-loop)
             local bin id
             bin=$(rublk_bin) || return 0

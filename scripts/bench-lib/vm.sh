@@ -85,18 +85,20 @@ runner_run() {
     case "$mode" in
         iops) phases=(bench) ;;
         density) phases=(density-sweep) ;;
+        store) phases=(bench-store) ;;
         all) phases=(bench density-sweep) ;;
     esac
     vmout=$(mktemp -d /tmp/glidefs-bench-runner.XXXXXX)
     export DENSITY_SWEEP_N="$BENCH_DENSITY_N" DENSITY_SWEEP_SIZE="$BENCH_DENSITY_SIZE"
-    export DENSITY_SWEEP_COMMAND="$BENCH_COMMAND"
+    export DENSITY_SWEEP_COMMAND="$BENCH_COMMAND" DENSITY_SWEEP_IDLE_S="$BENCH_DENSITY_IDLE_S"
     export GLIDEFS_VM_CPUS="${BENCH_VM_CPUS:-${GLIDEFS_VM_CPUS:-2}}"
     export GLIDEFS_VM_MEMORY="${BENCH_VM_MEMORY:-${GLIDEFS_VM_MEMORY:-4G}}"
     log "vm-tests/run ${phases[*]} (results in $vmout)"
     GLIDEFS_VM_OUT="$vmout" "$repo/vm-tests/run" "${phases[@]}" || rc=$?
     mkdir -p "$out"
     local f
-    for f in "$vmout/bench/iops.txt" "$vmout/density-sweep/density-sweep.txt"; do
+    for f in "$vmout/bench/iops.txt" "$vmout/density-sweep/density-sweep.txt" \
+        "$vmout/bench-store/store-traffic.txt"; do
         if [ -f "$f" ]; then
             cp "$f" "$out/"
             log "copied $(basename "$f") to $out"

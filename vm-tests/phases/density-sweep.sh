@@ -17,12 +17,13 @@ export WORK_DIR GLIDEFS_BIN GLIDEFS_TOOLS
 export BENCH_API_PORT="${BENCH_API_PORT:-$API_PORT}" BENCH_LOG_DIR="$RESULTS_DIR/logs"
 export BENCH_DENSITY_N="${DENSITY_SWEEP_N:-1 64 256 1025}"
 export BENCH_DENSITY_SIZE="${DENSITY_SWEEP_SIZE:-64M}"
+export BENCH_DENSITY_IDLE_S="${DENSITY_SWEEP_IDLE_S:-120}"
 [ -n "${DENSITY_SWEEP_COMMAND:-}" ] && export BENCH_COMMAND="$DENSITY_SWEEP_COMMAND"
 
 rc=0
 "$REPO/scripts/bench" density --in-vm --out "$RESULTS_DIR" || rc=$?
 [ -f "$RESULTS_DIR/density-sweep.txt" ] || fail "scripts/bench wrote no density-sweep.txt (status $rc)"
-while read -r n rss _ excl incl _ threads _ create _ ready io _ _ status; do
+while read -r n rss _ excl incl _ threads _ create _ ready io _ _ idle_cpu idle_req status; do
     record_figure "density_n${n}_rss" "$rss" KiB
     record_figure "density_n${n}_rss_per_export_excl_pool" "$excl" KiB
     record_figure "density_n${n}_rss_per_export_incl_pool" "$incl" KiB
@@ -30,6 +31,8 @@ while read -r n rss _ excl incl _ threads _ create _ ready io _ _ status; do
     record_figure "density_n${n}_create" "$create" s
     record_figure "density_n${n}_recovery_ready" "$ready" s
     record_figure "density_n${n}_recovery_io" "$io" s
+    record_figure "density_n${n}_idle_cpu" "$idle_cpu" "% of a core"
+    record_figure "density_n${n}_idle_store_requests" "$idle_req" "per hour"
     [ "$status" = ok ] || rc=1
 done < <(grep -v '^#' "$RESULTS_DIR/density-sweep.txt")
 [ "$rc" = 0 ] && pass
