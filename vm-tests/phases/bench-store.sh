@@ -23,7 +23,7 @@ rc=0
 "$REPO/scripts/bench" store --in-vm --out "$RESULTS_DIR" || rc=$?
 [ -f "$RESULTS_DIR/store-traffic.txt" ] || fail "scripts/bench wrote no store-traffic.txt (status $rc)"
 while read -r step _ _ _ _ _ figure unit status; do
-    [ "$status" = ok ] && record_figure "store_${step}_${unit%%(*}" "$figure"
+    [ "$status" = ok ] && record_figure "store_${step//-/_}_${unit%%(*}" "$figure"
 done < <(grep -v '^#' "$RESULTS_DIR/store-traffic.txt")
 [ "$rc" = 0 ] && pass
 fail "scripts/bench store exited with status $rc"
