@@ -1,5 +1,9 @@
 //! 4 KiB random write and read-hit through the volume engine vs raw pwrite/pread on
-//! a file in the same directory, in the same run. Results: scripts/bench-results/engine.txt.
+//! a file in the same directory, in the same run; and a FLUSH-heavy writer (4 KiB
+//! write + FLUSH) vs pwrite + fdatasync, with a raw model of the engine's FLUSH
+//! (fdatasync the data file, append a record to a second file, fdatasync that) to
+//! tell the engine's own cost from the file system's. Results:
+//! scripts/bench-results/engine.txt.
 //!
 //! The engine uses real files (RealFs) in a temp dir and an in-memory store; the
 //! flusher interval is long so the numbers measure the acknowledged-write path
@@ -83,6 +87,45 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
     assert_eq!(vol.stats().cache_misses, 0, "reads must all hit the cache");
+
+    // FLUSH after every write: what a database commit costs.
+    let mut log = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.path().join("raw-log"))
+        .unwrap();
+    let rec = [0x11u8; 64];
+    let mut g = c.benchmark_group("4k_write_fsync");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let mut r = Lcg(4);
+    g.bench_function("raw_pwrite_fdatasync", |b| {
+        b.iter(|| {
+            raw.write_all_at(&buf, r.next_off()).unwrap();
+            raw.sync_data().unwrap();
+        })
+    });
+    let mut r = Lcg(4);
+    g.bench_function("raw_engine_model", |b| {
+        b.iter(|| {
+            use std::io::Write;
+            raw.write_all_at(&buf, r.next_off()).unwrap();
+            raw.sync_data().unwrap();
+            log.write_all(&rec).unwrap();
+            log.sync_data().unwrap();
+        })
+    });
+    let mut r = Lcg(4);
+    g.bench_function("engine_write_flush", |b| {
+        b.iter(|| {
+            smol::block_on(async {
+                vol.write(r.next_off(), &buf, false).await.unwrap();
+                vol.flush().await.unwrap();
+            })
+        })
+    });
+    g.finish();
     smol::block_on(vol.close()).unwrap();
 }
 
