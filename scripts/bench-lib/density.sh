@@ -35,7 +35,7 @@ density_idle() {
 
 density_store_requests() {
     curl -fsS --max-time 120 "$GFS_URL/metrics" \
-        | awk '/^glidefs_export_store_requests_total/ {s += $2} END {printf "%d\n", s}'
+        | awk '/^glidefs_export_store_requests_total/ {s += $2} END {printf "%.0f\n", s}'
 }
 
 now() { date +%s.%N; }
@@ -113,7 +113,7 @@ density_one() {
         -v thr="$thr" -v vm="$vm" -v tc="$t_create" -v tr="$t_ready" -v ti="$t_io" \
         -v td="$t_delete" -v tp="$t_probe" -v ic="$idle_cpu" -v ir="$idle_req" -v st="$status" 'BEGIN {
             ex = (rss - pool) / n; inc = rss / n; mg = ((rss - pool) - (rss0 - pool0)) / n
-            printf "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.3f\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t%d\t%s\n",
+            printf "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.3f\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t%.0f\t%s\n",
                 n, rss, pool, ex, inc, mg, thr, vm / 1024, tc, tc * 1000 / n, tr, ti, td, tp, ic, ir, st }'
 }
 

@@ -6,7 +6,7 @@
 # glidefs_store_bytes_written_total, glidefs_export_store_requests_total) taken
 # around one step, after a drain, so each step's uploads are in its own figure.
 #
-# Steps, in order (each row: step, client bytes, store bytes, PUTs, all requests,
+# Steps, in the order of $BENCH_STORE_STEPS (default: all, as listed; each row: step, client bytes, store bytes, PUTs, all requests,
 # seconds, derived figure):
 #   sparse     4 KiB randwrite at $BENCH_STORE_SPARSE_IOPS for $BENCH_STORE_SPARSE_S on
 #              the fresh export, then drain: store bytes per client byte. Format 1
@@ -38,7 +38,8 @@ store_counters() {
         }
         END {
             if (b == "") exit 1
-            printf "%d %d %d %d\n", c, b, p, r
+            # %.0f, not %d: mawk clamps %d at 2^31 - 1 (seen: byte counters past 2 GiB).
+            printf "%.0f %.0f %.0f %.0f\n", c, b, p, r
         }'
 }
 
@@ -101,12 +102,56 @@ EOF
     fi
 }
 
+# The steps. Each runs between store_begin and store_row; "overwrite" measures the
+# store against the export's size, so it belongs after "dense" (every block live).
+store_step_sparse() {
+    store_begin
+    store_fio sparse --rw=randwrite --bs=4k --iodepth=1 --rate_iops="$BENCH_STORE_SPARSE_IOPS" \
+        --time_based --runtime="$BENCH_STORE_SPARSE_S" || st=fail:fio
+    store_drain || st=fail:drain
+    store_row sparse "$t0" "$st" "$before"
+}
+
+store_step_dense() {
+    store_begin
+    store_fio dense --rw=write --bs=128k --iodepth=8 --size="$STORE_LIVE" || st=fail:fio
+    store_drain || st=fail:drain
+    store_row dense "$t0" "$st" "$before"
+}
+
+store_step_sparse_filled() {
+    store_begin
+    store_fio sparse-filled --rw=randwrite --bs=4k --iodepth=1 --rate_iops="$BENCH_STORE_SPARSE_IOPS" \
+        --time_based --runtime="$BENCH_STORE_SPARSE_S" || st=fail:fio
+    store_drain || st=fail:drain
+    store_row sparse-filled "$t0" "$st" "$before"
+}
+
+store_step_overwrite() {
+    store_begin
+    store_fio overwrite --rw=randwrite --bs="$BENCH_STORE_OVERWRITE_BS" --iodepth=32 \
+        --size="$STORE_LIVE" --io_size=$((STORE_LIVE * BENCH_STORE_OVERWRITE_PASSES)) \
+        --runtime="$BENCH_STORE_OVERWRITE_MAX_S" || st=fail:fio
+    store_drain || st=fail:drain
+    log "  letting background work settle for ${BENCH_STORE_SETTLE_S} s"
+    sleep "$BENCH_STORE_SETTLE_S"
+    store_row overwrite "$t0" "$st" "$before"
+}
+
+store_step_idle() {
+    # A drain first, so no upload of an earlier step falls in the window.
+    store_drain || true
+    store_begin
+    log "idle for ${BENCH_STORE_IDLE_S} s"
+    sleep "$BENCH_STORE_IDLE_S"
+    store_row idle "$t0" "$st" "$before"
+}
+
 store_suite() {
     local dir="$BENCH_DATA_DIR/store" before t0 st
-    local dev_bytes=$((BENCH_STORE_DEV_MIB * 1024 * 1024))
     STORE_RAW="$WORK/store.tsv"
     STORE_DIR="$dir/store"
-    STORE_LIVE=$dev_bytes
+    STORE_LIVE=$((BENCH_STORE_DEV_MIB * 1024 * 1024))
     : >"$STORE_RAW"
     rm -rf "$dir"
     glidefs_config "$dir"
@@ -118,38 +163,13 @@ store_suite() {
     }
     wait_block "$STORE_DEV" || true
 
-    store_begin
-    store_fio sparse --rw=randwrite --bs=4k --iodepth=1 --rate_iops="$BENCH_STORE_SPARSE_IOPS" \
-        --time_based --runtime="$BENCH_STORE_SPARSE_S" || st=fail:fio
-    store_drain || st=fail:drain
-    store_row sparse "$t0" "$st" "$before"
-
-    store_begin
-    store_fio dense --rw=write --bs=128k --iodepth=8 --size="$dev_bytes" || st=fail:fio
-    store_drain || st=fail:drain
-    store_row dense "$t0" "$st" "$before"
-
-    store_begin
-    store_fio sparse-filled --rw=randwrite --bs=4k --iodepth=1 --rate_iops="$BENCH_STORE_SPARSE_IOPS" \
-        --time_based --runtime="$BENCH_STORE_SPARSE_S" || st=fail:fio
-    store_drain || st=fail:drain
-    store_row sparse-filled "$t0" "$st" "$before"
-
-    store_begin
-    store_fio overwrite --rw=randwrite --bs="$BENCH_STORE_OVERWRITE_BS" --iodepth=32 \
-        --size="$dev_bytes" --io_size=$((dev_bytes * BENCH_STORE_OVERWRITE_PASSES)) \
-        --runtime="$BENCH_STORE_OVERWRITE_MAX_S" || st=fail:fio
-    store_drain || st=fail:drain
-    log "  letting background work settle for ${BENCH_STORE_SETTLE_S} s"
-    sleep "$BENCH_STORE_SETTLE_S"
-    store_row overwrite "$t0" "$st" "$before"
-
-    # Idle: a drain first, so no upload of the steps above falls in the window.
-    store_drain || true
-    store_begin
-    log "idle for ${BENCH_STORE_IDLE_S} s"
-    sleep "$BENCH_STORE_IDLE_S"
-    store_row idle "$t0" "$st" "$before"
+    local step
+    for step in $BENCH_STORE_STEPS; do
+        case "$step" in
+            sparse | dense | sparse-filled | overwrite | idle) "store_step_${step//-/_}" ;;
+            *) log "unknown store step $step (BENCH_STORE_STEPS)"; return 1 ;;
+        esac
+    done
 
     glidefs_delete "$STORE_PREFIX" 1 || log "deleting the export failed"
     glidefs_stop
