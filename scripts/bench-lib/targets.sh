@@ -174,7 +174,9 @@ target_down() {
                 && { glidefs_delete bench "$GFS_COUNT" || log "deleting glidefs exports failed"; }
             GFS_COUNT=0
             glidefs_stop
-            rm -rf "$GFS_DIR"
+            # Unset outside the iops suite (density, store): set -u would end the
+            # EXIT trap here and turn a complete run into status 1.
+            [ -z "${GFS_DIR:-}" ] || rm -rf "$GFS_DIR"
             ;;
     esac
     return 0
