@@ -104,6 +104,23 @@ pub struct Metrics {
     dirty_limit: IntGauge,
 }
 
+/// The label names of per-export families, without and with `op`: `export` only
+/// when per-export series are on.
+fn label_names(per_export: bool) -> (&'static [&'static str], &'static [&'static str]) {
+    if per_export {
+        (&["export"], &["export", "op"])
+    } else {
+        (&[], &["op"])
+    }
+}
+
+/// An export's label values (`[name]` or `[]`) followed by `op`.
+fn with_op<'a>(export: &[&'a str], op: &'a str) -> Vec<&'a str> {
+    let mut v = export.to_vec();
+    v.push(op);
+    v
+}
+
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace("glidefs")
 }
@@ -117,12 +134,7 @@ impl Metrics {
         git_sha: &str,
     ) -> Result<Arc<Metrics>, prometheus::Error> {
         let registry = Registry::new();
-        let lbl: &[&str] = if per_export { &["export"] } else { &[] };
-        let lbl_op: &[&str] = if per_export {
-            &["export", "op"]
-        } else {
-            &["op"]
-        };
+        let (lbl, lbl_op) = label_names(per_export);
         let hist = |name: &str, help: &str| {
             HistogramVec::new(
                 HistogramOpts::new(name, help)
@@ -219,11 +231,6 @@ impl Metrics {
     }
 
     fn resolve(&self, export: &[&str]) -> Result<IoMetrics, prometheus::Error> {
-        fn with_op<'a>(export: &[&'a str], op: &'a str) -> Vec<&'a str> {
-            let mut v = export.to_vec();
-            v.push(op);
-            v
-        }
         // `get_metric_with_label_values` instead of `with_label_values`: no panic path.
         Ok(IoMetrics {
             read_size: self.io.read_size.get_metric_with_label_values(export)?,
@@ -329,7 +336,7 @@ struct ScrapeCollector {
 
 impl ScrapeCollector {
     fn new(per_export: bool) -> Result<Self, prometheus::Error> {
-        let lbl: &[&str] = if per_export { &["export"] } else { &[] };
+        let (lbl, _) = label_names(per_export);
         Ok(ScrapeCollector {
             per_export,
             source: Mutex::new(None),
@@ -403,12 +410,7 @@ struct TrafficFamilies {
 
 impl TrafficFamilies {
     fn new(per_export: bool) -> Result<Self, prometheus::Error> {
-        let lbl: &[&str] = if per_export { &["export"] } else { &[] };
-        let lbl_op: &[&str] = if per_export {
-            &["export", "op"]
-        } else {
-            &["op"]
-        };
+        let (lbl, lbl_op) = label_names(per_export);
         Ok(TrafficFamilies {
             requests: IntCounterVec::new(
                 opts(
@@ -459,9 +461,10 @@ impl TrafficFamilies {
     /// One series per family for `labels` (`[export]`, or `[]` for the sum).
     fn fill(&self, labels: &[&str], c: &VolumeStats) {
         for (op, n) in c.store.by_op() {
-            let mut l = labels.to_vec();
-            l.push(op);
-            if let Ok(m) = self.requests.get_metric_with_label_values(&l) {
+            if let Ok(m) = self
+                .requests
+                .get_metric_with_label_values(&with_op(labels, op))
+            {
                 m.inc_by(n);
             }
         }

@@ -104,12 +104,13 @@ EOF
 
 # The steps. Each runs between store_begin and store_row; "overwrite" measures the
 # store against the export's size, so it belongs after "dense" (every block live).
+# store_step_sparse STEP: "sparse" on a fresh export, "sparse-filled" after "dense".
 store_step_sparse() {
     store_begin
-    store_fio sparse --rw=randwrite --bs=4k --iodepth=1 --rate_iops="$BENCH_STORE_SPARSE_IOPS" \
+    store_fio "$1" --rw=randwrite --bs=4k --iodepth=1 --rate_iops="$BENCH_STORE_SPARSE_IOPS" \
         --time_based --runtime="$BENCH_STORE_SPARSE_S" || st=fail:fio
     store_drain || st=fail:drain
-    store_row sparse "$t0" "$st" "$before"
+    store_row "$1" "$t0" "$st" "$before"
 }
 
 store_step_dense() {
@@ -117,14 +118,6 @@ store_step_dense() {
     store_fio dense --rw=write --bs=128k --iodepth=8 --size="$STORE_LIVE" || st=fail:fio
     store_drain || st=fail:drain
     store_row dense "$t0" "$st" "$before"
-}
-
-store_step_sparse_filled() {
-    store_begin
-    store_fio sparse-filled --rw=randwrite --bs=4k --iodepth=1 --rate_iops="$BENCH_STORE_SPARSE_IOPS" \
-        --time_based --runtime="$BENCH_STORE_SPARSE_S" || st=fail:fio
-    store_drain || st=fail:drain
-    store_row sparse-filled "$t0" "$st" "$before"
 }
 
 store_step_overwrite() {
@@ -166,7 +159,8 @@ store_suite() {
     local step
     for step in $BENCH_STORE_STEPS; do
         case "$step" in
-            sparse | dense | sparse-filled | overwrite | idle) "store_step_${step//-/_}" ;;
+            sparse | sparse-filled) store_step_sparse "$step" ;;
+            dense | overwrite | idle) "store_step_$step" ;;
             *) log "unknown store step $step (BENCH_STORE_STEPS)"; return 1 ;;
         esac
     done
