@@ -324,7 +324,7 @@ struct ScrapeCollector {
     cache_misses: IntCounterVec,
     flush_errors: IntCounterVec,
     dirty_bytes: IntGaugeVec,
-    unuploadable_blocks: IntGaugeVec,
+    store_dead_bytes: IntGaugeVec,
     traffic: TrafficFamilies,
     exports: IntGauge,
     exports_by_state: IntGaugeVec,
@@ -363,10 +363,10 @@ impl ScrapeCollector {
                 ),
                 lbl,
             )?,
-            unuploadable_blocks: IntGaugeVec::new(
+            store_dead_bytes: IntGaugeVec::new(
                 opts(
-                    "unuploadable_blocks",
-                    "Dirty blocks that cannot be uploaded: partly written, and their stored copy is unreadable (see docs/operations.md).",
+                    "store_dead_bytes",
+                    "Bytes of the export's segments in the store that no block needs any more (compaction and garbage collection reclaim them).",
                 ),
                 lbl,
             )?,
@@ -502,7 +502,7 @@ impl Collector for ScrapeHandle {
         d.extend(s.cache_misses.desc());
         d.extend(s.flush_errors.desc());
         d.extend(s.dirty_bytes.desc());
-        d.extend(s.unuploadable_blocks.desc());
+        d.extend(s.store_dead_bytes.desc());
         d.extend(s.traffic.desc());
         d.extend(s.exports.desc());
         d.extend(s.exports_by_state.desc());
@@ -525,7 +525,7 @@ impl Collector for ScrapeHandle {
         s.cache_misses.reset();
         s.flush_errors.reset();
         s.dirty_bytes.reset();
-        s.unuploadable_blocks.reset();
+        s.store_dead_bytes.reset();
         s.traffic.reset();
         let vols = source.volumes();
         if s.per_export {
@@ -542,8 +542,8 @@ impl Collector for ScrapeHandle {
                     f.inc_by(c.flush_errors);
                     d.set(i64::try_from(c.dirty_bytes).unwrap_or(i64::MAX));
                 }
-                if let Ok(u) = s.unuploadable_blocks.get_metric_with_label_values(&l) {
-                    u.set(i64::try_from(c.unuploadable_blocks).unwrap_or(i64::MAX));
+                if let Ok(u) = s.store_dead_bytes.get_metric_with_label_values(&l) {
+                    u.set(i64::try_from(c.store_dead_bytes).unwrap_or(i64::MAX));
                 }
                 s.traffic.fill(&l, c);
             }
@@ -555,9 +555,7 @@ impl Collector for ScrapeHandle {
                     cache_hits: a.cache_hits.saturating_add(c.cache_hits),
                     cache_misses: a.cache_misses.saturating_add(c.cache_misses),
                     flush_errors: a.flush_errors.saturating_add(c.flush_errors),
-                    unuploadable_blocks: a
-                        .unuploadable_blocks
-                        .saturating_add(c.unuploadable_blocks),
+                    store_dead_bytes: a.store_dead_bytes.saturating_add(c.store_dead_bytes),
                     client_bytes_written: a
                         .client_bytes_written
                         .saturating_add(c.client_bytes_written),
@@ -575,8 +573,8 @@ impl Collector for ScrapeHandle {
                 f.inc_by(sum.flush_errors);
                 d.set(i64::try_from(sum.dirty_bytes).unwrap_or(i64::MAX));
             }
-            if let Ok(u) = s.unuploadable_blocks.get_metric_with_label_values(&[]) {
-                u.set(i64::try_from(sum.unuploadable_blocks).unwrap_or(i64::MAX));
+            if let Ok(u) = s.store_dead_bytes.get_metric_with_label_values(&[]) {
+                u.set(i64::try_from(sum.store_dead_bytes).unwrap_or(i64::MAX));
             }
             s.traffic.fill(&[], &sum);
         }
@@ -584,7 +582,7 @@ impl Collector for ScrapeHandle {
         out.extend(s.cache_misses.collect());
         out.extend(s.flush_errors.collect());
         out.extend(s.dirty_bytes.collect());
-        out.extend(s.unuploadable_blocks.collect());
+        out.extend(s.store_dead_bytes.collect());
         s.traffic.collect(&mut out);
         s.exports
             .set(i64::try_from(source.export_count()).unwrap_or(i64::MAX));
@@ -643,7 +641,7 @@ mod tests {
                         cache_hits: 2,
                         cache_misses: 0,
                         flush_errors: 5,
-                        unuploadable_blocks: 1,
+                        store_dead_bytes: 1,
                         client_bytes_written: 4096,
                         store: crate::store::TrafficCounts {
                             puts: 1,
@@ -696,7 +694,7 @@ mod tests {
         assert!(text.contains("glidefs_cache_hits_total{export=\"a\"} 3"));
         assert!(text.contains("glidefs_dirty_bytes{export=\"a\"} 4096"));
         assert!(text.contains("glidefs_flush_errors_total{export=\"b\"} 5"));
-        assert!(text.contains("glidefs_unuploadable_blocks{export=\"b\"} 1"));
+        assert!(text.contains("glidefs_store_dead_bytes{export=\"b\"} 1"));
         assert!(text.contains("glidefs_store_bytes_written_total{export=\"a\"} 135168"));
         assert!(text.contains("glidefs_store_bytes_read_total{export=\"b\"} 100"));
         assert!(text.contains("glidefs_export_store_requests_total{export=\"a\",op=\"put\"} 3"));
@@ -732,7 +730,7 @@ mod tests {
         assert!(text.contains("glidefs_read_io_size_bytes_count 2"));
         assert!(text.contains("glidefs_cache_hits_total 5"));
         assert!(text.contains("glidefs_dirty_bytes 4096"));
-        assert!(text.contains("glidefs_unuploadable_blocks 1"));
+        assert!(text.contains("glidefs_store_dead_bytes 1"));
         assert!(text.contains("glidefs_export_store_requests_total{op=\"put\"} 4"));
         assert!(text.contains("glidefs_store_bytes_written_total 139264"));
         // The sum's ratio, not a sum of ratios: 139264 / 8192.

@@ -10,7 +10,7 @@
 //!   `dirty_set` holds exactly the blocks with `dirty != 0`.
 
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Sectors per block (32 with 128 KiB blocks and 4 KiB sectors).
 pub const SECTORS_PER_BLOCK: usize = BLOCK_SIZE / SECTOR_SIZE;
@@ -94,6 +94,18 @@ impl LocalMap {
         self.dirty_set.remove(&b);
     }
 
+    /// Sectors `m` of block `b` were committed from the cache (which holds them):
+    /// they are clean. Other sectors keep their state.
+    pub fn mark_uploaded(&mut self, b: u64, m: u32) {
+        let blk = self.blocks.entry(b).or_default();
+        self.dirty_sectors -= u64::from((blk.dirty & m).count_ones());
+        blk.dirty &= !m;
+        blk.valid |= m;
+        if blk.dirty == 0 {
+            self.dirty_set.remove(&b);
+        }
+    }
+
     /// Forget sectors `m` (neither valid nor dirty): they will be read from the store.
     pub fn invalidate(&mut self, b: u64, m: u32) {
         if let Some(blk) = self.blocks.get_mut(&b) {
@@ -148,11 +160,11 @@ impl LocalMap {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum EntryKind {
-    /// Raw block bytes.
+    /// Raw sector bytes.
     Raw = 0,
-    /// zstd frame that decompresses to one block.
+    /// zstd frame that decompresses to the entry's sectors.
     Zstd = 1,
-    /// The block is all zeros; no payload.
+    /// The sectors are all zeros; no payload.
     Zero = 2,
 }
 
@@ -168,7 +180,8 @@ impl EntryKind {
     }
 }
 
-/// Location of a committed block copy.
+/// Location of a committed copy of the sectors `first..first+count` of one block
+/// (an extent; format 1 stored whole blocks only: `first` 0, `count` 32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Loc {
     /// Segment sequence number.
@@ -181,23 +194,132 @@ pub struct Loc {
     pub crc: u32,
     /// Raw or zstd (zero entries are not stored in the map).
     pub kind: EntryKind,
+    /// First sector of the block the extent covers.
+    pub first: u8,
+    /// Sectors it covers (1..=[`SECTORS_PER_BLOCK`]).
+    pub count: u8,
 }
 
-/// Block → newest committed copy. Absent blocks read as zeros.
+impl Loc {
+    /// The sectors of its block this extent covers.
+    pub fn mask(&self) -> u32 {
+        mask(usize::from(self.first), usize::from(self.count))
+    }
+
+    /// Bytes the payload decodes to.
+    pub fn decoded_len(&self) -> usize {
+        usize::from(self.count) * SECTOR_SIZE
+    }
+
+    /// Whether `first`/`count` describe sectors inside one block.
+    pub fn in_block(first: u64, count: u64) -> bool {
+        count >= 1 && first + count <= SECTORS_PER_BLOCK as u64
+    }
+}
+
+/// One committed extent of a block and the sectors for which it is still the newest
+/// copy (`live`, never 0 in a [`StoreMap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Where the extent is stored.
+    pub loc: Loc,
+    /// Sectors this extent still provides (a subset of `loc.mask()`).
+    pub live: u32,
+}
+
+impl Piece {
+    /// Stored bytes that are still live, counted in proportion to live sectors.
+    pub fn live_bytes(&self) -> u64 {
+        let count = u64::from(self.loc.count.max(1));
+        u64::from(self.loc.len) * u64::from((self.live & self.loc.mask()).count_ones()) / count
+    }
+}
+
+/// Use of one segment object: its size and the bytes of it still live.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SegUse {
+    /// Object size in bytes (0 while unknown).
+    pub size: u64,
+    /// Payload bytes still providing some block's newest copy (an estimate:
+    /// partly overwritten extents count in proportion to their live sectors).
+    pub live: u64,
+    /// Pieces pointing into the segment (it may be deleted only at 0).
+    pub pieces: u64,
+}
+
+/// Block → the extents that together hold its newest committed copy. Sectors no
+/// live extent provides read as zeros; absent blocks read as zeros. Invariants: the
+/// pieces of a block have disjoint, non-zero `live` masks, listed oldest first;
+/// `segs[s].live` is the sum of `live_bytes` over the pieces in segment `s`.
 #[derive(Debug, Default, Clone)]
 pub struct StoreMap {
     /// The map.
-    pub map: HashMap<u64, Loc>,
+    pub map: HashMap<u64, Vec<Piece>>,
+    /// Live bytes (and size, once known) of every segment a piece points into.
+    pub segs: BTreeMap<u64, SegUse>,
 }
 
 impl StoreMap {
-    /// Apply one committed entry (later segments override earlier ones).
+    /// Apply one committed extent (later segments override earlier ones).
     pub fn apply(&mut self, block: u64, loc: Loc) {
-        if loc.kind == EntryKind::Zero {
-            self.map.remove(&block);
-        } else {
-            self.map.insert(block, loc);
+        let m = loc.mask();
+        if let Some(ps) = self.map.get_mut(&block) {
+            for p in ps.iter_mut() {
+                let before = p.live_bytes();
+                p.live &= !m;
+                let lost = before - p.live_bytes();
+                if let Some(u) = self.segs.get_mut(&p.loc.seq) {
+                    u.live = u.live.saturating_sub(lost);
+                    if p.live == 0 {
+                        u.pieces = u.pieces.saturating_sub(1);
+                    }
+                }
+            }
+            ps.retain(|p| p.live != 0);
+            if ps.is_empty() {
+                self.map.remove(&block);
+            }
         }
+        if loc.kind != EntryKind::Zero {
+            self.restore(block, Piece { loc, live: m });
+        }
+    }
+
+    /// Add a piece as a manifest recorded it (no older piece is touched).
+    pub fn restore(&mut self, block: u64, piece: Piece) {
+        if piece.live == 0 {
+            return;
+        }
+        let u = self.segs.entry(piece.loc.seq).or_default();
+        u.live += piece.live_bytes();
+        u.pieces += 1;
+        self.map.entry(block).or_default().push(piece);
+    }
+
+    /// Record the size of segment `seq` (from a listing or its upload).
+    pub fn note_segment(&mut self, seq: u64, size: u64) {
+        self.segs.entry(seq).or_default().size = size;
+    }
+
+    /// Forget a segment that holds nothing live (deleted, or about to be).
+    pub fn forget_segment(&mut self, seq: u64) {
+        if self.segs.get(&seq).is_some_and(|u| u.pieces == 0) {
+            self.segs.remove(&seq);
+        }
+    }
+
+    /// Segments some piece still points into.
+    pub fn live_segments(&self) -> HashSet<u64> {
+        self.segs
+            .iter()
+            .filter(|(_, u)| u.pieces > 0)
+            .map(|(s, _)| *s)
+            .collect()
+    }
+
+    /// Number of pieces (manifest entries).
+    pub fn piece_count(&self) -> usize {
+        self.map.values().map(Vec::len).sum()
     }
 }
 

@@ -43,8 +43,11 @@ pub struct VolumeConfig {
     pub compress: bool,
     /// Write a manifest (checkpoint) object every this many segments.
     pub checkpoint_every: u32,
-    /// Upper bound of one segment object's payload.
+    /// Target payload of one segment object (see [`crate::rules::SEGMENT_TARGET`]).
     pub max_segment_bytes: u64,
+    /// Compact segments whose live bytes are below this percentage of their size
+    /// (0 switches compaction off).
+    pub compact_below_live_pct: u8,
     /// Compact the journal (local checkpoint + new journal) beyond this size.
     pub journal_compact_bytes: u64,
     /// A lease not renewed for this long may be taken by another owner.
@@ -83,6 +86,7 @@ impl fmt::Debug for VolumeConfig {
             .field("flush_mode", &self.flush_mode)
             .field("compress", &self.compress)
             .field("checkpoint_every", &self.checkpoint_every)
+            .field("compact_below_live_pct", &self.compact_below_live_pct)
             .field("owner", &self.owner)
             .finish_non_exhaustive()
     }
@@ -106,7 +110,8 @@ pub fn hostname() -> String {
 impl VolumeConfig {
     /// Defaults: [`crate::rules::DIRTY_LIMIT`] (1 GiB) dirty limit,
     /// [`crate::rules::FLUSH_INTERVAL`] (5 s) flush interval, local flush mode, zstd on,
-    /// manifest every 16 segments, 8 MiB segments, 300 s lease TTL (renewed every
+    /// manifest every 16 segments, 64 MiB segments ([`crate::rules::SEGMENT_TARGET`]),
+    /// compaction below 70 % live, 300 s lease TTL (renewed every
     /// TTL/3 by the flusher: one conditional PUT per volume per 100 s when idle).
     pub fn new(name: impl Into<String>, size_bytes: u64, cache_dir: impl Into<PathBuf>) -> Self {
         let cache_dir = cache_dir.into();
@@ -121,7 +126,8 @@ impl VolumeConfig {
             flush_mode: FlushMode::Local,
             compress: true,
             checkpoint_every: 16,
-            max_segment_bytes: 8 << 20,
+            max_segment_bytes: crate::rules::SEGMENT_TARGET,
+            compact_below_live_pct: crate::rules::COMPACT_BELOW_LIVE_PCT,
             journal_compact_bytes: 4 << 20,
             lease_ttl: crate::rules::LEASE_TTL,
             takeover: false,

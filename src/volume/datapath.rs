@@ -3,7 +3,7 @@
 //! Reads and writes are split at block boundaries. Writes: cache pwrite, journal
 //! record (when a sector becomes dirty) and map update under the state lock, before
 //! the acknowledgement; a partial 4 KiB sector not yet cached is merged with the
-//! stored block (fetched first) or zeros (block absent from the store). Reads: valid
+//! stored sector (fetched first) or zeros (block absent from the store). Reads: valid
 //! sectors from the cache, absent blocks as zeros, others fetched (fetch.rs). Writes
 //! wait, never fail, while dirty data exceeds the dirty limit.
 
@@ -88,7 +88,7 @@ impl Volume {
                 }
             } else {
                 missed = true;
-                fetch::fetch_block(inner, b).await?;
+                fetch::fetch_block(inner, b, need).await?;
                 continue;
             }
             let c = if missed {
@@ -201,7 +201,8 @@ impl Volume {
                     return inner.commit_write(&mut st, b, s0, &buf);
                 }
             }
-            fetch::fetch_block(inner, b).await?;
+            let need = partial.iter().fold(0u32, |m, &s| m | 1 << s);
+            fetch::fetch_block(inner, b, need).await?;
         }
     }
 

@@ -48,10 +48,6 @@ pub enum VolumeError {
     /// The volume does not exist in the store.
     #[error("volume not found: {0}")]
     NotFound(String),
-    /// A dirty block cannot be committed: it is partly written and the stored copy of
-    /// its other sectors cannot be read. Its written sectors stay in the cache.
-    #[error("cannot upload {0}")]
-    Unuploadable(String),
     /// The operation is not supported (e.g. shrinking).
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -1,15 +1,20 @@
-//! Cache misses: fetch one block's entry from the store (ranged GET), verify it,
-//! and fill the block's not-yet-valid sectors in the cache file.
+//! Cache misses: fetch the stored extents that hold a block's wanted sectors
+//! (one ranged GET per extent), verify them, and fill the cache file.
 //!
 //! Invariants: at most one fetch per block is in flight (`State::fetching`; waiters
 //! listen on its event, and a cancelled fetch still wakes them via [`FetchGuard`]);
 //! only invalid sectors are filled, under the state lock, so a concurrent write is
 //! never overwritten; a checksum mismatch is an error plus a counter, never data.
+//! The live extents of a block are disjoint, so one wanted sector costs one GET;
+//! a whole block costs one GET per group of its extents that lie back to back in
+//! one segment (the extents one upload wrote for a block do): at most 32 before
+//! compaction, at most [`super::compaction::MAX_PIECES`] after.
 
-use super::blockmap::{Loc, FULL, SECTORS_PER_BLOCK};
+use super::blockmap::{Loc, Piece, SECTORS_PER_BLOCK};
 use super::segment;
 use super::{bump, Inner, VolumeError, BS, SS};
 use crate::store::StoreError;
+use crate::{BLOCK_SIZE, SECTOR_SIZE};
 use event_listener::Event;
 use std::sync::Arc;
 
@@ -27,25 +32,22 @@ impl Drop for FetchGuard<'_> {
     }
 }
 
-/// GET and decode one committed block copy (with retries for transient errors).
-pub(crate) async fn get_block(inner: &Inner, b: u64, loc: &Loc) -> Result<Vec<u8>, VolumeError> {
-    let key = inner.keys.segment(loc.seq);
+/// GET bytes `range` of segment `seq` (with retries for transient errors).
+async fn get_span(
+    inner: &Inner,
+    b: u64,
+    seq: u64,
+    range: std::ops::Range<u64>,
+) -> Result<bytes::Bytes, VolumeError> {
+    let key = inner.keys.segment(seq);
     let attempts = inner.cfg.read_attempts.max(1);
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match inner
-            .store
-            .get_range(&key, loc.off..loc.off + u64::from(loc.len))
-            .await
-        {
+        match inner.store.get_range(&key, range.clone()).await {
             Ok(bytes) => {
                 bump(&inner.stats.bytes_fetched, bytes.len() as u64);
-                return segment::decode_payload(loc, &bytes).map_err(|m| {
-                    bump(&inner.stats.checksum_errors, 1);
-                    tracing::error!(volume = %inner.cfg.name, block = b, %key, %m, "stored block failed verification");
-                    VolumeError::Checksum(format!("block {b} in {key}: {m}"))
-                });
+                return Ok(bytes);
             }
             Err(e @ (StoreError::Unavailable(_) | StoreError::Io { .. })) if attempt < attempts => {
                 tracing::warn!(volume = %inner.cfg.name, block = b, error = %e, "miss fetch failed; retrying");
@@ -56,23 +58,95 @@ pub(crate) async fn get_block(inner: &Inner, b: u64, loc: &Loc) -> Result<Vec<u8
     }
 }
 
-/// Make every sector of block `b` valid from the store copy. Returns without
-/// change if the block is fully valid or absent from the store (zeros).
-pub(crate) async fn fetch_block(inner: &Inner, b: u64) -> Result<(), VolumeError> {
+/// Verify and decode one extent's payload: the bytes of its `loc.count` sectors.
+fn decode(inner: &Inner, b: u64, loc: &Loc, payload: &[u8]) -> Result<Vec<u8>, VolumeError> {
+    segment::decode_payload(loc, payload).map_err(|m| {
+        bump(&inner.stats.checksum_errors, 1);
+        let key = inner.keys.segment(loc.seq);
+        tracing::error!(volume = %inner.cfg.name, block = b, %key, %m, "stored extent failed verification");
+        VolumeError::Checksum(format!("block {b} in {key}: {m}"))
+    })
+}
+
+/// GET, verify and decode one committed extent.
+pub(crate) async fn get_extent(inner: &Inner, b: u64, loc: &Loc) -> Result<Vec<u8>, VolumeError> {
+    let bytes = get_span(inner, b, loc.seq, loc.off..loc.off + u64::from(loc.len)).await?;
+    decode(inner, b, loc, &bytes)
+}
+
+/// The committed content of the sectors `want` of block `b` (others left zero).
+/// Pieces that lie back to back in one segment are fetched with one ranged GET.
+pub(crate) async fn compose(
+    inner: &Inner,
+    b: u64,
+    pieces: &[Piece],
+    want: u32,
+) -> Result<Vec<u8>, VolumeError> {
+    let mut needed: Vec<&Piece> = pieces.iter().filter(|p| p.live & want != 0).collect();
+    needed.sort_by_key(|p| (p.loc.seq, p.loc.off));
+    let mut block = vec![0u8; BLOCK_SIZE];
+    let mut i = 0;
+    while i < needed.len() {
+        let (seq, start) = (needed[i].loc.seq, needed[i].loc.off);
+        let mut end = start + u64::from(needed[i].loc.len);
+        let mut j = i + 1;
+        while j < needed.len() && needed[j].loc.seq == seq && needed[j].loc.off == end {
+            end += u64::from(needed[j].loc.len);
+            j += 1;
+        }
+        let span = get_span(inner, b, seq, start..end).await?;
+        for p in &needed[i..j] {
+            let a = (p.loc.off - start) as usize;
+            let payload = span.get(a..a + p.loc.len as usize).unwrap_or_default();
+            let data = decode(inner, b, &p.loc, payload)?;
+            let first = usize::from(p.loc.first);
+            for (s, n) in runs(p.live & want) {
+                let src = (s - first) * SECTOR_SIZE;
+                block[s * SECTOR_SIZE..(s + n) * SECTOR_SIZE]
+                    .copy_from_slice(&data[src..src + n * SECTOR_SIZE]);
+            }
+        }
+        i = j;
+    }
+    Ok(block)
+}
+
+/// Runs of set bits of `m`: (first, count).
+pub(crate) fn runs(m: u32) -> impl Iterator<Item = (usize, usize)> {
+    let mut s = 0usize;
+    std::iter::from_fn(move || {
+        while s < SECTORS_PER_BLOCK && m & (1 << s) == 0 {
+            s += 1;
+        }
+        if s >= SECTORS_PER_BLOCK {
+            return None;
+        }
+        let start = s;
+        while s < SECTORS_PER_BLOCK && m & (1 << s) != 0 {
+            s += 1;
+        }
+        Some((start, s - start))
+    })
+}
+
+/// Make the sectors `need` of block `b` valid from the store's copy (sectors no
+/// stored extent provides are zeros). Returns without change if they are valid or
+/// the block is absent from the store (the caller reads zeros).
+pub(crate) async fn fetch_block(inner: &Inner, b: u64, need: u32) -> Result<(), VolumeError> {
     loop {
-        let (loc, waiter) = {
+        let (pieces, waiter) = {
             let mut st = inner.st.lock();
-            if st.local.get(b).valid == FULL {
+            if st.local.get(b).valid & need == need {
                 return Ok(());
             }
-            let Some(loc) = st.store.map.get(&b).copied() else {
+            let Some(pieces) = st.store.map.get(&b).cloned() else {
                 return Ok(());
             };
             match st.fetching.get(&b) {
-                Some(ev) => (loc, Some(ev.listen())),
+                Some(ev) => (pieces, Some(ev.listen())),
                 None => {
                     st.fetching.insert(b, Arc::new(Event::new()));
-                    (loc, None)
+                    (pieces, None)
                 }
             }
         };
@@ -81,79 +155,51 @@ pub(crate) async fn fetch_block(inner: &Inner, b: u64) -> Result<(), VolumeError
             continue;
         }
         let guard = FetchGuard { inner, b };
-        let res = get_block(inner, b, &loc).await;
-        let block = match res {
+        let want = need & !inner.st.lock().local.get(b).valid;
+        let block = match compose(inner, b, &pieces, want).await {
             Ok(v) => v,
             Err(VolumeError::Store(StoreError::NotFound(_)))
-                if inner.st.lock().store.map.get(&b) != Some(&loc) =>
+                if inner.st.lock().store.map.get(&b) != Some(&pieces) =>
             {
-                // The segment was superseded and collected meanwhile: look again.
+                // The segment was compacted and collected meanwhile: look again.
                 drop(guard);
                 continue;
             }
             Err(e) => return Err(e),
         };
         let mut st = inner.st.lock();
-        if st.store.map.get(&b) != Some(&loc) {
+        if st.store.map.get(&b) != Some(&pieces) {
             drop(st);
             drop(guard);
             continue;
         }
-        let inval = FULL & !st.local.get(b).valid;
-        let mut s = 0;
-        while s < SECTORS_PER_BLOCK {
-            if inval & (1 << s) == 0 {
-                s += 1;
-                continue;
-            }
-            let start = s;
-            while s < SECTORS_PER_BLOCK && inval & (1 << s) != 0 {
-                s += 1;
-            }
-            let (a, e) = (start * SS as usize, s * SS as usize);
+        // Sectors written meanwhile are valid now and are not overwritten.
+        let fill = want & !st.local.get(b).valid;
+        for (first, count) in runs(fill) {
+            let (a, e) = (first * SS as usize, (first + count) * SS as usize);
             inner
                 .data
                 .write_at(&block[a..e], b * BS + a as u64)
                 .map_err(|e| inner.fail("cache fill", e))?;
         }
-        st.local.mark_filled(b, inval);
+        st.local.mark_filled(b, fill);
         drop(st);
         drop(guard);
         return Ok(());
     }
 }
 
-/// Make block `b` fully valid for an upload: fetch the stored copy, or zero-fill
-/// (punch) the invalid sectors of a block absent from the store.
-pub(crate) async fn make_fully_valid(inner: &Inner, b: u64) -> Result<(), VolumeError> {
-    loop {
-        {
-            let mut st = inner.st.lock();
-            let valid = st.local.get(b).valid;
-            if valid == FULL {
-                return Ok(());
-            }
-            if !st.store.map.contains_key(&b) {
-                let inval = FULL & !valid;
-                let mut s = 0;
-                while s < SECTORS_PER_BLOCK {
-                    if inval & (1 << s) == 0 {
-                        s += 1;
-                        continue;
-                    }
-                    let start = s;
-                    while s < SECTORS_PER_BLOCK && inval & (1 << s) != 0 {
-                        s += 1;
-                    }
-                    inner
-                        .data
-                        .punch_hole(b * BS + start as u64 * SS, (s - start) as u64 * SS)
-                        .map_err(|e| inner.fail("punch hole", e))?;
-                }
-                st.local.mark_filled(b, inval);
-                return Ok(());
-            }
-        }
-        fetch_block(inner, b).await?;
+#[cfg(test)]
+mod tests {
+    use super::runs;
+
+    #[test]
+    fn runs_of_a_mask() {
+        assert_eq!(runs(0).count(), 0);
+        assert_eq!(runs(u32::MAX).collect::<Vec<_>>(), vec![(0, 32)]);
+        assert_eq!(
+            runs(0b1011_0001 | 1 << 31).collect::<Vec<_>>(),
+            vec![(0, 1), (4, 2), (7, 1), (31, 1)]
+        );
     }
 }

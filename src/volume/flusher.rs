@@ -15,16 +15,17 @@
 //! attempt is retried with the same sequence number and bytes ([`Pending`]).
 
 use super::background_cpu;
-use super::blockmap::{EntryKind, FULL};
+use super::blockmap::Piece;
+use super::compaction;
 use super::fetch;
 use super::fileio;
 use super::journal::{self, Journal, LocalState, Record};
 use super::lease;
 use super::manifest;
-use super::segment::{self, SegEntry};
-use super::{bump, Inner, VolumeError, BS};
+use super::segment::{self, Extent, SegEntry};
+use super::{bump, Inner, VolumeError, BS, SS};
 use crate::store::{PutCondition, StoreError};
-use crate::BLOCK_SIZE;
+use crate::{BLOCK_SIZE, SECTOR_SIZE};
 use bytes::Bytes;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -38,30 +39,47 @@ pub(crate) fn spawn(inner: Arc<Inner>) -> smol::Task<()> {
 async fn run(inner: Arc<Inner>) {
     let mut failures = 0u32;
     let mut pending: Option<Pending> = None;
+    let mut clock = DirtyClock::default();
+    let mut end = CycleEnd::default();
     // Wake at least often enough to renew the lease on time.
     let renew_every = inner.cfg.lease_ttl / crate::rules::LEASE_RENEW_DIVISOR;
     let interval = inner.cfg.flush_interval.min(renew_every);
     loop {
+        // A kick (drain, dirty limit, store-mode FLUSH, close) uploads a partial
+        // segment at once; a timer wake-up only full ones and data that is due.
+        let forced;
         if failures > 0 {
             smol::Timer::after(inner.backoff(failures)).await;
+            inner.kick_flag.store(false, Ordering::Release);
+            forced = true;
+        } else if end.more_compaction {
+            smol::future::yield_now().await;
+            forced = inner.kick_flag.swap(false, Ordering::AcqRel);
         } else {
             if pending.is_none() {
                 wait_while_clean(&inner, interval, renew_every).await;
+                clock.sample(inner.st.lock().write_seq, inner.cfg.clock.mono_ms());
             }
             let l = inner.kick.listen();
-            if !inner.kick_flag.swap(false, Ordering::AcqRel) {
+            let mut kicked = inner.kick_flag.swap(false, Ordering::AcqRel);
+            if !kicked {
+                // Data that waits for its age is looked at four times per interval.
+                let wait = if end.waiting { interval / 4 } else { interval };
                 futures_lite::future::or(l, async {
-                    smol::Timer::after(interval).await;
+                    smol::Timer::after(wait).await;
                 })
                 .await;
-                inner.kick_flag.store(false, Ordering::Release);
+                kicked = inner.kick_flag.swap(false, Ordering::AcqRel);
             }
+            forced = kicked;
         }
         bump(&inner.stats.flusher_wakeups, 1);
         if inner.bg_stop.load(Ordering::Acquire) || inner.failed.load(Ordering::Acquire) {
             return;
         }
-        let mut r = cycle(&inner, &mut pending).await;
+        let mut r = cycle(&inner, &mut pending, forced, &mut clock)
+            .await
+            .map(|e| end = e);
         // Compaction is local: it also runs while the store is away, or rewrites and
         // ZERO records would grow the journal without bound during an outage.
         if !matches!(r, Err(VolumeError::Fenced(_))) && !inner.failed.load(Ordering::Acquire) {
@@ -120,7 +138,59 @@ async fn wait_while_clean(
     inner.flusher_idle.store(false, Ordering::SeqCst);
 }
 
-async fn cycle(inner: &Arc<Inner>, pending: &mut Option<Pending>) -> Result<(), VolumeError> {
+/// When the flusher last woke, by write sequence number: the age of the oldest
+/// dirty data without a timestamp per block. A sample `(w, t)` says every write up
+/// to `w` happened before `t`.
+#[derive(Default)]
+pub(crate) struct DirtyClock {
+    samples: std::collections::VecDeque<(u64, u64)>,
+}
+
+/// Samples kept (one per wake-up; older ones are dropped, which can only make the
+/// oldest data look younger, so a partial segment waits at most a wake-up longer).
+const DIRTY_CLOCK_SAMPLES: usize = 1024;
+
+impl DirtyClock {
+    fn sample(&mut self, write_seq: u64, now_ms: u64) {
+        if self.samples.back().is_some_and(|s| s.0 == write_seq) {
+            return;
+        }
+        if self.samples.len() >= DIRTY_CLOCK_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((write_seq, now_ms));
+    }
+
+    /// Whether dirty data as old as write `oldest` has reached `max_age_ms`.
+    fn due(&mut self, oldest: u64, now_ms: u64, max_age_ms: u64) -> bool {
+        // Samples no dirty data is older than are of no more use (keep the last).
+        while self.samples.len() > 1 && self.samples[0].0 < oldest && self.samples[1].0 < oldest {
+            self.samples.pop_front();
+        }
+        // Timers fire a little early or late: a tenth of the age counts as reached.
+        let slack = max_age_ms / 10;
+        self.samples
+            .iter()
+            .find(|s| s.0 >= oldest)
+            .is_some_and(|s| now_ms.saturating_sub(s.1) + slack >= max_age_ms)
+    }
+}
+
+/// What one cycle left to do.
+#[derive(Default)]
+pub(crate) struct CycleEnd {
+    /// Compaction candidates remain: cycle again without waiting.
+    pub more_compaction: bool,
+    /// Dirty data was left for a fuller segment (not yet due).
+    pub waiting: bool,
+}
+
+async fn cycle(
+    inner: &Arc<Inner>,
+    pending: &mut Option<Pending>,
+    forced: bool,
+    clock: &mut DirtyClock,
+) -> Result<CycleEnd, VolumeError> {
     renew_if_due(inner).await?;
     let mut committed = false;
     // An earlier attempt first, under its own sequence number.
@@ -131,12 +201,23 @@ async fn cycle(inner: &Arc<Inner>, pending: &mut Option<Pending>) -> Result<(), 
             committed = true;
         }
     }
-    let dirty: Vec<u64> = inner.st.lock().local.dirty_set.iter().copied().collect();
-    let per = ((inner.cfg.max_segment_bytes / BS).max(1)) as usize;
-    for batch in dirty.chunks(per) {
+    let now = inner.cfg.clock.mono_ms();
+    let due = {
+        let st = inner.st.lock();
+        clock.sample(st.write_seq, now);
+        let max_age = inner.cfg.flush_interval.as_millis() as u64;
+        forced
+            || st.local.dirty_sectors * SS >= inner.cfg.dirty_limit_bytes / 2
+            || st
+                .local
+                .oldest_dirty()
+                .is_some_and(|o| clock.due(o, now, max_age))
+    };
+    let (batches, waiting) = plan(inner, due);
+    for batch in batches {
         inner.check_bg()?;
         renew_if_due(inner).await?;
-        let Some(p) = prepare(inner, batch).await? else {
+        let Some(p) = prepare(inner, &batch).await? else {
             continue;
         };
         let p = pending.insert(p);
@@ -146,10 +227,39 @@ async fn cycle(inner: &Arc<Inner>, pending: &mut Option<Pending>) -> Result<(), 
             committed = true;
         }
     }
-    if committed {
-        maybe_manifest(inner).await?;
+    let (compacted, more_compaction) = compaction::round(inner, pending).await?;
+    if committed || compacted {
+        maybe_manifest(inner, compacted && !more_compaction).await?;
     }
-    Ok(())
+    Ok(CycleEnd {
+        more_compaction,
+        waiting,
+    })
+}
+
+/// Split the dirty blocks into segments of about `max_segment_bytes` of dirty
+/// sectors each; the last, smaller one only when `due` (its oldest data reached the
+/// flush interval, or something waits for the store). Returns the batches and
+/// whether data was left for a fuller segment.
+fn plan(inner: &Inner, due: bool) -> (Vec<Vec<u64>>, bool) {
+    let st = inner.st.lock();
+    let target = inner.cfg.max_segment_bytes.max(BS);
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0u64;
+    for &b in &st.local.dirty_set {
+        bytes += u64::from(st.local.get(b).dirty.count_ones()) * SS;
+        cur.push(b);
+        if bytes >= target {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+    }
+    let waiting = !cur.is_empty() && !due;
+    if due && !cur.is_empty() {
+        out.push(cur);
+    }
+    (out, waiting)
 }
 
 /// Journal compaction once the journal grew past `journal_compact_bytes`.
@@ -218,49 +328,38 @@ async fn renew_if_due(inner: &Inner) -> Result<(), VolumeError> {
 
 /// A segment built and not yet known to be committed. It is retried with the same
 /// sequence number and bytes until it commits: an attempt that failed may still land
-/// later, and a retry under a new number could then land an older copy of its blocks
+/// later, and a retry under a new number could then land an older copy of its data
 /// above a newer one. It moves to a new number only when a fenced writer's late PUT
 /// holds its key.
 pub(crate) struct Pending {
-    seq: u64,
-    epoch: u64,
-    items: Vec<(u64, EntryKind, Vec<u8>)>,
-    obj: Bytes,
-    entries: Vec<SegEntry>,
-    /// (block, generation) of the blocks it carries, taken before their data was read.
-    snap: Vec<(u64, u32)>,
-    snap_seq: u64,
+    pub(super) seq: u64,
+    pub(super) epoch: u64,
+    pub(super) obj: Bytes,
+    pub(super) entries: Vec<SegEntry>,
+    /// (block, generation, sectors uploaded) of the blocks it carries, the
+    /// generation taken before their data was read. Empty for a compaction segment.
+    pub(super) snap: Vec<(u64, u32, u32)>,
+    pub(super) snap_seq: u64,
+    /// A compaction segment: the pieces each rewritten block had when it was read
+    /// (its entries are applied only while they are still the same; nothing
+    /// becomes clean).
+    pub(super) rewrites: Vec<(u64, Vec<Piece>)>,
     /// The PUT landed (only the post-commit lease check is left).
-    landed: bool,
+    pub(super) landed: bool,
 }
 
-/// Make the blocks fully valid, snapshot generations, read and encode them.
-///
-/// A partly written block whose stored copy cannot be read (checksum mismatch,
-/// malformed or missing object) cannot be made whole: it is left out and stays dirty,
-/// recorded in `State::unuploadable` and retried every cycle, so one bad block holds
-/// back neither the other blocks nor the writers. Store outages still fail the batch.
+/// Snapshot generations, read and encode the dirty sectors of `blocks` as
+/// extents (a fully dirty block is one whole-block extent). Nothing is fetched: the
+/// dirty sectors are in the cache, and the store keeps the block's other sectors.
 async fn prepare(inner: &Arc<Inner>, blocks: &[u64]) -> Result<Option<Pending>, VolumeError> {
-    for &b in blocks {
-        match fetch::make_fully_valid(inner, b).await {
-            Ok(()) => {
-                inner.st.lock().unuploadable.remove(&b);
-            }
-            Err(e @ (VolumeError::Checksum(_) | VolumeError::Corrupt(_)))
-            | Err(e @ VolumeError::Store(StoreError::NotFound(_))) => {
-                note_unuploadable(inner, b, &e)
-            }
-            Err(e) => return Err(e),
-        }
-    }
     // Snapshot generations before reading the data.
     let (snap, snap_seq, seq) = {
         let mut st = inner.st.lock();
-        let snap: Vec<(u64, u32)> = blocks
+        let snap: Vec<(u64, u32, u32)> = blocks
             .iter()
             .filter_map(|&b| {
                 let x = st.local.get(b);
-                (x.dirty != 0 && x.valid == FULL).then_some((b, x.gen))
+                (x.dirty != 0).then_some((b, x.gen, x.dirty))
             })
             .collect();
         if snap.is_empty() {
@@ -271,77 +370,50 @@ async fn prepare(inner: &Arc<Inner>, blocks: &[u64]) -> Result<Option<Pending>, 
         (snap, st.write_seq, seq)
     };
     let epoch = inner.lease.lock().lease.epoch;
-    let (items, obj, entries) = {
+    let (obj, entries) = {
         let inner2 = inner.clone();
-        let list: Vec<u64> = snap.iter().map(|x| x.0).collect();
+        let list: Vec<(u64, u32)> = snap.iter().map(|x| (x.0, x.2)).collect();
         // At a lower CPU priority than the ublk workers (see background_cpu).
         background_cpu::run(move || -> Result<_, VolumeError> {
             let mut items = Vec::with_capacity(list.len());
             let mut buf = vec![0u8; BLOCK_SIZE];
-            for b in list {
-                inner2
-                    .data
-                    .read_at(&mut buf, b * BS)
-                    .map_err(|e| inner2.fail("cache read for upload", e))?;
-                let (k, p) = segment::encode_block(&buf, inner2.cfg.compress);
-                items.push((b, k, p));
+            for (b, m) in list {
+                for (first, count) in fetch::runs(m) {
+                    let data = &mut buf[..count * SECTOR_SIZE];
+                    inner2
+                        .data
+                        .read_at(data, b * BS + (first * SECTOR_SIZE) as u64)
+                        .map_err(|e| inner2.fail("cache read for upload", e))?;
+                    let (kind, payload) = segment::encode_extent(data, inner2.cfg.compress);
+                    items.push(Extent {
+                        block: b,
+                        first: first as u8,
+                        count: count as u8,
+                        kind,
+                        payload,
+                    });
+                }
             }
-            let (obj, entries) = segment::encode(seq, inner2.uuid, epoch, inner2.base_seq, &items);
-            Ok((items, obj, entries))
+            Ok(segment::encode(
+                seq,
+                inner2.uuid,
+                epoch,
+                inner2.base_seq,
+                &items,
+            ))
         })
         .await?
     };
     Ok(Some(Pending {
         seq,
         epoch,
-        items,
         obj: Bytes::from(obj),
         entries,
         snap,
         snap_seq,
+        rewrites: Vec::new(),
         landed: false,
     }))
-}
-
-fn note_unuploadable(inner: &Inner, b: u64, e: &VolumeError) {
-    let dirty_sectors = {
-        let mut st = inner.st.lock();
-        let dirty = st.local.get(b).dirty.count_ones();
-        let why = format!("block {b}: its stored copy is unreadable ({e}); its {dirty} written sector(s) stay in the local cache until the whole block is rewritten");
-        if st.unuploadable.insert(b, why).is_some() {
-            None
-        } else {
-            Some(dirty)
-        }
-    };
-    if let Some(dirty_sectors) = dirty_sectors {
-        tracing::error!(volume = %inner.cfg.name, block = b, dirty_sectors, error = %e, "dirty block cannot be uploaded: its stored copy is unreadable; the other blocks go on");
-    }
-    // A drain waiting on this block learns it cannot complete.
-    inner.changed.notify(usize::MAX);
-}
-
-/// Why a drain up to write `target` cannot complete: every block still dirty from
-/// before it is unuploadable (and not yet rewritten whole). `None` while the flusher
-/// can still make progress.
-pub(crate) fn drain_blocked_by(st: &super::State, target: u64) -> Option<String> {
-    if st.unuploadable.is_empty() {
-        return None;
-    }
-    let mut why = None;
-    for b in &st.local.dirty_set {
-        let x = st.local.get(*b);
-        if x.dirty_since > target {
-            continue;
-        }
-        match st.unuploadable.get(b) {
-            Some(w) if x.valid != FULL => {
-                why.get_or_insert_with(|| w.clone());
-            }
-            _ => return None,
-        }
-    }
-    why
 }
 
 /// Whose object holds the key of segment `seq`: ours from an earlier attempt (same
@@ -365,7 +437,7 @@ async fn is_our_attempt(inner: &Inner, seq: u64, epoch: u64) -> Result<bool, Vol
 /// point), fencing check again. Only a segment that landed while the lease was still
 /// ours counts as committed (its blocks may be marked clean); one that lands after
 /// another host took over is ignored by every later open (`fencing.rs`).
-async fn commit(inner: &Inner, p: &mut Pending) -> Result<(), VolumeError> {
+pub(super) async fn commit(inner: &Inner, p: &mut Pending) -> Result<(), VolumeError> {
     let held = inner.lease.lock().lease.clone();
     let lease_key = inner.keys.lease();
     // Bounded: each round either commits or moves past a key a late PUT occupies.
@@ -399,11 +471,9 @@ async fn commit(inner: &Inner, p: &mut Pending) -> Result<(), VolumeError> {
                     st.next_seq += 1;
                     s
                 };
-                let (obj, entries) =
-                    segment::encode(seq, inner.uuid, p.epoch, inner.base_seq, &p.items);
+                let obj = segment::renumber(&p.obj, seq).map_err(VolumeError::Corrupt)?;
                 p.seq = seq;
                 p.obj = Bytes::from(obj);
-                p.entries = entries;
             }
             Err(e) => return Err(e.into()),
         }
@@ -417,27 +487,44 @@ async fn commit(inner: &Inner, p: &mut Pending) -> Result<(), VolumeError> {
     lease::check(inner.store.as_ref(), &lease_key, &held).await
 }
 
-/// Apply a committed segment: store map, clean blocks (unless rewritten since the
-/// snapshot), CLEAN record, counters.
-fn finish(inner: &Inner, p: Pending) -> Result<(), VolumeError> {
+/// Apply a committed segment: store map, clean the uploaded sectors of blocks not
+/// rewritten since the snapshot, UPLOADED record, counters. A compaction segment
+/// only moves pieces (and only of blocks whose pieces did not change meanwhile).
+pub(super) fn finish(inner: &Inner, p: Pending) -> Result<(), VolumeError> {
     let seq = p.seq;
     let len = p.obj.len() as u64;
     {
         let mut st = inner.st.lock();
+        let st = &mut *st;
+        st.store.note_segment(seq, len);
+        if p.rewrites.is_empty() {
+            for e in &p.entries {
+                st.store.apply(e.block, e.loc(seq));
+            }
+        } else {
+            let same: HashSet<u64> = p
+                .rewrites
+                .iter()
+                .filter(|(b, was)| st.store.map.get(b) == Some(was))
+                .map(|(b, _)| *b)
+                .collect();
+            for e in p.entries.iter().filter(|e| same.contains(&e.block)) {
+                st.store.apply(e.block, e.loc(seq));
+            }
+        }
         let mut clean = Vec::with_capacity(p.snap.len());
-        for ((b, gen), e) in p.snap.iter().zip(p.entries.iter()) {
-            st.store.apply(*b, e.loc(seq));
-            let cur = st.local.get(*b);
-            if cur.gen == *gen {
-                st.local.mark_clean(*b);
-                clean.push(*b);
-            } else if let Some(x) = st.local.blocks.get_mut(b) {
+        for &(b, gen, m) in &p.snap {
+            let cur = st.local.get(b);
+            if cur.gen == gen {
+                st.local.mark_uploaded(b, m);
+                clean.push((b, m));
+            } else if let Some(x) = st.local.blocks.get_mut(&b) {
                 x.dirty_since = p.snap_seq + 1;
             }
         }
         if !clean.is_empty() {
             st.journal
-                .append(&Record::Clean { blocks: clean })
+                .append(&Record::Uploaded { blocks: clean })
                 .map_err(|e| inner.fail("journal append", e))?;
         }
         st.last_committed = st.last_committed.max(seq);
@@ -449,14 +536,17 @@ fn finish(inner: &Inner, p: Pending) -> Result<(), VolumeError> {
     Ok(())
 }
 
-async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
+/// Write a manifest every `checkpoint_every` segments, or with `settled` (a
+/// compaction finished: collect what it freed now), then collect garbage.
+async fn maybe_manifest(inner: &Inner, settled: bool) -> Result<(), VolumeError> {
     let (seq, obj, live) = {
         let mut st = inner.st.lock();
-        if st.segs_since_manifest < inner.cfg.checkpoint_every.max(1) {
+        let n = st.segs_since_manifest;
+        if n == 0 || (n < inner.cfg.checkpoint_every.max(1) && !settled) {
             return Ok(());
         }
         st.segs_since_manifest = 0;
-        let live: HashSet<u64> = st.store.map.values().map(|l| l.seq).collect();
+        let live: HashSet<u64> = st.store.live_segments();
         (
             st.last_committed,
             manifest::encode(
@@ -508,6 +598,7 @@ async fn maybe_manifest(inner: &Inner) -> Result<(), VolumeError> {
             if s <= seq && !live.contains(&s) {
                 inner.store.delete(&o.key).await?;
                 bump(&inner.stats.gc_deleted, 1);
+                inner.st.lock().store.forget_segment(s);
             }
         }
     }

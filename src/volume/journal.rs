@@ -40,6 +40,7 @@ const K_WRITE: u8 = 1;
 const K_ZERO: u8 = 2;
 const K_CLEAN: u8 = 3;
 const K_SYNC: u8 = 4;
+const K_UPLOADED: u8 = 5;
 const REC_HDR: usize = 12;
 
 /// One journal record.
@@ -59,10 +60,16 @@ pub enum Record {
         /// Number of sectors.
         count: u32,
     },
-    /// These blocks were committed to the store and are clean and fully cached.
+    /// These blocks were committed to the store and are clean and fully cached
+    /// (written by format-1 releases; still replayed).
     Clean {
         /// Block indexes.
         blocks: Vec<u64>,
+    },
+    /// These sectors were committed to the store from the cache: they are clean.
+    Uploaded {
+        /// (block, sectors) pairs.
+        blocks: Vec<(u64, u32)>,
     },
     /// The cache file was fdatasync'ed before this record: the data of every
     /// earlier record is on disk.
@@ -103,6 +110,15 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
             }
             K_CLEAN
         }
+        Record::Uploaded { blocks } => {
+            out.extend_from_slice(&(blocks.len() as u32).to_le_bytes());
+            out.extend_from_slice(&0u32.to_le_bytes());
+            for (b, m) in blocks {
+                out.extend_from_slice(&b.to_le_bytes());
+                out.extend_from_slice(&m.to_le_bytes());
+            }
+            K_UPLOADED
+        }
         Record::Sync => K_SYNC,
     };
     finish_record(out, start, kind);
@@ -142,6 +158,17 @@ fn decode_one(r: &[u8]) -> Option<Record> {
             }
             Some(Record::Clean {
                 blocks: (0..n).map(|i| u64_at(body, 8 + 8 * i)).collect(),
+            })
+        }
+        K_UPLOADED if body.len() >= 8 => {
+            let n = u32_at(body, 0) as usize;
+            if body.len() != 8 + 12 * n {
+                return None;
+            }
+            Some(Record::Uploaded {
+                blocks: (0..n)
+                    .map(|i| (u64_at(body, 8 + 12 * i), u32_at(body, 16 + 12 * i)))
+                    .collect(),
             })
         }
         K_SYNC if body.is_empty() => Some(Record::Sync),
@@ -539,6 +566,16 @@ pub fn replay(
                         }
                     }
                 }
+                Record::Uploaded { blocks } => {
+                    for (b, m) in blocks {
+                        map.mark_uploaded(b, m);
+                        for i in 0..spb {
+                            if m & (1 << i) != 0 {
+                                pending.remove(&(b * spb + i));
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -594,6 +631,9 @@ mod tests {
                 count: 32,
             },
             Record::Clean { blocks: vec![0, 2] },
+            Record::Uploaded {
+                blocks: vec![(1, 0b1010), (7, u32::MAX)],
+            },
             Record::Sync,
         ];
         let mut buf = Vec::new();
@@ -606,17 +646,17 @@ mod tests {
         let mut torn = buf.clone();
         torn.truncate(buf.len() - 3);
         let (got, _, bad) = parse(&torn);
-        assert_eq!(got.len(), 3);
+        assert_eq!(got.len(), recs.len() - 1);
         assert!(bad);
         let mut flipped = buf.clone();
         let n = flipped.len();
         flipped[n - 1] ^= 0x40;
         let (got, _, bad) = parse(&flipped);
-        assert_eq!(got.len(), 3);
+        assert_eq!(got.len(), recs.len() - 1);
         assert!(bad);
         buf.extend_from_slice(&[0u8; 100]);
         let (got, _, bad) = parse(&buf);
-        assert_eq!((got.len(), bad), (4, false));
+        assert_eq!((got.len(), bad), (recs.len(), false));
     }
 
     #[test]

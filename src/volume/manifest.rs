@@ -2,12 +2,14 @@
 //!
 //! A manifest is the complete store map as of segment `seq`, written by lease epoch
 //! `epoch` (header bytes 12..16, 0 in manifests of older versions: unknown): opening a volume reads
-//! the newest manifest plus every segment with a larger seq. The volume metadata
+//! the newest manifest plus every segment with a larger seq. Format 2 lists every
+//! live extent of every block with its live sectors; format 1 (still read) listed
+//! one whole-block entry per block. The volume metadata
 //! object (`meta`, JSON) holds size, block size, format version and the volume uuid
 //! (segments and the local cache carry the uuid, so a purged and recreated volume
 //! never mixes with old data). Formats in docs/format.md.
 
-use super::blockmap::{EntryKind, Loc, StoreMap};
+use super::blockmap::{EntryKind, Loc, Piece, StoreMap, FULL, SECTORS_PER_BLOCK};
 use super::le::{u32_at, u64_at};
 use serde::{Deserialize, Serialize};
 
@@ -17,12 +19,18 @@ pub const MAGIC: &[u8; 8] = b"GLMAN001";
 pub const HEADER_LEN: usize = 40;
 /// Manifest entry length.
 pub const ENTRY_LEN: usize = 40;
-/// Format version of manifests and of the volume as a whole.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version this build writes: of manifests, segments and the volume as a
+/// whole (`meta`).
+pub const FORMAT_VERSION: u32 = 2;
+/// The format of whole-block entries, still read (docs/format.md "Volumes of
+/// format 1").
+pub const FORMAT_WHOLE_BLOCKS: u32 = 1;
 
 /// Decoded manifest header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ManifestHeader {
+    /// [`FORMAT_VERSION`] or [`FORMAT_WHOLE_BLOCKS`].
+    pub version: u32,
     /// The map is as of this segment.
     pub seq: u64,
     /// Volume uuid.
@@ -34,23 +42,27 @@ pub struct ManifestHeader {
 /// Encode the map as of segment `seq`, written under lease `epoch` (stored as u32;
 /// epochs beyond that saturate, which only weakens fencing after 4 billion opens).
 pub fn encode(seq: u64, uuid: u64, epoch: u64, map: &StoreMap) -> Vec<u8> {
-    let mut blocks: Vec<(&u64, &Loc)> = map.map.iter().collect();
+    let mut blocks: Vec<(&u64, &Vec<Piece>)> = map.map.iter().collect();
     blocks.sort_by_key(|(b, _)| **b);
-    let mut out = Vec::with_capacity(HEADER_LEN + blocks.len() * ENTRY_LEN + 4);
+    let count = map.piece_count();
+    let mut out = Vec::with_capacity(HEADER_LEN + count * ENTRY_LEN + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&u32::try_from(epoch).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&uuid.to_le_bytes());
-    out.extend_from_slice(&(blocks.len() as u64).to_le_bytes());
-    for (b, l) in blocks {
-        out.extend_from_slice(&b.to_le_bytes());
-        out.extend_from_slice(&l.seq.to_le_bytes());
-        out.extend_from_slice(&l.off.to_le_bytes());
-        out.extend_from_slice(&l.len.to_le_bytes());
-        out.extend_from_slice(&l.crc.to_le_bytes());
-        out.push(l.kind as u8);
-        out.extend_from_slice(&[0u8; 7]);
+    out.extend_from_slice(&(count as u64).to_le_bytes());
+    for (b, pieces) in blocks {
+        for p in pieces {
+            let l = &p.loc;
+            out.extend_from_slice(&b.to_le_bytes());
+            out.extend_from_slice(&l.seq.to_le_bytes());
+            out.extend_from_slice(&l.off.to_le_bytes());
+            out.extend_from_slice(&l.len.to_le_bytes());
+            out.extend_from_slice(&l.crc.to_le_bytes());
+            out.extend_from_slice(&[l.kind as u8, l.first, l.count, 0]);
+            out.extend_from_slice(&p.live.to_le_bytes());
+        }
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -64,10 +76,11 @@ pub fn decode_header(b: &[u8]) -> Result<ManifestHeader, String> {
         return Err("bad manifest magic or length".into());
     }
     let version = u32_at(b, 8);
-    if version != FORMAT_VERSION {
+    if version != FORMAT_VERSION && version != FORMAT_WHOLE_BLOCKS {
         return Err(format!("unsupported manifest version {version}"));
     }
     Ok(ManifestHeader {
+        version,
         seq: u64_at(b, 16),
         uuid: u64_at(b, 24),
         epoch: u64::from(u32_at(b, 12)),
@@ -92,16 +105,28 @@ pub fn decode(b: &[u8]) -> Result<(ManifestHeader, StoreMap), String> {
     for i in 0..count {
         let p = HEADER_LEN + i * ENTRY_LEN;
         let kind = EntryKind::from_u8(b[p + 32]).ok_or("bad manifest entry kind")?;
-        map.apply(
-            u64_at(b, p),
-            Loc {
-                seq: u64_at(b, p + 8),
-                off: u64_at(b, p + 16),
-                len: u32_at(b, p + 24),
-                crc: u32_at(b, p + 28),
-                kind,
-            },
-        );
+        let (first, n, live) = if header.version == FORMAT_WHOLE_BLOCKS {
+            (0, SECTORS_PER_BLOCK as u8, FULL)
+        } else {
+            (b[p + 33], b[p + 34], u32_at(b, p + 36))
+        };
+        let loc = Loc {
+            seq: u64_at(b, p + 8),
+            off: u64_at(b, p + 16),
+            len: u32_at(b, p + 24),
+            crc: u32_at(b, p + 28),
+            kind,
+            first,
+            count: n,
+        };
+        if kind == EntryKind::Zero
+            || !Loc::in_block(u64::from(first), u64::from(n))
+            || live == 0
+            || live & !loc.mask() != 0
+        {
+            return Err(format!("manifest entry {i} is malformed"));
+        }
+        map.restore(u64_at(b, p), Piece { loc, live });
     }
     Ok((header, map))
 }
@@ -134,21 +159,24 @@ mod tests {
     fn roundtrip_and_corruption() {
         let mut m = StoreMap::default();
         for b in [3u64, 1, 99] {
-            m.apply(
-                b,
-                Loc {
-                    seq: b + 10,
-                    off: 40,
-                    len: 100,
-                    crc: 5,
-                    kind: EntryKind::Zstd,
-                },
-            );
+            let loc = |seq, first, count| Loc {
+                seq,
+                off: 40,
+                len: 100,
+                crc: 5,
+                kind: EntryKind::Zstd,
+                first,
+                count,
+            };
+            m.apply(b, loc(b + 10, 0, 32));
+            m.apply(b, loc(b + 11, 3, 2));
         }
+        assert_eq!(m.piece_count(), 6);
         let enc = encode(12, 34, 5, &m);
         let (h, back) = decode(&enc).unwrap();
-        assert_eq!((h.seq, h.uuid, h.epoch), (12, 34, 5));
+        assert_eq!((h.version, h.seq, h.uuid, h.epoch), (2, 12, 34, 5));
         assert_eq!(back.map, m.map);
+        assert_eq!(back.map[&3][0].live, !(0b11 << 3));
         let mut bad = enc.clone();
         bad[50] ^= 1;
         assert!(decode(&bad).is_err());

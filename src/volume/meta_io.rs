@@ -1,7 +1,7 @@
 //! Reading and writing the volume metadata object (`volumes/<name>/meta`, JSON) and
 //! the volume-name check every store-level operation starts with.
 
-use super::manifest::{VolumeMeta, FORMAT_VERSION};
+use super::manifest::{VolumeMeta, FORMAT_VERSION, FORMAT_WHOLE_BLOCKS};
 use super::VolumeError;
 use crate::store::{ObjectStore, StoreError};
 use crate::BLOCK_SIZE;
@@ -10,9 +10,9 @@ use bytes::Bytes;
 pub(super) fn parse_meta(b: &[u8]) -> Result<VolumeMeta, VolumeError> {
     let m: VolumeMeta =
         serde_json::from_slice(b).map_err(|e| VolumeError::Corrupt(format!("volume meta: {e}")))?;
-    if m.format != FORMAT_VERSION {
+    if m.format != FORMAT_VERSION && m.format != FORMAT_WHOLE_BLOCKS {
         return Err(VolumeError::Corrupt(format!(
-            "unsupported volume format {}",
+            "unsupported volume format {} (this build reads formats {FORMAT_WHOLE_BLOCKS} and {FORMAT_VERSION}; a newer glidefs wrote it)",
             m.format
         )));
     }

@@ -36,6 +36,7 @@
 mod admin;
 mod background_cpu;
 pub mod blockmap;
+mod compaction;
 pub mod config;
 mod datapath;
 pub mod diverged;
@@ -63,7 +64,7 @@ use blockmap::{mask, LocalMap, StoreMap, SECTORS_PER_BLOCK};
 use event_listener::Event;
 use journal::{Journal, Record};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -107,9 +108,14 @@ pub struct VolumeStats {
     pub lease_expirations: u64,
     /// Dirty data found at open after another host wrote the volume was moved here.
     pub diverged: Option<std::path::PathBuf>,
-    /// Dirty blocks that cannot be uploaded because their stored copy is unreadable
-    /// (see [`VolumeError::Unuploadable`]).
-    pub unuploadable_blocks: u64,
+    /// Bytes of segments the store map points into (sizes known from listings
+    /// and uploads).
+    pub store_segment_bytes: u64,
+    /// Of those, bytes that are not live payload (dead extents, headers, index):
+    /// what compaction and garbage collection reclaim.
+    pub store_dead_bytes: u64,
+    /// Live bytes compaction rewrote into new segments.
+    pub compacted_bytes: u64,
     /// Times the background flusher woke. A clean volume's flusher sleeps until a
     /// write, a kick or its lease renewal, so an idle volume adds about one wake-up
     /// per renewal period (`lease_ttl` / 3).
@@ -144,6 +150,7 @@ pub(crate) struct Stats {
     pub checksum_errors: AtomicU64,
     pub manifests_written: AtomicU64,
     pub gc_deleted: AtomicU64,
+    pub compacted_bytes: AtomicU64,
     pub lease_expirations: AtomicU64,
     pub flusher_wakeups: AtomicU64,
     pub client_bytes_written: AtomicU64,
@@ -170,9 +177,6 @@ pub(crate) struct State {
     pub last_committed: u64,
     /// Segments committed since the last manifest.
     pub segs_since_manifest: u32,
-    /// Dirty blocks the flusher cannot upload (block -> why): partly written, and
-    /// the stored copy of their other sectors is unreadable. See `flusher::prepare`.
-    pub unuploadable: BTreeMap<u64, String>,
 }
 
 /// The shared state of one open volume. Its fields are private to `volume` and the
@@ -556,16 +560,7 @@ impl Volume {
             let l = inner.changed.listen();
             let done = {
                 let st = inner.st.lock();
-                match st.local.oldest_dirty() {
-                    None => true,
-                    Some(s) if s > target => true,
-                    Some(_) => {
-                        if let Some(why) = flusher::drain_blocked_by(&st, target) {
-                            return Err(VolumeError::Unuploadable(why));
-                        }
-                        false
-                    }
-                }
+                st.local.oldest_dirty().is_none_or(|s| s > target)
             };
             if done {
                 // Make the CLEAN records durable too, so a later power loss cannot
@@ -659,9 +654,11 @@ impl Volume {
         let i = &self.inner;
         let s = &i.stats;
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let (dirty_sectors, unuploadable_blocks) = {
+        let (dirty_sectors, store_segment_bytes, store_live_bytes) = {
             let st = i.st.lock();
-            (st.local.dirty_sectors, st.unuploadable.len() as u64)
+            let segs = st.store.segs.values();
+            let (size, live) = segs.fold((0u64, 0u64), |(a, b), u| (a + u.size, b + u.live));
+            (st.local.dirty_sectors, size, live)
         };
         VolumeStats {
             size_bytes: self.size_bytes(),
@@ -680,7 +677,9 @@ impl Volume {
                 || i.cfg.clock.mono_ms() > i.lease_deadline.load(Ordering::Acquire),
             lease_expirations: l(&s.lease_expirations),
             diverged: i.diverged.lock().clone(),
-            unuploadable_blocks,
+            store_segment_bytes,
+            store_dead_bytes: store_segment_bytes.saturating_sub(store_live_bytes),
+            compacted_bytes: l(&s.compacted_bytes),
             flusher_wakeups: l(&s.flusher_wakeups),
             client_bytes_written: l(&s.client_bytes_written),
             store: s.store_traffic.snapshot(),

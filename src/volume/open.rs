@@ -105,25 +105,31 @@ async fn load_store_map(
         }
     }
     let mut max_seq = base;
-    let mut segs: Vec<(u64, String)> = store
+    let mut segs: Vec<(u64, String, u64)> = store
         .list(&keys.segments())
         .await?
         .into_iter()
-        .filter_map(|o| keys.segment_seq(&o.key).map(|s| (s, o.key)))
+        .filter_map(|o| keys.segment_seq(&o.key).map(|s| (s, o.key, o.size)))
         .collect();
     segs.sort();
     // Headers first: every one is a witness for the others.
     let mut heads = Vec::new();
-    for (seq, key) in segs {
+    for (seq, key, size) in segs {
         max_seq = max_seq.max(seq);
         if seq <= base {
+            // The manifest's pieces point into it: its size, for compaction.
+            if map.segs.contains_key(&seq) {
+                map.note_segment(seq, size);
+            }
             continue;
         }
+        map.note_segment(seq, size);
         let hb = store.get_range(&key, 0..segment::HEADER_LEN as u64).await?;
         let h =
             segment::decode_header(&hb).map_err(|e| VolumeError::Corrupt(format!("{key}: {e}")))?;
         if h.uuid != uuid {
             tracing::warn!(%key, "segment of another volume incarnation; ignored");
+            map.forget_segment(seq);
             continue;
         }
         if h.seq != seq {
@@ -141,10 +147,12 @@ async fn load_store_map(
     for (key, h) in heads {
         if fencing::is_zombie(h.epoch, h.seq, &witnesses) {
             tracing::warn!(%key, epoch = h.epoch, "segment written by a fenced writer; ignored");
+            map.forget_segment(h.seq);
             zombies.push(key);
             continue;
         }
         if h.count == 0 {
+            map.forget_segment(h.seq);
             continue;
         }
         let start = segment::HEADER_LEN as u64;
@@ -159,6 +167,7 @@ async fn load_store_map(
         for e in entries {
             map.apply(e.block, e.loc(h.seq));
         }
+        map.forget_segment(h.seq);
     }
     Ok(Loaded {
         map,
@@ -237,10 +246,20 @@ pub(crate) async fn open(
     let ttl_ms = cfg.lease_ttl.as_millis() as u64;
     let acquire_started = cfg.clock.mono_ms();
     let acq = lease::acquire(store.as_ref(), &keys, cfg.lease_rules(), cfg.takeover).await?;
-    if cfg.size_bytes > meta.size_bytes {
-        super::admin::check_cache_capacity(&cfg, cfg.size_bytes)?;
+    // A format-1 volume is marked format 2 before anything of format 2 is written
+    // (by the lease holder only), so a release that reads only format 1 refuses it
+    // instead of misreading it. Format-1 objects stay as they are and are read as
+    // before (docs/format.md "Volumes of format 1").
+    if cfg.size_bytes > meta.size_bytes || meta.format != FORMAT_VERSION {
+        if cfg.size_bytes > meta.size_bytes {
+            super::admin::check_cache_capacity(&cfg, cfg.size_bytes)?;
+        }
+        if meta.format != FORMAT_VERSION {
+            tracing::info!(volume = %cfg.name, from = meta.format, to = FORMAT_VERSION, "volume format raised; objects of the old format are still read");
+        }
         let m = VolumeMeta {
-            size_bytes: cfg.size_bytes,
+            size_bytes: cfg.size_bytes.max(meta.size_bytes),
+            format: FORMAT_VERSION,
             ..meta.clone()
         };
         etag = store
@@ -372,7 +391,6 @@ pub(crate) async fn open(
             next_seq: max_seq + 1,
             last_committed,
             segs_since_manifest: 0,
-            unuploadable: Default::default(),
         }),
         sync_lock: async_lock::Mutex::new(()),
         meta: async_lock::Mutex::new((meta, etag)),

@@ -54,6 +54,8 @@ pub struct Params {
     pub small_dirty_limit: bool,
     pub compress: bool,
     pub store_mode: bool,
+    /// `compact_below_live_pct`: off, the default, or compacting almost always.
+    pub compact_pct: u8,
 }
 
 pub fn params() -> impl Strategy<Value = Params> {
@@ -62,12 +64,14 @@ pub fn params() -> impl Strategy<Value = Params> {
         any::<bool>(),
         any::<bool>(),
         prop::bool::weighted(0.15),
+        prop_oneof![Just(0u8), Just(70u8), Just(99u8)],
     )
-        .prop_map(|(a, b, c, d)| Params {
+        .prop_map(|(a, b, c, d, e)| Params {
             fast_flusher: a,
             small_dirty_limit: b,
             compress: c,
             store_mode: d,
+            compact_pct: e,
         })
 }
 
@@ -110,6 +114,7 @@ fn config(fs: &SimFs, p: &Params) -> VolumeConfig {
         cfg.dirty_limit_bytes = 192 << 10;
     }
     cfg.compress = p.compress;
+    cfg.compact_below_live_pct = p.compact_pct;
     if p.store_mode {
         cfg.flush_mode = FlushMode::Store;
     }

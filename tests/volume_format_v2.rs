@@ -1,0 +1,284 @@
+//! Store format 2 (issue 15): only dirty sectors are uploaded, segments fill to
+//! their target size, compaction reclaims overwritten data, a cold read of a sector
+//! costs one GET.
+// Test code: a panic is the test failing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod volume_support;
+
+use glidefs::store::{MemStore, ObjectStore};
+use glidefs::volume::keys::VolumeKeys;
+use glidefs::volume::{SimFs, Volume};
+use glidefs::BLOCK_SIZE;
+use std::sync::Arc;
+use std::time::Duration;
+use volume_support::*;
+
+const MIB: u64 = 1 << 20;
+const BS: u64 = BLOCK_SIZE as u64;
+
+fn mem() -> (Arc<MemStore>, Arc<dyn ObjectStore>) {
+    let m = Arc::new(MemStore::new());
+    let s: Arc<dyn ObjectStore> = m.clone();
+    (m, s)
+}
+
+/// Bytes of every segment object of volume `name`.
+async fn segment_bytes(store: &Arc<dyn ObjectStore>, name: &str) -> u64 {
+    let segs = store.list(&VolumeKeys::new(name).segments()).await.unwrap();
+    segs.iter().map(|o| o.size).sum()
+}
+
+/// A 4 KiB write into a block costs about 4 KiB in the store, on a fresh volume
+/// and on one whose blocks are all in the store already. Format 1 uploaded the
+/// whole 128 KiB block (32x on a filled volume); this failed there.
+#[test]
+fn sparse_writes_upload_only_their_sectors() {
+    smol::block_on(async {
+        let (_, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "sparse", 4 * MIB);
+        cfg.compress = false;
+        let v = open(&cfg, &store).await;
+        v.write(0, &pattern(1, 4 * MIB as usize), false)
+            .await
+            .unwrap();
+        v.drain().await.unwrap();
+        for filled in [true, false] {
+            let before = v.stats().bytes_uploaded;
+            let mut client = 0u64;
+            for i in 0..24u64 {
+                // One sector in every other block, at varying offsets.
+                let off = (i * 11 % 32) * BS + (i % 32) * 4096;
+                v.write(off, &pattern(100 + i, 4096), false).await.unwrap();
+                client += 4096;
+            }
+            v.drain().await.unwrap();
+            let up = v.stats().bytes_uploaded - before;
+            // Payload plus 56-byte headers and 32-byte index entries.
+            assert!(
+                up as f64 <= client as f64 * 1.1,
+                "filled={filled}: {up} bytes uploaded for {client} written"
+            );
+        }
+        let want = read_all(&v).await;
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        assert!(read_all(&v).await == want, "content after a cold wake");
+        v.close().await.unwrap();
+    });
+}
+
+/// Sequential writes fill segments to the target size: 8 MiB in 1 MiB segments is
+/// 8 segment PUTs, not one per block or per flush.
+#[test]
+fn dense_writes_fill_segments_to_their_target_size() {
+    smol::block_on(async {
+        let (_, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "dense", 16 * MIB);
+        cfg.compress = false;
+        cfg.max_segment_bytes = MIB;
+        let v = open(&cfg, &store).await;
+        let chunk = pattern(5, 128 << 10);
+        for i in 0..64u64 {
+            v.write(i * BS, &chunk, false).await.unwrap();
+        }
+        v.drain().await.unwrap();
+        assert_eq!(v.stats().segments_written, 8);
+        v.close().await.unwrap();
+    });
+}
+
+/// A partial segment is not held back beyond the flush interval: it goes out
+/// without a drain once its data is that old.
+#[test]
+fn a_partial_segment_goes_out_when_its_data_reaches_the_flush_interval() {
+    smol::block_on(async {
+        let (_, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "age", 4 * MIB);
+        cfg.flush_interval = Duration::from_millis(200);
+        cfg.max_segment_bytes = 64 * MIB;
+        let v = open(&cfg, &store).await;
+        v.write(3 * BS, &pattern(9, 8192), false).await.unwrap();
+        let t0 = std::time::Instant::now();
+        while v.stats().dirty_bytes > 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "dirty data never uploaded"
+            );
+            smol::Timer::after(Duration::from_millis(20)).await;
+        }
+        assert_eq!(v.stats().segments_written, 1);
+        v.close().await.unwrap();
+    });
+}
+
+/// Random 4 KiB overwrites of a whole volume, many times: compaction keeps the
+/// store near the live data, and every byte reads back after a cold wake.
+#[test]
+fn compaction_keeps_the_store_near_the_live_data() {
+    smol::block_on(async {
+        let (_, store) = mem();
+        let fs = SimFs::new();
+        let size = 2 * MIB;
+        let mut cfg = sim_cfg(&fs, "compact", size);
+        cfg.compress = false;
+        cfg.max_segment_bytes = 256 << 10;
+        cfg.checkpoint_every = 4;
+        let v = open(&cfg, &store).await;
+        let mut want = pattern(1, size as usize);
+        v.write(0, &want, false).await.unwrap();
+        v.drain().await.unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for round in 0..12u64 {
+            for i in 0..64u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = (x % (size / 4096)) * 4096;
+                let d = pattern(round * 1000 + i, 4096);
+                want[off as usize..off as usize + 4096].copy_from_slice(&d);
+                v.write(off, &d, false).await.unwrap();
+            }
+            v.drain().await.unwrap();
+        }
+        // Let compaction settle: drains kick the flusher, which compacts while
+        // candidates remain and then writes a manifest that collects the rest.
+        for _ in 0..20 {
+            v.drain().await.unwrap();
+            smol::Timer::after(Duration::from_millis(10)).await;
+        }
+        let s = v.stats();
+        assert!(s.compacted_bytes > 0, "compaction never ran: {s:?}");
+        eprintln!(
+            "uploaded {} compacted {} client {} stored {}",
+            s.bytes_uploaded,
+            s.compacted_bytes,
+            s.client_bytes_written,
+            segment_bytes(&store, "compact").await
+        );
+        let stored = segment_bytes(&store, "compact").await;
+        assert!(
+            stored as f64 <= size as f64 * 1.5,
+            "{stored} bytes of segments for {size} live bytes"
+        );
+        assert!(read_all(&v).await == want, "content before the cold wake");
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        assert!(read_all(&v).await == want, "content after a cold wake");
+        v.close().await.unwrap();
+    });
+}
+
+/// A block made of several extents: a cold read of one 4 KiB sector is one ranged
+/// GET, a read of the whole block one per extent.
+#[test]
+fn a_cold_read_of_one_sector_costs_one_get() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "cold", MIB);
+        cfg.compact_below_live_pct = 0;
+        let v = open(&cfg, &store).await;
+        v.write(0, &pattern(1, BLOCK_SIZE), false).await.unwrap();
+        v.drain().await.unwrap();
+        for (i, s) in [3u64, 9, 20].into_iter().enumerate() {
+            v.write(s * 4096, &pattern(2 + i as u64, 4096), false)
+                .await
+                .unwrap();
+            v.drain().await.unwrap();
+        }
+        let want = read_all(&v).await;
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        let gets = m.get_count();
+        let mut one = vec![0u8; 4096];
+        v.read(9 * 4096, &mut one).await.unwrap();
+        assert_eq!(one, want[9 * 4096..10 * 4096]);
+        assert_eq!(m.get_count() - gets, 1, "GETs for one sector");
+        let gets = m.get_count();
+        let mut blk = vec![0u8; BLOCK_SIZE];
+        v.read(0, &mut blk).await.unwrap();
+        assert_eq!(blk, want[..BLOCK_SIZE]);
+        // The whole-block extent and the two sector extents not yet read.
+        assert_eq!(m.get_count() - gets, 3, "GETs for the rest of the block");
+        v.close().await.unwrap();
+    });
+}
+
+/// A block rewritten sector by sector in many uploads is made of many extents
+/// (one GET each on a cold read); compaction merges it into one whole-block extent,
+/// and a cold read of it is one GET again.
+#[test]
+fn compaction_merges_a_fragmented_block_into_one_extent() {
+    smol::block_on(async {
+        let (m, store) = mem();
+        let fs = SimFs::new();
+        let mut cfg = sim_cfg(&fs, "merge", MIB);
+        cfg.compact_below_live_pct = 0;
+        let v = open(&cfg, &store).await;
+        v.write(0, &pattern(1, BLOCK_SIZE), false).await.unwrap();
+        v.drain().await.unwrap();
+        for s in [1u64, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23] {
+            v.write(s * 4096, &pattern(s + 1, 4096), false)
+                .await
+                .unwrap();
+            v.drain().await.unwrap();
+        }
+        let want = read_all(&v).await;
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        let gets = m.get_count();
+        let mut blk = vec![0u8; BLOCK_SIZE];
+        v.read(0, &mut blk).await.unwrap();
+        assert_eq!(blk, want[..BLOCK_SIZE]);
+        assert_eq!(
+            m.get_count() - gets,
+            13,
+            "one GET per extent before compaction"
+        );
+        v.close().await.unwrap();
+        drop(v);
+        cfg.compact_below_live_pct = 99;
+        let v = open(&cfg, &store).await;
+        // A write elsewhere gives the flusher a cycle, which compacts.
+        v.write(6 * BS, &pattern(77, 4096), false).await.unwrap();
+        v.drain().await.unwrap();
+        // Compaction runs in the flusher after the upload the drain waited for.
+        let t0 = std::time::Instant::now();
+        while v.stats().compacted_bytes == 0 || v.stats().manifests_written == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(20), "never compacted");
+            smol::Timer::after(Duration::from_millis(10)).await;
+        }
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        let gets = m.get_count();
+        v.read(0, &mut blk).await.unwrap();
+        assert_eq!(blk, want[..BLOCK_SIZE]);
+        assert_eq!(
+            m.get_count() - gets,
+            1,
+            "GETs for the block after compaction"
+        );
+        v.close().await.unwrap();
+    });
+}
+
+/// An open volume is closed and reopened by a build that reads its objects: the
+/// store objects say format 2.
+#[test]
+fn new_volumes_are_format_2() {
+    smol::block_on(async {
+        let (_, store) = mem();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "fmt", MIB);
+        let v = open(&cfg, &store).await;
+        v.write(0, &pattern(1, 4096), false).await.unwrap();
+        v.drain().await.unwrap();
+        v.close().await.unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_slice(&store.get("volumes/fmt/meta").await.unwrap()).unwrap();
+        assert_eq!(meta["format"], 2);
+        let segs = store.list("volumes/fmt/seg/").await.unwrap();
+        let obj = store.get(&segs[0].key).await.unwrap();
+        assert_eq!(&obj[8..12], &2u32.to_le_bytes());
+        drop(Volume::purge_cache(&cfg));
+    });
+}
