@@ -406,6 +406,7 @@ struct TrafficFamilies {
     bytes_written: IntCounterVec,
     bytes_read: IntCounterVec,
     amplification: GaugeVec,
+    compacted: IntCounterVec,
 }
 
 impl TrafficFamilies {
@@ -440,6 +441,13 @@ impl TrafficFamilies {
                 ),
                 lbl,
             )?,
+            compacted: IntCounterVec::new(
+                opts(
+                    "compacted_bytes_total",
+                    "Live bytes compaction rewrote into new segments (part of store_bytes_written_total).",
+                ),
+                lbl,
+            )?,
         })
     }
 
@@ -448,6 +456,7 @@ impl TrafficFamilies {
         d.extend(self.bytes_written.desc());
         d.extend(self.bytes_read.desc());
         d.extend(self.amplification.desc());
+        d.extend(self.compacted.desc());
         d
     }
 
@@ -456,6 +465,7 @@ impl TrafficFamilies {
         self.bytes_written.reset();
         self.bytes_read.reset();
         self.amplification.reset();
+        self.compacted.reset();
     }
 
     /// One series per family for `labels` (`[export]`, or `[]` for the sum).
@@ -477,6 +487,9 @@ impl TrafficFamilies {
         if let Ok(m) = self.amplification.get_metric_with_label_values(labels) {
             m.set(c.write_amplification());
         }
+        if let Ok(m) = self.compacted.get_metric_with_label_values(labels) {
+            m.inc_by(c.compacted_bytes);
+        }
     }
 
     fn collect(&self, out: &mut Vec<MetricFamily>) {
@@ -484,6 +497,7 @@ impl TrafficFamilies {
         out.extend(self.bytes_written.collect());
         out.extend(self.bytes_read.collect());
         out.extend(self.amplification.collect());
+        out.extend(self.compacted.collect());
     }
 }
 
@@ -560,6 +574,7 @@ impl Collector for ScrapeHandle {
                         .client_bytes_written
                         .saturating_add(c.client_bytes_written),
                     store: a.store.plus(&c.store),
+                    compacted_bytes: a.compacted_bytes.saturating_add(c.compacted_bytes),
                     ..VolumeStats::default()
                 });
             if let (Ok(h), Ok(m), Ok(f), Ok(d)) = (
@@ -642,6 +657,7 @@ mod tests {
                         cache_misses: 0,
                         flush_errors: 5,
                         store_dead_bytes: 1,
+                        compacted_bytes: 4096,
                         client_bytes_written: 4096,
                         store: crate::store::TrafficCounts {
                             puts: 1,
@@ -695,6 +711,7 @@ mod tests {
         assert!(text.contains("glidefs_dirty_bytes{export=\"a\"} 4096"));
         assert!(text.contains("glidefs_flush_errors_total{export=\"b\"} 5"));
         assert!(text.contains("glidefs_store_dead_bytes{export=\"b\"} 1"));
+        assert!(text.contains("glidefs_compacted_bytes_total{export=\"b\"} 4096"));
         assert!(text.contains("glidefs_store_bytes_written_total{export=\"a\"} 135168"));
         assert!(text.contains("glidefs_store_bytes_read_total{export=\"b\"} 100"));
         assert!(text.contains("glidefs_export_store_requests_total{export=\"a\",op=\"put\"} 3"));
@@ -731,6 +748,7 @@ mod tests {
         assert!(text.contains("glidefs_cache_hits_total 5"));
         assert!(text.contains("glidefs_dirty_bytes 4096"));
         assert!(text.contains("glidefs_store_dead_bytes 1"));
+        assert!(text.contains("glidefs_compacted_bytes_total 4096"));
         assert!(text.contains("glidefs_export_store_requests_total{op=\"put\"} 4"));
         assert!(text.contains("glidefs_store_bytes_written_total 139264"));
         // The sum's ratio, not a sum of ratios: 139264 / 8192.

@@ -86,19 +86,17 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 /// Target size of one segment object: the flusher packs dirty data of one export
 /// into segments this large, and uploads a smaller one only when its oldest data
 /// reached the flush interval or something waits for the store (drain, FLUSH in
-/// store mode, dirty limit, close). 1 GiB of sequential writes is then 16 segment
-/// PUTs. One segment is built in memory while it is uploaded.
-pub const SEGMENT_TARGET: u64 = 64 << 20;
+/// store mode, dirty limit, close). 1 GiB of sequential writes from a writer that
+/// fills a segment within the flush interval is then 11 segment PUTs (issue 15's
+/// goal: at most 16 PUTs per GiB, manifest and lease renewals included). One
+/// segment is built in memory while it is uploaded.
+pub const SEGMENT_TARGET: u64 = 96 << 20;
 
 /// Compaction rewrites a segment whose live bytes fell below this percentage of
 /// its size (and garbage collection deletes it): the store then holds at most
 /// about 100/70 = 1.43 bytes per live byte, and reclaiming one byte rewrites at
 /// most 70/30 = 2.3.
 pub const COMPACT_BELOW_LIVE_PCT: u8 = 70;
-
-/// Live bytes one compaction round rewrites at most (one compaction segment);
-/// rounds follow each other while candidates remain.
-pub const COMPACT_ROUND_BYTES: u64 = SEGMENT_TARGET;
 
 /// `store.timeout`: one store request.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -27,11 +27,13 @@ STORE_COLS="step client_bytes store_bytes puts requests seconds figure unit stat
 STORE_PREFIX=st
 STORE_NAME="${STORE_PREFIX}0"
 
-# store_counters: "client_bytes store_bytes puts requests" of $STORE_NAME now.
+# store_counters: "client_bytes store_bytes puts requests compacted_bytes" of
+# $STORE_NAME now.
 store_counters() {
     curl -fsS --max-time 30 "$GFS_URL/metrics" | awk -v e="export=\"$STORE_NAME\"" '
         index($0, "glidefs_io_bytes_total{") == 1 && index($0, e) && /op="write"/ { c = $2 }
         index($0, "glidefs_store_bytes_written_total{") == 1 && index($0, e) { b = $2 }
+        index($0, "glidefs_compacted_bytes_total{") == 1 && index($0, e) { k = $2 }
         index($0, "glidefs_export_store_requests_total{") == 1 && index($0, e) {
             r += $2
             if ($0 ~ /op="put"/) p = $2
@@ -39,7 +41,7 @@ store_counters() {
         END {
             if (b == "") exit 1
             # %.0f, not %d: mawk clamps %d at 2^31 - 1 (seen: byte counters past 2 GiB).
-            printf "%.0f %.0f %.0f %.0f\n", c, b, p, r
+            printf "%.0f %.0f %.0f %.0f %.0f\n", c, b, p, r, k
         }'
 }
 
@@ -68,17 +70,18 @@ store_begin() {
 }
 
 # store_row STEP T0 STATUS BEFORE: appends the step's row to $STORE_RAW, its figure
-# computed from the counters' differences since BEFORE ("client store puts requests").
+# computed from the counters' differences since BEFORE ("client store puts requests
+# compacted").
 store_row() {
-    local step="$1" t0="$2" status="$3" c0 b0 p0 r0 c1 b1 p1 r1 secs figure
-    read -r c0 b0 p0 r0 <<<"$4"
-    if [ "$status" = ok ] && read -r c1 b1 p1 r1 < <(store_counters); then
+    local step="$1" t0="$2" status="$3" c0 b0 p0 r0 k0 c1 b1 p1 r1 k1 secs figure
+    read -r c0 b0 p0 r0 k0 <<<"$4"
+    if [ "$status" = ok ] && read -r c1 b1 p1 r1 k1 < <(store_counters); then
         secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
         figure=$(STEP="$step" C=$((c1 - c0)) B=$((b1 - b0)) P=$((p1 - p0)) R=$((r1 - r0)) \
-            S="$secs" LIVE="$STORE_LIVE" STORE_DIR="$STORE_DIR" "$PY" - <<'EOF'
+            K=$((k1 - k0)) S="$secs" LIVE="$STORE_LIVE" STORE_DIR="$STORE_DIR" "$PY" - <<'EOF'
 import os
-step, c, b, p, r, s = (os.environ[k] for k in ("STEP", "C", "B", "P", "R", "S"))
-c, b, p, r, s = int(c), int(b), int(p), int(r), float(s)
+step, c, b, p, r, k, s = (os.environ[x] for x in ("STEP", "C", "B", "P", "R", "K", "S"))
+c, b, p, r, k, s = int(c), int(b), int(p), int(r), int(k), float(s)
 if step.startswith("sparse"):
     print(f"{b / c:.2f} store_bytes_per_client_byte" if c else "0 store_bytes_per_client_byte")
 elif step == "dense":
@@ -88,7 +91,8 @@ elif step == "overwrite":
     for root, _, files in os.walk(os.environ["STORE_DIR"]):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     live = int(os.environ["LIVE"])
-    print(f"{total / live:.2f} stored_bytes_per_live_byte({total}/{live})")
+    rewrite = k / c if c else 0
+    print(f"{total / live:.2f} stored_bytes_per_live_byte({total}/{live},compaction_rewrote_{rewrite:.2f}_per_client_byte)")
 else:
     print(f"{r * 3600 / s:.0f} requests_per_hour")
 EOF
@@ -147,6 +151,8 @@ store_suite() {
     STORE_LIVE=$((BENCH_STORE_DEV_MIB * 1024 * 1024))
     : >"$STORE_RAW"
     rm -rf "$dir"
+    # The daemon's flush_interval (the segments' maximum age): default unless set.
+    GFS_FLUSH_INTERVAL="${BENCH_STORE_FLUSH_INTERVAL:-}"
     glidefs_config "$dir"
     ensure_ublk 8 || { log "no ublk"; return 1; }
     glidefs_start "$dir" usercopy || return 1
@@ -175,6 +181,7 @@ store_report() {
     echo "# client_bytes: the guest's WRITE bytes; store_bytes: bytes the export's volume PUT"
     echo "# (segments, manifests, lease, meta); puts/requests: its store requests in the step."
     echo "# overwrite's figure is the local store's size on disk after the step over the"
-    echo "# export's size (every block is live after 'dense')."
+    echo "# export's size (every block is live after 'dense'), and the bytes compaction"
+    echo "# rewrote during the step per client byte (glidefs_compacted_bytes_total)."
     column -t -s $'\t' "$2" | sed 's/^/  /'
 }

@@ -120,7 +120,9 @@ pub(super) async fn round(
         }
     }
     if rewrites.is_empty() {
-        return Ok((false, more));
+        // Nothing could move (objects gone, extents unreadable): no round follows at
+        // once, or the flusher would spin; the next cycle looks again.
+        return Ok((false, false));
     }
     let moved: u64 = items.iter().map(|x| x.payload.len() as u64).sum();
     let (seq, epoch) = {

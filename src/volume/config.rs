@@ -110,7 +110,7 @@ pub fn hostname() -> String {
 impl VolumeConfig {
     /// Defaults: [`crate::rules::DIRTY_LIMIT`] (1 GiB) dirty limit,
     /// [`crate::rules::FLUSH_INTERVAL`] (5 s) flush interval, local flush mode, zstd on,
-    /// manifest every 16 segments, 64 MiB segments ([`crate::rules::SEGMENT_TARGET`]),
+    /// manifest every 16 segments, 96 MiB segments ([`crate::rules::SEGMENT_TARGET`]),
     /// compaction below 70 % live, 300 s lease TTL (renewed every
     /// TTL/3 by the flusher: one conditional PUT per volume per 100 s when idle).
     pub fn new(name: impl Into<String>, size_bytes: u64, cache_dir: impl Into<PathBuf>) -> Self {

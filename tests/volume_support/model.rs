@@ -115,6 +115,10 @@ fn config(fs: &SimFs, p: &Params) -> VolumeConfig {
     }
     cfg.compress = p.compress;
     cfg.compact_below_live_pct = p.compact_pct;
+    if p.compact_pct > 90 {
+        // Small segments: more of them, and more that overwrites leave mostly dead.
+        cfg.max_segment_bytes = 64 << 10;
+    }
     if p.store_mode {
         cfg.flush_mode = FlushMode::Store;
     }
