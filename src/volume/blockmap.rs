@@ -47,10 +47,6 @@ pub struct Blk {
     pub gen: u32,
     /// Write sequence number at which the block's oldest unflushed change happened.
     pub dirty_since: u64,
-    /// `State::syncs` when the block's last WRITE record was reserved: while it is
-    /// the current or the previous SYNC window, rewrites of its dirty sectors are
-    /// journaled too (see `Inner::commit_write`).
-    pub rec_sync: u32,
 }
 
 /// The local cache map.
@@ -147,7 +143,6 @@ impl LocalMap {
                 dirty,
                 gen: old.gen.wrapping_add(1),
                 dirty_since: wseq,
-                rec_sync: old.rec_sync,
             },
         );
     }

@@ -235,9 +235,6 @@ struct SimData {
     synced: Vec<u8>,
     /// Writes since the last sync, in order: (offset, bytes); punches are zeros.
     pending: Vec<(usize, Vec<u8>)>,
-    /// fdatasync returns success without making anything durable (a power loss
-    /// landing between two syncs of one FLUSH, seen from the file whose sync lost).
-    lose_syncs: bool,
 }
 
 #[derive(Default)]
@@ -316,16 +313,6 @@ impl SimFs {
         img.resize(d.cur.len(), 0);
         d.synced.clone_from(&img);
         d.cur = img;
-        d.lose_syncs = false;
-    }
-
-    /// From now on (until the next power loss) fdatasync of `path` reports success
-    /// and makes nothing durable: with a power loss after it, the file looks as if
-    /// the crash hit while its sync was still running and other files' had finished.
-    pub fn lose_syncs_of(&self, path: &Path) {
-        if let Some(f) = self.0.lock().files.get(path) {
-            f.0.lock().lose_syncs = true;
-        }
     }
 
     /// From now on `set_len` beyond `max` bytes fails with EFBIG, as on a file
@@ -390,9 +377,6 @@ impl FileHandle for SimHandle {
     fn sync_data(&self) -> io::Result<()> {
         let mut d = self.0 .0.lock();
         let d = &mut *d;
-        if d.lose_syncs {
-            return Ok(());
-        }
         d.synced.clone_from(&d.cur);
         d.pending.clear();
         Ok(())

@@ -503,10 +503,8 @@ pub fn replay(
     }
     let mut errors = 0u64;
     let mut last_gen = st.journal_gen;
-    // sector -> (crc of every value a record gave it, was it dirty before the first
-    // of them). `pending`: records since the last SYNC; `prev`: between the last two.
-    let mut pending: HashMap<u64, (Vec<u32>, bool)> = HashMap::new();
-    let mut prev: HashMap<u64, (Vec<u32>, bool)> = HashMap::new();
+    // sector -> (latest crc, was dirty before the journal touched it)
+    let mut pending: HashMap<u64, (u32, bool)> = HashMap::new();
     let spb = SECTORS_PER_BLOCK as u64;
     let mut tail = None;
     for gen in list_journals(fs, dir).map_err(|e| io("listing journals", e))? {
@@ -541,14 +539,10 @@ pub fn replay(
             });
         }
         let note =
-            |map: &mut LocalMap, pending: &mut HashMap<u64, (Vec<u32>, bool)>, s: u64, crc: u32| {
+            |map: &mut LocalMap, pending: &mut HashMap<u64, (u32, bool)>, s: u64, crc: u32| {
                 let (b, bit) = (s / spb, 1u32 << (s % spb));
                 let base_dirty = map.get(b).dirty & bit != 0;
-                pending
-                    .entry(s)
-                    .or_insert((Vec::new(), base_dirty))
-                    .0
-                    .push(crc);
+                pending.entry(s).or_insert((crc, base_dirty)).0 = crc;
                 map.mark_written(b, bit, 0);
             };
         for r in recs {
@@ -563,14 +557,12 @@ pub fn replay(
                         note(&mut map, &mut pending, s, zero_sector_crc());
                     }
                 }
-                // The records before the previous SYNC are vouched for now.
-                Record::Sync => prev = std::mem::take(&mut pending),
+                Record::Sync => pending.clear(),
                 Record::Clean { blocks } => {
                     for b in blocks {
                         map.mark_clean(b);
                         for s in b * spb..(b + 1) * spb {
                             pending.remove(&s);
-                            prev.remove(&s);
                         }
                     }
                 }
@@ -580,7 +572,6 @@ pub fn replay(
                         for i in 0..spb {
                             if m & (1 << i) != 0 {
                                 pending.remove(&(b * spb + i));
-                                prev.remove(&(b * spb + i));
                             }
                         }
                     }
@@ -600,20 +591,11 @@ pub fn replay(
         tail = None;
     }
     if power_loss {
-        // Since the second-to-last SYNC: its FLUSH finished both syncs, the last
-        // one's may not have (Volume::sync_local). A sector holding any value a
-        // record gave it is kept; else it reverts to its state before them.
-        for (s, (crcs, base_dirty)) in pending {
-            prev.entry(s)
-                .or_insert((Vec::new(), base_dirty))
-                .0
-                .extend(crcs);
-        }
         let mut sector = vec![0u8; SECTOR_SIZE];
-        for (s, (crcs, base_dirty)) in prev {
+        for (s, (crc, base_dirty)) in pending {
             data.read_at(&mut sector, s * SECTOR_SIZE as u64)
                 .map_err(|e| io("verifying cache data", e))?;
-            if !crcs.contains(&crc32c::crc32c(&sector)) {
+            if crc32c::crc32c(&sector) != crc {
                 errors += 1;
                 if !base_dirty {
                     map.invalidate(s / spb, 1u32 << (s % spb));

@@ -70,6 +70,8 @@ use std::sync::Arc;
 
 const BS: u64 = BLOCK_SIZE as u64;
 const SS: u64 = SECTOR_SIZE as u64;
+/// fdatasync rounds a FLUSH tries before it syncs with the state lock held.
+const SYNC_ATTEMPTS: usize = 3;
 
 /// Counters of one volume (a snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -175,8 +177,6 @@ pub(crate) struct State {
     pub last_committed: u64,
     /// Segments committed since the last manifest.
     pub segs_since_manifest: u32,
-    /// SYNC records appended since the volume opened (wrapping).
-    pub syncs: u32,
 }
 
 /// The shared state of one open volume. Its fields are private to `volume` and the
@@ -353,17 +353,10 @@ impl Inner {
         self.data
             .write_at(buf, b * BS + s0 as u64 * SS)
             .map_err(|e| self.fail("cache write", e))?;
-        // A record is needed when a sector becomes dirty, and for rewrites in a block
-        // journaled in the current or the previous SYNC window: a power-loss replay
-        // verifies every record since the second-to-last SYNC (the last one may
-        // precede a cache-file sync that never finished), so the value each of those
-        // sectors had at the last SYNC must have a record (see journal.rs).
-        let blk = st.local.get(b);
-        if blk.dirty & m != m || st.syncs.wrapping_sub(blk.rec_sync) <= 1 {
+        // Only a sector that becomes dirty needs a record (see journal.rs).
+        if st.local.get(b).dirty & m != m {
             st.journal
                 .append_write_deferred(b * SECTORS_PER_BLOCK as u64 + s0 as u64, buf);
-            let syncs = st.syncs;
-            st.local.blocks.entry(b).or_default().rec_sync = syncs;
         }
         st.write_seq += 1;
         let ws = st.write_seq;
@@ -516,25 +509,38 @@ impl Volume {
     async fn sync_local(&self) -> Result<(), VolumeError> {
         let inner = &self.inner;
         let _g = inner.sync_lock.lock().await;
-        // SYNC first, then the cache file and the journal are synced at once (one
-        // FLUSH costs the longer of two fdatasyncs, not their sum). Every record before
-        // the SYNC was reserved after its data was written, so the cache-file sync
-        // covers that data; but a power loss may land the journal's sync and not the
-        // cache file's, so replay trusts only the records before the second-to-last
-        // SYNC (the previous FLUSH finished both syncs before this one began: the sync
-        // lock) and verifies the rest against their crcs (journal::replay).
-        let j = {
+        // A SYNC record vouches for every record before it (replay after a power loss
+        // does not verify them), so it may only follow an fdatasync that began after
+        // those records' data was written: a write landing during the fdatasync would
+        // get its record before SYNC with its data perhaps not on disk. Retry while
+        // records keep arriving; then sync with the state lock held (writes wait).
+        let mut journal = None;
+        for _ in 0..SYNC_ATTEMPTS {
+            let before = inner.st.lock().journal.ticket();
+            let data = inner.data.clone();
+            smol::unblock(move || data.sync_data())
+                .await
+                .map_err(|e| inner.fail("fdatasync", e))?;
             let mut st = inner.st.lock();
-            Self::append_sync(inner, &mut st)?
+            if st.journal.ticket() == before {
+                journal = Some(Self::append_sync(inner, &mut st)?);
+                break;
+            }
+        }
+        let j = match journal {
+            Some(j) => j,
+            None => {
+                let mut st = inner.st.lock();
+                inner
+                    .data
+                    .sync_data()
+                    .map_err(|e| inner.fail("fdatasync", e))?;
+                Self::append_sync(inner, &mut st)?
+            }
         };
-        let data = inner.data.clone();
-        let (d, jr) = futures_lite::future::zip(
-            smol::unblock(move || data.sync_data()),
-            smol::unblock(move || j.sync_data()),
-        )
-        .await;
-        d.map_err(|e| inner.fail("fdatasync", e))?;
-        jr.map_err(|e| inner.fail("fdatasync", e))
+        smol::unblock(move || j.sync_data())
+            .await
+            .map_err(|e| inner.fail("fdatasync", e))
     }
 
     /// Append a SYNC record; returns the journal file to fdatasync.
@@ -542,7 +548,6 @@ impl Volume {
         st.journal
             .append(&Record::Sync)
             .map_err(|e| inner.fail("journal append", e))?;
-        st.syncs = st.syncs.wrapping_add(1);
         Ok(st.journal.file.clone())
     }
 

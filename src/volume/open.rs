@@ -391,7 +391,6 @@ pub(crate) async fn open(
             next_seq: max_seq + 1,
             last_committed,
             segs_since_manifest: 0,
-            syncs: 0,
         }),
         sync_lock: async_lock::Mutex::new(()),
         meta: async_lock::Mutex::new((meta, etag)),
