@@ -10,7 +10,7 @@
 //! one segment (the extents one upload wrote for a block do): at most 32 before
 //! compaction, at most [`super::compaction::MAX_PIECES`] after.
 
-use super::blockmap::{Loc, Piece, SECTORS_PER_BLOCK};
+use super::blockmap::{Loc, Piece, FULL, SECTORS_PER_BLOCK};
 use super::segment;
 use super::{bump, Inner, VolumeError, BS, SS};
 use crate::store::StoreError;
@@ -130,7 +130,8 @@ pub(crate) fn runs(m: u32) -> impl Iterator<Item = (usize, usize)> {
 }
 
 /// Make the sectors `need` of block `b` valid from the store's copy (sectors no
-/// stored extent provides are zeros). Returns without change if they are valid or
+/// stored extent provides are zeros), with every other sector of the extents that
+/// had to be fetched. Returns without change if they are valid or
 /// the block is absent from the store (the caller reads zeros).
 pub(crate) async fn fetch_block(inner: &Inner, b: u64, need: u32) -> Result<(), VolumeError> {
     loop {
@@ -155,7 +156,17 @@ pub(crate) async fn fetch_block(inner: &Inner, b: u64, need: u32) -> Result<(), 
             continue;
         }
         let guard = FetchGuard { inner, b };
-        let want = need & !inner.st.lock().local.get(b).valid;
+        // Every extent that holds a wanted sector is fetched once and all of its
+        // live sectors are filled (a sequential reader then finds the rest of the
+        // block cached, as with whole-block entries), and so are the sectors no
+        // extent holds (zeros, free).
+        let invalid = FULL & !inner.st.lock().local.get(b).valid;
+        let covered = pieces.iter().fold(0u32, |m, p| m | p.live);
+        let hit = pieces
+            .iter()
+            .filter(|p| p.live & need & invalid != 0)
+            .fold(0u32, |m, p| m | p.live);
+        let want = (hit | !covered) & invalid;
         let block = match compose(inner, b, &pieces, want).await {
             Ok(v) => v,
             Err(VolumeError::Store(StoreError::NotFound(_)))
