@@ -183,22 +183,11 @@ async fn rewrite_block(
         let data = match objects.get(&p.loc.seq) {
             Some(obj) => {
                 let (a, z) = (p.loc.off as usize, p.loc.off as usize + p.loc.len as usize);
-                let payload = obj.get(a..z).unwrap_or_default();
-                segment::decode_payload(&p.loc, payload).map_err(|m| {
-                    bump(&inner.stats.checksum_errors, 1);
-                    VolumeError::Checksum(format!("block {b} in segment {}: {m}", p.loc.seq))
-                })?
+                fetch::decode(inner, b, &p.loc, obj.get(a..z).unwrap_or_default())?
             }
             None => fetch::get_extent(inner, b, &p.loc).await?,
         };
-        let first = usize::from(p.loc.first);
-        for s in 0..SECTORS_PER_BLOCK {
-            if take & (1 << s) != 0 {
-                let src = (s - first) * SECTOR_SIZE;
-                block[s * SECTOR_SIZE..(s + 1) * SECTOR_SIZE]
-                    .copy_from_slice(&data[src..src + SECTOR_SIZE]);
-            }
-        }
+        fetch::place(&mut block, &p.loc, &data, take);
     }
     let runs = if whole {
         vec![(0, SECTORS_PER_BLOCK)]

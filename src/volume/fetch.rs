@@ -59,7 +59,13 @@ async fn get_span(
 }
 
 /// Verify and decode one extent's payload: the bytes of its `loc.count` sectors.
-fn decode(inner: &Inner, b: u64, loc: &Loc, payload: &[u8]) -> Result<Vec<u8>, VolumeError> {
+/// A mismatch is counted in `checksum_errors` and logged with the segment key.
+pub(crate) fn decode(
+    inner: &Inner,
+    b: u64,
+    loc: &Loc,
+    payload: &[u8],
+) -> Result<Vec<u8>, VolumeError> {
     segment::decode_payload(loc, payload).map_err(|m| {
         bump(&inner.stats.checksum_errors, 1);
         let key = inner.keys.segment(loc.seq);
@@ -99,16 +105,22 @@ pub(crate) async fn compose(
             let a = (p.loc.off - start) as usize;
             let payload = span.get(a..a + p.loc.len as usize).unwrap_or_default();
             let data = decode(inner, b, &p.loc, payload)?;
-            let first = usize::from(p.loc.first);
-            for (s, n) in runs(p.live & want) {
-                let src = (s - first) * SECTOR_SIZE;
-                block[s * SECTOR_SIZE..(s + n) * SECTOR_SIZE]
-                    .copy_from_slice(&data[src..src + n * SECTOR_SIZE]);
-            }
+            place(&mut block, &p.loc, &data, p.live & want);
         }
         i = j;
     }
     Ok(block)
+}
+
+/// Copy the sectors `take` of a decoded extent (`data`, starting at sector
+/// `loc.first`) to their places in `block`.
+pub(crate) fn place(block: &mut [u8], loc: &Loc, data: &[u8], take: u32) {
+    let first = usize::from(loc.first);
+    for (s, n) in runs(take) {
+        let src = (s - first) * SECTOR_SIZE;
+        block[s * SECTOR_SIZE..(s + n) * SECTOR_SIZE]
+            .copy_from_slice(&data[src..src + n * SECTOR_SIZE]);
+    }
 }
 
 /// Runs of set bits of `m`: (first, count).
