@@ -149,6 +149,7 @@ pub(super) async fn round(
     flusher::commit(inner, p).await?;
     if let Some(p) = pending.take() {
         flusher::finish(inner, p)?;
+        inner.st.lock().compacted_since_manifest = true;
     }
     bump(&inner.stats.compacted_bytes, moved);
     tracing::debug!(volume = %inner.cfg.name, segments = ?chosen, seq, moved, "compacted");

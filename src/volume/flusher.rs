@@ -228,8 +228,11 @@ async fn cycle(
         }
     }
     let (compacted, more_compaction) = compaction::round(inner, pending).await?;
-    if committed || compacted {
-        maybe_manifest(inner, compacted && !more_compaction).await?;
+    // Once compaction has no candidates left, a manifest lets GC delete what it
+    // emptied (also when the round that emptied the last one was an earlier cycle's).
+    let settled = !more_compaction && inner.st.lock().compacted_since_manifest;
+    if committed || compacted || settled {
+        maybe_manifest(inner, settled).await?;
     }
     Ok(CycleEnd {
         more_compaction,
@@ -546,6 +549,7 @@ async fn maybe_manifest(inner: &Inner, settled: bool) -> Result<(), VolumeError>
             return Ok(());
         }
         st.segs_since_manifest = 0;
+        st.compacted_since_manifest = false;
         let live: HashSet<u64> = st.store.live_segments();
         (
             st.last_committed,

@@ -177,6 +177,9 @@ pub(crate) struct State {
     pub last_committed: u64,
     /// Segments committed since the last manifest.
     pub segs_since_manifest: u32,
+    /// Compaction committed a segment since the last manifest (its emptied
+    /// segments wait for the next manifest's garbage collection).
+    pub compacted_since_manifest: bool,
 }
 
 /// The shared state of one open volume. Its fields are private to `volume` and the

@@ -391,6 +391,7 @@ pub(crate) async fn open(
             next_seq: max_seq + 1,
             last_committed,
             segs_since_manifest: 0,
+            compacted_since_manifest: false,
         }),
         sync_lock: async_lock::Mutex::new(()),
         meta: async_lock::Mutex::new((meta, etag)),
