@@ -152,6 +152,10 @@ pub struct CacheConfig {
     /// holder that cannot renew stops acknowledging writes before then.
     #[serde(deserialize_with = "de_duration")]
     pub lease_ttl: Duration,
+    /// A store segment that holds nothing live any more is deleted this long after
+    /// garbage collection first found it so; `0s` deletes at once.
+    #[serde(deserialize_with = "de_duration")]
+    pub gc_grace: Duration,
 }
 
 impl Default for CacheConfig {
@@ -163,6 +167,7 @@ impl Default for CacheConfig {
             flush_mode: FlushMode::Local,
             compress: true,
             lease_ttl: rules::LEASE_TTL,
+            gc_grace: rules::GC_GRACE,
         }
     }
 }

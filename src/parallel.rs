@@ -1,5 +1,7 @@
-//! The one bounded parallel map of the crate: start-up recovery (router and ublk),
-//! bulk device deletion and shutdown's volume closes all run through [`map`].
+//! The crate's two ways of doing several things at once: [`map`], the one bounded
+//! parallel map on threads (start-up recovery (router and ublk), bulk device
+//! deletion and shutdown's volume closes), and [`join_all`], the one concurrent
+//! wait on futures (the conditional-write probe, a miss's extent GETs).
 //!
 //! Invariants: at most `limit` scoped threads (never more than the source can
 //! feed, when its length is known); items are taken one at a time from a shared
@@ -38,6 +40,31 @@ where
         }
     });
     out.into_inner()
+}
+
+/// Poll all futures concurrently on the calling task; results in input order.
+pub async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    futures_lite::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => *o = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 #[cfg(test)]

@@ -98,6 +98,21 @@ pub const SEGMENT_TARGET: u64 = 96 << 20;
 /// most 70/30 = 2.3.
 pub const COMPACT_BELOW_LIVE_PCT: u8 = 70;
 
+/// A block whose live extents need more than one GET, none of them written in this
+/// long, is merged into one whole-block extent (reads of it are one GET again).
+pub const MERGE_COLD_AFTER: Duration = Duration::from_secs(60);
+
+/// Merges rewrite at most this percentage of the bytes the volume's own writes
+/// uploaded (since it was opened): 128 KiB per merged block, so a writer that
+/// scatters 4 KiB writes pays at most 1.5x the store bytes, merges included.
+pub const MERGE_BUDGET_PCT: u64 = 50;
+
+/// `cache.gc_grace`: a segment that holds nothing live is deleted this long after
+/// garbage collection first found it so (a reader that still holds its address,
+/// such as a former lease holder's cold read or a fork being created from a
+/// manifest, finds it for that long). 0 deletes at once.
+pub const GC_GRACE: Duration = Duration::from_secs(600);
+
 /// `store.timeout`: one store request.
 pub const STORE_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -45,6 +45,7 @@ url = "file://$dir/store"
 [cache]
 dir = "$dir/cache"
 ${GFS_FLUSH_INTERVAL:+flush_interval = \"$GFS_FLUSH_INTERVAL\"}
+${GFS_GC_GRACE:+gc_grace = \"$GFS_GC_GRACE\"}
 
 [api]
 listen = "127.0.0.1:$GFS_PORT"

@@ -153,6 +153,9 @@ store_suite() {
     rm -rf "$dir"
     # The daemon's flush_interval (the segments' maximum age): default unless set.
     GFS_FLUSH_INTERVAL="${BENCH_STORE_FLUSH_INTERVAL:-}"
+    # Dead segments are deleted at once (the default 10-minute grace would outlast
+    # the settle time): the overwrite step measures the space compaction frees.
+    GFS_GC_GRACE="${BENCH_STORE_GC_GRACE:-0s}"
     glidefs_config "$dir"
     ensure_ublk 8 || { log "no ublk"; return 1; }
     glidefs_start "$dir" usercopy || return 1

@@ -48,6 +48,7 @@ impl EngineVolumes {
         c.flush_mode = s.flush_mode;
         c.compress = s.compress;
         c.lease_ttl = s.lease_ttl;
+        c.gc_grace = s.gc_grace;
         c.owner = s.owner.clone();
         c.host_label = s.host_label.clone();
         c

@@ -49,6 +49,8 @@ pub struct VolumeSettings {
     pub compress: bool,
     /// `cache.lease_ttl`.
     pub lease_ttl: Duration,
+    /// `cache.gc_grace`.
+    pub gc_grace: Duration,
     /// Lease owner of every volume: this host's random id ([`HostIdentity`]).
     pub owner: String,
     /// Hostname written beside the owner, for display.
@@ -66,6 +68,7 @@ impl VolumeSettings {
             flush_mode: cfg.cache.flush_mode,
             compress: cfg.cache.compress,
             lease_ttl: cfg.cache.lease_ttl,
+            gc_grace: cfg.cache.gc_grace,
             owner: host.id.clone(),
             host_label: host.label.clone(),
         }

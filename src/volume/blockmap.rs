@@ -250,11 +250,14 @@ pub struct SegUse {
 /// Block → the extents that together hold its newest committed copy. Sectors no
 /// live extent provides read as zeros; absent blocks read as zeros. Invariants: the
 /// pieces of a block have disjoint, non-zero `live` masks, listed oldest first;
-/// `segs[s].live` is the sum of `live_bytes` over the pieces in segment `s`.
+/// `segs[s].live` is the sum of `live_bytes` over the pieces in segment `s`;
+/// `fragmented` holds exactly the blocks with more than one piece.
 #[derive(Debug, Default, Clone)]
 pub struct StoreMap {
     /// The map.
     pub map: HashMap<u64, Vec<Piece>>,
+    /// Blocks made of more than one piece (merge candidates).
+    pub fragmented: BTreeSet<u64>,
     /// Live bytes (and size, once known) of every segment a piece points into.
     pub segs: BTreeMap<u64, SegUse>,
 }
@@ -276,6 +279,9 @@ impl StoreMap {
                 }
             }
             ps.retain(|p| p.live != 0);
+            if ps.len() < 2 {
+                self.fragmented.remove(&block);
+            }
             if ps.is_empty() {
                 self.map.remove(&block);
             }
@@ -293,7 +299,11 @@ impl StoreMap {
         let u = self.segs.entry(piece.loc.seq).or_default();
         u.live += piece.live_bytes();
         u.pieces += 1;
-        self.map.entry(block).or_default().push(piece);
+        let ps = self.map.entry(block).or_default();
+        ps.push(piece);
+        if ps.len() > 1 {
+            self.fragmented.insert(block);
+        }
     }
 
     /// Record the size of segment `seq` (from a listing or its upload).
@@ -347,5 +357,35 @@ mod tests {
         assert_eq!(m.dirty_sectors, 0);
         assert!(m.dirty_set.is_empty());
         assert_eq!(m.get(3).valid, FULL);
+    }
+
+    #[test]
+    fn fragmented_blocks_are_tracked() {
+        let loc = |seq, first, count| Loc {
+            seq,
+            off: 0,
+            len: 1,
+            kind: EntryKind::Raw,
+            crc: 0,
+            first,
+            count,
+        };
+        let mut m = StoreMap::default();
+        m.apply(1, loc(1, 0, 32));
+        assert!(m.fragmented.is_empty());
+        m.apply(1, loc(2, 3, 1));
+        assert!(m.fragmented.contains(&1));
+        // A whole-block extent replaces both pieces.
+        m.apply(1, loc(3, 0, 32));
+        assert!(m.fragmented.is_empty());
+        m.apply(1, loc(4, 5, 2));
+        m.apply(
+            1,
+            Loc {
+                kind: EntryKind::Zero,
+                ..loc(5, 0, 32)
+            },
+        );
+        assert!(m.fragmented.is_empty() && m.map.is_empty());
     }
 }

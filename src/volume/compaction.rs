@@ -1,6 +1,7 @@
 //! Compaction: segments whose live bytes fell below `compact_below_live_pct` of
 //! their size have their live extents rewritten into a new segment, after which
-//! they hold nothing live and the next manifest's garbage collection deletes them.
+//! they hold nothing live and garbage collection deletes them (after
+//! `gc_grace`). When no segment is a candidate, cold fragmented blocks are merged.
 //!
 //! Invariants:
 //! - only live sectors move: each is its block's newest committed copy, so placing
@@ -8,12 +9,20 @@
 //!   order stays correct);
 //! - a block whose pieces would exceed [`MAX_PIECES`] is merged into one whole-block
 //!   extent instead (reads of it stay one GET);
+//! - a *merge* rewrites a block whose extents need more than one GET into one
+//!   whole-block extent, only when the block is cold (no extent of it in a segment
+//!   of the volume's own writes committed within `merge_cold_after`, nothing dirty)
+//!   and only within the merge budget: merges rewrite at most
+//!   [`crate::rules::MERGE_BUDGET_PCT`] % of the bytes the volume's writes uploaded
+//!   since it opened; most fragmented blocks first;
 //! - a round runs inside the flusher (the only writer of the store map), commits
 //!   through the same fenced protocol as any segment (a fenced writer never
-//!   rewrites or deletes), and rewrites at most about `max_segment_bytes` of live
-//!   data; rounds follow each other while candidates remain;
+//!   rewrites or deletes), and rewrites at most about `max_segment_bytes`; rounds
+//!   follow each other while candidates (and budget) remain; pieces of a block that
+//!   changed meanwhile are not replaced (`flusher::finish`);
 //! - an extent that fails verification is left where it is (its block is skipped,
-//!   counted in `checksum_errors`), never rewritten as other data.
+//!   counted in `checksum_errors`), never rewritten as other data;
+//! - compaction is off when `compact_below_live_pct` is 0 (merges too).
 
 use super::background_cpu;
 use super::blockmap::{Piece, SegUse, FULL, SECTORS_PER_BLOCK};
@@ -24,7 +33,7 @@ use super::{bump, Inner, VolumeError};
 use crate::store::StoreError;
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
 use bytes::Bytes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Most pieces (extents) a block keeps after compaction touched it; beyond this it
@@ -43,10 +52,15 @@ fn dead_bytes(u: &SegUse) -> u64 {
 /// percent of it dead, and at least one sector's worth (rounding never churns).
 fn is_candidate(u: &SegUse, pct: u8) -> bool {
     let dead = dead_bytes(u);
-    u.size > 0 && dead >= SECTOR_SIZE as u64 && dead * 100 > u.size * (100 - u64::from(pct))
+    // A segment nothing points into waits for garbage collection, not compaction.
+    u.pieces > 0
+        && u.size > 0
+        && dead >= SECTOR_SIZE as u64
+        && dead * 100 > u.size * (100 - u64::from(pct))
 }
 
-/// One compaction round. Returns (a segment was written, candidates remain).
+/// One compaction round: reclaim space if a segment is a candidate, else merge
+/// cold fragmented blocks. Returns (a segment was written, candidates remain).
 pub(super) async fn round(
     inner: &Arc<Inner>,
     pending: &mut Option<Pending>,
@@ -55,6 +69,18 @@ pub(super) async fn round(
     if pct == 0 {
         return Ok((false, false));
     }
+    match reclaim(inner, pending, pct).await? {
+        (false, false) => merge(inner, pending).await,
+        r => Ok(r),
+    }
+}
+
+/// Rewrite the live extents of the emptiest candidate segments.
+async fn reclaim(
+    inner: &Arc<Inner>,
+    pending: &mut Option<Pending>,
+    pct: u8,
+) -> Result<(bool, bool), VolumeError> {
     let budget = inner.cfg.max_segment_bytes.max(BLOCK_SIZE as u64);
     let (chosen, more) = {
         let st = inner.st.lock();
@@ -124,6 +150,101 @@ pub(super) async fn round(
         // once, or the flusher would spin; the next cycle looks again.
         return Ok((false, false));
     }
+    let seq = write_segment(inner, pending, items, rewrites).await?;
+    tracing::debug!(volume = %inner.cfg.name, segments = ?chosen, seq, "compacted");
+    Ok((true, more))
+}
+
+/// Merge the cold blocks whose extents need the most GETs, within the budget.
+async fn merge(
+    inner: &Arc<Inner>,
+    pending: &mut Option<Pending>,
+) -> Result<(bool, bool), VolumeError> {
+    let bs = BLOCK_SIZE as u64;
+    let (chosen, more) = {
+        let mut st = inner.st.lock();
+        let st = &mut *st;
+        let now = inner.cfg.clock.mono_ms();
+        let cold = inner.cfg.merge_cold_after.as_millis() as u64;
+        while st
+            .recent_uploads
+            .front()
+            .is_some_and(|(_, t)| now.saturating_sub(*t) >= cold)
+        {
+            st.recent_uploads.pop_front();
+        }
+        let max = (st.merge_credit / bs).min(inner.cfg.max_segment_bytes.max(bs) / bs) as usize;
+        if max == 0 || st.store.fragmented.is_empty() {
+            return Ok((false, false));
+        }
+        let hot: HashSet<u64> = st.recent_uploads.iter().map(|(s, _)| *s).collect();
+        let mut c: Vec<(usize, u64)> = st
+            .store
+            .fragmented
+            .iter()
+            .filter(|b| st.local.get(**b).dirty == 0)
+            .filter_map(|b| {
+                let ps = st.store.map.get(b)?;
+                if ps.iter().any(|p| hot.contains(&p.loc.seq)) {
+                    return None;
+                }
+                let g = fetch::gets(ps);
+                (g > 1).then_some((g, *b))
+            })
+            .collect();
+        // Most GETs first; block order among equals (deterministic).
+        c.sort_by_key(|(g, b)| (std::cmp::Reverse(*g), *b));
+        let more = c.len() > max;
+        c.truncate(max);
+        let chosen: Vec<(u64, Vec<Piece>)> = c
+            .into_iter()
+            .filter_map(|(_, b)| Some((b, st.store.map.get(&b)?.clone())))
+            .collect();
+        st.merge_credit -= chosen.len() as u64 * bs;
+        (chosen, more)
+    };
+    if chosen.is_empty() {
+        return Ok((false, false));
+    }
+    inner.check_bg()?;
+    let mut items = Vec::new();
+    let mut rewrites = Vec::new();
+    for (b, pieces) in chosen {
+        let block = match fetch::compose(inner, b, &pieces, FULL).await {
+            Ok(v) => v,
+            Err(VolumeError::Checksum(m)) => {
+                tracing::error!(volume = %inner.cfg.name, block = b, error = %m, "merge skipped a block whose stored extent failed verification");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let (kind, payload) = segment::encode_extent(&block, inner.cfg.compress);
+        items.push(Extent {
+            block: b,
+            first: 0,
+            count: SECTORS_PER_BLOCK as u8,
+            kind,
+            payload,
+        });
+        rewrites.push((b, pieces));
+    }
+    if rewrites.is_empty() {
+        return Ok((false, false));
+    }
+    let n = rewrites.len();
+    let seq = write_segment(inner, pending, items, rewrites).await?;
+    tracing::debug!(volume = %inner.cfg.name, blocks = n, seq, "merged fragmented blocks");
+    Ok((true, more))
+}
+
+/// Commit a segment of moved extents (`rewrites`: the pieces they replace) like
+/// any other; returns its seq. The bytes count in `compacted_bytes`.
+async fn write_segment(
+    inner: &Arc<Inner>,
+    pending: &mut Option<Pending>,
+    items: Vec<Extent>,
+    rewrites: Vec<(u64, Vec<Piece>)>,
+) -> Result<u64, VolumeError> {
     let moved: u64 = items.iter().map(|x| x.payload.len() as u64).sum();
     let (seq, epoch) = {
         let mut st = inner.st.lock();
@@ -152,8 +273,7 @@ pub(super) async fn round(
         inner.st.lock().compacted_since_manifest = true;
     }
     bump(&inner.stats.compacted_bytes, moved);
-    tracing::debug!(volume = %inner.cfg.name, segments = ?chosen, seq, moved, "compacted");
-    Ok((true, more))
+    Ok(seq)
 }
 
 /// The extents that replace block `b`'s pieces in the chosen segments: their live
@@ -217,6 +337,8 @@ mod tests {
     #[test]
     fn candidates_need_dead_bytes_beyond_the_threshold_and_one_sector() {
         let u = |size, live, pieces| SegUse { size, live, pieces };
+        // Nothing live: garbage collection's, not compaction's.
+        assert!(!is_candidate(&u(1 << 20, 0, 0), 70));
         // Fresh compaction output: header + live index + live payload only.
         assert!(!is_candidate(&u(56 + 32 + 100, 100, 1), 70));
         // 60 % dead of 1 MiB.

@@ -48,6 +48,12 @@ pub struct VolumeConfig {
     /// Compact segments whose live bytes are below this percentage of their size
     /// (0 switches compaction off).
     pub compact_below_live_pct: u8,
+    /// Merge a fragmented block once none of its extents was written for this long
+    /// (see [`crate::rules::MERGE_COLD_AFTER`]); off with compaction.
+    pub merge_cold_after: Duration,
+    /// Delete a segment that holds nothing live this long after garbage collection
+    /// first found it so (see [`crate::rules::GC_GRACE`]).
+    pub gc_grace: Duration,
     /// Compact the journal (local checkpoint + new journal) beyond this size.
     pub journal_compact_bytes: u64,
     /// A lease not renewed for this long may be taken by another owner.
@@ -87,6 +93,8 @@ impl fmt::Debug for VolumeConfig {
             .field("compress", &self.compress)
             .field("checkpoint_every", &self.checkpoint_every)
             .field("compact_below_live_pct", &self.compact_below_live_pct)
+            .field("merge_cold_after", &self.merge_cold_after)
+            .field("gc_grace", &self.gc_grace)
             .field("owner", &self.owner)
             .finish_non_exhaustive()
     }
@@ -128,6 +136,8 @@ impl VolumeConfig {
             checkpoint_every: 16,
             max_segment_bytes: crate::rules::SEGMENT_TARGET,
             compact_below_live_pct: crate::rules::COMPACT_BELOW_LIVE_PCT,
+            merge_cold_after: crate::rules::MERGE_COLD_AFTER,
+            gc_grace: crate::rules::GC_GRACE,
             journal_compact_bytes: 4 << 20,
             lease_ttl: crate::rules::LEASE_TTL,
             takeover: false,

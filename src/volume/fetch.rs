@@ -8,7 +8,9 @@
 //! The live extents of a block are disjoint, so one wanted sector costs one GET;
 //! a whole block costs one GET per group of its extents that lie back to back in
 //! one segment (the extents one upload wrote for a block do): at most 32 before
-//! compaction, at most [`super::compaction::MAX_PIECES`] after.
+//! compaction, at most [`super::compaction::MAX_PIECES`] after a compaction moved
+//! it, one after a merge (see `compaction.rs`). The GETs of one block run
+//! concurrently.
 
 use super::blockmap::{Loc, Piece, FULL, SECTORS_PER_BLOCK};
 use super::segment;
@@ -80,17 +82,13 @@ pub(crate) async fn get_extent(inner: &Inner, b: u64, loc: &Loc) -> Result<Vec<u
     decode(inner, b, loc, &bytes)
 }
 
-/// The committed content of the sectors `want` of block `b` (others left zero).
-/// Pieces that lie back to back in one segment are fetched with one ranged GET.
-pub(crate) async fn compose(
-    inner: &Inner,
-    b: u64,
-    pieces: &[Piece],
-    want: u32,
-) -> Result<Vec<u8>, VolumeError> {
-    let mut needed: Vec<&Piece> = pieces.iter().filter(|p| p.live & want != 0).collect();
-    needed.sort_by_key(|p| (p.loc.seq, p.loc.off));
-    let mut block = vec![0u8; BLOCK_SIZE];
+/// Groups of extents that lie back to back in one segment (one ranged GET each):
+/// (segment, byte range, the extents in order). `needed` is sorted by
+/// (seq, offset).
+type Group<'a> = (u64, std::ops::Range<u64>, &'a [&'a Piece]);
+
+fn groups<'a>(needed: &'a [&'a Piece]) -> Vec<Group<'a>> {
+    let mut out = Vec::new();
     let mut i = 0;
     while i < needed.len() {
         let (seq, start) = (needed[i].loc.seq, needed[i].loc.off);
@@ -100,14 +98,51 @@ pub(crate) async fn compose(
             end += u64::from(needed[j].loc.len);
             j += 1;
         }
-        let span = get_span(inner, b, seq, start..end).await?;
-        for p in &needed[i..j] {
-            let a = (p.loc.off - start) as usize;
+        out.push((seq, start..end, &needed[i..j]));
+        i = j;
+    }
+    out
+}
+
+fn sorted(pieces: &[Piece], want: u32) -> Vec<&Piece> {
+    let mut needed: Vec<&Piece> = pieces.iter().filter(|p| p.live & want != 0).collect();
+    needed.sort_by_key(|p| (p.loc.seq, p.loc.off));
+    needed
+}
+
+/// GETs a cold read of the whole block costs.
+pub(crate) fn gets(pieces: &[Piece]) -> usize {
+    groups(&sorted(pieces, FULL)).len()
+}
+
+/// The committed content of the sectors `want` of block `b` (others left zero).
+/// Pieces that lie back to back in one segment are fetched with one ranged GET;
+/// the GETs of one block run concurrently, so a fragmented block costs one
+/// round trip, not one per extent.
+pub(crate) async fn compose(
+    inner: &Inner,
+    b: u64,
+    pieces: &[Piece],
+    want: u32,
+) -> Result<Vec<u8>, VolumeError> {
+    let needed = sorted(pieces, want);
+    let groups = groups(&needed);
+    let spans = crate::parallel::join_all(
+        groups
+            .iter()
+            .map(|(seq, range, _)| get_span(inner, b, *seq, range.clone()))
+            .collect(),
+    )
+    .await;
+    let mut block = vec![0u8; BLOCK_SIZE];
+    for ((_, range, group), span) in groups.iter().zip(spans) {
+        let span = span?;
+        for p in *group {
+            let a = (p.loc.off - range.start) as usize;
             let payload = span.get(a..a + p.loc.len as usize).unwrap_or_default();
             let data = decode(inner, b, &p.loc, payload)?;
             place(&mut block, &p.loc, &data, p.live & want);
         }
-        i = j;
     }
     Ok(block)
 }

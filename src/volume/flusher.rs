@@ -234,6 +234,7 @@ async fn cycle(
     if committed || compacted || settled {
         maybe_manifest(inner, settled).await?;
     }
+    collect_if_due(inner).await?;
     Ok(CycleEnd {
         more_compaction,
         waiting,
@@ -532,6 +533,13 @@ pub(super) fn finish(inner: &Inner, p: Pending) -> Result<(), VolumeError> {
         }
         st.last_committed = st.last_committed.max(seq);
         st.segs_since_manifest += 1;
+        if p.rewrites.is_empty() {
+            // The volume's own writes: they earn merge budget and keep their
+            // blocks warm for `merge_cold_after`.
+            st.merge_credit += len * crate::rules::MERGE_BUDGET_PCT / 100;
+            st.recent_uploads
+                .push_back((seq, inner.cfg.clock.mono_ms()));
+        }
     }
     bump(&inner.stats.segments_written, 1);
     bump(&inner.stats.bytes_uploaded, len);
@@ -597,16 +605,56 @@ async fn maybe_manifest(inner: &Inner, settled: bool) -> Result<(), VolumeError>
             bump(&inner.stats.gc_deleted, 1);
         }
     }
+    let now = inner.cfg.clock.mono_ms();
     for o in inner.store.list(&inner.keys.segments()).await? {
         if let Some(s) = inner.keys.segment_seq(&o.key) {
             if s <= seq && !live.contains(&s) {
-                inner.store.delete(&o.key).await?;
-                bump(&inner.stats.gc_deleted, 1);
-                inner.st.lock().store.forget_segment(s);
+                inner.st.lock().gc_pending.entry(s).or_insert(now);
             }
         }
     }
+    delete_expired(inner).await
+}
+
+/// Delete the segments garbage collection found dead at least `gc_grace` ago.
+/// The caller checked the lease after its last manifest landed (a fenced writer
+/// never deletes); [`collect_if_due`] does so itself.
+async fn delete_expired(inner: &Inner) -> Result<(), VolumeError> {
+    for s in expired(inner) {
+        match inner.store.delete(&inner.keys.segment(s)).await {
+            Ok(()) | Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        bump(&inner.stats.gc_deleted, 1);
+        let mut st = inner.st.lock();
+        st.gc_pending.remove(&s);
+        st.store.forget_segment(s);
+    }
     Ok(())
+}
+
+/// Segments whose grace period is over.
+fn expired(inner: &Inner) -> Vec<u64> {
+    let grace = inner.cfg.gc_grace.as_millis() as u64;
+    let now = inner.cfg.clock.mono_ms();
+    let st = inner.st.lock();
+    st.gc_pending
+        .iter()
+        .filter(|(_, since)| now.saturating_sub(**since) >= grace)
+        .map(|(s, _)| *s)
+        .collect()
+}
+
+/// Delete the dead segments whose grace period ended since the last manifest
+/// (nothing to do, and no request, when none did).
+async fn collect_if_due(inner: &Inner) -> Result<(), VolumeError> {
+    if expired(inner).is_empty() {
+        return Ok(());
+    }
+    inner.check_bg()?;
+    let held = inner.lease.lock().lease.clone();
+    lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
+    delete_expired(inner).await
 }
 
 /// Write the local state file and start a new journal generation (journal

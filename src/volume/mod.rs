@@ -64,7 +64,7 @@ use blockmap::{mask, LocalMap, StoreMap, SECTORS_PER_BLOCK};
 use event_listener::Event;
 use journal::{Journal, Record};
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -180,6 +180,16 @@ pub(crate) struct State {
     /// Compaction committed a segment since the last manifest (its emptied
     /// segments wait for the next manifest's garbage collection).
     pub compacted_since_manifest: bool,
+    /// Segments garbage collection found holding nothing live, with the monotonic
+    /// time (ms) it first did: deleted once `gc_grace` has passed. Nothing ever
+    /// points into such a segment again (pieces only move to newer segments).
+    pub gc_pending: BTreeMap<u64, u64>,
+    /// Segments of the volume's own writes committed within `merge_cold_after`,
+    /// with their commit time (ms): blocks with a piece in one are not cold.
+    pub recent_uploads: VecDeque<(u64, u64)>,
+    /// Bytes merges may still rewrite ([`crate::rules::MERGE_BUDGET_PCT`] of the
+    /// bytes uploaded since open, less what merges spent).
+    pub merge_credit: u64,
 }
 
 /// The shared state of one open volume. Its fields are private to `volume` and the

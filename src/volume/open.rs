@@ -23,7 +23,7 @@ use crate::store::{CountedStore, ObjectStore, PutCondition, StoreError, StoreTra
 use crate::BLOCK_SIZE;
 use event_listener::Event;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -392,6 +392,9 @@ pub(crate) async fn open(
             last_committed,
             segs_since_manifest: 0,
             compacted_since_manifest: false,
+            gc_pending: BTreeMap::new(),
+            recent_uploads: VecDeque::new(),
+            merge_credit: 0,
         }),
         sync_lock: async_lock::Mutex::new(()),
         meta: async_lock::Mutex::new((meta, etag)),

@@ -35,6 +35,8 @@ pub fn sim_cfg(fs: &SimFs, name: &str, size: u64) -> VolumeConfig {
     c.max_segment_bytes = 256 << 10;
     c.checkpoint_every = 2;
     c.journal_compact_bytes = 8 << 10;
+    // Tests that count objects expect garbage collection at once.
+    c.gc_grace = Duration::ZERO;
     c
 }
 

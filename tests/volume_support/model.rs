@@ -56,6 +56,9 @@ pub struct Params {
     pub store_mode: bool,
     /// `compact_below_live_pct`: off, the default, or compacting almost always.
     pub compact_pct: u8,
+    /// Dead segments wait out a grace period longer than the case (never deleted)
+    /// instead of being deleted at once.
+    pub gc_grace: bool,
 }
 
 pub fn params() -> impl Strategy<Value = Params> {
@@ -65,13 +68,15 @@ pub fn params() -> impl Strategy<Value = Params> {
         any::<bool>(),
         prop::bool::weighted(0.15),
         prop_oneof![Just(0u8), Just(70u8), Just(99u8)],
+        any::<bool>(),
     )
-        .prop_map(|(a, b, c, d, e)| Params {
+        .prop_map(|(a, b, c, d, e, f)| Params {
             fast_flusher: a,
             small_dirty_limit: b,
             compress: c,
             store_mode: d,
             compact_pct: e,
+            gc_grace: f,
         })
 }
 
@@ -118,6 +123,12 @@ fn config(fs: &SimFs, p: &Params) -> VolumeConfig {
     if p.compact_pct > 90 {
         // Small segments: more of them, and more that overwrites leave mostly dead.
         cfg.max_segment_bytes = 64 << 10;
+        // Every fragmented block is cold at once: merges as often as the budget
+        // lets them.
+        cfg.merge_cold_after = Duration::ZERO;
+    }
+    if p.gc_grace {
+        cfg.gc_grace = Duration::from_secs(3600);
     }
     if p.store_mode {
         cfg.flush_mode = FlushMode::Store;

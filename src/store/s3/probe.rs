@@ -2,9 +2,9 @@
 //! `If-Match`, and atomically? See [`S3Store::probe_conditional`].
 
 use super::S3Store;
+use crate::parallel::join_all;
 use crate::store::{ObjectStore, PutCondition, StoreError};
 use bytes::Bytes;
-use futures_lite::future;
 
 /// Concurrent writers in one round of the conditional-write race probe.
 pub const RACE_WRITERS: usize = 16;
@@ -20,30 +20,6 @@ pub(super) enum ConditionalSupport {
     Racy,
     /// Ignored: a write that must fail succeeds.
     Ignored,
-}
-
-/// Poll all futures concurrently; results in input order.
-async fn join_all<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
-    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    future::poll_fn(|cx| {
-        let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => *o = Some(v),
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }
 
 impl S3Store {
