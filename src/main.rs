@@ -142,6 +142,34 @@ enum ExportCommand {
         /// Export name.
         name: String,
     },
+    /// Snapshots: immutable images of an export, kept in the store.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Take a snapshot of everything written to the export so far (waits until it
+    /// is in the store). Freeze the filesystem first for an application-consistent
+    /// image: writes made meanwhile may or may not be in it.
+    Create {
+        /// Export name.
+        export: String,
+        /// Snapshot name: 1-64 of a-z 0-9 . _ - starting with a letter or digit.
+        name: String,
+    },
+    /// List an export's snapshots: name, size, segment seq, when taken.
+    List {
+        /// Export name.
+        export: String,
+    },
+    /// Delete a snapshot (what only it kept is deleted by garbage collection later).
+    Delete {
+        /// Export name.
+        export: String,
+        /// Snapshot name.
+        name: String,
+    },
 }
 
 fn main() {
@@ -392,7 +420,9 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
     let endpoint = Endpoint::parse(api)?;
     let is_drain = matches!(
         cmd,
-        ExportCommand::Drain { .. } | ExportCommand::Delete { .. }
+        ExportCommand::Drain { .. }
+            | ExportCommand::Delete { .. }
+            | ExportCommand::Snapshot(SnapshotCommand::Create { .. })
     );
     let timeout = match timeout {
         Some(0) => None,
@@ -420,6 +450,18 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
         ExportCommand::Drain { name } => {
             client.request("POST", &format!("{}/drain", path(name)), None)?
         }
+        ExportCommand::Snapshot(SnapshotCommand::Create { export, name }) => {
+            let body = serde_json::json!({ "name": name }).to_string();
+            client.request("POST", &format!("{}/snapshots", path(export)), Some(&body))?
+        }
+        ExportCommand::Snapshot(SnapshotCommand::List { export }) => {
+            client.request("GET", &format!("{}/snapshots", path(export)), None)?
+        }
+        ExportCommand::Snapshot(SnapshotCommand::Delete { export, name }) => client.request(
+            "DELETE",
+            &format!("{}/snapshots/{}", path(export), encode_segment(name)),
+            None,
+        )?,
     };
     if resp.status >= 400 {
         eprintln!("glidefs: {} (HTTP {})", resp.error_message(), resp.status);
@@ -446,6 +488,33 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
                     e["state"].as_str().unwrap_or("")
                 );
             }
+        }
+        ExportCommand::Snapshot(SnapshotCommand::List { .. }) => {
+            out += &format!(
+                "{:<32} {:>14} {:>10} {}\n",
+                "NAME", "SIZE_BYTES", "SEQ", "TAKEN"
+            );
+            for e in v.as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                let taken = e["created_ms"]
+                    .as_u64()
+                    .map(|ms| {
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + Duration::from_millis(ms),
+                        )
+                        .to_string()
+                    })
+                    .unwrap_or_default();
+                out += &format!(
+                    "{:<32} {:>14} {:>10} {}\n",
+                    e["name"].as_str().unwrap_or(""),
+                    e["size_bytes"].as_u64().unwrap_or(0),
+                    e["seq"].as_u64().unwrap_or(0),
+                    taken
+                );
+            }
+        }
+        ExportCommand::Snapshot(SnapshotCommand::Delete { export, name }) => {
+            out = format!("deleted snapshot {name} of {export}\n");
         }
         ExportCommand::Delete { name, purge, .. } => {
             out = format!(

@@ -22,13 +22,19 @@ pub const MAX_NAME_LEN: usize = 64;
 
 /// Check an export (= volume) name; the error says what is wrong.
 pub fn validate_name(name: &str) -> Result<(), String> {
+    validate_name_of("export", name)
+}
+
+/// Check the name of a `what` (export, snapshot): the same rules for every name
+/// that becomes part of an object key or a path.
+pub fn validate_name_of(what: &str, name: &str) -> Result<(), String> {
     let b = name.as_bytes();
     let Some(&first) = b.first() else {
-        return Err("export name is empty".to_string());
+        return Err(format!("{what} name is empty"));
     };
     if b.len() > MAX_NAME_LEN {
         return Err(format!(
-            "export name is {} bytes; at most {MAX_NAME_LEN}",
+            "{what} name is {} bytes; at most {MAX_NAME_LEN}",
             b.len()
         ));
     }
@@ -38,7 +44,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     });
     if !first_ok || !rest_ok {
         return Err(format!(
-            "invalid export name: use 1-{MAX_NAME_LEN} of a-z 0-9 . _ - starting with a letter or digit"
+            "invalid {what} name {name:?}: use 1-{MAX_NAME_LEN} of a-z 0-9 . _ - starting with a letter or digit"
         ));
     }
     Ok(())

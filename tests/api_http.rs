@@ -260,6 +260,60 @@ fn create_is_idempotent_grow_and_shrink() {
     assert_eq!(names, ["vm-1"]);
 }
 
+/// Snapshots over the API: 201 with the snapshot, listed, 409 for a name in use,
+/// 400 for a bad name or body, 404 for an unknown export or snapshot; errors
+/// change nothing.
+#[test]
+fn snapshots_over_the_api() {
+    let d = start(10);
+    let snaps = "/api/exports/vm/snapshots";
+    d.assert_error(
+        d.req(
+            "POST",
+            "/api/exports/nope/snapshots",
+            Some(r#"{"name": "s1"}"#),
+        ),
+        404,
+        "snapshot of an unknown export",
+    );
+    assert_eq!(d.put("vm", r#"{"size": "1M"}"#).0, 201);
+    let (s, v) = d.req("POST", snaps, Some(r#"{"name": "s1"}"#));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["name"], "s1");
+    assert_eq!(v["size_bytes"], 1 << 20);
+    assert!(d.store_keys().iter().any(|k| k == "volumes/vm/snap/s1"));
+    d.assert_error(
+        d.req("POST", snaps, Some(r#"{"name": "s1"}"#)),
+        409,
+        "name in use",
+    );
+    d.assert_error(
+        d.req("POST", snaps, Some(r#"{"name": "S 1"}"#)),
+        400,
+        "bad snapshot name",
+    );
+    d.assert_error(d.req("POST", snaps, Some("{}")), 400, "no name");
+    d.assert_error(d.req("POST", snaps, None), 400, "no body");
+    d.assert_error(d.req("PUT", snaps, None), 405, "PUT snapshots");
+    let (s, v) = d.req("GET", snaps, None);
+    assert_eq!(s, 200);
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["s1"], "failed requests changed nothing");
+    d.assert_error(
+        d.req("DELETE", &format!("{snaps}/nope"), None),
+        404,
+        "unknown snapshot",
+    );
+    assert_eq!(d.req("DELETE", &format!("{snaps}/s1"), None).0, 200);
+    assert_eq!(d.req("GET", snaps, None).1, serde_json::json!([]));
+    assert!(!d.store_keys().iter().any(|k| k == "volumes/vm/snap/s1"));
+}
+
 #[test]
 fn delete_drain_and_not_found() {
     let d = start(10);

@@ -217,6 +217,19 @@ fn run_export_cli_sigterm_restart_and_kill9() {
         "{list}"
     );
     assert!(d.cli(&["drain", "vm-1"]).status.success());
+    // Snapshots: create, list, a name in use (exit 3), delete, unknown (exit 2).
+    let o = d.cli(&["snapshot", "create", "vm-1", "golden"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("\"name\": \"golden\""));
+    let o = d.cli(&["snapshot", "list", "vm-1"]);
+    assert!(text(&o.stdout).contains("golden"), "{}", text(&o.stdout));
+    let o = d.cli(&["snapshot", "create", "vm-1", "golden"]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("golden"), "{}", text(&o.stderr));
+    let o = d.cli(&["snapshot", "delete", "vm-1", "golden"]);
+    assert!(text(&o.stdout).contains("deleted snapshot golden of vm-1"));
+    let o = d.cli(&["snapshot", "delete", "vm-1", "golden"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     let o = d.cli(&["get", "vm-2"]);
     assert!(
         text(&o.stdout).contains("\"size\": \"3M\""),

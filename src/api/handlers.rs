@@ -3,7 +3,8 @@
 //!
 //! Endpoints (docs/operations.md#http-api):
 //! `PUT|GET|DELETE /api/exports/{name}`, `GET /api/exports`,
-//! `POST /api/exports/{name}/drain`, `GET /health`, `GET /health/ready`, `GET /metrics`.
+//! `POST /api/exports/{name}/drain`, `POST|GET /api/exports/{name}/snapshots`,
+//! `DELETE /api/exports/{name}/snapshots/{snap}`, `GET /health`, `GET /health/ready`, `GET /metrics`.
 //!
 //! Invariants: every error is JSON `{"error": "..."}` with a 4xx/5xx status chosen
 //! from the router's [`ErrorKind`]; input is validated before anything is changed;
@@ -89,6 +90,44 @@ pub struct ApiState {
 struct PutBody {
     size: Option<ByteSize>,
     size_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    name: String,
+}
+
+/// `/api/exports/{name}/snapshots[/{snap}]`.
+fn snapshot_route(state: &ApiState, method: &str, name: &str, snap: &str, body: &[u8]) -> Reply {
+    let r = &state.router;
+    match (method, snap) {
+        ("POST", "") => {
+            let b: SnapshotBody = match serde_json::from_slice(body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Reply::error(
+                        400,
+                        format!("invalid JSON body (want {{\"name\": \"s1\"}}): {e}"),
+                    )
+                }
+            };
+            match smol::block_on(r.snapshot(name, &b.name)) {
+                Ok(info) => Reply::json(201, json!(info)),
+                Err(e) => router_error(e),
+            }
+        }
+        ("GET", "") => match smol::block_on(r.snapshots(name)) {
+            Ok(list) => Reply::json(200, json!(list)),
+            Err(e) => router_error(e),
+        },
+        ("DELETE", s) if !s.is_empty() => match smol::block_on(r.delete_snapshot(name, s)) {
+            Ok(()) => Reply::json(200, json!({ "deleted": s, "export": name })),
+            Err(e) => router_error(e),
+        },
+        (_, "") => Reply::method_not_allowed("GET, POST"),
+        _ => Reply::method_not_allowed("DELETE"),
+    }
 }
 
 fn parse_put_body(body: &[u8]) -> Result<u64, Reply> {
@@ -202,6 +241,11 @@ fn export_route(
     query: Option<&str>,
     body: &[u8],
 ) -> Reply {
+    if let Some((name, tail)) = rest.split_once("/snapshots") {
+        if tail.is_empty() || tail.starts_with('/') {
+            return snapshot_route(state, method, name, tail.trim_start_matches('/'), body);
+        }
+    }
     if let Some(name) = rest.strip_suffix("/drain") {
         return match method {
             "POST" => match smol::block_on(state.router.drain(name)) {

@@ -9,7 +9,7 @@ use crate::store::{ObjectStore, StoreError};
 use crate::ublk::IoTarget;
 use crate::ublk::PoolStats;
 use crate::ublk::{UblkError, UblkOptions, UblkServer};
-use crate::volume::VolumeStats;
+use crate::volume::{SnapshotInfo, VolumeStats};
 use crate::volume::{Volume, VolumeConfig, VolumeError};
 use async_trait::async_trait;
 use std::io;
@@ -24,6 +24,8 @@ pub fn classify(e: VolumeError) -> BackendError {
         VolumeError::Checksum(_) | VolumeError::Corrupt(_) => BackendError::Data(msg),
         VolumeError::Store(StoreError::Config(_)) => BackendError::Internal(msg),
         VolumeError::Store(_) => BackendError::Unavailable(msg),
+        VolumeError::NotFound(_) => BackendError::NotFound(msg),
+        VolumeError::AlreadyExists(_) => BackendError::Exists(msg),
         _ => BackendError::Internal(msg),
     }
 }
@@ -132,6 +134,15 @@ impl ExportVolume for EngineVolume {
     }
     async fn drain(&self) -> Result<(), BackendError> {
         self.0.drain().await.map_err(classify)
+    }
+    async fn snapshot(&self, name: &str) -> Result<SnapshotInfo, BackendError> {
+        self.0.snapshot(name).await.map_err(classify)
+    }
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, BackendError> {
+        self.0.snapshots().await.map_err(classify)
+    }
+    async fn delete_snapshot(&self, name: &str) -> Result<(), BackendError> {
+        self.0.delete_snapshot(name).await.map_err(classify)
     }
     async fn close(&self) -> Result<(), BackendError> {
         self.0.close().await.map_err(classify)

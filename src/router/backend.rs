@@ -6,7 +6,7 @@
 
 use crate::ublk::IoTarget;
 use crate::ublk::PoolStats;
-use crate::volume::VolumeStats;
+use crate::volume::{SnapshotInfo, VolumeStats};
 use async_trait::async_trait;
 use std::sync::Arc;
 
@@ -26,6 +26,12 @@ pub enum BackendError {
     /// Stored or cached data is corrupt; needs an operator.
     #[error("data error: {0}")]
     Data(String),
+    /// The named thing (a snapshot) does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The named thing (a snapshot) exists already.
+    #[error("{0}")]
+    Exists(String),
     /// Anything else.
     #[error("internal error: {0}")]
     Internal(String),
@@ -44,6 +50,12 @@ pub trait ExportVolume: IoTarget {
     /// Stop background work (uploads) ahead of `close`; I/O keeps working, and what
     /// waits for the store waits. Shutdown calls it before the devices stop.
     async fn stop_background(&self) {}
+    /// Take snapshot `name` of everything acknowledged so far.
+    async fn snapshot(&self, name: &str) -> Result<SnapshotInfo, BackendError>;
+    /// The volume's snapshots, by name.
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, BackendError>;
+    /// Delete snapshot `name`.
+    async fn delete_snapshot(&self, name: &str) -> Result<(), BackendError>;
     /// Scrape-time counters.
     fn counters(&self) -> VolumeStats;
 }

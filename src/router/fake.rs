@@ -7,7 +7,7 @@
 use super::backend::{BackendError, DeviceBackend, DeviceInfo, ExportVolume, VolumeFactory};
 use crate::ublk::IoTarget;
 use crate::ublk::PoolStats;
-use crate::volume::VolumeStats;
+use crate::volume::{SnapshotInfo, VolumeStats};
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashSet};
@@ -20,6 +20,7 @@ pub struct MemVolume {
     data: Mutex<Vec<u8>>,
     drains: AtomicU64,
     closed: AtomicBool,
+    snapshots: Mutex<BTreeMap<String, SnapshotInfo>>,
 }
 
 impl MemVolume {
@@ -28,6 +29,7 @@ impl MemVolume {
             data: Mutex::new(vec![0; size as usize]),
             drains: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            snapshots: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -95,6 +97,32 @@ impl ExportVolume for MemVolume {
     async fn close(&self) -> Result<(), BackendError> {
         self.closed.store(true, Ordering::SeqCst);
         Ok(())
+    }
+    async fn snapshot(&self, name: &str) -> Result<SnapshotInfo, BackendError> {
+        crate::rules::validate_name_of("snapshot", name).map_err(BackendError::Invalid)?;
+        let mut snaps = self.snapshots.lock();
+        if snaps.contains_key(name) {
+            return Err(BackendError::Exists(format!("snapshot {name:?} exists")));
+        }
+        let info = SnapshotInfo {
+            name: name.to_owned(),
+            seq: snaps.len() as u64,
+            size_bytes: self.data.lock().len() as u64,
+            uuid: "0".into(),
+            created_ms: 0,
+        };
+        snaps.insert(name.to_owned(), info.clone());
+        Ok(info)
+    }
+    async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, BackendError> {
+        Ok(self.snapshots.lock().values().cloned().collect())
+    }
+    async fn delete_snapshot(&self, name: &str) -> Result<(), BackendError> {
+        self.snapshots
+            .lock()
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| BackendError::NotFound(format!("snapshot {name:?} not found")))
     }
     fn counters(&self) -> VolumeStats {
         VolumeStats {

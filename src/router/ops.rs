@@ -8,11 +8,19 @@
 use super::backend::{BackendError, DeviceInfo, ExportVolume};
 use super::error::{backend, RouterError};
 use super::{
-    grow_to, open_registered, refuse_shrink, Entry, ExportInfo, PutOutcome, Reservation, Router,
+    grow_to, open_registered, refuse_shrink, Entry, ExportInfo, OpGuard, PutOutcome, Reservation,
+    Router,
 };
 use crate::rules::{validate_name, validate_size};
 use crate::size::format_size;
+use crate::volume::SnapshotInfo;
 use std::sync::Arc;
+
+/// An operation in flight on one export: its in-flight guard and name lock.
+pub(super) struct NameGuard<'a> {
+    _op: OpGuard<'a>,
+    _name: async_lock::MutexGuardArc<()>,
+}
 
 impl Router {
     /// Create (or cold-wake) `name` with `size` bytes, grow it, or repair it.
@@ -361,10 +369,48 @@ impl Router {
 
     /// Return once everything acknowledged on `name` is in the object store.
     pub async fn drain(&self, name: &str) -> Result<ExportInfo, RouterError> {
+        let (e, volume, _guard) = self.live_volume(name).await?;
+        volume.drain().await.map_err(backend(name, "drain"))?;
+        Ok(Self::info(name, &e))
+    }
+
+    /// Take snapshot `snap` of export `name` (everything acknowledged before).
+    pub async fn snapshot(&self, name: &str, snap: &str) -> Result<SnapshotInfo, RouterError> {
+        let (_, volume, _guard) = self.live_volume(name).await?;
+        volume
+            .snapshot(snap)
+            .await
+            .map_err(backend(name, "snapshot"))
+    }
+
+    /// The snapshots of export `name`.
+    pub async fn snapshots(&self, name: &str) -> Result<Vec<SnapshotInfo>, RouterError> {
+        let (_, volume, _guard) = self.live_volume(name).await?;
+        volume
+            .snapshots()
+            .await
+            .map_err(backend(name, "list snapshots of"))
+    }
+
+    /// Delete snapshot `snap` of export `name`.
+    pub async fn delete_snapshot(&self, name: &str, snap: &str) -> Result<(), RouterError> {
+        let (_, volume, _guard) = self.live_volume(name).await?;
+        volume
+            .delete_snapshot(snap)
+            .await
+            .map_err(backend(name, "delete a snapshot of"))
+    }
+
+    /// The entry and open volume of export `name`, under its name lock (a failed
+    /// export is a conflict naming its error).
+    async fn live_volume(
+        &self,
+        name: &str,
+    ) -> Result<(Entry, Arc<dyn ExportVolume>, NameGuard<'_>), RouterError> {
         validate_name(name).map_err(RouterError::InvalidName)?;
-        let _op = self.begin_op()?;
+        let op = self.begin_op()?;
         let lock = self.name_lock(name);
-        let _guard = lock.lock().await;
+        let guard = lock.lock_arc().await;
         let e = self.entry(name)?;
         let volume = e.volume.clone().ok_or_else(|| {
             RouterError::Conflict(format!(
@@ -372,7 +418,13 @@ impl Router {
                 e.error.clone().unwrap_or_default()
             ))
         })?;
-        volume.drain().await.map_err(backend(name, "drain"))?;
-        Ok(Self::info(name, &e))
+        Ok((
+            e,
+            volume,
+            NameGuard {
+                _op: op,
+                _name: guard,
+            },
+        ))
     }
 }

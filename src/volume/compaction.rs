@@ -22,13 +22,15 @@
 //!   changed meanwhile are not replaced (`flusher::finish`);
 //! - an extent that fails verification is left where it is (its block is skipped,
 //!   counted in `checksum_errors`), never rewritten as other data;
-//! - compaction is off when `compact_below_live_pct` is 0 (merges too).
+//! - compaction is off when `compact_below_live_pct` is 0 (merges too);
+//! - a segment a snapshot pins is never a candidate (see `snapshot.rs`).
 
 use super::background_cpu;
 use super::blockmap::{Piece, SegUse, FULL, SECTORS_PER_BLOCK};
 use super::fetch;
 use super::flusher::{self, Pending};
 use super::segment::{self, Extent};
+use super::snapshot;
 use super::{bump, Inner, VolumeError};
 use crate::store::StoreError;
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
@@ -82,13 +84,29 @@ async fn reclaim(
     pct: u8,
 ) -> Result<(bool, bool), VolumeError> {
     let budget = inner.cfg.max_segment_bytes.max(BLOCK_SIZE as u64);
+    let any = {
+        let st = inner.st.lock();
+        st.store.segs.values().any(|u| is_candidate(u, pct))
+    };
+    if !any {
+        return Ok((false, false));
+    }
+    {
+        // Segments a snapshot pins are not rewritten (the copy would only add).
+        let _gc = inner.gc_lock.lock().await;
+        snapshot::ensure_pins(inner).await?;
+    }
     let (chosen, more) = {
         let st = inner.st.lock();
         let mut c: Vec<(u64, SegUse)> = st
             .store
             .segs
             .iter()
-            .filter(|(s, u)| **s <= st.last_committed && is_candidate(u, pct))
+            .filter(|(s, u)| {
+                **s <= st.last_committed
+                    && is_candidate(u, pct)
+                    && !st.pins.as_ref().is_none_or(|p| p.segment(**s))
+            })
             .map(|(s, u)| (*s, *u))
             .collect();
         // Emptiest first: the most space back per byte rewritten.

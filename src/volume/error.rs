@@ -48,6 +48,9 @@ pub enum VolumeError {
     /// The volume does not exist in the store.
     #[error("volume not found: {0}")]
     NotFound(String),
+    /// The named thing exists already (a snapshot name in use).
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
     /// The operation is not supported (e.g. shrinking).
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -60,6 +63,7 @@ impl VolumeError {
             VolumeError::Invalid(_) => libc::EINVAL,
             VolumeError::LeaseHeld { .. } => libc::EBUSY,
             VolumeError::NotFound(_) => libc::ENOENT,
+            VolumeError::AlreadyExists(_) => libc::EEXIST,
             VolumeError::Unsupported(_) => libc::EOPNOTSUPP,
             VolumeError::Closed => libc::ESHUTDOWN,
             VolumeError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),

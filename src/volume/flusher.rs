@@ -23,7 +23,7 @@ use super::journal::{self, Journal, LocalState, Record};
 use super::lease;
 use super::manifest;
 use super::segment::{self, Extent, SegEntry};
-use super::{bump, Inner, VolumeError, BS, SS};
+use super::{bump, snapshot, Inner, VolumeError, BS, SS};
 use crate::store::{PutCondition, StoreError};
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
 use bytes::Bytes;
@@ -599,8 +599,15 @@ async fn maybe_manifest(inner: &Inner, settled: bool) -> Result<(), VolumeError>
         inner.store.delete(&key).await?;
         bump(&inner.stats.gc_deleted, 1);
     }
+    // Snapshots pin manifests and segments: deletions wait for their pins and
+    // exclude snapshots being taken (see `snapshot.rs`).
+    let _gc = inner.gc_lock.lock().await;
+    snapshot::ensure_pins(inner).await?;
     for m in inner.store.list(&inner.keys.manifests()).await? {
-        if inner.keys.manifest_seq(&m.key).is_some_and(|s| s < seq) {
+        let Some(s) = inner.keys.manifest_seq(&m.key) else {
+            continue;
+        };
+        if s < seq && !pinned(inner, |p| p.manifest(s)) {
             inner.store.delete(&m.key).await?;
             bump(&inner.stats.gc_deleted, 1);
         }
@@ -608,7 +615,7 @@ async fn maybe_manifest(inner: &Inner, settled: bool) -> Result<(), VolumeError>
     let now = inner.cfg.clock.mono_ms();
     for o in inner.store.list(&inner.keys.segments()).await? {
         if let Some(s) = inner.keys.segment_seq(&o.key) {
-            if s <= seq && !live.contains(&s) {
+            if s <= seq && !live.contains(&s) && !pinned(inner, |p| p.segment(s)) {
                 inner.st.lock().gc_pending.entry(s).or_insert(now);
             }
         }
@@ -616,11 +623,20 @@ async fn maybe_manifest(inner: &Inner, settled: bool) -> Result<(), VolumeError>
     delete_expired(inner).await
 }
 
-/// Delete the segments garbage collection found dead at least `gc_grace` ago.
-/// The caller checked the lease after its last manifest landed (a fenced writer
-/// never deletes); [`collect_if_due`] does so itself.
+/// Whether the snapshots' pins (unknown until loaded: then everything) hold `what`.
+fn pinned(inner: &Inner, what: impl Fn(&snapshot::Pins) -> bool) -> bool {
+    inner.st.lock().pins.as_ref().is_none_or(what)
+}
+
+/// Delete the segments garbage collection found dead at least `gc_grace` ago and
+/// no snapshot pins. The caller checked the lease after its last manifest landed
+/// (a fenced writer never deletes) and holds `gc_lock`; [`collect_if_due`] does
+/// both itself.
 async fn delete_expired(inner: &Inner) -> Result<(), VolumeError> {
     for s in expired(inner) {
+        if pinned(inner, |p| p.segment(s)) {
+            continue;
+        }
         match inner.store.delete(&inner.keys.segment(s)).await {
             Ok(()) | Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
@@ -654,6 +670,8 @@ async fn collect_if_due(inner: &Inner) -> Result<(), VolumeError> {
     inner.check_bg()?;
     let held = inner.lease.lock().lease.clone();
     lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
+    let _gc = inner.gc_lock.lock().await;
+    snapshot::ensure_pins(inner).await?;
     delete_expired(inner).await
 }
 

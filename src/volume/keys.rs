@@ -7,7 +7,8 @@
 //! - `clock`: an empty object rewritten to read the store's clock (its Last-Modified)
 //!   when a lease held by another owner must be judged stale (see `lease.rs`);
 //! - `seg/<seq>`: immutable segment objects;
-//! - `manifest/<seq>`: checkpoints of the block map as of segment `seq`.
+//! - `manifest/<seq>`: checkpoints of the block map as of segment `seq`;
+//! - `snap/<name>`: a snapshot (JSON: the manifest it pins, size, time).
 //!
 //! Invariant: `<seq>` is written as 20 zero-padded decimal digits, so the store's
 //! lexicographic listing order is the numeric order; [`VolumeKeys::parse`] inverts
@@ -15,7 +16,7 @@
 
 /// One object of a volume, as named by its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Key {
+pub enum Key<'a> {
     /// `meta`.
     Meta,
     /// `lease`.
@@ -26,6 +27,8 @@ pub enum Key {
     Segment(u64),
     /// `manifest/<seq>`.
     Manifest(u64),
+    /// `snap/<name>`.
+    Snapshot(&'a str),
 }
 
 /// The keys of one volume.
@@ -36,6 +39,7 @@ pub struct VolumeKeys {
 
 const SEG: &str = "seg/";
 const MANIFEST: &str = "manifest/";
+const SNAP: &str = "snap/";
 
 impl VolumeKeys {
     /// The keys of volume `name` (a name that passed [`crate::rules::validate_name`]).
@@ -59,6 +63,7 @@ impl VolumeKeys {
             Key::ClockProbe => format!("{root}clock"),
             Key::Segment(seq) => format!("{root}{SEG}{seq:020}"),
             Key::Manifest(seq) => format!("{root}{MANIFEST}{seq:020}"),
+            Key::Snapshot(name) => format!("{root}{SNAP}{name}"),
         }
     }
 
@@ -87,6 +92,16 @@ impl VolumeKeys {
         self.key(Key::Manifest(seq))
     }
 
+    /// `snap/<name>`.
+    pub fn snapshot(&self, name: &str) -> String {
+        self.key(Key::Snapshot(name))
+    }
+
+    /// The listing prefix of the snapshots.
+    pub fn snapshots(&self) -> String {
+        format!("{}{SNAP}", self.root)
+    }
+
     /// The listing prefix of the segments.
     pub fn segments(&self) -> String {
         format!("{}{SEG}", self.root)
@@ -99,7 +114,7 @@ impl VolumeKeys {
 
     /// What `key` names, or `None` for a key that is not one of this volume's
     /// objects (another volume's, or a stray object in its directory).
-    pub fn parse(&self, key: &str) -> Option<Key> {
+    pub fn parse<'a>(&self, key: &'a str) -> Option<Key<'a>> {
         let rest = key.strip_prefix(self.root.as_str())?;
         let seq = |s: &str| {
             (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
@@ -113,6 +128,10 @@ impl VolumeKeys {
             _ => {
                 if let Some(s) = rest.strip_prefix(SEG) {
                     seq(s).map(Key::Segment)
+                } else if let Some(n) = rest.strip_prefix(SNAP) {
+                    crate::rules::validate_name(n)
+                        .ok()
+                        .map(|()| Key::Snapshot(n))
                 } else {
                     rest.strip_prefix(MANIFEST).and_then(seq).map(Key::Manifest)
                 }
@@ -124,6 +143,14 @@ impl VolumeKeys {
     pub fn segment_seq(&self, key: &str) -> Option<u64> {
         match self.parse(key)? {
             Key::Segment(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The name of a snapshot key, or `None`.
+    pub fn snapshot_name<'a>(&self, key: &'a str) -> Option<&'a str> {
+        match self.parse(key)? {
+            Key::Snapshot(n) => Some(n),
             _ => None,
         }
     }
@@ -142,8 +169,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn any_key() -> impl Strategy<Value = Key> {
+    fn any_key() -> impl Strategy<Value = Key<'static>> {
         prop_oneof![
+            Just(Key::Snapshot("s1")),
+            Just(Key::Snapshot("golden-2026.12")),
             Just(Key::Meta),
             Just(Key::Lease),
             Just(Key::ClockProbe),
@@ -172,8 +201,9 @@ mod tests {
         #[test]
         fn other_volumes_keys_are_not_ours(seq in any::<u64>()) {
             let (a, ab) = (VolumeKeys::new("a"), VolumeKeys::new("ab"));
-            prop_assert_eq!(a.parse(&ab.segment(seq)), None);
-            prop_assert_eq!(ab.parse(&a.segment(seq)), None);
+            let (ka, kab) = (a.segment(seq), ab.segment(seq));
+            prop_assert_eq!(a.parse(&kab), None);
+            prop_assert_eq!(ab.parse(&ka), None);
         }
     }
 
@@ -190,6 +220,9 @@ mod tests {
             "volumes/v/metadata",
             "volumes/w/meta",
             "volumes/v/seg/99999999999999999999999",
+            "volumes/v/snap/",
+            "volumes/v/snap/a/b",
+            "volumes/v/snap/-x",
         ] {
             assert_eq!(k.parse(bad), None, "{bad}");
         }

@@ -53,10 +53,12 @@ pub mod manifest;
 mod meta_io;
 mod open;
 pub mod segment;
+pub mod snapshot;
 
 pub use config::{Clock, FlushMode, SystemClock, VolumeConfig};
 pub use error::VolumeError;
 pub use fileio::{FileHandle, FileIo, RealFs, SimFs};
+pub use snapshot::SnapshotInfo;
 
 use crate::store::{ObjectStore, StoreTraffic, TrafficCounts};
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
@@ -190,6 +192,8 @@ pub(crate) struct State {
     /// Bytes merges may still rewrite ([`crate::rules::MERGE_BUDGET_PCT`] of the
     /// bytes uploaded since open, less what merges spent).
     pub merge_credit: u64,
+    /// What the volume's snapshots pin (`None` until loaded, see `snapshot.rs`).
+    pub pins: Option<snapshot::Pins>,
 }
 
 /// The shared state of one open volume. Its fields are private to `volume` and the
@@ -207,6 +211,8 @@ pub(crate) struct Inner {
     data: Arc<dyn FileHandle>,
     st: Mutex<State>,
     sync_lock: async_lock::Mutex<()>,
+    /// Held by garbage collection's deletions and by snapshot changes.
+    gc_lock: async_lock::Mutex<()>,
     /// Etag of the meta object (for grow).
     meta: async_lock::Mutex<(manifest::VolumeMeta, String)>,
     lease: Mutex<lease::Held>,
@@ -249,6 +255,15 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The volume uuid as `meta` and snapshots spell it.
+    pub(crate) fn uuid_hex(&self) -> String {
+        format!("{:016x}", self.uuid)
+    }
+
+    pub(crate) fn size_bytes(&self) -> u64 {
+        self.size.load(Ordering::Acquire)
+    }
+
     pub fn kick(&self) {
         self.kick_flag.store(true, Ordering::Release);
         self.kick.notify(usize::MAX);
@@ -583,6 +598,27 @@ impl Volume {
             inner.kick();
             l.await;
         }
+    }
+
+    /// Take snapshot `name`: an immutable image of everything acknowledged before
+    /// the call (the volume is drained first). A name in use is
+    /// [`VolumeError::AlreadyExists`].
+    pub async fn snapshot(&self, name: &str) -> Result<SnapshotInfo, VolumeError> {
+        self.drain().await?;
+        self.inner.check_live()?;
+        snapshot::create(&self.inner, name).await
+    }
+
+    /// The volume's snapshots, by name.
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotInfo>, VolumeError> {
+        self.inner.check_live()?;
+        snapshot::list(&self.inner).await
+    }
+
+    /// Delete snapshot `name` ([`VolumeError::NotFound`] if there is none).
+    pub async fn delete_snapshot(&self, name: &str) -> Result<(), VolumeError> {
+        self.inner.check_live()?;
+        snapshot::delete(&self.inner, name).await
     }
 
     /// Grow the volume to `new_size` (a larger multiple of 4 KiB).

@@ -7,7 +7,9 @@ pub mod model;
 pub mod multihost;
 
 use glidefs::store::ObjectStore;
-use glidefs::volume::{FileIo, SimFs, Volume, VolumeConfig};
+use glidefs::volume::keys::VolumeKeys;
+use glidefs::volume::{manifest, segment, FileIo, SimFs, SnapshotInfo, Volume, VolumeConfig};
+use glidefs::BLOCK_SIZE;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,4 +89,32 @@ pub fn newest_journal(fs: &SimFs, dir: &Path) -> PathBuf {
         .collect();
     names.sort();
     dir.join(names.last().expect("a journal"))
+}
+
+/// The image snapshot `snap` of volume `vol` holds, read straight from its
+/// objects: `snap/<name>`, the manifest it pins, the segments that manifest names.
+pub async fn snapshot_image(store: &Arc<dyn ObjectStore>, vol: &str, snap: &str) -> Vec<u8> {
+    let keys = VolumeKeys::new(vol);
+    let info: SnapshotInfo =
+        serde_json::from_slice(&store.get(&keys.snapshot(snap)).await.unwrap()).unwrap();
+    let (_, map) = manifest::decode(&store.get(&keys.manifest(info.seq)).await.unwrap()).unwrap();
+    let mut img = vec![0u8; info.size_bytes as usize];
+    for (b, pieces) in &map.map {
+        for p in pieces {
+            let l = &p.loc;
+            let bytes = store
+                .get_range(&keys.segment(l.seq), l.off..l.off + u64::from(l.len))
+                .await
+                .unwrap_or_else(|e| panic!("segment {} of block {b}: {e}", l.seq));
+            let data = segment::decode_payload(l, &bytes).unwrap();
+            for s in 0..32usize {
+                if p.live & (1 << s) != 0 {
+                    let src = (s - usize::from(l.first)) * 4096;
+                    let dst = *b as usize * BLOCK_SIZE + s * 4096;
+                    img[dst..dst + 4096].copy_from_slice(&data[src..src + 4096]);
+                }
+            }
+        }
+    }
+    img
 }

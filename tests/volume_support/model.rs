@@ -23,6 +23,8 @@ pub enum Op {
     Crash,
     PowerLoss { writeback: u64 },
     ColdWake,
+    Snapshot,
+    DeleteSnapshot,
 }
 
 /// (offset in 512-byte units, length in 512-byte units): half 4 KiB aligned.
@@ -45,6 +47,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Crash),
         1 => prop_oneof![Just(0u64), 1u64..u64::MAX].prop_map(|writeback| Op::PowerLoss { writeback }),
         1 => Just(Op::ColdWake),
+        1 => Just(Op::Snapshot),
+        1 => Just(Op::DeleteSnapshot),
     ]
 }
 
@@ -142,6 +146,8 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
         let cfg = config(&fs, p);
         let mut v = open(&cfg, &store).await;
         let mut m = Model::new();
+        // Snapshots taken and not deleted, with the image each must keep.
+        let mut snaps: Vec<(String, Vec<u8>)> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             match op {
                 Op::Write { at, len, fua } => {
@@ -215,8 +221,37 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
                     );
                     m.durable();
                 }
+                Op::Snapshot => {
+                    let name = format!("s{i}");
+                    v.snapshot(&name).await.unwrap();
+                    m.durable();
+                    snaps.push((name, m.cur.clone()));
+                }
+                Op::DeleteSnapshot => {
+                    if !snaps.is_empty() {
+                        let (name, _) = snaps.remove(0);
+                        v.delete_snapshot(&name).await.unwrap();
+                    }
+                }
             }
         }
+        // Every snapshot kept its image through compaction and garbage collection.
+        for (name, img) in &snaps {
+            assert!(
+                snapshot_image(&store, "model", name).await == *img,
+                "snapshot {name} differs from the volume when it was taken"
+            );
+        }
+        let listed: Vec<String> = v
+            .snapshots()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let mut want: Vec<String> = snaps.iter().map(|(n, _)| n.clone()).collect();
+        want.sort();
+        assert_eq!(listed, want, "listed snapshots");
         // Final: everything drains and a cold wake equals the model.
         let v = drain_and_cold_open(v, &cfg, &store).await;
         assert!(
