@@ -142,6 +142,19 @@ enum ExportCommand {
         /// Export name.
         name: String,
     },
+    /// Create an export as a copy-on-write fork of a snapshot: only metadata is
+    /// written, the fork stores only what it writes, and reads the rest from the
+    /// snapshot.
+    Fork {
+        /// The new export's name.
+        name: String,
+        /// The snapshot: VOLUME@SNAPSHOT (the volume need not be served here).
+        #[arg(long)]
+        from: String,
+        /// Size (default: the snapshot's; larger grows the fork).
+        #[arg(long)]
+        size: Option<ByteSize>,
+    },
     /// Snapshots: immutable images of an export, kept in the store.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -436,6 +449,13 @@ fn export(api: &str, timeout: Option<u64>, cmd: ExportCommand) -> Result<i32> {
         ExportCommand::Create { name, size } => {
             let body = serde_json::json!({ "size_bytes": size.0 }).to_string();
             client.request("PUT", &path(name), Some(&body))?
+        }
+        ExportCommand::Fork { name, from, size } => {
+            let mut body = serde_json::json!({ "from": from });
+            if let Some(s) = size {
+                body["size_bytes"] = s.0.into();
+            }
+            client.request("PUT", &path(name), Some(&body.to_string()))?
         }
         ExportCommand::List => client.request("GET", "/api/exports", None)?,
         ExportCommand::Get { name } => client.request("GET", &path(name), None)?,

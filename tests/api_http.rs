@@ -314,6 +314,70 @@ fn snapshots_over_the_api() {
     assert!(!d.store_keys().iter().any(|k| k == "volumes/vm/snap/s1"));
 }
 
+/// Forks over the API: PUT with "from" makes one (201); a name in use is 409, an
+/// unknown snapshot 404, a bad "from" or size 400, and none of them changes
+/// anything; a snapshot with forks cannot be deleted (409); purging the parent
+/// keeps what the fork reads, purging the fork then removes it.
+#[test]
+fn forks_over_the_api() {
+    let d = start(10);
+    assert_eq!(d.put("base", r#"{"size": "1M"}"#).0, 201);
+    let snaps = "/api/exports/base/snapshots";
+    assert_eq!(d.req("POST", snaps, Some(r#"{"name": "s1"}"#)).0, 201);
+    let (s, v) = d.put("vm-1", r#"{"from": "base@s1"}"#);
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["size_bytes"], 1 << 20);
+    let (s, v) = d.put("vm-2", r#"{"from": "base@s1", "size": "2M"}"#);
+    assert_eq!(
+        (s, &v["size_bytes"]),
+        (201, &serde_json::json!(2 << 20)),
+        "{v}"
+    );
+    let n = d.store_keys().len();
+    d.assert_error(d.put("vm-1", r#"{"from": "base@s1"}"#), 409, "name in use");
+    d.assert_error(
+        d.put("vm-3", r#"{"from": "base@nope"}"#),
+        404,
+        "unknown snapshot",
+    );
+    d.assert_error(
+        d.put("vm-3", r#"{"from": "nobody@s1"}"#),
+        404,
+        "unknown volume",
+    );
+    d.assert_error(d.put("vm-3", r#"{"from": "base"}"#), 400, "no snapshot");
+    d.assert_error(
+        d.put("vm-3", r#"{"from": "base@s1", "size": "512K"}"#),
+        400,
+        "smaller than the snapshot",
+    );
+    assert_eq!(d.store_keys().len(), n, "refused forks wrote nothing");
+    assert_eq!(d.exports().len(), 3);
+    d.assert_error(
+        d.req("DELETE", &format!("{snaps}/s1"), None),
+        409,
+        "snapshot with forks",
+    );
+    assert_eq!(d.req("DELETE", "/api/exports/base?purge=true", None).0, 200);
+    assert!(
+        d.store_keys().iter().any(|k| k == "volumes/base/snap/s1"),
+        "the purge kept the snapshot the forks read"
+    );
+    d.assert_error(
+        d.put("base", r#"{"size": "1M"}"#),
+        409,
+        "name of a purged parent",
+    );
+    for f in ["vm-1", "vm-2"] {
+        assert_eq!(
+            d.req("DELETE", &format!("/api/exports/{f}?purge=true"), None)
+                .0,
+            200
+        );
+    }
+    assert!(d.store_keys().is_empty(), "{:?}", d.store_keys());
+}
+
 #[test]
 fn delete_drain_and_not_found() {
     let d = start(10);

@@ -226,6 +226,23 @@ fn run_export_cli_sigterm_restart_and_kill9() {
     let o = d.cli(&["snapshot", "create", "vm-1", "golden"]);
     assert_eq!(o.status.code(), Some(3), "{}", text(&o.stderr));
     assert!(text(&o.stderr).contains("golden"), "{}", text(&o.stderr));
+    let o = d.cli(&["fork", "vm-3", "--from", "vm-1@golden"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stdout).contains("\"name\": \"vm-3\""),
+        "{}",
+        text(&o.stdout)
+    );
+    let o = d.cli(&["snapshot", "delete", "vm-1", "golden"]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "a snapshot with a fork: {}",
+        text(&o.stderr)
+    );
+    assert!(d.cli(&["delete", "vm-3", "--purge"]).status.success());
+    let o = d.cli(&["fork", "vm-4", "--from", "vm-1@nope"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     let o = d.cli(&["snapshot", "delete", "vm-1", "golden"]);
     assert!(text(&o.stdout).contains("deleted snapshot golden of vm-1"));
     let o = d.cli(&["snapshot", "delete", "vm-1", "golden"]);

@@ -2,7 +2,8 @@
 //! (method, path, body) → response, so they can be tested without sockets.
 //!
 //! Endpoints (docs/operations.md#http-api):
-//! `PUT|GET|DELETE /api/exports/{name}`, `GET /api/exports`,
+//! `PUT|GET|DELETE /api/exports/{name}` (PUT with `"from": "volume@snapshot"`
+//! makes a fork), `GET /api/exports`,
 //! `POST /api/exports/{name}/drain`, `POST|GET /api/exports/{name}/snapshots`,
 //! `DELETE /api/exports/{name}/snapshots/{snap}`, `GET /health`, `GET /health/ready`, `GET /metrics`.
 //!
@@ -90,6 +91,14 @@ pub struct ApiState {
 struct PutBody {
     size: Option<ByteSize>,
     size_bytes: Option<u64>,
+    /// `"volume@snapshot"`: make the export a fork of that snapshot.
+    from: Option<String>,
+}
+
+/// What a PUT asks for: a size (0: the snapshot's, for a fork) and maybe a fork.
+struct PutRequest {
+    size: u64,
+    from: Option<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -130,27 +139,45 @@ fn snapshot_route(state: &ApiState, method: &str, name: &str, snap: &str, body: 
     }
 }
 
-fn parse_put_body(body: &[u8]) -> Result<u64, Reply> {
+fn parse_put_body(body: &[u8]) -> Result<PutRequest, Reply> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(Reply::error(
             400,
-            "missing JSON body: {\"size\": \"10G\"} or {\"size_bytes\": N}",
+            "missing JSON body: {\"size\": \"10G\"}, {\"size_bytes\": N} or {\"from\": \"volume@snapshot\"}",
         ));
     }
     let b: PutBody = serde_json::from_slice(body)
         .map_err(|e| Reply::error(400, format!("invalid JSON body: {e}")))?;
-    match (b.size, b.size_bytes) {
-        (Some(s), None) => Ok(s.0),
-        (None, Some(n)) => Ok(n),
-        (Some(_), Some(_)) => Err(Reply::error(
-            400,
-            "give either \"size\" or \"size_bytes\", not both",
-        )),
-        (None, None) => Err(Reply::error(
-            400,
-            "missing \"size\" (e.g. \"10G\") or \"size_bytes\"",
-        )),
-    }
+    let from = match &b.from {
+        None => None,
+        Some(f) => match f.split_once('@') {
+            Some((v, s)) if !v.is_empty() && !s.is_empty() => Some((v.to_owned(), s.to_owned())),
+            _ => {
+                return Err(Reply::error(
+                    400,
+                    format!("\"from\" must be \"volume@snapshot\", not {f:?}"),
+                ))
+            }
+        },
+    };
+    let size = match (b.size, b.size_bytes) {
+        (Some(s), None) => s.0,
+        (None, Some(n)) => n,
+        (Some(_), Some(_)) => {
+            return Err(Reply::error(
+                400,
+                "give either \"size\" or \"size_bytes\", not both",
+            ))
+        }
+        (None, None) if from.is_some() => 0,
+        (None, None) => {
+            return Err(Reply::error(
+                400,
+                "missing \"size\" (e.g. \"10G\") or \"size_bytes\"",
+            ))
+        }
+    };
+    Ok(PutRequest { size, from })
 }
 
 /// Parse `purge=true|false` and `force=true|false` (the only query parameters, and
@@ -266,11 +293,17 @@ fn export_route(
             if let Err(m) = crate::rules::validate_name(name) {
                 return Reply::error(400, m);
             }
-            let size = match parse_put_body(body) {
+            let req = match parse_put_body(body) {
                 Ok(s) => s,
                 Err(r) => return r,
             };
-            match smol::block_on(state.router.put(name, size)) {
+            let r = match &req.from {
+                Some((parent, snap)) => {
+                    smol::block_on(state.router.fork(name, parent, snap, req.size))
+                }
+                None => smol::block_on(state.router.put(name, req.size)),
+            };
+            match r {
                 Ok((info, outcome)) => {
                     let status = match outcome {
                         PutOutcome::Created | PutOutcome::Woken => 201,

@@ -25,7 +25,7 @@ pub fn classify(e: VolumeError) -> BackendError {
         VolumeError::Store(StoreError::Config(_)) => BackendError::Internal(msg),
         VolumeError::Store(_) => BackendError::Unavailable(msg),
         VolumeError::NotFound(_) => BackendError::NotFound(msg),
-        VolumeError::AlreadyExists(_) => BackendError::Exists(msg),
+        VolumeError::AlreadyExists(_) | VolumeError::InUse(_) => BackendError::Conflict(msg),
         _ => BackendError::Internal(msg),
     }
 }
@@ -59,6 +59,17 @@ impl EngineVolumes {
 
 #[async_trait]
 impl VolumeFactory for EngineVolumes {
+    async fn fork(
+        &self,
+        parent: &str,
+        snap: &str,
+        child: &str,
+        size_bytes: u64,
+    ) -> Result<u64, BackendError> {
+        Volume::fork(&self.store, parent, snap, child, size_bytes)
+            .await
+            .map_err(classify)
+    }
     async fn open(
         &self,
         name: &str,

@@ -29,9 +29,10 @@ pub enum BackendError {
     /// The named thing (a snapshot) does not exist.
     #[error("{0}")]
     NotFound(String),
-    /// The named thing (a snapshot) exists already.
+    /// The request conflicts with what exists (a snapshot name in use, a snapshot
+    /// that forks still need).
     #[error("{0}")]
-    Exists(String),
+    Conflict(String),
     /// Anything else.
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,6 +72,21 @@ pub trait VolumeFactory: Send + Sync + 'static {
         name: &str,
         size_bytes: u64,
     ) -> Result<Arc<dyn ExportVolume>, BackendError>;
+    /// Make volume `child` a copy-on-write fork of snapshot `snap` of `parent`
+    /// (`size_bytes` 0: the snapshot's size); returns its size. Writes metadata
+    /// only; `open` opens it.
+    async fn fork(
+        &self,
+        parent: &str,
+        snap: &str,
+        child: &str,
+        size_bytes: u64,
+    ) -> Result<u64, BackendError> {
+        let _ = (parent, snap, child, size_bytes);
+        Err(BackendError::Invalid(
+            "this volume backend cannot make forks".into(),
+        ))
+    }
     /// The size of `name` in the object store, if it exists there.
     async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError>;
     /// Delete `name`'s objects in the store and its local cache (volume closed).

@@ -82,7 +82,7 @@ impl RouterError {
             RouterError::Backend { source, .. } => match source {
                 BackendError::Invalid(_) => ErrorKind::Invalid,
                 BackendError::Unavailable(_) => ErrorKind::Unavailable,
-                BackendError::Fenced(_) | BackendError::Exists(_) => ErrorKind::Conflict,
+                BackendError::Fenced(_) | BackendError::Conflict(_) => ErrorKind::Conflict,
                 BackendError::NotFound(_) => ErrorKind::NotFound,
                 _ => ErrorKind::Internal,
             },

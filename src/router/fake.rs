@@ -102,7 +102,7 @@ impl ExportVolume for MemVolume {
         crate::rules::validate_name_of("snapshot", name).map_err(BackendError::Invalid)?;
         let mut snaps = self.snapshots.lock();
         if snaps.contains_key(name) {
-            return Err(BackendError::Exists(format!("snapshot {name:?} exists")));
+            return Err(BackendError::Conflict(format!("snapshot {name:?} exists")));
         }
         let info = SnapshotInfo {
             name: name.to_owned(),

@@ -44,6 +44,52 @@ impl Router {
         }
     }
 
+    /// Create export `name` as a copy-on-write fork of snapshot `snap` of volume
+    /// `parent` (`size` 0: the snapshot's size). A name in use is a conflict; if
+    /// the export cannot be created after the fork was made, the fork is purged.
+    pub async fn fork(
+        &self,
+        name: &str,
+        parent: &str,
+        snap: &str,
+        size: u64,
+    ) -> Result<(ExportInfo, PutOutcome), RouterError> {
+        validate_name(name).map_err(RouterError::InvalidName)?;
+        validate_name(parent).map_err(RouterError::InvalidName)?;
+        if size != 0 {
+            validate_size(size).map_err(RouterError::InvalidSize)?;
+        }
+        let _op = self.begin_op()?;
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().await;
+        self.check_open()?;
+        {
+            let st = self.state.read();
+            if st.exports.contains_key(name) {
+                return Err(RouterError::Conflict(format!(
+                    "export {name:?} exists; a fork needs a new name"
+                )));
+            }
+            if st.exports.len() + st.pending >= self.cfg.max_exports {
+                return Err(RouterError::LimitReached(self.cfg.max_exports));
+            }
+        }
+        let size = self
+            .volumes
+            .fork(parent, snap, name, size)
+            .await
+            .map_err(backend(name, "fork"))?;
+        match self.create(name, size).await {
+            Ok((info, _)) => Ok((info, PutOutcome::Created)),
+            Err(e) => {
+                if let Err(p) = self.volumes.purge(name, false).await {
+                    tracing::error!(export = name, error = %p, "could not remove the fork of a failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
     async fn resize(
         &self,
         name: &str,

@@ -54,6 +54,31 @@ pub(crate) async fn purge(
         );
     }
     let (meta, lease) = (keys.meta(), keys.lease());
+    let stored = read_meta(store, &meta).await?.map(|(m, _)| m);
+    let keep = match &stored {
+        Some(m) => super::fork::still_needed(store, name, m).await?,
+        None => None,
+    };
+    if let (Some(keep), Some(m)) = (&keep, &stored) {
+        // Forks read some of its snapshots: keep what they need, mark it purged.
+        for o in store.list(keys.root()).await? {
+            if !keep.contains(&o.key) && o.key != lease {
+                store.delete(&o.key).await?;
+            }
+        }
+        let purged = VolumeMeta {
+            purged: true,
+            ..m.clone()
+        };
+        store.put(&meta, meta_bytes(&purged)?).await?;
+        store.delete(&lease).await?;
+        tracing::info!(
+            volume = name,
+            kept = keep.len(),
+            "volume purged; the objects its forks read are kept"
+        );
+        return Ok(());
+    }
     for o in store.list(keys.root()).await? {
         if o.key != meta && o.key != lease {
             store.delete(&o.key).await?;
@@ -61,6 +86,9 @@ pub(crate) async fn purge(
     }
     store.delete(&meta).await?;
     store.delete(&lease).await?;
+    if let Some(m) = &stored {
+        super::fork::release_parent(store, m, name).await?;
+    }
     Ok(())
 }
 

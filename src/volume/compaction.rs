@@ -23,7 +23,9 @@
 //! - an extent that fails verification is left where it is (its block is skipped,
 //!   counted in `checksum_errors`), never rewritten as other data;
 //! - compaction is off when `compact_below_live_pct` is 0 (merges too);
-//! - a segment a snapshot pins is never a candidate (see `snapshot.rs`).
+//! - a segment a snapshot pins is never a candidate (see `snapshot.rs`), nor is an
+//!   ancestor's segment in a fork (see `lineage.rs`), and a fork's block that
+//!   reads through to an ancestor is not merged.
 
 use super::background_cpu;
 use super::blockmap::{Piece, SegUse, FULL, SECTORS_PER_BLOCK};
@@ -104,6 +106,7 @@ async fn reclaim(
             .iter()
             .filter(|(s, u)| {
                 **s <= st.last_committed
+                    && **s > inner.lineage.top()
                     && is_candidate(u, pct)
                     && !st.pins.as_ref().is_none_or(|p| p.segment(**s))
             })
@@ -130,7 +133,7 @@ async fn reclaim(
     // The chosen segments whole: one GET each instead of one per extent.
     let mut objects: HashMap<u64, Bytes> = HashMap::new();
     for &s in &chosen {
-        match inner.store.get(&inner.keys.segment(s)).await {
+        match inner.store.get(&inner.segment_key(s)).await {
             Ok(b) => {
                 bump(&inner.stats.bytes_fetched, b.len() as u64);
                 objects.insert(s, b);
@@ -203,7 +206,12 @@ async fn merge(
             .filter(|b| st.local.get(**b).dirty == 0)
             .filter_map(|b| {
                 let ps = st.store.map.get(b)?;
-                if ps.iter().any(|p| hot.contains(&p.loc.seq)) {
+                // Hot, or (a fork) partly read through from an ancestor, whose
+                // copy is shared: a merge would duplicate it.
+                if ps
+                    .iter()
+                    .any(|p| hot.contains(&p.loc.seq) || p.loc.seq <= inner.lineage.top())
+                {
                     return None;
                 }
                 let g = fetch::gets(ps);

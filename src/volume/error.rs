@@ -51,6 +51,10 @@ pub enum VolumeError {
     /// The named thing exists already (a snapshot name in use).
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    /// The thing is still needed (a snapshot forks were made of, the name of a
+    /// deleted volume whose snapshots forks still read).
+    #[error("in use: {0}")]
+    InUse(String),
     /// The operation is not supported (e.g. shrinking).
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -64,6 +68,7 @@ impl VolumeError {
             VolumeError::LeaseHeld { .. } => libc::EBUSY,
             VolumeError::NotFound(_) => libc::ENOENT,
             VolumeError::AlreadyExists(_) => libc::EEXIST,
+            VolumeError::InUse(_) => libc::EBUSY,
             VolumeError::Unsupported(_) => libc::EOPNOTSUPP,
             VolumeError::Closed => libc::ESHUTDOWN,
             VolumeError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),

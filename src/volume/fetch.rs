@@ -41,7 +41,7 @@ async fn get_span(
     seq: u64,
     range: std::ops::Range<u64>,
 ) -> Result<bytes::Bytes, VolumeError> {
-    let key = inner.keys.segment(seq);
+    let key = inner.segment_key(seq);
     let attempts = inner.cfg.read_attempts.max(1);
     let mut attempt = 0;
     loop {
@@ -70,7 +70,7 @@ pub(crate) fn decode(
 ) -> Result<Vec<u8>, VolumeError> {
     segment::decode_payload(loc, payload).map_err(|m| {
         bump(&inner.stats.checksum_errors, 1);
-        let key = inner.keys.segment(loc.seq);
+        let key = inner.segment_key(loc.seq);
         tracing::error!(volume = %inner.cfg.name, block = b, %key, %m, "stored extent failed verification");
         VolumeError::Checksum(format!("block {b} in {key}: {m}"))
     })

@@ -8,7 +8,9 @@
 //!   when a lease held by another owner must be judged stale (see `lease.rs`);
 //! - `seg/<seq>`: immutable segment objects;
 //! - `manifest/<seq>`: checkpoints of the block map as of segment `seq`;
-//! - `snap/<name>`: a snapshot (JSON: the manifest it pins, size, time).
+//! - `snap/<name>`: a snapshot (JSON: the manifest it pins, size, time);
+//! - `forks/<snap>/<child>`: a fork `child` was made of snapshot `snap` (a marker:
+//!   the snapshot, and what it pins, stay while one exists).
 //!
 //! Invariant: `<seq>` is written as 20 zero-padded decimal digits, so the store's
 //! lexicographic listing order is the numeric order; [`VolumeKeys::parse`] inverts
@@ -29,6 +31,8 @@ pub enum Key<'a> {
     Manifest(u64),
     /// `snap/<name>`.
     Snapshot(&'a str),
+    /// `forks/<snap>/<child>`.
+    ForkMarker(&'a str, &'a str),
 }
 
 /// The keys of one volume.
@@ -40,6 +44,7 @@ pub struct VolumeKeys {
 const SEG: &str = "seg/";
 const MANIFEST: &str = "manifest/";
 const SNAP: &str = "snap/";
+const FORKS: &str = "forks/";
 
 impl VolumeKeys {
     /// The keys of volume `name` (a name that passed [`crate::rules::validate_name`]).
@@ -64,6 +69,7 @@ impl VolumeKeys {
             Key::Segment(seq) => format!("{root}{SEG}{seq:020}"),
             Key::Manifest(seq) => format!("{root}{MANIFEST}{seq:020}"),
             Key::Snapshot(name) => format!("{root}{SNAP}{name}"),
+            Key::ForkMarker(snap, child) => format!("{root}{FORKS}{snap}/{child}"),
         }
     }
 
@@ -102,6 +108,19 @@ impl VolumeKeys {
         format!("{}{SNAP}", self.root)
     }
 
+    /// `forks/<snap>/<child>`.
+    pub fn fork_marker(&self, snap: &str, child: &str) -> String {
+        self.key(Key::ForkMarker(snap, child))
+    }
+
+    /// The listing prefix of the fork markers of `snap`, or of every snapshot.
+    pub fn fork_markers(&self, snap: Option<&str>) -> String {
+        match snap {
+            Some(s) => format!("{}{FORKS}{s}/", self.root),
+            None => format!("{}{FORKS}", self.root),
+        }
+    }
+
     /// The listing prefix of the segments.
     pub fn segments(&self) -> String {
         format!("{}{SEG}", self.root)
@@ -132,6 +151,11 @@ impl VolumeKeys {
                     crate::rules::validate_name(n)
                         .ok()
                         .map(|()| Key::Snapshot(n))
+                } else if let Some(m) = rest.strip_prefix(FORKS) {
+                    let (snap, child) = m.split_once('/')?;
+                    let ok = crate::rules::validate_name(snap).is_ok()
+                        && crate::rules::validate_name(child).is_ok();
+                    ok.then_some(Key::ForkMarker(snap, child))
                 } else {
                     rest.strip_prefix(MANIFEST).and_then(seq).map(Key::Manifest)
                 }
@@ -173,6 +197,7 @@ mod tests {
         prop_oneof![
             Just(Key::Snapshot("s1")),
             Just(Key::Snapshot("golden-2026.12")),
+            Just(Key::ForkMarker("s1", "vm-7")),
             Just(Key::Meta),
             Just(Key::Lease),
             Just(Key::ClockProbe),
@@ -223,6 +248,9 @@ mod tests {
             "volumes/v/snap/",
             "volumes/v/snap/a/b",
             "volumes/v/snap/-x",
+            "volumes/v/forks/s1",
+            "volumes/v/forks/s1/",
+            "volumes/v/forks/s1/a/b",
         ] {
             assert_eq!(k.parse(bad), None, "{bad}");
         }

@@ -142,6 +142,14 @@ pub struct VolumeMeta {
     pub size_bytes: u64,
     /// Random identity of this incarnation of the volume (hex).
     pub uuid: String,
+    /// A fork's ancestors, nearest first (absent for other volumes); see
+    /// `lineage.rs`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lineage: Vec<super::lineage::Ancestor>,
+    /// The volume was purged while forks still read its snapshots: only what they
+    /// need is left, and the name cannot be used again until they are gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub purged: bool,
 }
 
 impl VolumeMeta {

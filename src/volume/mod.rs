@@ -45,10 +45,12 @@ mod fencing;
 mod fetch;
 pub mod fileio;
 mod flusher;
+mod fork;
 pub mod journal;
 pub mod keys;
 pub(crate) mod le;
 pub mod lease;
+pub mod lineage;
 pub mod manifest;
 mod meta_io;
 mod open;
@@ -203,6 +205,8 @@ pub(crate) struct Inner {
     cfg: VolumeConfig,
     store: Arc<dyn ObjectStore>,
     keys: keys::VolumeKeys,
+    /// A fork's ancestors (empty otherwise): whose segments its older pieces are.
+    lineage: lineage::Lineage,
     uuid: u64,
     /// Highest segment seq listed at open (recorded in our segments).
     base_seq: u64,
@@ -255,6 +259,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The key of segment `seq`: the volume's own, or an ancestor's (a fork).
+    pub(crate) fn segment_key(&self, seq: u64) -> String {
+        self.lineage.segment_key(&self.keys, seq)
+    }
+
     /// The volume uuid as `meta` and snapshots spell it.
     pub(crate) fn uuid_hex(&self) -> String {
         format!("{:016x}", self.uuid)
@@ -463,8 +472,32 @@ impl Volume {
         admin::exists_in_store(store.as_ref(), name).await
     }
 
+    /// Make volume `child` a copy-on-write fork of snapshot `snap` of `parent`
+    /// (`size_bytes` 0: the snapshot's size; larger grows it). Only metadata is
+    /// written; open `child` like any volume afterwards. An existing `child` is
+    /// [`VolumeError::AlreadyExists`], an unknown snapshot [`VolumeError::NotFound`].
+    pub async fn fork(
+        store: &Arc<dyn ObjectStore>,
+        parent: &str,
+        snap: &str,
+        child: &str,
+        size_bytes: u64,
+    ) -> Result<u64, VolumeError> {
+        fork::create(
+            store.as_ref(),
+            parent,
+            snap,
+            child,
+            size_bytes,
+            rand::random::<u64>() | 1,
+        )
+        .await
+    }
+
     /// Delete every object of volume `name` (segments, manifests, meta, lease last).
-    /// The caller must have closed the volume. Refused with
+    /// What forks of its snapshots still read is kept (see `fork.rs`), and purging
+    /// a fork releases what it kept of its ancestors. The caller must have closed
+    /// the volume. Refused with
     /// [`VolumeError::LeaseHeld`] (nothing deleted) while another owner than
     /// `rules.owner` holds a lease that is not stale, unless `force`.
     pub async fn purge(

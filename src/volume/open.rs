@@ -15,6 +15,7 @@ use super::fencing::{self, Witness};
 use super::journal::{self, Journal, LocalState};
 use super::keys::VolumeKeys;
 use super::lease::{self, Fence};
+use super::lineage::{Ancestor, Lineage};
 use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
 use super::meta_io::{check_name, meta_bytes, read_meta};
 use super::segment;
@@ -45,6 +46,7 @@ async fn load_store_map(
     keys: &VolumeKeys,
     uuid: u64,
     fences: &[Fence],
+    lineage: &Lineage,
 ) -> Result<Loaded, VolumeError> {
     let mut witnesses: Vec<Witness> = fences
         .iter()
@@ -104,7 +106,16 @@ async fn load_store_map(
             manifest_epoch = h.epoch;
         }
     }
-    let mut max_seq = base;
+    if !chosen {
+        if let Some(p) = lineage.parent() {
+            // A fork without a manifest of its own yet starts from its parent's
+            // snapshot (which its parent keeps while the fork exists).
+            let (m, h) = parent_manifest(store, p).await?;
+            map = m;
+            base = h.seq;
+        }
+    }
+    let mut max_seq = base.max(lineage.top());
     let mut segs: Vec<(u64, String, u64)> = store
         .list(&keys.segments())
         .await?
@@ -177,6 +188,34 @@ async fn load_store_map(
     })
 }
 
+/// The map of the snapshot a fork was made from: its parent's manifest `p.seq`.
+async fn parent_manifest(
+    store: &dyn ObjectStore,
+    p: &Ancestor,
+) -> Result<(StoreMap, manifest::ManifestHeader), VolumeError> {
+    let key = VolumeKeys::new(&p.volume).manifest(p.seq);
+    let corrupt = |m: String| {
+        VolumeError::Corrupt(format!(
+            "{key} (snapshot {:?} of {:?}, which this fork starts from): {m}",
+            p.snapshot, p.volume
+        ))
+    };
+    let b = match store.get(&key).await {
+        Ok(b) => b,
+        Err(StoreError::NotFound(_)) => return Err(corrupt("missing".into())),
+        Err(e) => return Err(e.into()),
+    };
+    let (h, map) = manifest::decode(&b).map_err(corrupt)?;
+    let want = u64::from_str_radix(&p.uuid, 16).map_err(|e| corrupt(e.to_string()))?;
+    if h.uuid != want || h.seq != p.seq {
+        return Err(corrupt(format!(
+            "belongs to volume {:016x} at seq {}, not {} at {}",
+            h.uuid, h.seq, p.uuid, p.seq
+        )));
+    }
+    Ok((map, h))
+}
+
 /// File in the cache dir naming the lease epoch the cache was last opened under.
 pub(crate) const CACHE_EPOCH_FILE: &str = "lease-epoch";
 
@@ -223,6 +262,8 @@ pub(crate) async fn open(
             block_size: BLOCK_SIZE as u64,
             size_bytes: cfg.size_bytes,
             uuid: format!("{:016x}", new_uuid(cfg.seed ^ 0x9e37_79b9_7f4a_7c15)),
+            lineage: Vec::new(),
+            purged: false,
         };
         match store
             .put_if(&meta_key, meta_bytes(&m)?, PutCondition::IfAbsent)
@@ -233,6 +274,12 @@ pub(crate) async fn open(
             Err(e) => return Err(e.into()),
         }
     };
+    if meta.purged {
+        return Err(VolumeError::InUse(format!(
+            "volume {:?} was deleted, and what forks of its snapshots still read is kept under its name: use another name (or delete the forks)",
+            cfg.name
+        )));
+    }
     let uuid = meta.uuid_u64().map_err(VolumeError::Corrupt)?;
     if cfg.size_bytes != 0 && cfg.size_bytes < meta.size_bytes {
         return Err(VolumeError::Unsupported(format!(
@@ -269,7 +316,16 @@ pub(crate) async fn open(
     }
     let size = meta.size_bytes;
     // 3. Store map.
-    let loaded = load_store_map(store.as_ref(), &keys, uuid, &acq.held.lease.fences).await?;
+    let lineage = Lineage::new(&meta.lineage)
+        .map_err(|e| VolumeError::Corrupt(format!("{meta_key}: {e}")))?;
+    let loaded = load_store_map(
+        store.as_ref(),
+        &keys,
+        uuid,
+        &acq.held.lease.fences,
+        &lineage,
+    )
+    .await?;
     let (smap, max_seq) = (loaded.map, loaded.max_seq);
     // 3b. Our fence, before anything is served: objects of older epochs that land
     // from now on, above max_seq, never count. Fences a manifest made redundant go.
@@ -378,6 +434,7 @@ pub(crate) async fn open(
     let inner = Inner {
         base_seq: max_seq,
         keys,
+        lineage,
         uuid,
         boot_id,
         size: AtomicU64::new(size),

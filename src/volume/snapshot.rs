@@ -211,10 +211,31 @@ pub(super) async fn delete(inner: &Inner, name: &str) -> Result<(), VolumeError>
             inner.cfg.name
         )));
     }
+    let in_use = |forks: Vec<(String, String)>| {
+        let names: Vec<String> = forks.into_iter().map(|(_, c)| c).collect();
+        VolumeError::InUse(format!(
+            "snapshot {name:?} of volume {:?} has forks: {}; delete them first",
+            inner.cfg.name,
+            names.join(", ")
+        ))
+    };
+    let forks = super::fork::markers(inner.store.as_ref(), &inner.keys, Some(name)).await?;
+    if !forks.is_empty() {
+        return Err(in_use(forks));
+    }
     inner.check_bg()?;
     let held = inner.lease.lock().lease.clone();
     lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
-    inner.store.delete(&inner.keys.snapshot(name)).await?;
+    let key = inner.keys.snapshot(name);
+    let body = inner.store.get(&key).await?;
+    inner.store.delete(&key).await?;
+    // A fork made meanwhile wrote its marker before it looks at the snapshot again:
+    // put the snapshot back for it (see `fork.rs`). The pins are unchanged so far.
+    let forks = super::fork::markers(inner.store.as_ref(), &inner.keys, Some(name)).await?;
+    if !forks.is_empty() {
+        inner.store.put(&key, body).await?;
+        return Err(in_use(forks));
+    }
     if let Some(p) = inner.st.lock().pins.as_mut() {
         p.snaps.remove(name);
     }

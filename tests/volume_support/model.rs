@@ -14,17 +14,34 @@ const SS: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub enum Op {
-    Write { at: u32, len: u32, fua: bool },
-    Read { at: u32, len: u32 },
-    Discard { at: u32, len: u32 },
+    Write {
+        at: u32,
+        len: u32,
+        fua: bool,
+    },
+    Read {
+        at: u32,
+        len: u32,
+    },
+    Discard {
+        at: u32,
+        len: u32,
+    },
     Flush,
     Drain,
     Wait,
     Crash,
-    PowerLoss { writeback: u64 },
+    PowerLoss {
+        writeback: u64,
+    },
     ColdWake,
     Snapshot,
     DeleteSnapshot,
+    /// Fork the newest kept snapshot, write into the fork, close it.
+    Fork {
+        at: u32,
+        len: u32,
+    },
 }
 
 /// (offset in 512-byte units, length in 512-byte units): half 4 KiB aligned.
@@ -49,6 +66,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::ColdWake),
         1 => Just(Op::Snapshot),
         1 => Just(Op::DeleteSnapshot),
+        1 => range().prop_map(|(at, len)| Op::Fork { at, len }),
     ]
 }
 
@@ -148,6 +166,8 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
         let mut m = Model::new();
         // Snapshots taken and not deleted, with the image each must keep.
         let mut snaps: Vec<(String, Vec<u8>)> = Vec::new();
+        // Forks made, with the image each must show (its snapshot plus its write).
+        let mut forks: Vec<(VolumeConfig, Vec<u8>, String)> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             match op {
                 Op::Write { at, len, fua } => {
@@ -228,9 +248,33 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
                     snaps.push((name, m.cur.clone()));
                 }
                 Op::DeleteSnapshot => {
-                    if !snaps.is_empty() {
-                        let (name, _) = snaps.remove(0);
+                    // A snapshot with forks stays (InUse); the next one is tried.
+                    let free = snaps
+                        .iter()
+                        .position(|(n, _)| !forks.iter().any(|(_, _, s)| s == n));
+                    if let Some(k) = free {
+                        let (name, _) = snaps.remove(k);
                         v.delete_snapshot(&name).await.unwrap();
+                    }
+                }
+                Op::Fork { at, len } => {
+                    if let Some((snap, img)) = snaps.last() {
+                        let child = format!("f{i}");
+                        Volume::fork(&store, "model", snap, &child, 0)
+                            .await
+                            .unwrap();
+                        let mut fcfg = sim_cfg(&fs, &child, 0);
+                        fcfg.compact_below_live_pct = p.compact_pct;
+                        let f = open(&fcfg, &store).await;
+                        assert!(read_all(&f).await == *img, "op {i}: fork of {snap}");
+                        let (off, n) = (*at as usize * 512, *len as usize * 512);
+                        let data = pattern(i as u64 + 7, n);
+                        f.write(off as u64, &data, false).await.unwrap();
+                        let mut want = img.clone();
+                        want[off..off + n].copy_from_slice(&data);
+                        f.drain().await.unwrap();
+                        f.close().await.unwrap();
+                        forks.push((fcfg, want, snap.clone()));
                     }
                 }
             }
@@ -252,6 +296,18 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
         let mut want: Vec<String> = snaps.iter().map(|(n, _)| n.clone()).collect();
         want.sort();
         assert_eq!(listed, want, "listed snapshots");
+        // Every fork, woken cold after its parent's later life (overwrites,
+        // compaction, garbage collection), shows its snapshot plus its own write.
+        for (fcfg, want, snap) in &forks {
+            Volume::purge_cache(fcfg).unwrap();
+            let f = open(fcfg, &store).await;
+            assert!(
+                read_all(&f).await == *want,
+                "fork {} of {snap} after a cold wake",
+                fcfg.name
+            );
+            f.close().await.unwrap();
+        }
         // Final: everything drains and a cold wake equals the model.
         let v = drain_and_cold_open(v, &cfg, &store).await;
         assert!(
