@@ -156,6 +156,9 @@ pub struct CacheConfig {
     /// garbage collection first found it so; `0s` deletes at once.
     #[serde(deserialize_with = "de_duration")]
     pub gc_grace: Duration,
+    /// Memory for the host's shared cache of forks' base data; 0 turns it off (each
+    /// fork then caches what it reads in its own cache file).
+    pub shared_cache: ByteSize,
 }
 
 impl Default for CacheConfig {
@@ -168,6 +171,7 @@ impl Default for CacheConfig {
             compress: true,
             lease_ttl: rules::LEASE_TTL,
             gc_grace: rules::GC_GRACE,
+            shared_cache: ByteSize(rules::SHARED_CACHE),
         }
     }
 }

@@ -11,6 +11,7 @@
 //!   time through [`StatsSource`] callbacks, never pushed from hot paths.
 
 use crate::ublk::PoolStats;
+use crate::volume::shared_cache::SharedCache;
 use crate::volume::VolumeStats;
 use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
@@ -298,6 +299,11 @@ impl Metrics {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
+    /// The host's shared cache of forks' base data, for its gauges.
+    pub fn set_shared_cache(&self, cache: Arc<SharedCache>) {
+        *self.scrape.shared_cache.lock() = Some(cache);
+    }
+
     /// Set where scrape-time values come from.
     pub fn set_source(&self, source: Arc<dyn StatsSource>) {
         *self.scrape.source.lock() = Some(source);
@@ -325,7 +331,15 @@ struct ScrapeCollector {
     flush_errors: IntCounterVec,
     dirty_bytes: IntGaugeVec,
     store_dead_bytes: IntGaugeVec,
+    store_owned_bytes: IntGaugeVec,
+    store_shared_bytes: IntGaugeVec,
     traffic: TrafficFamilies,
+    /// The host's shared cache of ancestors' extents, when there is one.
+    shared_cache: Mutex<Option<Arc<SharedCache>>>,
+    shared_cache_bytes: IntGauge,
+    shared_cache_capacity: IntGauge,
+    shared_cache_hits: IntCounter,
+    shared_cache_misses: IntCounter,
     exports: IntGauge,
     exports_by_state: IntGaugeVec,
     ready: IntGauge,
@@ -370,7 +384,38 @@ impl ScrapeCollector {
                 ),
                 lbl,
             )?,
+            store_owned_bytes: IntGaugeVec::new(
+                opts(
+                    "store_owned_bytes",
+                    "Live payload bytes in the export's own segments (what it wrote).",
+                ),
+                lbl,
+            )?,
+            store_shared_bytes: IntGaugeVec::new(
+                opts(
+                    "store_shared_bytes",
+                    "Live payload bytes a fork reads from its ancestors' segments, shared with them (0 for other exports).",
+                ),
+                lbl,
+            )?,
             traffic: TrafficFamilies::new(per_export)?,
+            shared_cache: Mutex::new(None),
+            shared_cache_bytes: IntGauge::with_opts(opts(
+                "shared_cache_bytes",
+                "Bytes held by the host's shared cache of forks' base data (cache.shared_cache).",
+            ))?,
+            shared_cache_capacity: IntGauge::with_opts(opts(
+                "shared_cache_capacity_bytes",
+                "Capacity of the host's shared cache of forks' base data.",
+            ))?,
+            shared_cache_hits: IntCounter::with_opts(opts(
+                "shared_cache_hits_total",
+                "Reads of forks' base data served by the host's shared cache.",
+            ))?,
+            shared_cache_misses: IntCounter::with_opts(opts(
+                "shared_cache_misses_total",
+                "Extents of forks' base data the shared cache fetched from the store.",
+            ))?,
             exports: IntGauge::with_opts(opts("exports", "Number of exports."))?,
             exports_by_state: IntGaugeVec::new(
                 opts(
@@ -501,6 +546,19 @@ impl TrafficFamilies {
     }
 }
 
+/// The per-export store gauges (dead, owned, shared bytes) for `labels`.
+fn set_store_bytes(s: &ScrapeCollector, labels: &[&str], c: &VolumeStats) {
+    for (g, v) in [
+        (&s.store_dead_bytes, c.store_dead_bytes),
+        (&s.store_owned_bytes, c.store_owned_bytes),
+        (&s.store_shared_bytes, c.store_shared_bytes),
+    ] {
+        if let Ok(u) = g.get_metric_with_label_values(labels) {
+            u.set(i64::try_from(v).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 fn counter_set(c: &IntCounter, v: u64) {
     c.reset();
     c.inc_by(v);
@@ -517,6 +575,12 @@ impl Collector for ScrapeHandle {
         d.extend(s.flush_errors.desc());
         d.extend(s.dirty_bytes.desc());
         d.extend(s.store_dead_bytes.desc());
+        d.extend(s.store_owned_bytes.desc());
+        d.extend(s.store_shared_bytes.desc());
+        d.extend(s.shared_cache_bytes.desc());
+        d.extend(s.shared_cache_capacity.desc());
+        d.extend(s.shared_cache_hits.desc());
+        d.extend(s.shared_cache_misses.desc());
         d.extend(s.traffic.desc());
         d.extend(s.exports.desc());
         d.extend(s.exports_by_state.desc());
@@ -540,7 +604,18 @@ impl Collector for ScrapeHandle {
         s.flush_errors.reset();
         s.dirty_bytes.reset();
         s.store_dead_bytes.reset();
+        s.store_owned_bytes.reset();
+        s.store_shared_bytes.reset();
         s.traffic.reset();
+        if let Some(c) = s.shared_cache.lock().as_ref() {
+            let st = c.stats();
+            s.shared_cache_bytes
+                .set(i64::try_from(st.bytes).unwrap_or(i64::MAX));
+            s.shared_cache_capacity
+                .set(i64::try_from(st.capacity).unwrap_or(i64::MAX));
+            counter_set(&s.shared_cache_hits, st.hits);
+            counter_set(&s.shared_cache_misses, st.misses);
+        }
         let vols = source.volumes();
         if s.per_export {
             for (name, c) in &vols {
@@ -556,9 +631,7 @@ impl Collector for ScrapeHandle {
                     f.inc_by(c.flush_errors);
                     d.set(i64::try_from(c.dirty_bytes).unwrap_or(i64::MAX));
                 }
-                if let Ok(u) = s.store_dead_bytes.get_metric_with_label_values(&l) {
-                    u.set(i64::try_from(c.store_dead_bytes).unwrap_or(i64::MAX));
-                }
+                set_store_bytes(s, &l, c);
                 s.traffic.fill(&l, c);
             }
         } else {
@@ -570,6 +643,8 @@ impl Collector for ScrapeHandle {
                     cache_misses: a.cache_misses.saturating_add(c.cache_misses),
                     flush_errors: a.flush_errors.saturating_add(c.flush_errors),
                     store_dead_bytes: a.store_dead_bytes.saturating_add(c.store_dead_bytes),
+                    store_owned_bytes: a.store_owned_bytes.saturating_add(c.store_owned_bytes),
+                    store_shared_bytes: a.store_shared_bytes.saturating_add(c.store_shared_bytes),
                     client_bytes_written: a
                         .client_bytes_written
                         .saturating_add(c.client_bytes_written),
@@ -588,9 +663,7 @@ impl Collector for ScrapeHandle {
                 f.inc_by(sum.flush_errors);
                 d.set(i64::try_from(sum.dirty_bytes).unwrap_or(i64::MAX));
             }
-            if let Ok(u) = s.store_dead_bytes.get_metric_with_label_values(&[]) {
-                u.set(i64::try_from(sum.store_dead_bytes).unwrap_or(i64::MAX));
-            }
+            set_store_bytes(s, &[], &sum);
             s.traffic.fill(&[], &sum);
         }
         out.extend(s.cache_hits.collect());
@@ -598,6 +671,12 @@ impl Collector for ScrapeHandle {
         out.extend(s.flush_errors.collect());
         out.extend(s.dirty_bytes.collect());
         out.extend(s.store_dead_bytes.collect());
+        out.extend(s.store_owned_bytes.collect());
+        out.extend(s.store_shared_bytes.collect());
+        out.extend(s.shared_cache_bytes.collect());
+        out.extend(s.shared_cache_capacity.collect());
+        out.extend(s.shared_cache_hits.collect());
+        out.extend(s.shared_cache_misses.collect());
         s.traffic.collect(&mut out);
         s.exports
             .set(i64::try_from(source.export_count()).unwrap_or(i64::MAX));

@@ -113,6 +113,10 @@ pub const MERGE_COLD_AFTER: Duration = Duration::from_secs(60);
 /// scatters 4 KiB writes pays at most 1.5x the store bytes, merges included.
 pub const MERGE_BUDGET_PCT: u64 = 50;
 
+/// `cache.shared_cache`: capacity of the host's in-memory cache of the base data
+/// forks read through to their snapshots (each extent held once per host).
+pub const SHARED_CACHE: u64 = 256 << 20;
+
 /// `cache.gc_grace`: a segment that holds nothing live is deleted this long after
 /// garbage collection first found it so (a reader that still holds its address,
 /// such as a former lease holder's cold read or a fork being created from a

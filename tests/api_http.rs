@@ -352,6 +352,15 @@ fn forks_over_the_api() {
         "smaller than the snapshot",
     );
     assert_eq!(d.store_keys().len(), n, "refused forks wrote nothing");
+    let m = d.client.request("GET", "/metrics", None).unwrap().body;
+    for want in [
+        "glidefs_store_shared_bytes{export=\"vm-1\"}",
+        "glidefs_store_owned_bytes{export=\"base\"}",
+        "glidefs_shared_cache_capacity_bytes 268435456",
+        "glidefs_shared_cache_hits_total 0",
+    ] {
+        assert!(m.contains(want), "no {want} in /metrics");
+    }
     assert_eq!(d.exports().len(), 3);
     d.assert_error(
         d.req("DELETE", &format!("{snaps}/s1"), None),

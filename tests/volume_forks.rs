@@ -219,3 +219,67 @@ fn bad_forks_are_refused_and_change_nothing() {
         v.close().await.unwrap();
     });
 }
+
+/// Forks of one snapshot on one host read the base through the shared cache: each
+/// stored extent is fetched once and held once, whatever the number of forks, and
+/// nothing of it lands in the forks' own cache files (a second read is a shared
+/// hit); a fork's own writes stay its own.
+#[test]
+fn forks_read_their_base_once_through_the_shared_cache() {
+    smol::block_on(async {
+        let mem = Arc::new(MemStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let fs = SimFs::new();
+        let size = 2 * MIB;
+        let bcfg = cfg(&fs, "gold", size);
+        let v = open(&bcfg, &store).await;
+        let a = pattern(21, size as usize);
+        v.write(0, &a, false).await.unwrap();
+        v.snapshot("s1").await.unwrap();
+        v.close().await.unwrap();
+        let cache = glidefs::volume::shared_cache::SharedCache::new(64 * MIB);
+        let mut forks = Vec::new();
+        for k in 0..8 {
+            let name = format!("vm-{k}");
+            Volume::fork(&store, "gold", "s1", &name, 0).await.unwrap();
+            let mut c = cfg(&fs, &name, 0);
+            c.shared_cache = Some(cache.clone());
+            forks.push(open(&c, &store).await);
+        }
+        let gets = mem.get_count();
+        for f in &forks {
+            assert!(read_all(f).await == a);
+        }
+        let blocks = size / glidefs::BLOCK_SIZE as u64;
+        assert_eq!(
+            mem.get_count() - gets,
+            blocks,
+            "one GET per stored extent for 8 forks"
+        );
+        let st = cache.stats();
+        assert_eq!((st.misses, st.bytes), (blocks, size), "{st:?}");
+        let fetched: u64 = forks.iter().map(|f| f.stats().bytes_fetched).sum();
+        assert!(
+            fetched <= size + size / 10,
+            "the forks fetched {fetched} bytes"
+        );
+        assert!(forks.iter().all(|f| f.stats().store_shared_bytes >= size));
+        // Read again: served by the shared cache, not the forks' cache files.
+        assert!(read_all(&forks[3]).await == a);
+        assert_eq!(cache.stats().hits, st.hits + blocks, "{:?}", cache.stats());
+        // Own writes stay own.
+        forks[0]
+            .write(4096, &pattern(22, 4096), false)
+            .await
+            .unwrap();
+        let mut b = a.clone();
+        b[4096..8192].copy_from_slice(&pattern(22, 4096));
+        assert!(read_all(&forks[0]).await == b);
+        assert!(read_all(&forks[1]).await == a);
+        forks[0].drain().await.unwrap();
+        assert!(forks[0].stats().store_owned_bytes >= 4096);
+        for f in forks {
+            f.close().await.unwrap();
+        }
+    });
+}

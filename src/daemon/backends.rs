@@ -51,6 +51,7 @@ impl EngineVolumes {
         c.compress = s.compress;
         c.lease_ttl = s.lease_ttl;
         c.gc_grace = s.gc_grace;
+        c.shared_cache = s.shared_cache.clone();
         c.owner = s.owner.clone();
         c.host_label = s.host_label.clone();
         c
@@ -59,6 +60,9 @@ impl EngineVolumes {
 
 #[async_trait]
 impl VolumeFactory for EngineVolumes {
+    fn shared_cache(&self) -> Option<Arc<crate::volume::shared_cache::SharedCache>> {
+        self.settings.shared_cache.clone()
+    }
     async fn fork(
         &self,
         parent: &str,

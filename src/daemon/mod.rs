@@ -14,8 +14,10 @@ pub use host_identity::{CacheDirLock, HostIdentity, IdentityError};
 use crate::config::{Config, Credentials};
 use crate::store::StoreOptions;
 use crate::ublk::UblkOptions;
+use crate::volume::shared_cache::SharedCache;
 use crate::volume::FlushMode;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Store options from the config and the resolved credentials.
@@ -51,6 +53,8 @@ pub struct VolumeSettings {
     pub lease_ttl: Duration,
     /// `cache.gc_grace`.
     pub gc_grace: Duration,
+    /// The shared cache of forks' base data (`cache.shared_cache`; `None` at 0).
+    pub shared_cache: Option<Arc<SharedCache>>,
     /// Lease owner of every volume: this host's random id ([`HostIdentity`]).
     pub owner: String,
     /// Hostname written beside the owner, for display.
@@ -69,6 +73,8 @@ impl VolumeSettings {
             compress: cfg.cache.compress,
             lease_ttl: cfg.cache.lease_ttl,
             gc_grace: cfg.cache.gc_grace,
+            shared_cache: (cfg.cache.shared_cache.0 > 0)
+                .then(|| SharedCache::new(cfg.cache.shared_cache.0)),
             owner: host.id.clone(),
             host_label: host.label.clone(),
         }

@@ -87,6 +87,10 @@ pub trait VolumeFactory: Send + Sync + 'static {
             "this volume backend cannot make forks".into(),
         ))
     }
+    /// The host's shared cache of forks' base data, for its metrics.
+    fn shared_cache(&self) -> Option<Arc<crate::volume::shared_cache::SharedCache>> {
+        None
+    }
     /// The size of `name` in the object store, if it exists there.
     async fn exists_in_store(&self, name: &str) -> Result<Option<u64>, BackendError>;
     /// Delete `name`'s objects in the store and its local cache (volume closed).

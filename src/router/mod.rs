@@ -232,6 +232,9 @@ impl Router {
             in_flight: AtomicUsize::new(0),
         });
         metrics.set_source(Arc::new(RouterStats(Arc::downgrade(&router))));
+        if let Some(c) = router.volumes.shared_cache() {
+            metrics.set_shared_cache(c);
+        }
         Ok(router)
     }
 

@@ -79,6 +79,9 @@ pub struct VolumeConfig {
     pub clock: Arc<dyn Clock>,
     /// Seed of the RNG used for jitter and new volume uuids (0 = from the OS).
     pub seed: u64,
+    /// The host's cache of ancestors' extents (a fork reads them from it instead of
+    /// filling its own cache file); `None`: forks fill their own.
+    pub shared_cache: Option<Arc<super::shared_cache::SharedCache>>,
 }
 
 impl fmt::Debug for VolumeConfig {
@@ -148,6 +151,7 @@ impl VolumeConfig {
             read_attempts: 3,
             fileio: Arc::new(RealFs),
             clock: Arc::new(SystemClock),
+            shared_cache: None,
             seed: 0,
         }
     }

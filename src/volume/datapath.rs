@@ -88,6 +88,10 @@ impl Volume {
                 }
             } else {
                 missed = true;
+                if fetch::read_shared(inner, b, in_blk, out, need).await? {
+                    bump(&inner.stats.cache_misses, 1);
+                    return Ok(());
+                }
                 fetch::fetch_block(inner, b, need).await?;
                 continue;
             }

@@ -147,6 +147,58 @@ pub(crate) async fn compose(
     Ok(block)
 }
 
+/// Read the sectors of `out` (at `in_blk` within block `b`) of a fork whose
+/// missing ones are all its ancestors' (or nobody's): the ancestors' extents come
+/// from the host's shared cache, nothing is filled into the fork's cache file, and
+/// the fork's own valid sectors from its cache file. Returns false (nothing read)
+/// when there is no shared cache, the volume is no fork, or a missing sector is
+/// the fork's own (the caller fetches as usual).
+pub(crate) async fn read_shared(
+    inner: &Inner,
+    b: u64,
+    in_blk: usize,
+    out: &mut [u8],
+    need: u32,
+) -> Result<bool, VolumeError> {
+    let (Some(cache), top) = (inner.cfg.shared_cache.as_ref(), inner.lineage.top()) else {
+        return Ok(false);
+    };
+    if top == 0 {
+        return Ok(false);
+    }
+    let (valid, pieces) = {
+        let st = inner.st.lock();
+        let pieces = st.store.map.get(&b).cloned().unwrap_or_default();
+        (st.local.get(b).valid, pieces)
+    };
+    let missing = need & !valid;
+    let wanted: Vec<&Piece> = pieces.iter().filter(|p| p.live & missing != 0).collect();
+    if wanted.iter().any(|p| p.loc.seq > top) {
+        return Ok(false);
+    }
+    let loads = wanted
+        .iter()
+        .map(|p| {
+            cache.extent(inner.segment_key(p.loc.seq), p.loc.off, || {
+                get_extent(inner, b, &p.loc)
+            })
+        })
+        .collect();
+    let mut block = vec![0u8; BLOCK_SIZE];
+    for (p, data) in wanted.iter().zip(crate::parallel::join_all(loads).await) {
+        place(&mut block, &p.loc, &data?, p.live & missing);
+    }
+    for (first, count) in runs(need & valid) {
+        let (a, e) = (first * SECTOR_SIZE, (first + count) * SECTOR_SIZE);
+        inner
+            .data
+            .read_at(&mut block[a..e], b * BS + a as u64)
+            .map_err(|e| inner.fail("cache read", e))?;
+    }
+    out.copy_from_slice(&block[in_blk..in_blk + out.len()]);
+    Ok(true)
+}
+
 /// Copy the sectors `take` of a decoded extent (`data`, starting at sector
 /// `loc.first`) to their places in `block`.
 pub(crate) fn place(block: &mut [u8], loc: &Loc, data: &[u8], take: u32) {

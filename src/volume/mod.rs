@@ -55,6 +55,7 @@ pub mod manifest;
 mod meta_io;
 mod open;
 pub mod segment;
+pub mod shared_cache;
 pub mod snapshot;
 
 pub use config::{Clock, FlushMode, SystemClock, VolumeConfig};
@@ -118,6 +119,11 @@ pub struct VolumeStats {
     /// Of those, bytes that are not live payload (dead extents, headers, index):
     /// what compaction and garbage collection reclaim.
     pub store_dead_bytes: u64,
+    /// Live payload bytes of the volume's own segments.
+    pub store_owned_bytes: u64,
+    /// Live payload bytes a fork reads from its ancestors' segments (shared with
+    /// them and their other forks; 0 for other volumes).
+    pub store_shared_bytes: u64,
     /// Live bytes compaction rewrote into new segments.
     pub compacted_bytes: u64,
     /// Times the background flusher woke. A clean volume's flusher sleeps until a
@@ -736,11 +742,19 @@ impl Volume {
         let i = &self.inner;
         let s = &i.stats;
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let (dirty_sectors, store_segment_bytes, store_live_bytes) = {
+        let top = i.lineage.top();
+        let (dirty_sectors, store_segment_bytes, store_live_bytes, store_shared_bytes) = {
             let st = i.st.lock();
-            let segs = st.store.segs.values();
-            let (size, live) = segs.fold((0u64, 0u64), |(a, b), u| (a + u.size, b + u.live));
-            (st.local.dirty_sectors, size, live)
+            let (mut size, mut live, mut shared) = (0u64, 0u64, 0u64);
+            for (seq, u) in &st.store.segs {
+                if *seq <= top {
+                    shared += u.live;
+                } else {
+                    size += u.size;
+                    live += u.live;
+                }
+            }
+            (st.local.dirty_sectors, size, live, shared)
         };
         VolumeStats {
             size_bytes: self.size_bytes(),
@@ -761,6 +775,8 @@ impl Volume {
             diverged: i.diverged.lock().clone(),
             store_segment_bytes,
             store_dead_bytes: store_segment_bytes.saturating_sub(store_live_bytes),
+            store_owned_bytes: store_live_bytes,
+            store_shared_bytes,
             compacted_bytes: l(&s.compacted_bytes),
             flusher_wakeups: l(&s.flusher_wakeups),
             client_bytes_written: l(&s.client_bytes_written),

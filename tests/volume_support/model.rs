@@ -168,6 +168,9 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
         let mut snaps: Vec<(String, Vec<u8>)> = Vec::new();
         // Forks made, with the image each must show (its snapshot plus its write).
         let mut forks: Vec<(VolumeConfig, Vec<u8>, String)> = Vec::new();
+        // Forks read their base through one shared cache, smaller than the volume
+        // (evictions happen).
+        let shared = glidefs::volume::shared_cache::SharedCache::new(SIZE / 2);
         for (i, op) in ops.iter().enumerate() {
             match op {
                 Op::Write { at, len, fua } => {
@@ -265,6 +268,7 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
                             .unwrap();
                         let mut fcfg = sim_cfg(&fs, &child, 0);
                         fcfg.compact_below_live_pct = p.compact_pct;
+                        fcfg.shared_cache = Some(shared.clone());
                         let f = open(&fcfg, &store).await;
                         assert!(read_all(&f).await == *img, "op {i}: fork of {snap}");
                         let (off, n) = (*at as usize * 512, *len as usize * 512);
