@@ -76,6 +76,13 @@ enum Command {
         #[command(subcommand)]
         command: DivergedCommand,
     },
+    /// Base images: import a raw disk image as a volume and a snapshot to fork.
+    Image {
+        #[command(flatten)]
+        api: ApiAddress,
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Manage exports of a running daemon through its API.
     Export {
         #[command(flatten)]
@@ -161,6 +168,23 @@ enum ExportCommand {
 }
 
 #[derive(Subcommand)]
+enum ImageCommand {
+    /// Import raw disk image FILE as a new export NAME, written through its block
+    /// device (all-zero MiBs are skipped: the volume stays sparse), then snapshot
+    /// it as NAME@SNAPSHOT: `glidefs export fork NEW --from NAME@SNAPSHOT` starts a
+    /// disk from it. Needs a daemon with block devices.
+    Import {
+        /// The raw image (any size; rounded up to 4 KiB).
+        file: PathBuf,
+        /// Name of the new export.
+        name: String,
+        /// Name of the snapshot taken after the import.
+        #[arg(long, default_value = "base")]
+        snapshot: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum SnapshotCommand {
     /// Take a snapshot of everything written to the export so far (waits until it
     /// is in the store). Freeze the filesystem first for an application-consistent
@@ -199,6 +223,24 @@ fn main() {
             command: DivergedCommand::List,
         } => match diverged_list(&api.url) {
             Ok(code) => code,
+            Err(e) => {
+                eprintln!("glidefs: {e:#}");
+                1
+            }
+        },
+        Command::Image {
+            api,
+            command:
+                ImageCommand::Import {
+                    file,
+                    name,
+                    snapshot,
+                },
+        } => match image_import(&api.url, &file, &name, &snapshot) {
+            Ok(msg) => {
+                println!("{msg}");
+                0
+            }
             Err(e) => {
                 eprintln!("glidefs: {e:#}");
                 1
@@ -402,6 +444,76 @@ fn is_loopback(l: &glidefs::config::Listen) -> bool {
         glidefs::config::Listen::Tcp(a) => a.ip().is_loopback(),
         glidefs::config::Listen::Unix(_) => true,
     }
+}
+
+/// `glidefs image import`: create NAME, copy FILE onto its device (skipping
+/// all-zero MiBs), make it durable, snapshot it. A failure after the export was
+/// created deletes it again (with its objects).
+fn image_import(api: &str, file: &Path, name: &str, snap: &str) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let client = Client::new(Endpoint::parse(api)?, None);
+    let path = format!("/api/exports/{}", encode_segment(name));
+    let mut src =
+        std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let len = src.metadata()?.len();
+    let size = len.div_ceil(glidefs::rules::SIZE_ALIGN).max(1) * glidefs::rules::SIZE_ALIGN;
+    let ask = |method: &str, p: &str, body: Option<&str>| -> Result<serde_json::Value> {
+        let r = client.request(method, p, body)?;
+        if r.status >= 400 {
+            bail!("{} {p}: {} (HTTP {})", method, r.error_message(), r.status);
+        }
+        serde_json::from_str(&r.body).context("response is not JSON")
+    };
+    if client.request("GET", &path, None)?.status != 404 {
+        bail!("export {name:?} exists; image import makes a new one");
+    }
+    let created = ask("PUT", &path, Some(&format!("{{\"size_bytes\": {size}}}")))?;
+    let mut copy = || -> Result<u64> {
+        let dev = created["device"].as_str().ok_or_else(|| {
+            anyhow::anyhow!("the daemon serves {name:?} without a block device ([ublk] enabled = false): image import writes through the device")
+        })?;
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dev)
+            .with_context(|| format!("opening {dev}"))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let (mut off, mut written) = (0u64, 0u64);
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            if buf[..n].iter().any(|&b| b != 0) {
+                out.seek(SeekFrom::Start(off))?;
+                out.write_all(&buf[..n])?;
+                written += n as u64;
+            }
+            off += n as u64;
+        }
+        out.sync_all().with_context(|| format!("syncing {dev}"))?;
+        Ok(written)
+    };
+    let written = match copy().and_then(|w| {
+        ask(
+            "POST",
+            &format!("{path}/snapshots"),
+            Some(&serde_json::json!({ "name": snap }).to_string()),
+        )
+        .map(|_| w)
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = client.request("DELETE", &format!("{path}?purge=true"), None);
+            return Err(e.context(format!(
+                "importing {} into {name:?} (export deleted again)",
+                file.display()
+            )));
+        }
+    };
+    Ok(format!(
+        "imported {} ({len} bytes, {written} not zero) into {name}; snapshot {name}@{snap}; start a disk from it: glidefs export fork NEW --from {name}@{snap}",
+        file.display()
+    ))
 }
 
 fn diverged_list(api: &str) -> Result<i32> {

@@ -241,6 +241,22 @@ fn run_export_cli_sigterm_restart_and_kill9() {
         text(&o.stderr)
     );
     assert!(d.cli(&["delete", "vm-3", "--purge"]).status.success());
+    // Image import writes through a block device: without one it fails and
+    // leaves no export behind.
+    let img = std::env::temp_dir().join(format!("glidefs-cli-img-{}", std::process::id()));
+    std::fs::write(&img, vec![7u8; 10_000]).unwrap();
+    let o = glidefs(&[
+        "image",
+        "--api",
+        d.sock.to_str().unwrap(),
+        "import",
+        img.to_str().unwrap(),
+        "golden",
+    ]);
+    std::fs::remove_file(&img).ok();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("without a block device"), "{}", text(&o.stderr));
+    assert!(!text(&d.cli(&["list"]).stdout).contains("golden"));
     let o = d.cli(&["fork", "vm-4", "--from", "vm-1@nope"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
     let o = d.cli(&["snapshot", "delete", "vm-1", "golden"]);
