@@ -387,6 +387,40 @@ fn forks_over_the_api() {
     assert!(d.store_keys().is_empty(), "{:?}", d.store_keys());
 }
 
+/// A volume in the store that is no export on this host: its snapshots are taken,
+/// listed and deleted by opening it for the request alone; it stays no export.
+#[test]
+fn snapshots_of_a_volume_not_exported_here() {
+    let d = start(10);
+    assert_eq!(d.put("golden", r#"{"size": "1M"}"#).0, 201);
+    assert_eq!(d.req("DELETE", "/api/exports/golden", None).0, 200);
+    let snaps = "/api/exports/golden/snapshots";
+    let (s, v) = d.req("POST", snaps, Some(r#"{"name": "s1"}"#));
+    assert_eq!(s, 201, "{v}");
+    assert!(d.exports().is_empty(), "still no export");
+    let (s, v) = d.req("GET", snaps, None);
+    assert_eq!((s, v[0]["name"].as_str()), (200, Some("s1")), "{v}");
+    assert_eq!(d.put("vm", r#"{"from": "golden@s1"}"#).0, 201);
+    d.assert_error(
+        d.req("DELETE", &format!("{snaps}/s1"), None),
+        409,
+        "a snapshot with a fork",
+    );
+    d.assert_error(
+        d.req(
+            "POST",
+            "/api/exports/nowhere/snapshots",
+            Some(r#"{"name": "s1"}"#),
+        ),
+        404,
+        "a volume that exists nowhere",
+    );
+    assert!(
+        !d.dir.path().join("cache/volumes/golden").exists(),
+        "its cache was dropped"
+    );
+}
+
 #[test]
 fn delete_drain_and_not_found() {
     let d = start(10);

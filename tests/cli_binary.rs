@@ -255,7 +255,11 @@ fn run_export_cli_sigterm_restart_and_kill9() {
     ]);
     std::fs::remove_file(&img).ok();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
-    assert!(text(&o.stderr).contains("without a block device"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("without a block device"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(!text(&d.cli(&["list"]).stdout).contains("golden"));
     let o = d.cli(&["fork", "vm-4", "--from", "vm-1@nope"]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));

@@ -422,29 +422,78 @@ impl Router {
 
     /// Take snapshot `snap` of export `name` (everything acknowledged before).
     pub async fn snapshot(&self, name: &str, snap: &str) -> Result<SnapshotInfo, RouterError> {
-        let (_, volume, _guard) = self.live_volume(name).await?;
-        volume
-            .snapshot(snap)
+        self.with_volume(name, "snapshot", |v| async move { v.snapshot(snap).await })
             .await
-            .map_err(backend(name, "snapshot"))
     }
 
     /// The snapshots of export `name`.
     pub async fn snapshots(&self, name: &str) -> Result<Vec<SnapshotInfo>, RouterError> {
-        let (_, volume, _guard) = self.live_volume(name).await?;
-        volume
-            .snapshots()
-            .await
-            .map_err(backend(name, "list snapshots of"))
+        self.with_volume(
+            name,
+            "list snapshots of",
+            |v| async move { v.snapshots().await },
+        )
+        .await
     }
 
     /// Delete snapshot `snap` of export `name`.
     pub async fn delete_snapshot(&self, name: &str, snap: &str) -> Result<(), RouterError> {
-        let (_, volume, _guard) = self.live_volume(name).await?;
-        volume
-            .delete_snapshot(snap)
+        self.with_volume(name, "delete a snapshot of", |v| async move {
+            v.delete_snapshot(snap).await
+        })
+        .await
+    }
+
+    /// Run `f` on the volume of `name`: the export's, or, for a volume in the store
+    /// that is no export here, the volume opened for `f` alone (its lease taken as
+    /// for a cold wake: a volume another host serves is a conflict naming it) and
+    /// closed again, its local cache dropped.
+    async fn with_volume<T, F, Fut>(
+        &self,
+        name: &str,
+        op: &'static str,
+        f: F,
+    ) -> Result<T, RouterError>
+    where
+        F: FnOnce(Arc<dyn ExportVolume>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, BackendError>>,
+    {
+        match self.live_volume(name).await {
+            Ok((_, volume, _guard)) => return f(volume).await.map_err(backend(name, op)),
+            Err(RouterError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let _op = self.begin_op()?;
+        let lock = self.name_lock(name);
+        let _guard = lock.lock().await;
+        if self.state.read().exports.contains_key(name) {
+            return Err(RouterError::Conflict(format!(
+                "export {name:?} was created meanwhile; retry"
+            )));
+        }
+        if self
+            .volumes
+            .exists_in_store(name)
             .await
-            .map_err(backend(name, "delete a snapshot of"))
+            .map_err(backend(name, "look up"))?
+            .is_none()
+        {
+            return Err(RouterError::NotFound(name.to_string()));
+        }
+        let volume = self
+            .volumes
+            .open(name, 0)
+            .await
+            .map_err(backend(name, "open (no export here)"))?;
+        let r = f(volume.clone()).await.map_err(backend(name, op));
+        let closed = volume.close().await;
+        drop(volume);
+        if closed.is_ok() {
+            if let Err(e) = self.volumes.forget_local(name).await {
+                tracing::warn!(volume = name, error = %e, "could not drop the cache of a volume opened for one operation");
+            }
+        }
+        r
     }
 
     /// The entry and open volume of export `name`, under its name lock (a failed
