@@ -261,7 +261,15 @@ pub(crate) async fn open(
             format: FORMAT_VERSION,
             block_size: BLOCK_SIZE as u64,
             size_bytes: cfg.size_bytes,
-            uuid: format!("{:016x}", new_uuid(cfg.seed ^ 0x9e37_79b9_7f4a_7c15)),
+            // Seed 0 (the daemon's): random. A fixed seed (tests) derives a fixed
+            // uuid from it, distinct from the RNG seed.
+            uuid: format!(
+                "{:016x}",
+                new_uuid(match cfg.seed {
+                    0 => 0,
+                    s => s ^ 0x9e37_79b9_7f4a_7c15,
+                })
+            ),
             lineage: Vec::new(),
             purged: false,
         };
