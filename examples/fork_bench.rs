@@ -148,7 +148,7 @@ fn main() -> anyhow::Result<()> {
             for k in 0..forks {
                 let name = format!("{base}-f{k}");
                 let t = Instant::now();
-                Volume::fork(&store, base, "s1", &name, 0).await?;
+                Volume::fork(&store, base, "s1", &name, 0, None).await?;
                 make.push(t.elapsed().as_secs_f64() * 1e3);
                 let v = Volume::open(cfg(&root, &name, 0), store.clone()).await?;
                 open.push(t.elapsed().as_secs_f64() * 1e3);
@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
             let tag = label.replace([' ', ','], "");
             for k in 0..n {
                 let name = format!("{tag}-{k}");
-                Volume::fork(&store, "golden", "s1", &name, 0).await?;
+                Volume::fork(&store, "golden", "s1", &name, 0, None).await?;
                 let mut c = cfg(&root, &name, 0);
                 c.shared_cache = shared.then(|| cache.clone());
                 vols.push(Volume::open(c, store.clone()).await?);

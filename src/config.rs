@@ -116,6 +116,44 @@ pub struct StoreConfig {
     /// Accept a store whose conditional writes are honoured but not atomic under
     /// concurrency (s3s-fs). Only safe with a single writer per volume (test setups).
     pub allow_racy_conditional: bool,
+    /// `[store.encryption]`: client-side encryption of new volumes (absent: off).
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// `[store.encryption]`: master key files (never the keys themselves).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// The current master key: 32 raw bytes or 64 hex digits. A relative path is
+    /// looked up in `$CREDENTIALS_DIRECTORY` (systemd LoadCredential).
+    pub key_file: PathBuf,
+    /// Earlier master keys, still accepted to unwrap data keys; a volume opened
+    /// with one is wrapped again by `key_file`'s key (rotation).
+    #[serde(default)]
+    pub old_key_files: Vec<PathBuf>,
+}
+
+impl EncryptionConfig {
+    /// Load the master keys (relative paths in `$CREDENTIALS_DIRECTORY`). Errors
+    /// name the file, never its content.
+    pub fn load(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::volume::crypto::MasterKeys, crate::volume::crypto::CryptoError> {
+        use crate::volume::crypto::MasterKey;
+        let resolve = |f: &PathBuf| match env("CREDENTIALS_DIRECTORY") {
+            Some(dir) if f.is_relative() => Path::new(&dir).join(f),
+            _ => f.clone(),
+        };
+        Ok(crate::volume::crypto::MasterKeys {
+            current: MasterKey::load(&resolve(&self.key_file))?,
+            old: self
+                .old_key_files
+                .iter()
+                .map(|f| MasterKey::load(&resolve(f)))
+                .collect::<Result<_, _>>()?,
+        })
+    }
 }
 
 impl Default for StoreConfig {
@@ -129,6 +167,7 @@ impl Default for StoreConfig {
             timeout: rules::STORE_TIMEOUT,
             retries: rules::STORE_RETRIES,
             allow_racy_conditional: false,
+            encryption: None,
         }
     }
 }
@@ -585,12 +624,17 @@ mod tests {
             .lines()
             .map(|l| {
                 l.strip_prefix("# ")
-                    .filter(|r| r.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+                    .filter(|r| {
+                        r.split_once(" = ").is_some_and(|(k, _)| !k.contains(' '))
+                            || (r.starts_with('[') && r.ends_with(']'))
+                    })
                     .unwrap_or(l)
             })
             .collect::<Vec<_>>()
             .join("\n");
         let cfg = Config::from_toml(&uncommented).unwrap();
+        let enc = cfg.store.encryption.as_ref().unwrap();
+        assert_eq!(enc.key_file, PathBuf::from("glidefs-master-key"));
         assert_eq!(cfg.cache, CacheConfig::default());
         assert_eq!(cfg.api, ApiConfig::default());
     }

@@ -379,10 +379,16 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
         None
     };
 
-    let volumes = Arc::new(EngineVolumes::new(
-        store,
-        VolumeSettings::from_config(&cfg, &host),
-    ));
+    let settings = VolumeSettings::from_config(&cfg, &host).context("[store.encryption]")?;
+    match &settings.encryption {
+        Some(m) => {
+            tracing::info!(master_key_id = %m.current.id, old_keys = m.old.len(), "client-side encryption on: new volumes are encrypted")
+        }
+        None => tracing::info!(
+            "client-side encryption off ([store.encryption] not set): new volumes are plaintext"
+        ),
+    }
+    let volumes = Arc::new(EngineVolumes::new(store, settings));
     let router = Router::new(
         RouterConfig {
             cache_dir: cfg.cache.dir.clone(),

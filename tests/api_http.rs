@@ -49,7 +49,8 @@ fn start_in(
     let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw.clone(), metrics.store()));
     let vols = Arc::new(EngineVolumes::new(
         store,
-        VolumeSettings::from_config(&cfg, &HostIdentity::load_or_create(&cfg.cache.dir).unwrap()),
+        VolumeSettings::from_config(&cfg, &HostIdentity::load_or_create(&cfg.cache.dir).unwrap())
+            .unwrap(),
     ));
     let router = Router::new(
         RouterConfig {
@@ -577,7 +578,8 @@ fn restart_recovers_exports() {
     .unwrap();
     let vols = Arc::new(EngineVolumes::new(
         raw,
-        VolumeSettings::from_config(&cfg, &HostIdentity::load_or_create(&cfg.cache.dir).unwrap()),
+        VolumeSettings::from_config(&cfg, &HostIdentity::load_or_create(&cfg.cache.dir).unwrap())
+            .unwrap(),
     ));
     let router = Router::new(
         RouterConfig {

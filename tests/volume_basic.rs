@@ -408,12 +408,12 @@ fn grow_exists_and_purge() {
         let keys_before = data_keys().await;
         let mut other = cfg.clone();
         other.owner = "another-host".into();
-        let err = Volume::purge(&store, "gr", other.lease_rules(), false)
+        let err = Volume::purge(&store, "gr", other.lease_rules(), false, None)
             .await
             .unwrap_err();
         assert!(matches!(err, VolumeError::LeaseHeld { .. }), "{err}");
         assert_eq!(data_keys().await, keys_before);
-        Volume::purge(&store, "gr", cfg.lease_rules(), false)
+        Volume::purge(&store, "gr", cfg.lease_rules(), false, None)
             .await
             .unwrap();
         assert!(store

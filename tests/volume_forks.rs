@@ -74,7 +74,9 @@ fn a_fork_reads_its_parent_at_the_snapshot_plus_its_own_writes() {
 
         // A fork costs two small objects, whatever the size.
         let before: u64 = store.list("").await.unwrap().iter().map(|o| o.size).sum();
-        let size = Volume::fork(&store, "base", "s1", "f", 0).await.unwrap();
+        let size = Volume::fork(&store, "base", "s1", "f", 0, None)
+            .await
+            .unwrap();
         assert_eq!(size, MIB);
         let after: u64 = store.list("").await.unwrap().iter().map(|o| o.size).sum();
         assert!(
@@ -105,7 +107,9 @@ fn a_fork_reads_its_parent_at_the_snapshot_plus_its_own_writes() {
 
         // A fork of the fork, larger: the fork's image, then zeros.
         f.snapshot("f1").await.unwrap();
-        Volume::fork(&store, "f", "f1", "g", 2 * MIB).await.unwrap();
+        Volume::fork(&store, "f", "f1", "g", 2 * MIB, None)
+            .await
+            .unwrap();
         let mut fb = fa.clone();
         scribble(&f, &mut fb, 5, 0).await;
         let gcfg = cfg(&fs, "g", 0);
@@ -137,7 +141,7 @@ fn snapshots_with_forks_stay_and_purges_keep_what_forks_read() {
         let a = pattern(11, MIB as usize);
         v.write(0, &a, false).await.unwrap();
         v.snapshot("s1").await.unwrap();
-        Volume::fork(&store, "p", "s1", "c", 0).await.unwrap();
+        Volume::fork(&store, "p", "s1", "c", 0, None).await.unwrap();
         let e = v.delete_snapshot("s1").await.unwrap_err();
         assert!(matches!(e, VolumeError::InUse(_)), "{e}");
         assert!(
@@ -155,7 +159,7 @@ fn snapshots_with_forks_stay_and_purges_keep_what_forks_read() {
         scribble(&v, &mut b, 12, 0).await;
         v.close().await.unwrap();
         drop(v);
-        Volume::purge(&store, "p", vcfg.lease_rules(), false)
+        Volume::purge(&store, "p", vcfg.lease_rules(), false, None)
             .await
             .unwrap();
         Volume::purge_cache(&vcfg).unwrap();
@@ -174,7 +178,7 @@ fn snapshots_with_forks_stay_and_purges_keep_what_forks_read() {
         // The fork purged: the parent's leftovers go with it.
         c.close().await.unwrap();
         drop(c);
-        Volume::purge(&store, "c", ccfg.lease_rules(), false)
+        Volume::purge(&store, "c", ccfg.lease_rules(), false, None)
             .await
             .unwrap();
         Volume::purge_cache(&ccfg).unwrap();
@@ -204,7 +208,7 @@ fn bad_forks_are_refused_and_change_nothing() {
             ("src", "s1", "Bad/Name", 0),
         ];
         for (parent, snap, child, size) in cases {
-            let e = Volume::fork(&store, parent, snap, child, size)
+            let e = Volume::fork(&store, parent, snap, child, size, None)
                 .await
                 .unwrap_err();
             match (snap, child) {
@@ -241,7 +245,9 @@ fn forks_read_their_base_once_through_the_shared_cache() {
         let mut forks = Vec::new();
         for k in 0..8 {
             let name = format!("vm-{k}");
-            Volume::fork(&store, "gold", "s1", &name, 0).await.unwrap();
+            Volume::fork(&store, "gold", "s1", &name, 0, None)
+                .await
+                .unwrap();
             let mut c = cfg(&fs, &name, 0);
             c.shared_cache = Some(cache.clone());
             forks.push(open(&c, &store).await);

@@ -387,7 +387,7 @@ fn a_purged_and_recreated_volume_never_reads_the_old_cache() {
         };
         let first = meta(store.clone()).await;
         // Purged from the store (by another host, say); this host's cache stays.
-        Volume::purge(&store, "again", cfg.lease_rules(), true)
+        Volume::purge(&store, "again", cfg.lease_rules(), true, None)
             .await
             .unwrap();
         let v = open(&cfg, &store).await;

@@ -77,7 +77,7 @@ fn a_snapshot_keeps_its_image_through_overwrites_compaction_and_gc() {
         settle(&v).await;
         assert!(read_all(&v).await == b, "the volume after the overwrite");
         assert!(
-            snapshot_image(&store, "snapvol", "s1").await == a,
+            snapshot_image(&store, "snapvol", "s1", None).await == a,
             "s1 after GC"
         );
 
@@ -87,7 +87,7 @@ fn a_snapshot_keeps_its_image_through_overwrites_compaction_and_gc() {
         settle(&v).await;
         assert!(read_all(&v).await == c);
         assert!(
-            snapshot_image(&store, "snapvol", "s1").await == a,
+            snapshot_image(&store, "snapvol", "s1", None).await == a,
             "s1 after a cold wake"
         );
         assert_eq!(
@@ -124,7 +124,7 @@ fn snapshot_names_and_errors() {
         let v = open(&cfg, &store).await;
         let empty = v.snapshot("empty").await.unwrap();
         assert_eq!(empty.seq, 0);
-        assert!(snapshot_image(&store, "names", "empty").await == vec![0u8; MIB as usize]);
+        assert!(snapshot_image(&store, "names", "empty", None).await == vec![0u8; MIB as usize]);
         for bad in ["", "Bad", "a/b", "-x", &"x".repeat(65)] {
             let e = v.snapshot(bad).await.unwrap_err();
             assert!(matches!(e, VolumeError::Invalid(_)), "{bad:?}: {e}");
@@ -145,7 +145,7 @@ fn snapshot_names_and_errors() {
             .map(|s| s.name)
             .collect();
         assert_eq!(names, ["empty", "s2"]);
-        let img = snapshot_image(&store, "names", "s2").await;
+        let img = snapshot_image(&store, "names", "s2", None).await;
         assert_eq!(img[..8192], pattern(5, 8192));
         v.close().await.unwrap();
     });

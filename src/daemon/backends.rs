@@ -22,6 +22,7 @@ pub fn classify(e: VolumeError) -> BackendError {
         VolumeError::Invalid(_) | VolumeError::Unsupported(_) => BackendError::Invalid(msg),
         VolumeError::LeaseHeld { .. } | VolumeError::Fenced(_) => BackendError::Fenced(msg),
         VolumeError::Checksum(_) | VolumeError::Corrupt(_) => BackendError::Data(msg),
+        VolumeError::Key(_) => BackendError::Invalid(msg),
         VolumeError::Store(StoreError::Config(_)) => BackendError::Internal(msg),
         VolumeError::Store(_) => BackendError::Unavailable(msg),
         VolumeError::NotFound(_) => BackendError::NotFound(msg),
@@ -52,6 +53,7 @@ impl EngineVolumes {
         c.lease_ttl = s.lease_ttl;
         c.gc_grace = s.gc_grace;
         c.shared_cache = s.shared_cache.clone();
+        c.encryption = s.encryption.clone();
         c.owner = s.owner.clone();
         c.host_label = s.host_label.clone();
         c
@@ -70,9 +72,16 @@ impl VolumeFactory for EngineVolumes {
         child: &str,
         size_bytes: u64,
     ) -> Result<u64, BackendError> {
-        Volume::fork(&self.store, parent, snap, child, size_bytes)
-            .await
-            .map_err(classify)
+        Volume::fork(
+            &self.store,
+            parent,
+            snap,
+            child,
+            size_bytes,
+            self.settings.encryption.as_deref(),
+        )
+        .await
+        .map_err(classify)
     }
     async fn open(
         &self,
@@ -91,7 +100,14 @@ impl VolumeFactory for EngineVolumes {
     }
     async fn purge(&self, name: &str, force: bool) -> Result<(), BackendError> {
         let cfg = self.cfg(name, 0);
-        match Volume::purge(&self.store, name, cfg.lease_rules(), force).await {
+        match Volume::purge(
+            &self.store,
+            name,
+            cfg.lease_rules(),
+            force,
+            self.settings.encryption.as_deref(),
+        )
+        .await {
             Ok(()) => {}
             Err(VolumeError::LeaseHeld { owner, age_ms }) => {
                 return Err(BackendError::Fenced(format!(
@@ -242,7 +258,7 @@ mod tests {
         let mut cfg = Config::default();
         cfg.cache.dir = cache.to_path_buf();
         let host = crate::daemon::HostIdentity::load_or_create(cache).unwrap();
-        VolumeSettings::from_config(&cfg, &host)
+        VolumeSettings::from_config(&cfg, &host).unwrap()
     }
 
     /// Issue 14 item 2: the appliance gives every host the same hostname and cache

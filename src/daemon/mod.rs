@@ -14,6 +14,7 @@ pub use host_identity::{CacheDirLock, HostIdentity, IdentityError};
 use crate::config::{Config, Credentials};
 use crate::store::StoreOptions;
 use crate::ublk::UblkOptions;
+use crate::volume::crypto::{CryptoError, MasterKeys};
 use crate::volume::shared_cache::SharedCache;
 use crate::volume::FlushMode;
 use std::path::PathBuf;
@@ -59,13 +60,21 @@ pub struct VolumeSettings {
     pub owner: String,
     /// Hostname written beside the owner, for display.
     pub host_label: String,
+    /// Master keys (`[store.encryption]`; `None`: new volumes are plaintext).
+    pub encryption: Option<Arc<MasterKeys>>,
 }
 
 impl VolumeSettings {
     /// From the daemon config and this host's identity (read from the same
     /// `cache.dir`): volumes live in `<cache.dir>/volumes/<name>`.
-    pub fn from_config(cfg: &Config, host: &HostIdentity) -> VolumeSettings {
-        VolumeSettings {
+    /// Fails when a master key file cannot be read (the error names the file).
+    pub fn from_config(cfg: &Config, host: &HostIdentity) -> Result<VolumeSettings, CryptoError> {
+        let env = |k: &str| std::env::var(k).ok();
+        let encryption = match &cfg.store.encryption {
+            Some(e) => Some(Arc::new(e.load(&env)?)),
+            None => None,
+        };
+        Ok(VolumeSettings {
             root: cfg.cache.dir.join("volumes"),
             dirty_limit_bytes: cfg.cache.dirty_limit.0,
             flush_interval: cfg.cache.flush_interval,
@@ -77,7 +86,8 @@ impl VolumeSettings {
                 .then(|| SharedCache::new(cfg.cache.shared_cache.0)),
             owner: host.id.clone(),
             host_label: host.label.clone(),
-        }
+            encryption,
+        })
     }
 }
 

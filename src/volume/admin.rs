@@ -2,6 +2,8 @@
 //! growing an open one: everything that changes the meta object after creation.
 //! Purge obeys the lease: it never deletes a volume another host holds, unless forced.
 
+use super::crypto::MasterKeys;
+use super::keyring::Keyring;
 use super::keys::VolumeKeys;
 use super::lease::{inspect, Holder, Rules};
 use super::manifest::VolumeMeta;
@@ -29,6 +31,7 @@ pub(crate) async fn purge(
     name: &str,
     rules: Rules<'_>,
     force: bool,
+    masters: Option<&MasterKeys>,
 ) -> Result<(), VolumeError> {
     check_name(name)?;
     let keys = VolumeKeys::new(name);
@@ -54,9 +57,35 @@ pub(crate) async fn purge(
         );
     }
     let (meta, lease) = (keys.meta(), keys.lease());
-    let stored = read_meta(store, &meta).await?.map(|(m, _)| m);
+    let mut stored = read_meta(store, &meta).await?;
+    // Crypto-erase before anything else: once meta holds no wrapped data key,
+    // nothing of the volume opens again, whatever GC or this purge leave behind.
+    // The key stays in memory only to read its snapshots for the forks below.
+    let mut ring = None;
+    if let Some((m, etag)) = stored.as_mut().filter(|(m, _)| m.keys.is_some()) {
+        let uuid = m.uuid_u64().map_err(VolumeError::Corrupt)?;
+        ring = Keyring::unwrap(name, uuid, m.encrypted, m.keys.as_ref(), masters).ok();
+        let erased = VolumeMeta {
+            keys: None,
+            ..m.clone()
+        };
+        *etag = store
+            .put_if(
+                &meta,
+                meta_bytes(&erased)?,
+                PutCondition::IfMatch(etag.clone()),
+            )
+            .await?;
+        *m = erased;
+        tracing::info!(
+            volume = name,
+            "data key destroyed (crypto-erase); deleting its objects"
+        );
+    }
+    let stored = stored.map(|(m, _)| m);
+    let key = ring.as_ref().and_then(Keyring::own);
     let keep = match &stored {
-        Some(m) => super::fork::still_needed(store, name, m).await?,
+        Some(m) => super::fork::still_needed(store, name, m, key).await?,
         None => None,
     };
     if let (Some(keep), Some(m)) = (&keep, &stored) {

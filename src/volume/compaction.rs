@@ -278,9 +278,16 @@ async fn write_segment(
         st.next_seq += 1;
         (s, inner.lease.lock().lease.epoch)
     };
-    let (uuid, base_seq) = (inner.uuid, inner.base_seq);
+    let (uuid, base_seq, key) = (inner.uuid, inner.base_seq, inner.seal_key().cloned());
     let (obj, entries) = background_cpu::run(move || {
-        Ok::<_, VolumeError>(segment::encode(seq, uuid, epoch, base_seq, &items))
+        Ok::<_, VolumeError>(segment::encode(
+            seq,
+            uuid,
+            epoch,
+            base_seq,
+            &items,
+            key.as_ref(),
+        ))
     })
     .await?;
     let p = pending.insert(Pending {

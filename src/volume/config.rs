@@ -82,6 +82,9 @@ pub struct VolumeConfig {
     /// The host's cache of ancestors' extents (a fork reads them from it instead of
     /// filling its own cache file); `None`: forks fill their own.
     pub shared_cache: Option<Arc<super::shared_cache::SharedCache>>,
+    /// Master keys (`[store.encryption]`): new volumes are encrypted with a data key
+    /// they wrap; `None`: new volumes are plaintext and encrypted ones cannot open.
+    pub encryption: Option<Arc<super::crypto::MasterKeys>>,
 }
 
 impl fmt::Debug for VolumeConfig {
@@ -99,6 +102,10 @@ impl fmt::Debug for VolumeConfig {
             .field("merge_cold_after", &self.merge_cold_after)
             .field("gc_grace", &self.gc_grace)
             .field("owner", &self.owner)
+            .field(
+                "encryption",
+                &self.encryption.as_ref().map(|m| m.current.id.clone()),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -152,6 +159,7 @@ impl VolumeConfig {
             fileio: Arc::new(RealFs),
             clock: Arc::new(SystemClock),
             shared_cache: None,
+            encryption: None,
             seed: 0,
         }
     }

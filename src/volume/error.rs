@@ -55,6 +55,10 @@ pub enum VolumeError {
     /// deleted volume whose snapshots forks still read).
     #[error("in use: {0}")]
     InUse(String),
+    /// An encrypted volume's keys: no master key, a wrong one, or the data key was
+    /// erased. Never carries key bytes.
+    #[error("encryption key: {0}")]
+    Key(String),
     /// The operation is not supported (e.g. shrinking).
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -68,7 +68,7 @@ pub(crate) fn decode(
     loc: &Loc,
     payload: &[u8],
 ) -> Result<Vec<u8>, VolumeError> {
-    segment::decode_payload(loc, payload).map_err(|m| {
+    segment::decode_payload(loc, payload, inner.opener(loc.seq, b)).map_err(|m| {
         bump(&inner.stats.checksum_errors, 1);
         let key = inner.segment_key(loc.seq);
         tracing::error!(volume = %inner.cfg.name, block = b, %key, %m, "stored extent failed verification");

@@ -404,6 +404,7 @@ async fn prepare(inner: &Arc<Inner>, blocks: &[u64]) -> Result<Option<Pending>, 
                 epoch,
                 inner2.base_seq,
                 &items,
+                inner2.seal_key(),
             ))
         })
         .await?
@@ -475,7 +476,8 @@ pub(super) async fn commit(inner: &Inner, p: &mut Pending) -> Result<(), VolumeE
                     st.next_seq += 1;
                     s
                 };
-                let obj = segment::renumber(&p.obj, seq).map_err(VolumeError::Corrupt)?;
+                let obj = segment::renumber(&p.obj, seq, inner.seal_key())
+                    .map_err(VolumeError::Corrupt)?;
                 p.seq = seq;
                 p.obj = Bytes::from(obj);
             }
@@ -566,6 +568,7 @@ async fn maybe_manifest(inner: &Inner, settled: bool) -> Result<(), VolumeError>
                 inner.uuid,
                 inner.lease.lock().lease.epoch,
                 &st.store,
+                inner.seal_key(),
             ),
             live,
         )

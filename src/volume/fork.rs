@@ -17,6 +17,8 @@
 //! stays taken). Purging a fork removes its marker; when the parent is purged and
 //! no marker is left, the parent's leftovers go too, up the lineage.
 
+use super::crypto::{FrameKey, MasterKeys};
+use super::keyring::Keyring;
 use super::keys::{Key, VolumeKeys};
 use super::lineage::Ancestor;
 use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
@@ -44,16 +46,26 @@ pub(super) async fn read_snapshot(
     }
 }
 
+/// Which snapshot a fork is made of.
+pub(crate) struct ForkOf<'a> {
+    /// The parent volume.
+    pub parent: &'a str,
+    /// Its snapshot.
+    pub snap: &'a str,
+}
+
 /// Make volume `child` a fork of snapshot `snap` of `parent`, `size_bytes` large
-/// (0: the snapshot's size; never smaller). Returns the child's size.
+/// (0: the snapshot's size; never smaller), encrypted when `masters` are given.
+/// Returns the child's size.
 pub(crate) async fn create(
     store: &dyn ObjectStore,
-    parent: &str,
-    snap: &str,
+    of: ForkOf<'_>,
     child: &str,
     size_bytes: u64,
     uuid: u64,
+    masters: Option<&MasterKeys>,
 ) -> Result<u64, VolumeError> {
+    let ForkOf { parent, snap } = of;
     check_name(parent)?;
     check_name(child)?;
     crate::rules::validate_name_of("snapshot", snap).map_err(VolumeError::Invalid)?;
@@ -85,6 +97,11 @@ pub(crate) async fn create(
         seq: info.seq,
     }];
     lineage.extend(pmeta.lineage.iter().cloned());
+    // The fork's keys: its own and a copy of every encrypted ancestor's, so what it
+    // shares stays readable when an ancestor is crypto-erased.
+    let puuid = pmeta.uuid_u64().map_err(VolumeError::Corrupt)?;
+    let pring = Keyring::unwrap(parent, puuid, pmeta.encrypted, pmeta.keys.as_ref(), masters)?;
+    let keys = masters.map(|m| Keyring::create(m, uuid, Some((puuid, &pring))).1);
     let meta = VolumeMeta {
         format: FORMAT_VERSION,
         block_size: BLOCK_SIZE as u64,
@@ -92,6 +109,8 @@ pub(crate) async fn create(
         uuid: format!("{uuid:016x}"),
         lineage,
         purged: false,
+        encrypted: keys.is_some(),
+        keys,
     };
     let marker = VolumeKeys::new(parent).fork_marker(snap, child);
     store.put(&marker, Bytes::from(meta.uuid.clone())).await?;
@@ -148,11 +167,14 @@ pub(super) async fn markers(
 /// What a purge must leave of volume `keys` for the forks of its snapshots: the
 /// snapshots that have forks, their manifests, the segments those point into
 /// (the volume's own: an ancestor's are its ancestor's business), the markers and
-/// `meta`. `None` when no fork needs anything (everything may go).
+/// `meta`. `None` when no fork needs anything (everything may go). An encrypted
+/// volume's manifests need its data key `key`; without it every own segment up to a
+/// snapshot is kept.
 pub(super) async fn still_needed(
     store: &dyn ObjectStore,
     name: &str,
     meta: &VolumeMeta,
+    key: Option<&FrameKey>,
 ) -> Result<Option<HashSet<String>>, VolumeError> {
     let keys = &VolumeKeys::new(name);
     let marks = markers(store, keys, None).await?;
@@ -172,9 +194,20 @@ pub(super) async fn still_needed(
         };
         let mkey = keys.manifest(info.seq);
         keep.insert(mkey.clone());
+        if meta.encrypted && key.is_none() {
+            for o in store.list(&keys.segments()).await? {
+                if keys
+                    .segment_seq(&o.key)
+                    .is_some_and(|s| s > top && s <= info.seq)
+                {
+                    keep.insert(o.key);
+                }
+            }
+            continue;
+        }
         let b = store.get(&mkey).await?;
         let (_, map) =
-            manifest::decode(&b).map_err(|e| VolumeError::Corrupt(format!("{mkey}: {e}")))?;
+            manifest::decode(&b, key).map_err(|e| VolumeError::Corrupt(format!("{mkey}: {e}")))?;
         for s in map.live_segments() {
             if s > top {
                 keep.insert(keys.segment(s));

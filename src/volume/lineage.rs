@@ -48,6 +48,8 @@ impl Lineage {
         }
         for a in ancestors {
             crate::rules::validate_name(&a.volume)?;
+            u64::from_str_radix(&a.uuid, 16)
+                .map_err(|e| format!("ancestor {}: uuid {:?}: {e}", a.volume, a.uuid))?;
         }
         Ok(Lineage {
             entries: ancestors
@@ -71,6 +73,15 @@ impl Lineage {
     /// own segments are numbered above it.
     pub fn top(&self) -> u64 {
         self.parent().map_or(0, |a| a.seq)
+    }
+
+    /// The uuid of the ancestor that owns segment `seq` (`None`: the volume's own).
+    pub fn owner_uuid(&self, seq: u64) -> Option<u64> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(a, _)| seq <= a.seq)
+            .and_then(|(a, _)| u64::from_str_radix(&a.uuid, 16).ok())
     }
 
     /// The key of segment `seq`: an ancestor's, or `own`'s.

@@ -10,6 +10,7 @@
 //! never mixes with old data). Formats in docs/format.md.
 
 use super::blockmap::{EntryKind, Loc, Piece, StoreMap, FULL, SECTORS_PER_BLOCK};
+use super::crypto::{Aad, FrameKey, FrameKind};
 use super::le::{u32_at, u64_at};
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,20 @@ pub const FORMAT_VERSION: u32 = 2;
 /// format 1").
 pub const FORMAT_WHOLE_BLOCKS: u32 = 1;
 
+/// Version of a sealed manifest (an encrypted volume's): the entries are one sealed
+/// frame bound to the header (uuid, seq, epoch, count).
+pub const MANIFEST_SEALED: u32 = 3;
+
+fn body_aad(header: &[u8]) -> Aad {
+    Aad::new(
+        u64_at(header, 24),
+        FrameKind::Manifest,
+        u64_at(header, 16),
+        0,
+        &header[..HEADER_LEN],
+    )
+}
+
 /// Decoded manifest header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ManifestHeader {
@@ -40,14 +55,20 @@ pub struct ManifestHeader {
 }
 
 /// Encode the map as of segment `seq`, written under lease `epoch` (stored as u32;
-/// epochs beyond that saturate, which only weakens fencing after 4 billion opens).
-pub fn encode(seq: u64, uuid: u64, epoch: u64, map: &StoreMap) -> Vec<u8> {
+/// epochs beyond that saturate, which only weakens fencing after 4 billion opens),
+/// sealed with `seal` (an encrypted volume's data key).
+pub fn encode(seq: u64, uuid: u64, epoch: u64, map: &StoreMap, seal: Option<&FrameKey>) -> Vec<u8> {
     let mut blocks: Vec<(&u64, &Vec<Piece>)> = map.map.iter().collect();
     blocks.sort_by_key(|(b, _)| **b);
     let count = map.piece_count();
     let mut out = Vec::with_capacity(HEADER_LEN + count * ENTRY_LEN + 4);
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    let version = if seal.is_some() {
+        MANIFEST_SEALED
+    } else {
+        FORMAT_VERSION
+    };
+    out.extend_from_slice(&version.to_le_bytes());
     out.extend_from_slice(&u32::try_from(epoch).unwrap_or(u32::MAX).to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&uuid.to_le_bytes());
@@ -64,6 +85,11 @@ pub fn encode(seq: u64, uuid: u64, epoch: u64, map: &StoreMap) -> Vec<u8> {
             out.extend_from_slice(&p.live.to_le_bytes());
         }
     }
+    if let Some(key) = seal {
+        let sealed = key.seal(&body_aad(&out), &out[HEADER_LEN..]);
+        out.truncate(HEADER_LEN);
+        out.extend_from_slice(&sealed);
+    }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
@@ -76,7 +102,7 @@ pub fn decode_header(b: &[u8]) -> Result<ManifestHeader, String> {
         return Err("bad manifest magic or length".into());
     }
     let version = u32_at(b, 8);
-    if version != FORMAT_VERSION && version != FORMAT_WHOLE_BLOCKS {
+    if version != FORMAT_VERSION && version != FORMAT_WHOLE_BLOCKS && version != MANIFEST_SEALED {
         return Err(format!("unsupported manifest version {version}"));
     }
     Ok(ManifestHeader {
@@ -87,8 +113,9 @@ pub fn decode_header(b: &[u8]) -> Result<ManifestHeader, String> {
     })
 }
 
-/// Decode and verify a manifest: (header, map).
-pub fn decode(b: &[u8]) -> Result<(ManifestHeader, StoreMap), String> {
+/// Decode and verify a manifest: (header, map). A sealed manifest needs `key` (the
+/// data key of the volume that wrote it); a plaintext one must come without.
+pub fn decode(b: &[u8], key: Option<&FrameKey>) -> Result<(ManifestHeader, StoreMap), String> {
     if b.len() < HEADER_LEN + 4 || &b[0..8] != MAGIC {
         return Err("bad manifest magic or length".into());
     }
@@ -97,13 +124,26 @@ pub fn decode(b: &[u8]) -> Result<(ManifestHeader, StoreMap), String> {
         return Err("manifest checksum mismatch".into());
     }
     let header = decode_header(b)?;
+    let opened;
+    let entries = match (header.version == MANIFEST_SEALED, key) {
+        (true, Some(k)) => {
+            opened = k
+                .open(&body_aad(b), &body[HEADER_LEN..], "manifest")
+                .map_err(|e| e.to_string())?;
+            &opened[..]
+        }
+        (true, None) => return Err("sealed manifest, and no data key for it".into()),
+        (false, Some(_)) => return Err("plaintext manifest in an encrypted volume".into()),
+        (false, None) => &body[HEADER_LEN..],
+    };
     let count = u64_at(b, 32) as usize;
-    if body.len() != HEADER_LEN + count.saturating_mul(ENTRY_LEN) {
+    if entries.len() != count.saturating_mul(ENTRY_LEN) {
         return Err("manifest length does not match its entry count".into());
     }
+    let b = entries;
     let mut map = StoreMap::default();
     for i in 0..count {
-        let p = HEADER_LEN + i * ENTRY_LEN;
+        let p = i * ENTRY_LEN;
         let kind = EntryKind::from_u8(b[p + 32]).ok_or("bad manifest entry kind")?;
         let (first, n, live) = if header.version == FORMAT_WHOLE_BLOCKS {
             (0, SECTORS_PER_BLOCK as u8, FULL)
@@ -150,6 +190,13 @@ pub struct VolumeMeta {
     /// need is left, and the name cannot be used again until they are gone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub purged: bool,
+    /// The volume's objects are sealed (see `crypto.rs`); stays true after a
+    /// crypto-erase removed `keys`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+    /// The wrapped data keys of an encrypted volume (`None` once crypto-erased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<super::keyring::WrappedKeys>,
 }
 
 impl VolumeMeta {
@@ -180,13 +227,41 @@ mod tests {
             m.apply(b, loc(b + 11, 3, 2));
         }
         assert_eq!(m.piece_count(), 6);
-        let enc = encode(12, 34, 5, &m);
-        let (h, back) = decode(&enc).unwrap();
+        let enc = encode(12, 34, 5, &m, None);
+        let (h, back) = decode(&enc, None).unwrap();
         assert_eq!((h.version, h.seq, h.uuid, h.epoch), (2, 12, 34, 5));
         assert_eq!(back.map, m.map);
         assert_eq!(back.map[&3][0].live, !(0b11 << 3));
         let mut bad = enc.clone();
         bad[50] ^= 1;
-        assert!(decode(&bad).is_err());
+        assert!(decode(&bad, None).is_err());
+        // Sealed: the map comes back with the key only, and not in the clear.
+        let dk = crate::volume::crypto::DataKey::random();
+        let key = dk.frames();
+        let enc = encode(12, 34, 5, &m, Some(key));
+        let (h, back) = decode(&enc, Some(key)).unwrap();
+        assert_eq!(
+            (h.version, h.seq, h.uuid, h.epoch),
+            (MANIFEST_SEALED, 12, 34, 5)
+        );
+        assert_eq!(back.map, m.map);
+        assert!(decode(&enc, None).is_err());
+        assert!(decode(
+            &enc,
+            Some(crate::volume::crypto::DataKey::random().frames())
+        )
+        .is_err());
+        let plain = encode(12, 34, 5, &m, None);
+        assert!(
+            decode(&plain, Some(key)).is_err(),
+            "plaintext in an encrypted volume"
+        );
+        // A header edited under the sealed body (seq 12 -> 13, crc fixed) is refused.
+        let mut moved = enc.clone();
+        moved[16] = 13;
+        let n = moved.len() - 4;
+        let crc = crc32c::crc32c(&moved[..n]);
+        moved[n..].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode(&moved, Some(key)).is_err());
     }
 }

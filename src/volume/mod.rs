@@ -38,6 +38,7 @@ mod background_cpu;
 pub mod blockmap;
 mod compaction;
 pub mod config;
+pub mod crypto;
 mod datapath;
 pub mod diverged;
 pub mod error;
@@ -47,6 +48,7 @@ pub mod fileio;
 mod flusher;
 mod fork;
 pub mod journal;
+pub mod keyring;
 pub mod keys;
 pub(crate) mod le;
 pub mod lease;
@@ -213,6 +215,8 @@ pub(crate) struct Inner {
     keys: keys::VolumeKeys,
     /// A fork's ancestors (empty otherwise): whose segments its older pieces are.
     lineage: lineage::Lineage,
+    /// Data keys of an encrypted volume and its encrypted ancestors (empty: plaintext).
+    keyring: keyring::Keyring,
     uuid: u64,
     /// Highest segment seq listed at open (recorded in our segments).
     base_seq: u64,
@@ -268,6 +272,27 @@ impl Inner {
     /// The key of segment `seq`: the volume's own, or an ancestor's (a fork).
     pub(crate) fn segment_key(&self, seq: u64) -> String {
         self.lineage.segment_key(&self.keys, seq)
+    }
+
+    /// How payloads of segment `seq` (ours or an ancestor's) are opened, for block `b`.
+    pub(crate) fn opener(&self, seq: u64, b: u64) -> segment::Opener<'_> {
+        let (uuid, key) = match self.lineage.owner_uuid(seq) {
+            Some(u) => (u, self.keyring.ancestor(u)),
+            None => (self.uuid, self.keyring.own()),
+        };
+        match key {
+            Some(key) => segment::Opener::Sealed {
+                key,
+                uuid,
+                block: b,
+            },
+            None => segment::Opener::Plain,
+        }
+    }
+
+    /// The key that seals this volume's own objects (`None`: plaintext volume).
+    pub(crate) fn seal_key(&self) -> Option<&crypto::FrameKey> {
+        self.keyring.own()
     }
 
     /// The volume uuid as `meta` and snapshots spell it.
@@ -480,7 +505,9 @@ impl Volume {
 
     /// Make volume `child` a copy-on-write fork of snapshot `snap` of `parent`
     /// (`size_bytes` 0: the snapshot's size; larger grows it). Only metadata is
-    /// written; open `child` like any volume afterwards. An existing `child` is
+    /// written; open `child` like any volume afterwards. With `masters` the fork is
+    /// encrypted (and holds its encrypted ancestors' data keys); an encrypted parent
+    /// needs them. An existing `child` is
     /// [`VolumeError::AlreadyExists`], an unknown snapshot [`VolumeError::NotFound`].
     pub async fn fork(
         store: &Arc<dyn ObjectStore>,
@@ -488,14 +515,15 @@ impl Volume {
         snap: &str,
         child: &str,
         size_bytes: u64,
+        masters: Option<&crypto::MasterKeys>,
     ) -> Result<u64, VolumeError> {
         fork::create(
             store.as_ref(),
-            parent,
-            snap,
+            fork::ForkOf { parent, snap },
             child,
             size_bytes,
             rand::random::<u64>() | 1,
+            masters,
         )
         .await
     }
@@ -505,14 +533,17 @@ impl Volume {
     /// a fork releases what it kept of its ancestors. The caller must have closed
     /// the volume. Refused with
     /// [`VolumeError::LeaseHeld`] (nothing deleted) while another owner than
-    /// `rules.owner` holds a lease that is not stale, unless `force`.
+    /// `rules.owner` holds a lease that is not stale, unless `force`. An encrypted
+    /// volume's data key is erased first (crypto-erase, see `keyring.rs`);
+    /// `masters` lets the purge read its snapshots to keep only what forks need.
     pub async fn purge(
         store: &Arc<dyn ObjectStore>,
         name: &str,
         rules: lease::Rules<'_>,
         force: bool,
+        masters: Option<&crypto::MasterKeys>,
     ) -> Result<(), VolumeError> {
-        admin::purge(store.as_ref(), name, rules, force).await
+        admin::purge(store.as_ref(), name, rules, force, masters).await
     }
 
     /// Delete the local cache directory of a (closed) volume. Dirty data it still

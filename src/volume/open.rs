@@ -10,9 +10,11 @@
 //! is ever overwritten.
 
 use super::blockmap::{LocalMap, StoreMap};
+use super::crypto::FrameKey;
 use super::diverged;
 use super::fencing::{self, Witness};
 use super::journal::{self, Journal, LocalState};
+use super::keyring::Keyring;
 use super::keys::VolumeKeys;
 use super::lease::{self, Fence};
 use super::lineage::{Ancestor, Lineage};
@@ -47,6 +49,7 @@ async fn load_store_map(
     uuid: u64,
     fences: &[Fence],
     lineage: &Lineage,
+    ring: &Keyring,
 ) -> Result<Loaded, VolumeError> {
     let mut witnesses: Vec<Witness> = fences
         .iter()
@@ -99,8 +102,8 @@ async fn load_store_map(
         if !chosen {
             chosen = true;
             let b = store.get(key).await?;
-            let (_, mmap) =
-                manifest::decode(&b).map_err(|e| VolumeError::Corrupt(format!("{key}: {e}")))?;
+            let (_, mmap) = manifest::decode(&b, ring.own())
+                .map_err(|e| VolumeError::Corrupt(format!("{key}: {e}")))?;
             map = mmap;
             base = h.seq;
             manifest_epoch = h.epoch;
@@ -110,7 +113,8 @@ async fn load_store_map(
         if let Some(p) = lineage.parent() {
             // A fork without a manifest of its own yet starts from its parent's
             // snapshot (which its parent keeps while the fork exists).
-            let (m, h) = parent_manifest(store, p).await?;
+            let puuid = u64::from_str_radix(&p.uuid, 16).unwrap_or_default();
+            let (m, h) = parent_manifest(store, p, ring.ancestor(puuid)).await?;
             map = m;
             base = h.seq;
         }
@@ -166,14 +170,14 @@ async fn load_store_map(
             map.forget_segment(h.seq);
             continue;
         }
-        let start = segment::HEADER_LEN as u64;
+        // Header and index in one GET (a sealed index is bound to the header).
         let ib = store
             .get_range(
                 &key,
-                start..start + u64::from(h.count) * segment::ENTRY_LEN as u64,
+                0..(segment::HEADER_LEN + segment::index_len(&h)) as u64,
             )
             .await?;
-        let entries = segment::decode_index(&h, &ib)
+        let entries = segment::decode_index(&h, &ib[segment::HEADER_LEN..], ring.own(), &ib)
             .map_err(|e| VolumeError::Corrupt(format!("{key}: {e}")))?;
         for e in entries {
             map.apply(e.block, e.loc(h.seq));
@@ -192,6 +196,7 @@ async fn load_store_map(
 async fn parent_manifest(
     store: &dyn ObjectStore,
     p: &Ancestor,
+    seal: Option<&FrameKey>,
 ) -> Result<(StoreMap, manifest::ManifestHeader), VolumeError> {
     let key = VolumeKeys::new(&p.volume).manifest(p.seq);
     let corrupt = |m: String| {
@@ -205,7 +210,7 @@ async fn parent_manifest(
         Err(StoreError::NotFound(_)) => return Err(corrupt("missing".into())),
         Err(e) => return Err(e.into()),
     };
-    let (h, map) = manifest::decode(&b).map_err(corrupt)?;
+    let (h, map) = manifest::decode(&b, seal).map_err(corrupt)?;
     let want = u64::from_str_radix(&p.uuid, 16).map_err(|e| corrupt(e.to_string()))?;
     if h.uuid != want || h.seq != p.seq {
         return Err(corrupt(format!(
@@ -257,21 +262,25 @@ pub(crate) async fn open(
             return Err(VolumeError::NotFound(cfg.name.clone()));
         }
         super::admin::check_cache_capacity(&cfg, cfg.size_bytes)?;
+        let uuid = new_uuid(match cfg.seed {
+            0 => 0,
+            s => s ^ 0x9e37_79b9_7f4a_7c15,
+        });
+        let keys = cfg
+            .encryption
+            .as_deref()
+            .map(|m| Keyring::create(m, uuid, None).1);
         let m = VolumeMeta {
             format: FORMAT_VERSION,
             block_size: BLOCK_SIZE as u64,
             size_bytes: cfg.size_bytes,
             // Seed 0 (the daemon's): random. A fixed seed (tests) derives a fixed
             // uuid from it, distinct from the RNG seed.
-            uuid: format!(
-                "{:016x}",
-                new_uuid(match cfg.seed {
-                    0 => 0,
-                    s => s ^ 0x9e37_79b9_7f4a_7c15,
-                })
-            ),
+            uuid: format!("{uuid:016x}"),
             lineage: Vec::new(),
             purged: false,
+            encrypted: keys.is_some(),
+            keys,
         };
         match store
             .put_if(&meta_key, meta_bytes(&m)?, PutCondition::IfAbsent)
@@ -289,6 +298,15 @@ pub(crate) async fn open(
         )));
     }
     let uuid = meta.uuid_u64().map_err(VolumeError::Corrupt)?;
+    // Keys before the lease: a volume this daemon cannot decrypt is refused without
+    // taking it from its holder.
+    let ring = Keyring::unwrap(
+        &cfg.name,
+        uuid,
+        meta.encrypted,
+        meta.keys.as_ref(),
+        cfg.encryption.as_deref(),
+    )?;
     if cfg.size_bytes != 0 && cfg.size_bytes < meta.size_bytes {
         return Err(VolumeError::Unsupported(format!(
             "volume {} is {} bytes; shrinking to {} is not supported",
@@ -305,16 +323,32 @@ pub(crate) async fn open(
     // (by the lease holder only), so a release that reads only format 1 refuses it
     // instead of misreading it. Format-1 objects stay as they are and are read as
     // before (docs/format.md "Volumes of format 1").
-    if cfg.size_bytes > meta.size_bytes || meta.format != FORMAT_VERSION {
+    // Master key rotation: data keys wrapped by an older master key are wrapped
+    // again by the current one (by the lease holder, in the same meta write as a
+    // grow or format raise). No data is rewritten.
+    let rewrap = match (&meta.keys, cfg.encryption.as_deref()) {
+        (Some(w), Some(m)) if w.key_id != m.current.id => Some(ring.wrap(&m.current, uuid)),
+        _ => None,
+    };
+    if cfg.size_bytes > meta.size_bytes || meta.format != FORMAT_VERSION || rewrap.is_some() {
         if cfg.size_bytes > meta.size_bytes {
             super::admin::check_cache_capacity(&cfg, cfg.size_bytes)?;
         }
         if meta.format != FORMAT_VERSION {
             tracing::info!(volume = %cfg.name, from = meta.format, to = FORMAT_VERSION, "volume format raised; objects of the old format are still read");
         }
+        if let Some(w) = &rewrap {
+            let from = meta
+                .keys
+                .as_ref()
+                .map(|k| k.key_id.clone())
+                .unwrap_or_default();
+            tracing::info!(volume = %cfg.name, from = %from, to = %w.key_id, "data keys wrapped again by the current master key");
+        }
         let m = VolumeMeta {
             size_bytes: cfg.size_bytes.max(meta.size_bytes),
             format: FORMAT_VERSION,
+            keys: rewrap.or_else(|| meta.keys.clone()),
             ..meta.clone()
         };
         etag = store
@@ -332,6 +366,7 @@ pub(crate) async fn open(
         uuid,
         &acq.held.lease.fences,
         &lineage,
+        &ring,
     )
     .await?;
     let (smap, max_seq) = (loaded.map, loaded.max_seq);
@@ -443,6 +478,7 @@ pub(crate) async fn open(
         base_seq: max_seq,
         keys,
         lineage,
+        keyring: ring,
         uuid,
         boot_id,
         size: AtomicU64::new(size),

@@ -7,8 +7,14 @@
 //! index; every entry carries the crc32c of its payload, so one ranged GET of an
 //! entry can be verified alone. A segment is written once (conditional PUT
 //! if-absent) and never modified.
+//!
+//! Format 3 is format 2 sealed (an encrypted volume's, see `crypto.rs`): the index is
+//! one sealed frame bound to the header's fields, every payload a sealed frame bound
+//! to (uuid, seq, its offset, its entry's block, sectors and kind); entry crcs and
+//! lengths are of the sealed bytes. Compress first, then seal.
 
 use super::blockmap::{EntryKind, Loc, SECTORS_PER_BLOCK};
+use super::crypto::{Aad, FrameKey, FrameKind, OVERHEAD};
 use super::le::{u32_at, u64_at};
 
 /// Magic of a segment object (both versions).
@@ -21,6 +27,8 @@ pub const ENTRY_LEN: usize = 32;
 pub const VERSION: u32 = 2;
 /// Version of whole-block entries (read only).
 pub const VERSION_WHOLE_BLOCKS: u32 = 1;
+/// Version of sealed segments (encrypted volumes): format 2 with sealed frames.
+pub const VERSION_SEALED: u32 = 3;
 
 /// One index entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,8 +128,36 @@ pub fn encode_extent(data: &[u8], compress: bool) -> (EntryKind, Vec<u8>) {
     (EntryKind::Raw, data.to_vec())
 }
 
-/// Decode a fetched payload into the extent's sectors, verifying its checksum.
-pub fn decode_payload(loc: &Loc, payload: &[u8]) -> Result<Vec<u8>, String> {
+/// Associated data of extent `e`'s payload at offset `off` of segment `seq` of
+/// volume `uuid`.
+pub fn extent_aad(uuid: u64, seq: u64, loc: &Loc, block: u64) -> Aad {
+    let mut extra = [0u8; 11];
+    extra[0..8].copy_from_slice(&block.to_le_bytes());
+    extra[8] = loc.first;
+    extra[9] = loc.count;
+    extra[10] = loc.kind as u8;
+    Aad::new(uuid, FrameKind::Extent, seq, loc.off, &extra)
+}
+
+/// How a payload is opened: plain, or sealed with this key for (volume uuid, block).
+#[derive(Debug, Clone, Copy)]
+pub enum Opener<'a> {
+    /// A plaintext volume's payload.
+    Plain,
+    /// A sealed payload of block `block` of volume `uuid`.
+    Sealed {
+        /// The data key of the volume that wrote the segment.
+        key: &'a FrameKey,
+        /// That volume's uuid.
+        uuid: u64,
+        /// The block the payload belongs to.
+        block: u64,
+    },
+}
+
+/// Decode a fetched payload into the extent's sectors, verifying its checksum (and,
+/// sealed, its authenticity).
+pub fn decode_payload(loc: &Loc, payload: &[u8], opener: Opener) -> Result<Vec<u8>, String> {
     if payload.len() != loc.len as usize {
         return Err(format!(
             "entry length {} != expected {}",
@@ -133,6 +169,16 @@ pub fn decode_payload(loc: &Loc, payload: &[u8]) -> Result<Vec<u8>, String> {
     if crc != loc.crc {
         return Err(format!("crc {crc:08x} != expected {:08x}", loc.crc));
     }
+    let opened;
+    let payload = match (opener, loc.kind) {
+        (_, EntryKind::Zero) | (Opener::Plain, _) => payload,
+        (Opener::Sealed { key, uuid, block }, _) => {
+            opened = key
+                .open(&extent_aad(uuid, loc.seq, loc, block), payload, "extent")
+                .map_err(|e| e.to_string())?;
+            &opened[..]
+        }
+    };
     let n = loc.decoded_len();
     match loc.kind {
         EntryKind::Zero => Ok(vec![0u8; n]),
@@ -152,70 +198,190 @@ pub fn decode_payload(loc: &Loc, payload: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Write the header fields of `obj` (whose index is in place).
-fn write_header(obj: &mut [u8], count: usize, seq: u64, uuid: u64, epoch: u64, base_seq: u64) {
-    let index_crc = crc32c::crc32c(&obj[HEADER_LEN..HEADER_LEN + count * ENTRY_LEN]);
+/// Bytes of the index of a segment with this header (sealed: one frame).
+pub fn index_len(h: &SegHeader) -> usize {
+    h.count as usize * ENTRY_LEN
+        + if h.version == VERSION_SEALED {
+            OVERHEAD
+        } else {
+            0
+        }
+}
+
+/// Associated data of a sealed index: the header's fields before its checksums.
+fn index_aad(header: &[u8]) -> Aad {
+    Aad::new(
+        u64_at(header, 24),
+        FrameKind::SegmentIndex,
+        u64_at(header, 16),
+        HEADER_LEN as u64,
+        &header[0..48],
+    )
+}
+
+/// Write the header of `obj` (whose index, `index_len` bytes, is in place, or, for
+/// a sealed segment, is `plain_index` to seal now).
+#[allow(clippy::too_many_arguments)]
+fn write_header(
+    obj: &mut [u8],
+    count: usize,
+    seq: u64,
+    uuid: u64,
+    epoch: u64,
+    base_seq: u64,
+    seal: Option<(&FrameKey, &[u8])>,
+) {
     obj[0..8].copy_from_slice(MAGIC);
-    obj[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    let version = if seal.is_some() {
+        VERSION_SEALED
+    } else {
+        VERSION
+    };
+    obj[8..12].copy_from_slice(&version.to_le_bytes());
     obj[12..16].copy_from_slice(&(count as u32).to_le_bytes());
     obj[16..24].copy_from_slice(&seq.to_le_bytes());
     obj[24..32].copy_from_slice(&uuid.to_le_bytes());
     obj[32..40].copy_from_slice(&epoch.to_le_bytes());
     obj[40..48].copy_from_slice(&base_seq.to_le_bytes());
+    let mut ilen = count * ENTRY_LEN;
+    if let Some((key, plain)) = seal {
+        let sealed = key.seal(&index_aad(&obj[0..48]), plain);
+        ilen = sealed.len();
+        obj[HEADER_LEN..HEADER_LEN + ilen].copy_from_slice(&sealed);
+    }
+    let index_crc = crc32c::crc32c(&obj[HEADER_LEN..HEADER_LEN + ilen]);
     obj[48..52].copy_from_slice(&index_crc.to_le_bytes());
     let hcrc = crc32c::crc32c(&obj[0..52]);
     obj[52..56].copy_from_slice(&hcrc.to_le_bytes());
 }
 
-/// Build a segment object from encoded extents. Returns the object and its index.
+fn put_entry(out: &mut [u8], e: &SegEntry) {
+    out[0..8].copy_from_slice(&e.block.to_le_bytes());
+    out[8..16].copy_from_slice(&e.off.to_le_bytes());
+    out[16..20].copy_from_slice(&e.len.to_le_bytes());
+    out[20..24].copy_from_slice(&e.crc.to_le_bytes());
+    out[24] = e.kind as u8;
+    out[25] = e.first;
+    out[26] = e.count;
+}
+
+/// Build a segment object from encoded extents, sealed with `seal` (an encrypted
+/// volume's data key). Returns the object and its index.
 pub fn encode(
     seq: u64,
     uuid: u64,
     epoch: u64,
     base_seq: u64,
     items: &[Extent],
+    seal: Option<&FrameKey>,
 ) -> (Vec<u8>, Vec<SegEntry>) {
     let count = items.len();
-    let data_start = HEADER_LEN + count * ENTRY_LEN;
-    let total = data_start + items.iter().map(|i| i.payload.len()).sum::<usize>();
+    let extra = if seal.is_some() { OVERHEAD } else { 0 };
+    let data_start = HEADER_LEN + count * ENTRY_LEN + extra;
     let mut out = vec![0u8; data_start];
-    out.reserve(total - data_start);
+    let mut index = vec![0u8; count * ENTRY_LEN];
     let mut entries = Vec::with_capacity(count);
     let mut off = data_start as u64;
     for (i, x) in items.iter().enumerate() {
-        let e = SegEntry {
+        let mut e = SegEntry {
             block: x.block,
             off,
-            len: x.payload.len() as u32,
-            crc: crc32c::crc32c(&x.payload),
+            len: 0,
+            crc: 0,
             kind: x.kind,
             first: x.first,
             count: x.count,
         };
-        let p = HEADER_LEN + i * ENTRY_LEN;
-        out[p..p + 8].copy_from_slice(&e.block.to_le_bytes());
-        out[p + 8..p + 16].copy_from_slice(&e.off.to_le_bytes());
-        out[p + 16..p + 20].copy_from_slice(&e.len.to_le_bytes());
-        out[p + 20..p + 24].copy_from_slice(&e.crc.to_le_bytes());
-        out[p + 24] = e.kind as u8;
-        out[p + 25] = e.first;
-        out[p + 26] = e.count;
-        off += x.payload.len() as u64;
+        let sealed;
+        let payload = match seal {
+            Some(key) if x.kind != EntryKind::Zero => {
+                sealed = key.seal(&extent_aad(uuid, seq, &e.loc(seq), x.block), &x.payload);
+                &sealed[..]
+            }
+            _ => &x.payload[..],
+        };
+        e.len = payload.len() as u32;
+        e.crc = crc32c::crc32c(payload);
+        put_entry(&mut index[i * ENTRY_LEN..(i + 1) * ENTRY_LEN], &e);
+        out.extend_from_slice(payload);
+        off += payload.len() as u64;
         entries.push(e);
     }
-    for x in items {
-        out.extend_from_slice(&x.payload);
+    match seal {
+        Some(key) => write_header(
+            &mut out,
+            count,
+            seq,
+            uuid,
+            epoch,
+            base_seq,
+            Some((key, &index)),
+        ),
+        None => {
+            out[HEADER_LEN..HEADER_LEN + index.len()].copy_from_slice(&index);
+            write_header(&mut out, count, seq, uuid, epoch, base_seq, None);
+        }
     }
-    write_header(&mut out, count, seq, uuid, epoch, base_seq);
     (out, entries)
 }
 
 /// The same segment under another sequence number (a retry that must move past a
-/// key a fenced writer's late PUT holds). Offsets do not depend on the number.
-pub fn renumber(obj: &[u8], seq: u64) -> Result<Vec<u8>, String> {
+/// key a fenced writer's late PUT holds). Offsets do not depend on the number; a
+/// sealed segment's frames are bound to it, so they are opened and sealed again.
+pub fn renumber(obj: &[u8], seq: u64, seal: Option<&FrameKey>) -> Result<Vec<u8>, String> {
     let h = decode_header(obj)?;
+    let ilen = index_len(&h);
+    if obj.len() < HEADER_LEN + ilen {
+        return Err("segment shorter than its index".into());
+    }
+    if h.version != VERSION_SEALED {
+        let mut out = obj.to_vec();
+        write_header(
+            &mut out,
+            h.count as usize,
+            seq,
+            h.uuid,
+            h.epoch,
+            h.base_seq,
+            None,
+        );
+        return Ok(out);
+    }
+    let key = seal.ok_or("a sealed segment, and no key to seal it again")?;
+    let entries = decode_index(
+        &h,
+        &obj[HEADER_LEN..HEADER_LEN + ilen],
+        Some(key),
+        &obj[0..48],
+    )?;
     let mut out = obj.to_vec();
-    write_header(&mut out, h.count as usize, seq, h.uuid, h.epoch, h.base_seq);
+    let mut index = vec![0u8; entries.len() * ENTRY_LEN];
+    for (i, mut e) in entries.into_iter().enumerate() {
+        if e.kind != EntryKind::Zero {
+            let r = e.off as usize..e.off as usize + e.len as usize;
+            let frame = obj.get(r.clone()).ok_or("entry beyond the segment's end")?;
+            let plain = key
+                .open(
+                    &extent_aad(h.uuid, h.seq, &e.loc(h.seq), e.block),
+                    frame,
+                    "extent",
+                )
+                .map_err(|e| e.to_string())?;
+            let sealed = key.seal(&extent_aad(h.uuid, seq, &e.loc(seq), e.block), &plain);
+            e.crc = crc32c::crc32c(&sealed);
+            out[r].copy_from_slice(&sealed);
+        }
+        put_entry(&mut index[i * ENTRY_LEN..(i + 1) * ENTRY_LEN], &e);
+    }
+    write_header(
+        &mut out,
+        h.count as usize,
+        seq,
+        h.uuid,
+        h.epoch,
+        h.base_seq,
+        Some((key, &index)),
+    );
     Ok(out)
 }
 
@@ -231,7 +397,7 @@ pub fn decode_header(b: &[u8]) -> Result<SegHeader, String> {
         return Err("segment header checksum mismatch".into());
     }
     let version = u32_at(b, 8);
-    if version != VERSION && version != VERSION_WHOLE_BLOCKS {
+    if version != VERSION && version != VERSION_WHOLE_BLOCKS && version != VERSION_SEALED {
         return Err(format!("unsupported segment version {version}"));
     }
     Ok(SegHeader {
@@ -245,19 +411,42 @@ pub fn decode_header(b: &[u8]) -> Result<SegHeader, String> {
     })
 }
 
-/// Decode and verify the index bytes (`count * ENTRY_LEN` bytes after the header).
-pub fn decode_index(h: &SegHeader, b: &[u8]) -> Result<Vec<SegEntry>, String> {
+/// Decode and verify the index bytes ([`index_len`] bytes after the header `hb`,
+/// the first 48 bytes of which a sealed index is bound to). A sealed index needs
+/// `key`; a plaintext one must come without (an encrypted volume takes no
+/// plaintext object as its own).
+pub fn decode_index(
+    h: &SegHeader,
+    b: &[u8],
+    key: Option<&FrameKey>,
+    hb: &[u8],
+) -> Result<Vec<SegEntry>, String> {
     let n = h.count as usize;
-    if b.len() != n * ENTRY_LEN {
+    if b.len() != index_len(h) {
         return Err(format!(
             "segment index has {} bytes, expected {}",
             b.len(),
-            n * ENTRY_LEN
+            index_len(h)
         ));
     }
     if crc32c::crc32c(b) != h.index_crc {
         return Err("segment index checksum mismatch".into());
     }
+    let opened;
+    let b = match (h.version == VERSION_SEALED, key) {
+        (true, Some(k)) => {
+            if hb.len() < 48 {
+                return Err("segment header too short".into());
+            }
+            opened = k
+                .open(&index_aad(hb), b, "segment index")
+                .map_err(|e| e.to_string())?;
+            &opened[..]
+        }
+        (true, None) => return Err("sealed segment, and the volume has no data key".into()),
+        (false, Some(_)) => return Err("plaintext segment in an encrypted volume".into()),
+        (false, None) => b,
+    };
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let p = i * ENTRY_LEN;
@@ -340,31 +529,37 @@ mod tests {
             ext(9, 29, &rnd, false),
         ];
         assert_eq!(items[0].kind, EntryKind::Zero);
-        let (obj, entries) = encode(42, 77, 3, 40, &items);
+        let (obj, entries) = encode(42, 77, 3, 40, &items, None);
         let h = decode_header(&obj).unwrap();
         assert_eq!(
             (h.version, h.count, h.seq, h.uuid, h.epoch, h.base_seq),
             (VERSION, 3, 42, 77, 3, 40)
         );
-        let idx = decode_index(&h, &obj[HEADER_LEN..HEADER_LEN + 3 * ENTRY_LEN]).unwrap();
+        let idx =
+            decode_index(&h, &obj[HEADER_LEN..HEADER_LEN + 3 * ENTRY_LEN], None, &obj).unwrap();
         assert_eq!(idx, entries);
         assert_eq!(
             (idx[1].first, idx[1].count, idx[1].kind),
             (4, 1, EntryKind::Zstd)
         );
         let l = idx[1].loc(42);
-        assert_eq!(decode_payload(&l, payload(&obj, &l)).unwrap(), one);
+        assert_eq!(
+            decode_payload(&l, payload(&obj, &l), Opener::Plain).unwrap(),
+            one
+        );
         let l = idx[2].loc(42);
         assert_eq!(l.mask(), 0b111 << 29);
         let mut p = payload(&obj, &l).to_vec();
-        assert_eq!(decode_payload(&l, &p).unwrap(), rnd);
+        assert_eq!(decode_payload(&l, &p, Opener::Plain).unwrap(), rnd);
         p[17] ^= 1;
-        assert!(decode_payload(&l, &p).is_err());
+        assert!(decode_payload(&l, &p, Opener::Plain).is_err());
         let mut bad = obj.clone();
         bad[HEADER_LEN + 3] ^= 1;
-        assert!(decode_index(&h, &bad[HEADER_LEN..HEADER_LEN + 3 * ENTRY_LEN]).is_err());
+        assert!(
+            decode_index(&h, &bad[HEADER_LEN..HEADER_LEN + 3 * ENTRY_LEN], None, &bad).is_err()
+        );
         // Renumbered: same index and payloads, new number, valid checksums.
-        let moved = renumber(&obj, 43).unwrap();
+        let moved = renumber(&obj, 43, None).unwrap();
         let h2 = decode_header(&moved).unwrap();
         assert_eq!((h2.seq, h2.count, h2.epoch), (43, 3, 3));
         assert_eq!(moved[HEADER_LEN..], obj[HEADER_LEN..]);
@@ -373,7 +568,7 @@ mod tests {
     #[test]
     fn format_1_entries_are_whole_blocks_and_extents_past_a_block_are_refused() {
         let data = vec![7u8; BLOCK_SIZE];
-        let (mut obj, _) = encode(1, 2, 3, 0, &[ext(4, 0, &data, false)]);
+        let (mut obj, _) = encode(1, 2, 3, 0, &[ext(4, 0, &data, false)], None);
         // A format-1 object: version 1, reserved bytes 0.
         obj[HEADER_LEN + 25] = 0;
         obj[HEADER_LEN + 26] = 0;
@@ -383,13 +578,113 @@ mod tests {
         let hcrc = crc32c::crc32c(&obj[0..52]);
         obj[52..56].copy_from_slice(&hcrc.to_le_bytes());
         let h = decode_header(&obj).unwrap();
-        let idx = decode_index(&h, &obj[HEADER_LEN..HEADER_LEN + ENTRY_LEN]).unwrap();
+        let idx = decode_index(&h, &obj[HEADER_LEN..HEADER_LEN + ENTRY_LEN], None, &obj).unwrap();
         assert_eq!((idx[0].first, idx[0].count), (0, WHOLE));
         let l = idx[0].loc(1);
-        assert_eq!(decode_payload(&l, payload(&obj, &l)).unwrap(), data);
+        assert_eq!(
+            decode_payload(&l, payload(&obj, &l), Opener::Plain).unwrap(),
+            data
+        );
         // Version 2 with an extent that runs past the block.
-        let (obj, _) = encode(1, 2, 3, 0, &[ext(4, 31, &data[..2 * SECTOR_SIZE], false)]);
+        let (obj, _) = encode(
+            1,
+            2,
+            3,
+            0,
+            &[ext(4, 31, &data[..2 * SECTOR_SIZE], false)],
+            None,
+        );
         let h = decode_header(&obj).unwrap();
-        assert!(decode_index(&h, &obj[HEADER_LEN..HEADER_LEN + ENTRY_LEN]).is_err());
+        assert!(decode_index(&h, &obj[HEADER_LEN..HEADER_LEN + ENTRY_LEN], None, &obj).is_err());
+    }
+
+    #[test]
+    fn sealed_segments_bind_every_frame_to_its_place() {
+        use crate::volume::crypto::DataKey;
+        let dk = DataKey::random();
+        let key = dk.frames();
+        let a = vec![3u8; 2 * SECTOR_SIZE];
+        let b: Vec<u8> = (0..SECTOR_SIZE).map(|i| (i * 31 % 251) as u8).collect();
+        let items = vec![
+            ext(5, 0, &a, true),
+            ext(6, 2, &b, false),
+            ext(7, 0, &[0u8; SECTOR_SIZE], true),
+        ];
+        let (obj, entries) = encode(42, 77, 3, 40, &items, Some(key));
+        let h = decode_header(&obj).unwrap();
+        assert_eq!(h.version, VERSION_SEALED);
+        let ib = &obj[HEADER_LEN..HEADER_LEN + index_len(&h)];
+        assert!(decode_index(&h, ib, None, &obj).is_err(), "no key");
+        assert!(
+            decode_index(&h, ib, Some(DataKey::random().frames()), &obj).is_err(),
+            "other key"
+        );
+        let idx = decode_index(&h, ib, Some(key), &obj).unwrap();
+        assert_eq!(idx, entries);
+        // The plaintext is nowhere in the object.
+        assert!(!obj.windows(64).any(|w| w == &b[..64]));
+        let open = |l: &Loc, p: &[u8], block| {
+            decode_payload(
+                l,
+                p,
+                Opener::Sealed {
+                    key,
+                    uuid: 77,
+                    block,
+                },
+            )
+        };
+        let l0 = idx[0].loc(42);
+        assert_eq!(open(&l0, payload(&obj, &l0), 5).unwrap(), a);
+        let l1 = idx[1].loc(42);
+        assert_eq!(open(&l1, payload(&obj, &l1), 6).unwrap(), b);
+        // Wrong block, uuid or seq; a swapped frame: all refused.
+        assert!(open(&l1, payload(&obj, &l1), 5).is_err());
+        assert!(decode_payload(
+            &l1,
+            payload(&obj, &l1),
+            Opener::Sealed {
+                key,
+                uuid: 78,
+                block: 6
+            }
+        )
+        .is_err());
+        assert!(open(&idx[1].loc(43), payload(&obj, &l1), 6).is_err());
+        let l2 = idx[2].loc(42);
+        assert_eq!(
+            open(&l2, payload(&obj, &l2), 7).unwrap(),
+            vec![0u8; SECTOR_SIZE]
+        );
+        // Renumbered: frames sealed again for the new number, old number refused.
+        let moved = renumber(&obj, 43, Some(key)).unwrap();
+        let h2 = decode_header(&moved).unwrap();
+        let idx2 = decode_index(
+            &h2,
+            &moved[HEADER_LEN..HEADER_LEN + index_len(&h2)],
+            Some(key),
+            &moved,
+        )
+        .unwrap();
+        let m1 = idx2[1].loc(43);
+        assert_eq!(open(&m1, payload(&moved, &m1), 6).unwrap(), b);
+        let stale = Loc {
+            crc: m1.crc,
+            ..idx[1].loc(42)
+        };
+        assert!(open(&stale, payload(&moved, &m1), 6).is_err());
+        // A header edited under a sealed index is refused.
+        let mut bad = obj.clone();
+        bad[32] ^= 1; // epoch
+        let hcrc = crc32c::crc32c(&bad[0..52]);
+        bad[52..56].copy_from_slice(&hcrc.to_le_bytes());
+        let hb = decode_header(&bad).unwrap();
+        assert!(decode_index(
+            &hb,
+            &bad[HEADER_LEN..HEADER_LEN + index_len(&hb)],
+            Some(key),
+            &bad
+        )
+        .is_err());
     }
 }

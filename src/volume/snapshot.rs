@@ -71,6 +71,7 @@ async fn load_one(
     store: &dyn ObjectStore,
     keys: &VolumeKeys,
     key: &str,
+    seal: Option<&super::crypto::FrameKey>,
 ) -> Result<(SnapshotInfo, HashSet<u64>), VolumeError> {
     let corrupt = |m: String| VolumeError::Corrupt(format!("{key}: {m}"));
     let info: SnapshotInfo =
@@ -80,7 +81,7 @@ async fn load_one(
         .get(&mkey)
         .await
         .map_err(|e| corrupt(format!("its manifest {mkey}: {e}")))?;
-    let (_, map) = manifest::decode(&b).map_err(|e| corrupt(format!("{mkey}: {e}")))?;
+    let (_, map) = manifest::decode(&b, seal).map_err(|e| corrupt(format!("{mkey}: {e}")))?;
     Ok((info, map.live_segments()))
 }
 
@@ -95,7 +96,7 @@ pub(super) async fn ensure_pins(inner: &Inner) -> Result<(), VolumeError> {
         let Some(name) = inner.keys.snapshot_name(&o.key) else {
             continue;
         };
-        match load_one(inner.store.as_ref(), &inner.keys, &o.key).await {
+        match load_one(inner.store.as_ref(), &inner.keys, &o.key, inner.seal_key()).await {
             Ok((info, segs)) if info.uuid == inner.uuid_hex() => {
                 pins.snaps.insert(name.to_owned(), (info, segs));
             }
@@ -128,7 +129,7 @@ pub(super) async fn create(inner: &Inner, name: &str) -> Result<SnapshotInfo, Vo
             )));
         }
         let seq = st.last_committed;
-        let obj = manifest::encode(seq, inner.uuid, epoch, &st.store);
+        let obj = manifest::encode(seq, inner.uuid, epoch, &st.store, inner.seal_key());
         (seq, obj, st.store.live_segments())
     };
     inner.check_bg()?;

@@ -25,6 +25,8 @@ pub enum Mode {
     CommitThenFail,
     /// Writes of matching keys are applied twice (a duplicated request).
     Duplicate,
+    /// Deletes of matching keys fail with Unavailable; everything else passes.
+    FailDeletes,
 }
 
 /// A queued write.
@@ -164,6 +166,9 @@ impl ObjectStore for FaultStore {
     }
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         self.down(key)?;
+        if self.matches(key) == Some(Mode::FailDeletes) {
+            return Err(StoreError::Unavailable(format!("delete refused ({key})")));
+        }
         self.inner.delete(key).await
     }
     fn describe(&self) -> String {

@@ -7,6 +7,8 @@ pub mod model;
 pub mod multihost;
 
 use glidefs::store::ObjectStore;
+use glidefs::volume::crypto::MasterKeys;
+use glidefs::volume::keyring::Keyring;
 use glidefs::volume::keys::VolumeKeys;
 use glidefs::volume::{manifest, segment, FileIo, SimFs, SnapshotInfo, Volume, VolumeConfig};
 use glidefs::BLOCK_SIZE;
@@ -40,6 +42,14 @@ pub fn sim_cfg(fs: &SimFs, name: &str, size: u64) -> VolumeConfig {
     // Tests that count objects expect garbage collection at once.
     c.gc_grace = Duration::ZERO;
     c
+}
+
+/// Master keys whose current key is 32 bytes of `b` (no old keys).
+pub fn master_keys(b: u8) -> Arc<glidefs::volume::crypto::MasterKeys> {
+    Arc::new(glidefs::volume::crypto::MasterKeys {
+        current: glidefs::volume::crypto::MasterKey::from_bytes(&[b; 32]),
+        old: Vec::new(),
+    })
 }
 
 /// Deterministic, distinct bytes for (seed, len).
@@ -92,12 +102,26 @@ pub fn newest_journal(fs: &SimFs, dir: &Path) -> PathBuf {
 }
 
 /// The image snapshot `snap` of volume `vol` holds, read straight from its
-/// objects: `snap/<name>`, the manifest it pins, the segments that manifest names.
-pub async fn snapshot_image(store: &Arc<dyn ObjectStore>, vol: &str, snap: &str) -> Vec<u8> {
+/// objects: `snap/<name>`, the manifest it pins, the segments that manifest names
+/// (sealed ones opened with the data key `masters` unwrap from its meta).
+pub async fn snapshot_image(
+    store: &Arc<dyn ObjectStore>,
+    vol: &str,
+    snap: &str,
+    masters: Option<&MasterKeys>,
+) -> Vec<u8> {
     let keys = VolumeKeys::new(vol);
+    let meta: manifest::VolumeMeta =
+        serde_json::from_slice(&store.get(&keys.meta()).await.unwrap()).unwrap();
+    let uuid = meta.uuid_u64().unwrap();
+    let ring = Keyring::unwrap(vol, uuid, meta.encrypted, meta.keys.as_ref(), masters).unwrap();
     let info: SnapshotInfo =
         serde_json::from_slice(&store.get(&keys.snapshot(snap)).await.unwrap()).unwrap();
-    let (_, map) = manifest::decode(&store.get(&keys.manifest(info.seq)).await.unwrap()).unwrap();
+    let (_, map) = manifest::decode(
+        &store.get(&keys.manifest(info.seq)).await.unwrap(),
+        ring.own(),
+    )
+    .unwrap();
     let mut img = vec![0u8; info.size_bytes as usize];
     for (b, pieces) in &map.map {
         for p in pieces {
@@ -106,7 +130,19 @@ pub async fn snapshot_image(store: &Arc<dyn ObjectStore>, vol: &str, snap: &str)
                 .get_range(&keys.segment(l.seq), l.off..l.off + u64::from(l.len))
                 .await
                 .unwrap_or_else(|e| panic!("segment {} of block {b}: {e}", l.seq));
-            let data = segment::decode_payload(l, &bytes).unwrap();
+            let data = match ring.own() {
+                Some(key) => segment::decode_payload(
+                    l,
+                    &bytes,
+                    segment::Opener::Sealed {
+                        key,
+                        uuid,
+                        block: *b,
+                    },
+                ),
+                None => segment::decode_payload(l, &bytes, segment::Opener::Plain),
+            }
+            .unwrap();
             for s in 0..32usize {
                 if p.live & (1 << s) != 0 {
                     let src = (s - usize::from(l.first)) * 4096;

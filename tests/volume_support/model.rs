@@ -81,6 +81,8 @@ pub struct Params {
     /// Dead segments wait out a grace period longer than the case (never deleted)
     /// instead of being deleted at once.
     pub gc_grace: bool,
+    /// Client-side encryption on (the volume and its forks).
+    pub encrypted: bool,
 }
 
 pub fn params() -> impl Strategy<Value = Params> {
@@ -91,14 +93,16 @@ pub fn params() -> impl Strategy<Value = Params> {
         prop::bool::weighted(0.15),
         prop_oneof![Just(0u8), Just(70u8), Just(99u8)],
         any::<bool>(),
+        any::<bool>(),
     )
-        .prop_map(|(a, b, c, d, e, f)| Params {
+        .prop_map(|(a, b, c, d, e, f, g)| Params {
             fast_flusher: a,
             small_dirty_limit: b,
             compress: c,
             store_mode: d,
             compact_pct: e,
             gc_grace: f,
+            encrypted: g,
         })
 }
 
@@ -154,6 +158,9 @@ fn config(fs: &SimFs, p: &Params) -> VolumeConfig {
     }
     if p.store_mode {
         cfg.flush_mode = FlushMode::Store;
+    }
+    if p.encrypted {
+        cfg.encryption = Some(super::master_keys(1));
     }
     cfg
 }
@@ -263,10 +270,12 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
                 Op::Fork { at, len } => {
                     if let Some((snap, img)) = snaps.last() {
                         let child = format!("f{i}");
-                        Volume::fork(&store, "model", snap, &child, 0)
+                        let masters = p.encrypted.then(|| super::master_keys(1));
+                        Volume::fork(&store, "model", snap, &child, 0, masters.as_deref())
                             .await
                             .unwrap();
                         let mut fcfg = sim_cfg(&fs, &child, 0);
+                        fcfg.encryption = masters;
                         fcfg.compact_below_live_pct = p.compact_pct;
                         fcfg.shared_cache = Some(shared.clone());
                         let f = open(&fcfg, &store).await;
@@ -286,7 +295,14 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
         // Every snapshot kept its image through compaction and garbage collection.
         for (name, img) in &snaps {
             assert!(
-                snapshot_image(&store, "model", name).await == *img,
+                snapshot_image(
+                    &store,
+                    "model",
+                    name,
+                    p.encrypted.then(|| master_keys(1)).as_deref()
+                )
+                .await
+                    == *img,
                 "snapshot {name} differs from the volume when it was taken"
             );
         }
