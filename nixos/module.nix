@@ -10,7 +10,8 @@
 #   gives up, because a device's I/O waits until a daemon recovers it.
 # - Secrets never go into `settings` (the rendered file is world-readable in the
 #   Nix store): S3 keys come from `credentialsFile` (LoadCredential) or
-#   `environmentFile` (AWS_* variables).
+#   `environmentFile` (AWS_* variables), the encryption master key from
+#   `encryptionKeyFile` (LoadCredential).
 {
   config,
   lib,
@@ -25,6 +26,10 @@ let
 
   # systemd places LoadCredential= files here for the system service `glidefs`.
   credentialPath = "/run/credentials/glidefs.service/s3";
+  masterKeyPath = "/run/credentials/glidefs.service/master-key";
+  loadCredentials =
+    lib.optional (cfg.credentialsFile != null) "s3:${cfg.credentialsFile}"
+    ++ lib.optional (cfg.encryptionKeyFile != null) "master-key:${cfg.encryptionKeyFile}";
 
   generatedConfig = settingsFormat.generate "glidefs.toml" cfg.settings;
   checkedConfig =
@@ -87,6 +92,12 @@ let
 
   isOutsideStore =
     p: p == null || (lib.hasPrefix "/" p && !(lib.hasPrefix "${builtins.storeDir}/" p));
+  # Options naming a secret file that is not an absolute path outside the store.
+  secretFilesInStore = builtins.filter (n: !isOutsideStore cfg.${n}) [
+    "credentialsFile"
+    "environmentFile"
+    "encryptionKeyFile"
+  ];
 in
 {
   meta.doc = ./module.md;
@@ -107,7 +118,9 @@ in
         `cache.dirty_limit`, `cache.flush_interval`, `cache.flush_mode`,
         `ublk.workers`, `ublk.queues`, `ublk.queue_depth`, `ublk.pool_slots`.
         The file lands in the world-readable Nix store: never put S3 keys here,
-        use `credentialsFile` or `environmentFile`.
+        use `credentialsFile` or `environmentFile`; the encryption master key
+        comes from `encryptionKeyFile` (`store.encryption.key_file` names only
+        the file).
       '';
       example = lib.literalExpression ''
         {
@@ -217,6 +230,24 @@ in
       '';
     };
 
+    encryptionKeyFile = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "/run/secrets/glidefs-master-key";
+      description = ''
+        Absolute path (outside the Nix store) of the master key for client-side
+        encryption: 32 raw bytes or 64 hex digits (for example from
+        `openssl rand -hex 32`), readable by root only. It is passed with
+        systemd's LoadCredential, so only the service can read its copy, which
+        the module points `settings.store.encryption.key_file` at
+        (/run/credentials/glidefs.service/master-key). Setting it turns
+        encryption of new volumes on; with `null` (and no `store.encryption` in
+        `settings`) new volumes are plaintext. Earlier keys, during a rotation,
+        go in `settings.store.encryption.old_key_files` (absolute paths outside
+        the Nix store that the daemon, as root, can read).
+      '';
+    };
+
     environmentFile = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -279,11 +310,12 @@ in
         '';
       }
       {
-        assertion = isOutsideStore cfg.credentialsFile && isOutsideStore cfg.environmentFile;
+        assertion = secretFilesInStore == [ ];
         message = ''
-          services.glidefs.credentialsFile and services.glidefs.environmentFile must
-          be absolute paths outside ${builtins.storeDir} (a secret in the store is
-          readable by every user), for example "/run/secrets/glidefs-s3".
+          ${lib.concatMapStringsSep ", " (n: "services.glidefs.${n}") secretFilesInStore}:
+          a secret file must be an absolute path outside ${builtins.storeDir} (a
+          secret in the store is readable by every user), for example
+          "/run/secrets/glidefs-s3".
         '';
       }
       {
@@ -294,6 +326,17 @@ in
           services.glidefs.credentialsFile is loaded with LoadCredential and read
           by the daemon at ${credentialPath}, but settings.store.credentials_file
           is set to another path. Remove settings.store.credentials_file.
+        '';
+      }
+      {
+        assertion =
+          cfg.encryptionKeyFile == null
+          || (cfg.settings.store.encryption.key_file or masterKeyPath) == masterKeyPath;
+        message = ''
+          services.glidefs.encryptionKeyFile is loaded with LoadCredential and read
+          by the daemon at ${masterKeyPath}, but
+          settings.store.encryption.key_file is set to another path. Remove
+          settings.store.encryption.key_file.
         '';
       }
       {
@@ -336,6 +379,11 @@ in
     services.glidefs.settings.store.credentials_file = lib.mkIf (cfg.credentialsFile != null) (
       lib.mkDefault credentialPath
     );
+    # The mkIf guards the whole table: a false one on key_file would still render
+    # an empty [store.encryption], which the daemon rejects (no key_file).
+    services.glidefs.settings.store.encryption = lib.mkIf (cfg.encryptionKeyFile != null) {
+      key_file = lib.mkDefault masterKeyPath;
+    };
 
     boot.kernelModules = [ "ublk_drv" ];
     boot.kernelParams = lib.mkIf cfg.expediteRcu [ "rcupdate.rcu_expedited=1" ];
@@ -386,7 +434,7 @@ in
         # The daemon is cheaper to lose than the guests whose I/O it serves.
         OOMScoreAdjust = -900;
 
-        LoadCredential = lib.mkIf (cfg.credentialsFile != null) [ "s3:${cfg.credentialsFile}" ];
+        LoadCredential = lib.mkIf (loadCredentials != [ ]) loadCredentials;
         EnvironmentFile = lib.mkIf (cfg.environmentFile != null) cfg.environmentFile;
 
         # Write-back cache and local store: state (dirty data), not cache.

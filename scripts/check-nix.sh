@@ -12,7 +12,8 @@
 #      on the rendered file
 #   4d. the unit the module renders equals packaging/systemd/glidefs.service
 #      directive by directive, but for the differences docs/nixos.md lists
-#      (scripts/compare-unit.py); mutated copies of the unit file must fail it
+#      (scripts/compare-unit.py), and the unit file's LoadCredential= IDs are the
+#      ones that list names; mutated copies of the unit file must fail this
 #   5. the evaluation test catches broken modules: mutated copies of module.nix
 #      must each fail it
 #   6. the phase scripts the NixOS tests run exist and their headers evaluate
@@ -206,6 +207,32 @@ print(v, end="")
 ' "$@"
 }
 
+# unit_credentials UNIT DOC: the LoadCredential= IDs of the unit file (repeated
+# lines, any order) are exactly those named in backquotes in the unit-file column
+# of DOC's `Service.LoadCredential` row; prints them. compare-unit.py accepts any
+# value of a listed difference, so without this a lost credential line (S3 keys,
+# master key) would pass.
+unit_credentials() {
+    # shellcheck disable=SC2016 # Python source: the backquotes are Markdown's
+    python3 -c '
+import re, sys
+unit, doc = sys.argv[1:3]
+ids = sorted(
+    v
+    for line in open(unit)
+    if line.startswith("LoadCredential=")
+    for v in line.split("=", 1)[1].split()
+)
+row = re.search(r"^\| `Service\.LoadCredential` \|([^|]*)\|", open(doc).read(), re.M)
+if not row:
+    sys.exit(f"{doc} has no `Service.LoadCredential` row")
+named = sorted(re.findall(r"`([^`]+)`", row.group(1)))
+if not named or ids != named:
+    sys.exit(f"LoadCredential IDs: {unit} has {ids}, {doc} names {named}")
+print(" ".join(ids))
+' "$@"
+}
+
 # Evaluates nixos/eval-test under DIR (a checkout's nixos/ folder) into FILE.
 run_eval() { # NIXOS_DIR OUT_JSON ERR_FILE
     nix_instantiate -I nixpkgs-lib="$NIXPKGS_LIB" --eval --strict --json "$1/eval-test" >"$2" 2>"$3"
@@ -310,6 +337,11 @@ if parsed != settings:
         else
             not_ok "module and $unit differ: $err"
         fi
+        if err="$(unit_credentials "$unit" docs/nixos.md 2>&1)"; then
+            ok "$unit loads the credentials docs/nixos.md names ($err)"
+        else
+            not_ok "$unit credentials: $err"
+        fi
         # ... and the comparison can fail: mutated unit files must not pass it.
         local -a unit_mutations=(
             '/^KillMode=mixed$/d'
@@ -317,14 +349,16 @@ if parsed != settings:
             's/^SystemCallFilter=@system-service umount2$/SystemCallFilter=@system-service/'
             's/^DeviceAllow=char-ublk-char rw$/DeviceAllow=char-ublk-char r/'
             '$a PrivateUsers=true'
+            '/^LoadCredential=glidefs-master-key$/d'
         )
         local um
         for um in "${unit_mutations[@]}"; do
             sed "$um" "$unit" >"$tmp/mut.service"
             if cmp -s "$unit" "$tmp/mut.service"; then
                 not_ok "unit mutation ($um) did not apply: update the list in scripts/check-nix.sh"
-            elif python3 scripts/compare-unit.py "$tmp/mut.service" "$tmp/rendered.service" docs/nixos.md >/dev/null 2>&1; then
-                not_ok "unit mutation ($um) is not caught by compare-unit.py"
+            elif python3 scripts/compare-unit.py "$tmp/mut.service" "$tmp/rendered.service" docs/nixos.md >/dev/null 2>&1 \
+                && unit_credentials "$tmp/mut.service" docs/nixos.md >/dev/null 2>&1; then
+                not_ok "unit mutation ($um) is not caught by compare-unit.py or unit_credentials"
             else
                 ok "unit mutation caught: $um"
             fi
@@ -344,6 +378,8 @@ if parsed != settings:
         's/PrivateDevices = false;/PrivateDevices = true;/'
         's/ExecStart = "\${cfg.package}\/bin\/glidefs run --config \${configFile}";/ExecStart = "${cfg.package}\/bin\/glidefs run";/'
         's/glidefs check-config "\$configFile"/true/'
+        's/lib.optional (cfg.encryptionKeyFile != null) "master-key:/lib.optional false "master-key:/'
+        '/^    "encryptionKeyFile"$/d'
     )
     local m n=0
     for m in "${mutations[@]}"; do

@@ -38,6 +38,14 @@ fn start_in(
     cfg.cache.dir = dir.path().join("cache");
     cfg.cache.flush_interval = Duration::from_millis(50);
     cfg.limits.max_exports = max_exports;
+    // A `master.key` in the test dir turns client-side encryption on.
+    let key_file = dir.path().join("master.key");
+    if key_file.exists() {
+        cfg.store.encryption = Some(glidefs::config::EncryptionConfig {
+            key_file,
+            old_key_files: Vec::new(),
+        });
+    }
     let metrics = Metrics::new(true, "test", "abc").unwrap();
     let store_dir = dir.path().join("store");
     std::fs::create_dir_all(&store_dir).unwrap();
@@ -823,4 +831,46 @@ fn deleting_a_failed_export_without_purge_leaves_the_store_alone() {
     let (code, body) = d.req("GET", "/api/diverged", None);
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["diverged"], serde_json::json!([]), "{body}");
+}
+
+/// An encrypted export restarted with another master key is `failed` with a reason
+/// that names the key ids (no garbage served); with its own key back it serves
+/// again; purge erases its data key and removes it.
+#[test]
+fn an_encrypted_export_with_the_wrong_master_key_fails_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    std::fs::write(&key, "11".repeat(32)).unwrap();
+    let d = start_in(dir, 10, None, true);
+    assert_eq!(d.put("sec", r#"{"size": "1M"}"#).0, 201);
+    let meta = d
+        .store_keys()
+        .into_iter()
+        .find(|k| k.ends_with("sec/meta"))
+        .unwrap();
+    let dir = stop(d);
+    let m: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("store").join(&meta)).unwrap())
+            .unwrap();
+    assert_eq!(m["encrypted"], true, "{m}");
+    let key_id = m["keys"]["key_id"].as_str().unwrap().to_string();
+
+    std::fs::write(&key, "22".repeat(32)).unwrap();
+    let d = start_in(dir, 10, None, true);
+    let (_, v) = d.req("GET", "/api/exports/sec", None);
+    assert_eq!(v["state"], "failed", "{v}");
+    let why = v["error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&key_id) && why.contains("encryption key"),
+        "{why}"
+    );
+
+    let dir = stop(d);
+    std::fs::write(&key, "11".repeat(32)).unwrap();
+    let d = start_in(dir, 10, None, true);
+    let (_, v) = d.req("GET", "/api/exports/sec", None);
+    assert_eq!(v["state"], "live", "{v}");
+    let (status, v) = d.req("DELETE", "/api/exports/sec?purge=true", None);
+    assert_eq!(status, 200, "{v}");
+    assert!(!d.store_keys().iter().any(|k| k.contains("sec/")));
 }

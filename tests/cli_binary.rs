@@ -386,3 +386,37 @@ fn run_rejects_a_bad_config_naming_the_key() {
         text(&o.stderr)
     );
 }
+
+#[test]
+fn run_refuses_a_master_key_file_it_cannot_use_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.key");
+    std::fs::write(&short, "c0ffee").unwrap();
+    for (file, want) in [
+        (dir.path().join("missing.key"), "missing.key"),
+        (short.clone(), "64 hex digits"),
+    ] {
+        let cfg = dir.path().join("g.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[cache]\ndir = \"{}\"\n[ublk]\nenabled = false\n[api]\nlisten = \"{}\"\n[store.encryption]\nkey_file = \"{}\"\n",
+                dir.path().join("cache").display(),
+                dir.path().join("api.sock").display(),
+                file.display()
+            ),
+        )
+        .unwrap();
+        let o = glidefs(&["run", "--config", cfg.to_str().unwrap()]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(want) && err.contains("master key file"),
+            "{err}"
+        );
+        assert!(
+            !err.contains("c0ffee"),
+            "the key's content is not printed: {err}"
+        );
+    }
+}

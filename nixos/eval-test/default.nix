@@ -46,12 +46,13 @@ let
 
   store = builtins.storeDir + "/00000000000000000000000000000000";
 
-  # ---- sample: S3 store, credentials file, API on all interfaces ------------------
+  # ---- sample: S3 store, credentials and master key files, API on all interfaces ---
   s3 = withGlidefs {
     services.glidefs = {
       maxDevices = 4096;
       expediteRcu = true;
       credentialsFile = "/run/secrets/glidefs-s3";
+      encryptionKeyFile = "/run/secrets/glidefs-master-key";
       openFirewall = true;
       settings = {
         store = {
@@ -104,6 +105,14 @@ let
   secretInStore = withGlidefs {
     services.glidefs.environmentFile = "${builtins.storeDir}/abc-glidefs.env";
   };
+  keyInStore = withGlidefs {
+    services.glidefs.encryptionKeyFile = "${builtins.storeDir}/abc-glidefs-master-key";
+  };
+  relativeKey = withGlidefs { services.glidefs.encryptionKeyFile = "glidefs-master-key"; };
+  otherKeyPath = withGlidefs {
+    services.glidefs.encryptionKeyFile = "/run/secrets/glidefs-master-key";
+    services.glidefs.settings.store.encryption.key_file = "/etc/glidefs/master-key";
+  };
   badListen = withGlidefs { services.glidefs.settings.api.listen = "localhost"; };
   nullSetting = withGlidefs { services.glidefs.settings.store.endpoint = null; };
   typo = withGlidefs { services.glidefs.maxDevice = 10; };
@@ -121,6 +130,13 @@ let
   envFile = withGlidefs {
     services.glidefs.environmentFile = "/run/secrets/glidefs.env";
     services.glidefs.settings.store.url = "s3://b/p";
+  };
+  keyOnly = withGlidefs { services.glidefs.encryptionKeyFile = "/run/secrets/glidefs-master-key"; };
+  oldKeys = withGlidefs {
+    services.glidefs.encryptionKeyFile = "/run/secrets/glidefs-master-key";
+    services.glidefs.settings.store.encryption.old_key_files = [
+      "/run/secrets/glidefs-master-key.old"
+    ];
   };
   userPriority = withGlidefs {
     services.glidefs.settings.cache.dir = lib.mkForce "/mnt/cache";
@@ -147,6 +163,9 @@ let
     region = "us-east-1"
     url = "s3://volumes/host-a"
 
+    [store.encryption]
+    key_file = "/run/credentials/glidefs.service/master-key"
+
     [ublk]
     pool_slots = 256
     queue_depth = 64
@@ -166,6 +185,12 @@ let
 
     [store]
     url = "file:///var/lib/glidefs/store"
+  '';
+
+  expectedKeyOnlyToml = expectedDefaultToml + ''
+
+    [store.encryption]
+    key_file = "/run/credentials/glidefs.service/master-key"
   '';
 
   checks = [
@@ -193,7 +218,10 @@ let
       "glidefs/cache"
     ])
     (eq "s3: LimitNOFILE" s3sc.LimitNOFILE 1048576)
-    (eq "s3: LoadCredential" s3sc.LoadCredential [ "s3:/run/secrets/glidefs-s3" ])
+    (eq "s3: LoadCredential has the S3 credentials and the master key" s3sc.LoadCredential [
+      "s3:/run/secrets/glidefs-s3"
+      "master-key:/run/secrets/glidefs-master-key"
+    ])
     (that "s3: no EnvironmentFile" (!(s3sc ? EnvironmentFile)))
     (eq "s3: capabilities" s3sc.CapabilityBoundingSet [ "CAP_SYS_ADMIN" ])
     (eq "s3: DeviceAllow" s3sc.DeviceAllow [
@@ -234,6 +262,9 @@ let
     (contains "s3: unit has both DeviceAllow lines" s3unit
       "\nDeviceAllow=/dev/ublk-control rw\nDeviceAllow=char-ublk-char rw\n"
     )
+    (contains "s3: unit has both LoadCredential lines" s3unit
+      "\nLoadCredential=s3:/run/secrets/glidefs-s3\nLoadCredential=master-key:/run/secrets/glidefs-master-key\n"
+    )
     (contains "s3: unit has ExecStart" s3unit
       "\nExecStart=${store}-glidefs-0.1.0/bin/glidefs run --config "
     )
@@ -250,6 +281,9 @@ let
     (eq "defaults: no firewall port" dc.networking.firewall.allowedTCPPorts [ ])
     (eq "defaults: no kernel parameters" dc.boot.kernelParams [ ])
     (that "defaults: no LoadCredential" (!(dsc ? LoadCredential)))
+    (that "defaults: encryption off (no [store.encryption])" (
+      !(dc.services.glidefs.settings.store ? encryption)
+    ))
     (eq "defaults: no extra writable paths" dsc.ReadWritePaths [ ])
     (eq "defaults: systemd creates the cache and store directories" dsc.StateDirectory [
       "glidefs"
@@ -272,6 +306,15 @@ let
       hasMessage "credentials_file is set to another path" otherCredPath.config
     ))
     (that "secret files in the Nix store are rejected" (hasMessage "outside" secretInStore.config))
+    (that "a master key in the Nix store is rejected" (
+      hasMessage "encryptionKeyFile: a secret file must be an absolute path" keyInStore.config
+    ))
+    (that "a relative master key path is rejected" (
+      hasMessage "encryptionKeyFile: a secret file must be an absolute path" relativeKey.config
+    ))
+    (that "a second encryption.key_file path is rejected" (
+      hasMessage "encryption.key_file is set to another path" otherKeyPath.config
+    ))
     (that "a listen address without port is rejected" (hasMessage "neither host:port" badListen.config))
     (throws "null in settings is a type error (TOML has no null)" nullSetting.config.services.glidefs.settings)
     (throws "a misspelt option is an evaluation error" typo.config.boot.kernelModules)
@@ -314,6 +357,24 @@ let
       "/run/secrets/glidefs.env"
     )
     (eq "environmentFile: no warning about credentials" envFile.config.warnings [ ])
+    (eq "encryptionKeyFile alone: no failed assertions" (failedAssertions keyOnly.config) [ ])
+    (eq "encryptionKeyFile alone: LoadCredential has the master key only"
+      (keyOnly.config.systemd.services.glidefs.serviceConfig.LoadCredential or null)
+      [
+        "master-key:/run/secrets/glidefs-master-key"
+      ]
+    )
+    (eq "encryptionKeyFile alone: key_file rendered, no credentials_file"
+      keyOnly.config.services.glidefs.configFile.configFile.text
+      expectedKeyOnlyToml
+    )
+    (eq "old_key_files from settings join the module's key_file"
+      oldKeys.config.services.glidefs.settings.store.encryption
+      {
+        key_file = "/run/credentials/glidefs.service/master-key";
+        old_key_files = [ "/run/secrets/glidefs-master-key.old" ];
+      }
+    )
     (eq "mkForce/mkDefault inside settings" userPriority.config.services.glidefs.settings.cache {
       dir = "/mnt/cache";
       dirty_limit = "2G";
