@@ -18,7 +18,7 @@ fn data(i: usize) -> Vec<u8> {
     let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (0..EXTENT)
         .map(|j| {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;

@@ -24,6 +24,7 @@ rustPlatform.buildRustPackage {
       ../Cargo.lock
       ../build.rs
       ../src
+      ../crates
       (lib.fileset.maybeMissing ../tests)
       (lib.fileset.maybeMissing ../benches)
       (lib.fileset.maybeMissing ../examples)

@@ -329,6 +329,7 @@ struct ScrapeCollector {
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
     flush_errors: IntCounterVec,
+    checksum_errors: IntCounterVec,
     dirty_bytes: IntGaugeVec,
     store_dead_bytes: IntGaugeVec,
     store_owned_bytes: IntGaugeVec,
@@ -368,6 +369,13 @@ impl ScrapeCollector {
             )?,
             flush_errors: IntCounterVec::new(
                 opts("flush_errors_total", "Failed flushes to the object store."),
+                lbl,
+            )?,
+            checksum_errors: IntCounterVec::new(
+                opts(
+                    "checksum_errors_total",
+                    "Stored extents or journal records that failed verification (crc32c, decoding, or authentication of an encrypted frame); each is an I/O error, never data.",
+                ),
                 lbl,
             )?,
             dirty_bytes: IntGaugeVec::new(
@@ -573,6 +581,7 @@ impl Collector for ScrapeHandle {
         d.extend(s.cache_hits.desc());
         d.extend(s.cache_misses.desc());
         d.extend(s.flush_errors.desc());
+        d.extend(s.checksum_errors.desc());
         d.extend(s.dirty_bytes.desc());
         d.extend(s.store_dead_bytes.desc());
         d.extend(s.store_owned_bytes.desc());
@@ -602,6 +611,7 @@ impl Collector for ScrapeHandle {
         s.cache_hits.reset();
         s.cache_misses.reset();
         s.flush_errors.reset();
+        s.checksum_errors.reset();
         s.dirty_bytes.reset();
         s.store_dead_bytes.reset();
         s.store_owned_bytes.reset();
@@ -631,6 +641,9 @@ impl Collector for ScrapeHandle {
                     f.inc_by(c.flush_errors);
                     d.set(i64::try_from(c.dirty_bytes).unwrap_or(i64::MAX));
                 }
+                if let Ok(x) = s.checksum_errors.get_metric_with_label_values(&l) {
+                    x.inc_by(c.checksum_errors);
+                }
                 set_store_bytes(s, &l, c);
                 s.traffic.fill(&l, c);
             }
@@ -642,6 +655,7 @@ impl Collector for ScrapeHandle {
                     cache_hits: a.cache_hits.saturating_add(c.cache_hits),
                     cache_misses: a.cache_misses.saturating_add(c.cache_misses),
                     flush_errors: a.flush_errors.saturating_add(c.flush_errors),
+                    checksum_errors: a.checksum_errors.saturating_add(c.checksum_errors),
                     store_dead_bytes: a.store_dead_bytes.saturating_add(c.store_dead_bytes),
                     store_owned_bytes: a.store_owned_bytes.saturating_add(c.store_owned_bytes),
                     store_shared_bytes: a.store_shared_bytes.saturating_add(c.store_shared_bytes),
@@ -663,12 +677,16 @@ impl Collector for ScrapeHandle {
                 f.inc_by(sum.flush_errors);
                 d.set(i64::try_from(sum.dirty_bytes).unwrap_or(i64::MAX));
             }
+            if let Ok(x) = s.checksum_errors.get_metric_with_label_values(&[]) {
+                x.inc_by(sum.checksum_errors);
+            }
             set_store_bytes(s, &[], &sum);
             s.traffic.fill(&[], &sum);
         }
         out.extend(s.cache_hits.collect());
         out.extend(s.cache_misses.collect());
         out.extend(s.flush_errors.collect());
+        out.extend(s.checksum_errors.collect());
         out.extend(s.dirty_bytes.collect());
         out.extend(s.store_dead_bytes.collect());
         out.extend(s.store_owned_bytes.collect());
@@ -735,6 +753,7 @@ mod tests {
                         cache_hits: 2,
                         cache_misses: 0,
                         flush_errors: 5,
+                        checksum_errors: 2,
                         store_dead_bytes: 1,
                         compacted_bytes: 4096,
                         client_bytes_written: 4096,
@@ -789,6 +808,7 @@ mod tests {
         assert!(text.contains("glidefs_cache_hits_total{export=\"a\"} 3"));
         assert!(text.contains("glidefs_dirty_bytes{export=\"a\"} 4096"));
         assert!(text.contains("glidefs_flush_errors_total{export=\"b\"} 5"));
+        assert!(text.contains("glidefs_checksum_errors_total{export=\"b\"} 2"));
         assert!(text.contains("glidefs_store_dead_bytes{export=\"b\"} 1"));
         assert!(text.contains("glidefs_compacted_bytes_total{export=\"b\"} 4096"));
         assert!(text.contains("glidefs_store_bytes_written_total{export=\"a\"} 135168"));

@@ -22,19 +22,18 @@
 //! Invariants: key bytes never reach `Debug`, logs, errors or metrics; a frame that
 //! fails to open is an error, never data.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use glidefs_seal::SealKey;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Key length in bytes (master and data keys).
-pub const KEY_LEN: usize = 32;
+pub const KEY_LEN: usize = glidefs_seal::KEY_LEN;
 /// Nonce length of XChaCha20-Poly1305.
-pub const NONCE_LEN: usize = 24;
+pub const NONCE_LEN: usize = glidefs_seal::NONCE_LEN;
 /// Authentication tag length.
-pub const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = glidefs_seal::TAG_LEN;
 /// Bytes a sealed frame adds to its plaintext.
 pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
@@ -105,7 +104,7 @@ impl Aad {
 
 /// A 32-byte key for sealing frames. `Debug` shows nothing of the key.
 #[derive(Clone)]
-pub struct FrameKey(Arc<XChaCha20Poly1305>);
+pub struct FrameKey(Arc<SealKey>);
 
 impl std::fmt::Debug for FrameKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,7 +114,7 @@ impl std::fmt::Debug for FrameKey {
 
 impl FrameKey {
     fn from_bytes(k: &[u8; KEY_LEN]) -> FrameKey {
-        FrameKey(Arc::new(XChaCha20Poly1305::new(k.into())))
+        FrameKey(Arc::new(SealKey::new(k)))
     }
 
     /// Seal `plain` with a fresh random nonce: `nonce | ciphertext | tag`.
@@ -124,17 +123,10 @@ impl FrameKey {
         rand::thread_rng().fill_bytes(&mut nonce);
         let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
         out.extend_from_slice(&nonce);
-        match self.0.encrypt(
-            XNonce::from_slice(&nonce),
-            Payload {
-                msg: plain,
-                aad: &aad.0,
-            },
-        ) {
-            Ok(ct) => out.extend_from_slice(&ct),
-            // The AEAD fails only beyond 256 GiB of plaintext per frame; frames are
-            // at most a block or a manifest.
-            Err(_) => unreachable!("XChaCha20-Poly1305 encrypt of {} bytes", plain.len()),
+        // The AEAD refuses only frames beyond 256 GiB; frames are at most a block
+        // or a manifest.
+        if !self.0.seal_into(&nonce, &aad.0, plain, &mut out) {
+            unreachable!("XChaCha20-Poly1305 encrypt of {} bytes", plain.len());
         }
         out
     }
@@ -149,15 +141,12 @@ impl FrameKey {
             )));
         }
         let (nonce, ct) = frame.split_at(NONCE_LEN);
+        let nonce: &[u8; NONCE_LEN] = nonce
+            .try_into()
+            .map_err(|_| CryptoError::Open(what.to_string()))?;
         self.0
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &aad.0,
-                },
-            )
-            .map_err(|_| CryptoError::Open(what.to_string()))
+            .open(nonce, &aad.0, ct)
+            .ok_or_else(|| CryptoError::Open(what.to_string()))
     }
 }
 

@@ -49,27 +49,6 @@ WANT="$WORK_DIR/want"   # expected "sha256  ./path" lists, sorted
 MNT="$WORK_DIR/mnt"
 mkdir -p "$ST" "$SRC" "$WANT" "$MNT"
 
-# ---------------------------------------------------------------- checks
-
-CHECKS_FILE="$RESULTS_DIR/checks"
-: >"$CHECKS_FILE"
-CHECKS_FAILED=()
-ok() { # ID MESSAGE
-    echo "PASS $1: $2" >>"$CHECKS_FILE"
-    log "check PASS $1: $2"
-}
-bad() { # ID MESSAGE (what was expected, what was seen)
-    echo "FAIL $1: $2" >>"$CHECKS_FILE"
-    CHECKS_FAILED+=("$1")
-    log "check FAIL $1: $2"
-}
-# expect ID MESSAGE-IF-OK MESSAGE-IF-NOT CMD...
-expect() {
-    local id="$1" yes="$2" no="$3"
-    shift 3
-    if "$@"; then ok "$id" "$yes"; else bad "$id" "$no"; fi
-}
-
 # The forks' mounts are detached at exit, in the background: after a failure between
 # the kill and the restart their devices have no server, and a umount that waits for
 # them must not keep the verdict from being written (seen: the phase never wrote one).
@@ -636,12 +615,4 @@ stop_daemon
 panics="$(grep -l 'panicked' "$RESULTS_DIR"/daemon.*.log 2>/dev/null | tr '\n' ' ')" || true
 expect no-panic "no panic in the daemon logs" "the daemon logs should hold no panic; see $panics" [ -z "$panics" ]
 
-npass="$(grep -c '^PASS' "$CHECKS_FILE" || true)"
-record_figure checks_passed "$npass"
-record_figure checks_failed "${#CHECKS_FAILED[@]}"
-if [ "${#CHECKS_FAILED[@]}" -gt 0 ]; then
-    log "failed checks:"
-    grep '^FAIL' "$CHECKS_FILE" | sed 's/^/    /'
-    fail "${#CHECKS_FAILED[@]} of $((npass + ${#CHECKS_FAILED[@]})) checks failed (RESULTS/checks): ${CHECKS_FAILED[*]}"
-fi
-pass
+checks_verdict

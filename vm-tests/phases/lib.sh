@@ -56,7 +56,7 @@ mkdir -p "$RESULTS_DIR" "$WORK_DIR"
 # PHASE_KEEP_RESULTS=1: a later boot of a multi-boot phase (powercut) keeps the
 # figures of the earlier ones.
 if [ "${PHASE_KEEP_RESULTS:-0}" != 1 ]; then
-    rm -f "$RESULTS_DIR/result" "$RESULTS_DIR/reason" "$RESULTS_DIR/figures"
+    rm -f "$RESULTS_DIR/result" "$RESULTS_DIR/reason" "$RESULTS_DIR/figures" "$RESULTS_DIR/checks"
 fi
 # Everything the phase prints also lands in $RESULTS_DIR/log.
 exec > >(tee -a "$RESULTS_DIR/log") 2>&1
@@ -72,6 +72,40 @@ PHASE_T0="$(date +%s%N)"
 # ---------------------------------------------------------------- logging, verdict
 
 log() { echo "[$PHASE $(date +%H:%M:%S)] $*"; }
+
+# ---------------------------------------------------------------- checks
+# Phases that go on after a failed assertion: every assertion is a line in
+# $RESULTS_DIR/checks (PASS/FAIL id: what); checks_verdict fails the phase at the
+# end naming every failed one, or passes it.
+CHECKS_FILE="$RESULTS_DIR/checks"
+CHECKS_FAILED=()
+ok() { # ID MESSAGE
+    echo "PASS $1: $2" >>"$CHECKS_FILE"
+    log "check PASS $1: $2"
+}
+bad() { # ID MESSAGE (what was expected, what was seen)
+    echo "FAIL $1: $2" >>"$CHECKS_FILE"
+    CHECKS_FAILED+=("$1")
+    log "check FAIL $1: $2"
+}
+# expect ID MESSAGE-IF-OK MESSAGE-IF-NOT CMD...
+expect() {
+    local id="$1" yes="$2" no="$3"
+    shift 3
+    if "$@"; then ok "$id" "$yes"; else bad "$id" "$no"; fi
+}
+checks_verdict() {
+    local npass
+    npass="$(grep -c '^PASS' "$CHECKS_FILE" 2>/dev/null || true)"
+    record_figure checks_passed "$npass"
+    record_figure checks_failed "${#CHECKS_FAILED[@]}"
+    if [ "${#CHECKS_FAILED[@]}" -gt 0 ]; then
+        log "failed checks:"
+        grep '^FAIL' "$CHECKS_FILE" | sed 's/^/    /'
+        fail "${#CHECKS_FAILED[@]} of $((npass + ${#CHECKS_FAILED[@]})) checks failed (RESULTS/checks): ${CHECKS_FAILED[*]}"
+    fi
+    pass
+}
 
 # Milliseconds since the epoch.
 now_ms() { echo $(($(date +%s%N) / 1000000)); }

@@ -62,27 +62,6 @@ done
 D_API[A]="http://127.0.0.1:$API_PORT"
 D_API[B]="http://127.0.0.1:$((API_PORT + 1))"
 
-# ---------------------------------------------------------------- checks
-
-CHECKS_FILE="$RESULTS_DIR/checks"
-: >"$CHECKS_FILE"
-CHECKS_FAILED=()
-ok() { # ID MESSAGE
-    echo "PASS $1: $2" >>"$CHECKS_FILE"
-    log "check PASS $1: $2"
-}
-bad() { # ID MESSAGE (what was expected, what was seen)
-    echo "FAIL $1: $2" >>"$CHECKS_FILE"
-    CHECKS_FAILED+=("$1")
-    log "check FAIL $1: $2"
-}
-# expect ID MESSAGE-IF-OK MESSAGE-IF-NOT CMD...
-expect() {
-    local id="$1" yes="$2" no="$3"
-    shift 3
-    if "$@"; then ok "$id" "$yes"; else bad "$id" "$no"; fi
-}
-
 # ---------------------------------------------------------------- processes
 
 MOTO_PID=""
@@ -721,12 +700,4 @@ done
 
 stop_node A
 stop_node B
-npass="$(grep -c '^PASS' "$CHECKS_FILE" || true)"
-record_figure checks_passed "$npass"
-record_figure checks_failed "${#CHECKS_FAILED[@]}"
-if [ "${#CHECKS_FAILED[@]}" -gt 0 ]; then
-    log "failed checks:"
-    grep '^FAIL' "$CHECKS_FILE" | sed 's/^/    /'
-    fail "${#CHECKS_FAILED[@]} of $((npass + ${#CHECKS_FAILED[@]})) checks failed (RESULTS/checks): ${CHECKS_FAILED[*]}"
-fi
-pass
+checks_verdict
