@@ -79,15 +79,7 @@ fn bench(c: &mut Criterion) {
                 for e in &entries {
                     let l = e.loc(9);
                     let p = &obj[l.off as usize..l.off as usize + l.len as usize];
-                    let opener = match seal {
-                        Some(key) => Opener::Sealed {
-                            key,
-                            uuid: 7,
-                            block: e.block,
-                        },
-                        None => Opener::Plain,
-                    };
-                    segment::decode_payload(&l, p, opener).unwrap();
+                    segment::decode_payload(&l, p, Opener::new(seal, 7, e.block)).unwrap();
                 }
             })
         });

@@ -141,16 +141,12 @@ impl EncryptionConfig {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<crate::volume::crypto::MasterKeys, crate::volume::crypto::CryptoError> {
         use crate::volume::crypto::MasterKey;
-        let resolve = |f: &PathBuf| match env("CREDENTIALS_DIRECTORY") {
-            Some(dir) if f.is_relative() => Path::new(&dir).join(f),
-            _ => f.clone(),
-        };
         Ok(crate::volume::crypto::MasterKeys {
-            current: MasterKey::load(&resolve(&self.key_file))?,
+            current: MasterKey::load(&credential_path(&self.key_file, env))?,
             old: self
                 .old_key_files
                 .iter()
-                .map(|f| MasterKey::load(&resolve(f)))
+                .map(|f| MasterKey::load(&credential_path(f, env)))
                 .collect::<Result<_, _>>()?,
         })
     }
@@ -501,6 +497,15 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// Where a secret file named in the config is: a relative path is in
+/// `$CREDENTIALS_DIRECTORY` (systemd's LoadCredential), when that is set.
+fn credential_path(file: &Path, env: &dyn Fn(&str) -> Option<String>) -> PathBuf {
+    match env("CREDENTIALS_DIRECTORY") {
+        Some(dir) if file.is_relative() => Path::new(&dir).join(file),
+        _ => file.to_path_buf(),
+    }
+}
+
 /// Resolve S3 credentials: `store.credentials_file` if set (a relative path is looked
 /// up in `$CREDENTIALS_DIRECTORY`, systemd's LoadCredential), else the environment
 /// (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`); `None` when
@@ -510,10 +515,7 @@ pub fn resolve_credentials(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<Credentials>, ConfigError> {
     if let Some(file) = &store.credentials_file {
-        let path = match env("CREDENTIALS_DIRECTORY") {
-            Some(dir) if file.is_relative() => Path::new(&dir).join(file),
-            _ => file.clone(),
-        };
+        let path = credential_path(file, env);
         let text = std::fs::read_to_string(&path).map_err(|e| ConfigError::Credentials {
             path: path.clone(),
             message: e.to_string(),

@@ -166,11 +166,10 @@ fn wrong_missing_and_rotated_master_keys() {
     });
 }
 
-/// The keys of `vol`'s segments, oldest first.
-async fn segments(store: &Arc<dyn ObjectStore>, vol: &str) -> Vec<String> {
-    let k = VolumeKeys::new(vol);
+/// The keys under `prefix` (a volume's segments or manifests: oldest first).
+async fn keys_under(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<String> {
     let mut v: Vec<String> = store
-        .list(&k.segments())
+        .list(prefix)
         .await
         .unwrap()
         .into_iter()
@@ -206,7 +205,7 @@ fn tampered_swapped_and_replayed_objects_are_refused() {
         }
         v.close().await.unwrap();
         Volume::purge_cache(&c).unwrap();
-        let segs = segments(&mem, "t").await;
+        let segs = keys_under(&mem, &VolumeKeys::new("t").segments()).await;
         assert!(segs.len() >= 3, "{segs:?}");
         let (s0, s1) = (segs[0].clone(), segs[1].clone());
         let orig0 = mem.get(&s0).await.unwrap();
@@ -248,13 +247,7 @@ fn tampered_swapped_and_replayed_objects_are_refused() {
         // 4. A manifest replayed under a newer number (header and checksum fixed):
         // its sealed body is bound to its own number.
         let k = VolumeKeys::new("t");
-        let mans: Vec<String> = mem
-            .list(&k.manifests())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|o| o.key)
-            .collect();
+        let mans = keys_under(&mem, &k.manifests()).await;
         let m = mans.last().unwrap().clone();
         let mseq = k.manifest_seq(&m).unwrap();
         let mut re = mem.get(&m).await.unwrap().to_vec();

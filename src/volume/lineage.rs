@@ -28,11 +28,19 @@ pub struct Ancestor {
     pub seq: u64,
 }
 
+/// One ancestor with what lookups need of it, computed once.
+#[derive(Debug, Clone)]
+struct Entry {
+    ancestor: Ancestor,
+    keys: VolumeKeys,
+    uuid: u64,
+}
+
 /// A volume's ancestors and the keys of their segments.
 #[derive(Debug, Clone, Default)]
 pub struct Lineage {
-    /// Nearest first, with the keys of each.
-    entries: Vec<(Ancestor, VolumeKeys)>,
+    /// Nearest first.
+    entries: Vec<Entry>,
 }
 
 impl Lineage {
@@ -46,27 +54,39 @@ impl Lineage {
                 ));
             }
         }
+        let mut entries = Vec::with_capacity(ancestors.len());
         for a in ancestors {
             crate::rules::validate_name(&a.volume)?;
-            u64::from_str_radix(&a.uuid, 16)
+            let uuid = u64::from_str_radix(&a.uuid, 16)
                 .map_err(|e| format!("ancestor {}: uuid {:?}: {e}", a.volume, a.uuid))?;
+            entries.push(Entry {
+                ancestor: a.clone(),
+                keys: VolumeKeys::new(&a.volume),
+                uuid,
+            });
         }
-        Ok(Lineage {
-            entries: ancestors
-                .iter()
-                .map(|a| (a.clone(), VolumeKeys::new(&a.volume)))
-                .collect(),
-        })
+        Ok(Lineage { entries })
+    }
+
+    /// The ancestor that owns segment `seq` (`None`: the volume's own). Oldest
+    /// first: the first ancestor whose range reaches `seq` owns it.
+    fn owner(&self, seq: u64) -> Option<&Entry> {
+        self.entries.iter().rev().find(|e| seq <= e.ancestor.seq)
     }
 
     /// The ancestors, nearest first.
     pub fn ancestors(&self) -> impl Iterator<Item = &Ancestor> {
-        self.entries.iter().map(|(a, _)| a)
+        self.entries.iter().map(|e| &e.ancestor)
     }
 
     /// The nearest ancestor, for a fork.
     pub fn parent(&self) -> Option<&Ancestor> {
-        self.entries.first().map(|(a, _)| a)
+        self.entries.first().map(|e| &e.ancestor)
+    }
+
+    /// The nearest ancestor's uuid, for a fork.
+    pub fn parent_uuid(&self) -> Option<u64> {
+        self.entries.first().map(|e| e.uuid)
     }
 
     /// Highest seq an ancestor owns (0 for a volume that is no fork): the volume's
@@ -77,22 +97,12 @@ impl Lineage {
 
     /// The uuid of the ancestor that owns segment `seq` (`None`: the volume's own).
     pub fn owner_uuid(&self, seq: u64) -> Option<u64> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(a, _)| seq <= a.seq)
-            .and_then(|(a, _)| u64::from_str_radix(&a.uuid, 16).ok())
+        self.owner(seq).map(|e| e.uuid)
     }
 
     /// The key of segment `seq`: an ancestor's, or `own`'s.
     pub fn segment_key(&self, own: &VolumeKeys, seq: u64) -> String {
-        // Oldest first: the first ancestor whose range reaches `seq` owns it.
-        for (a, keys) in self.entries.iter().rev() {
-            if seq <= a.seq {
-                return keys.segment(seq);
-            }
-        }
-        own.segment(seq)
+        self.owner(seq).map_or(own, |e| &e.keys).segment(seq)
     }
 }
 

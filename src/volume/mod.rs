@@ -280,14 +280,7 @@ impl Inner {
             Some(u) => (u, self.keyring.ancestor(u)),
             None => (self.uuid, self.keyring.own()),
         };
-        match key {
-            Some(key) => segment::Opener::Sealed {
-                key,
-                uuid,
-                block: b,
-            },
-            None => segment::Opener::Plain,
-        }
+        segment::Opener::new(key, uuid, b)
     }
 
     /// The key that seals this volume's own objects (`None`: plaintext volume).

@@ -113,8 +113,8 @@ async fn load_store_map(
         if let Some(p) = lineage.parent() {
             // A fork without a manifest of its own yet starts from its parent's
             // snapshot (which its parent keeps while the fork exists).
-            let puuid = u64::from_str_radix(&p.uuid, 16).unwrap_or_default();
-            let (m, h) = parent_manifest(store, p, ring.ancestor(puuid)).await?;
+            let seal = lineage.parent_uuid().and_then(|u| ring.ancestor(u));
+            let (m, h) = parent_manifest(store, p, seal).await?;
             map = m;
             base = h.seq;
         }

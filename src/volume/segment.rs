@@ -155,6 +155,17 @@ pub enum Opener<'a> {
     },
 }
 
+impl<'a> Opener<'a> {
+    /// Sealed with `key` (the writing volume's data key) when there is one, else
+    /// plain.
+    pub fn new(key: Option<&'a FrameKey>, uuid: u64, block: u64) -> Opener<'a> {
+        match key {
+            Some(key) => Opener::Sealed { key, uuid, block },
+            None => Opener::Plain,
+        }
+    }
+}
+
 /// Decode a fetched payload into the extent's sectors, verifying its checksum (and,
 /// sealed, its authenticity).
 pub fn decode_payload(loc: &Loc, payload: &[u8], opener: Opener) -> Result<Vec<u8>, String> {
@@ -219,18 +230,11 @@ fn index_aad(header: &[u8]) -> Aad {
     )
 }
 
-/// Write the header of `obj` (whose index, `index_len` bytes, is in place, or, for
-/// a sealed segment, is `plain_index` to seal now).
-#[allow(clippy::too_many_arguments)]
-fn write_header(
-    obj: &mut [u8],
-    count: usize,
-    seq: u64,
-    uuid: u64,
-    epoch: u64,
-    base_seq: u64,
-    seal: Option<(&FrameKey, &[u8])>,
-) {
+/// Write the header and the index of `obj`, whose first [`HEADER_LEN`] bytes plus
+/// the index's length are reserved: `h`'s count, seq, uuid, epoch and base_seq
+/// (its version and index crc follow from `seal`), then `index` (the plain entries),
+/// sealed with `seal` bound to the header when a key is given.
+fn write_header(obj: &mut [u8], h: &SegHeader, index: &[u8], seal: Option<&FrameKey>) {
     obj[0..8].copy_from_slice(MAGIC);
     let version = if seal.is_some() {
         VERSION_SEALED
@@ -238,17 +242,21 @@ fn write_header(
         VERSION
     };
     obj[8..12].copy_from_slice(&version.to_le_bytes());
-    obj[12..16].copy_from_slice(&(count as u32).to_le_bytes());
-    obj[16..24].copy_from_slice(&seq.to_le_bytes());
-    obj[24..32].copy_from_slice(&uuid.to_le_bytes());
-    obj[32..40].copy_from_slice(&epoch.to_le_bytes());
-    obj[40..48].copy_from_slice(&base_seq.to_le_bytes());
-    let mut ilen = count * ENTRY_LEN;
-    if let Some((key, plain)) = seal {
-        let sealed = key.seal(&index_aad(&obj[0..48]), plain);
-        ilen = sealed.len();
-        obj[HEADER_LEN..HEADER_LEN + ilen].copy_from_slice(&sealed);
-    }
+    obj[12..16].copy_from_slice(&h.count.to_le_bytes());
+    obj[16..24].copy_from_slice(&h.seq.to_le_bytes());
+    obj[24..32].copy_from_slice(&h.uuid.to_le_bytes());
+    obj[32..40].copy_from_slice(&h.epoch.to_le_bytes());
+    obj[40..48].copy_from_slice(&h.base_seq.to_le_bytes());
+    let sealed;
+    let index = match seal {
+        Some(key) => {
+            sealed = key.seal(&index_aad(&obj[0..48]), index);
+            &sealed[..]
+        }
+        None => index,
+    };
+    let ilen = index.len();
+    obj[HEADER_LEN..HEADER_LEN + ilen].copy_from_slice(index);
     let index_crc = crc32c::crc32c(&obj[HEADER_LEN..HEADER_LEN + ilen]);
     obj[48..52].copy_from_slice(&index_crc.to_le_bytes());
     let hcrc = crc32c::crc32c(&obj[0..52]);
@@ -307,21 +315,16 @@ pub fn encode(
         off += payload.len() as u64;
         entries.push(e);
     }
-    match seal {
-        Some(key) => write_header(
-            &mut out,
-            count,
-            seq,
-            uuid,
-            epoch,
-            base_seq,
-            Some((key, &index)),
-        ),
-        None => {
-            out[HEADER_LEN..HEADER_LEN + index.len()].copy_from_slice(&index);
-            write_header(&mut out, count, seq, uuid, epoch, base_seq, None);
-        }
-    }
+    let header = SegHeader {
+        version: 0,
+        count: count as u32,
+        seq,
+        uuid,
+        epoch,
+        base_seq,
+        index_crc: 0,
+    };
+    write_header(&mut out, &header, &index, seal);
     (out, entries)
 }
 
@@ -334,17 +337,11 @@ pub fn renumber(obj: &[u8], seq: u64, seal: Option<&FrameKey>) -> Result<Vec<u8>
     if obj.len() < HEADER_LEN + ilen {
         return Err("segment shorter than its index".into());
     }
+    let renumbered = SegHeader { seq, ..h };
+    let mut out = obj.to_vec();
     if h.version != VERSION_SEALED {
-        let mut out = obj.to_vec();
-        write_header(
-            &mut out,
-            h.count as usize,
-            seq,
-            h.uuid,
-            h.epoch,
-            h.base_seq,
-            None,
-        );
+        let index = &obj[HEADER_LEN..HEADER_LEN + ilen];
+        write_header(&mut out, &renumbered, index, None);
         return Ok(out);
     }
     let key = seal.ok_or("a sealed segment, and no key to seal it again")?;
@@ -354,7 +351,6 @@ pub fn renumber(obj: &[u8], seq: u64, seal: Option<&FrameKey>) -> Result<Vec<u8>
         Some(key),
         &obj[0..48],
     )?;
-    let mut out = obj.to_vec();
     let mut index = vec![0u8; entries.len() * ENTRY_LEN];
     for (i, mut e) in entries.into_iter().enumerate() {
         if e.kind != EntryKind::Zero {
@@ -373,15 +369,7 @@ pub fn renumber(obj: &[u8], seq: u64, seal: Option<&FrameKey>) -> Result<Vec<u8>
         }
         put_entry(&mut index[i * ENTRY_LEN..(i + 1) * ENTRY_LEN], &e);
     }
-    write_header(
-        &mut out,
-        h.count as usize,
-        seq,
-        h.uuid,
-        h.epoch,
-        h.base_seq,
-        Some((key, &index)),
-    );
+    write_header(&mut out, &renumbered, &index, Some(key));
     Ok(out)
 }
 

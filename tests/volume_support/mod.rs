@@ -130,19 +130,9 @@ pub async fn snapshot_image(
                 .get_range(&keys.segment(l.seq), l.off..l.off + u64::from(l.len))
                 .await
                 .unwrap_or_else(|e| panic!("segment {} of block {b}: {e}", l.seq));
-            let data = match ring.own() {
-                Some(key) => segment::decode_payload(
-                    l,
-                    &bytes,
-                    segment::Opener::Sealed {
-                        key,
-                        uuid,
-                        block: *b,
-                    },
-                ),
-                None => segment::decode_payload(l, &bytes, segment::Opener::Plain),
-            }
-            .unwrap();
+            let data =
+                segment::decode_payload(l, &bytes, segment::Opener::new(ring.own(), uuid, *b))
+                    .unwrap();
             for s in 0..32usize {
                 if p.live & (1 << s) != 0 {
                     let src = (s - usize::from(l.first)) * 4096;
