@@ -402,6 +402,38 @@ fn a_fragmented_blocks_extents_are_fetched_concurrently() {
     });
 }
 
+/// The blocks of one read request are fetched at once: a cold 1 MiB read (8
+/// blocks, each one extent) has its 8 GETs in flight together. (Before, the blocks
+/// were fetched one after another: a peak of 1; seen failing.)
+#[test]
+fn a_cold_multi_block_read_fetches_its_blocks_concurrently() {
+    smol::block_on(async {
+        let (_, mem) = mem();
+        let slow = Arc::new(SlowGets {
+            inner: mem,
+            running: Default::default(),
+            peak: Default::default(),
+        });
+        let store: Arc<dyn ObjectStore> = slow.clone();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "multiblock", 2 * MIB);
+        let v = open(&cfg, &store).await;
+        let data = pattern(3, MIB as usize);
+        v.write(BS, &data, false).await.unwrap();
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        slow.peak.store(0, std::sync::atomic::Ordering::SeqCst);
+        let mut buf = vec![0u8; MIB as usize];
+        v.read(BS, &mut buf).await.unwrap();
+        assert!(buf == data, "cold 1 MiB read differs from what was written");
+        assert_eq!(
+            slow.peak.load(std::sync::atomic::Ordering::SeqCst),
+            8,
+            "ranged GETs in flight at once for a cold read of 8 blocks"
+        );
+        v.close().await.unwrap();
+    });
+}
+
 /// Blocks fragmented by scattered writes are merged into one whole-block extent
 /// once cold (a cold read of one is one GET again), and merges stay within their
 /// budget: a volume whose writes uploaded little merges nothing.

@@ -3,9 +3,10 @@
 //! Reads and writes are split at block boundaries. Writes: cache pwrite, journal
 //! record (when a sector becomes dirty) and map update under the state lock, before
 //! the acknowledgement; a partial 4 KiB sector not yet cached is merged with the
-//! stored sector (fetched first) or zeros (block absent from the store). Reads: valid
-//! sectors from the cache, absent blocks as zeros, others fetched (fetch.rs). Writes
-//! wait, never fail, while dirty data exceeds the dirty limit.
+//! stored sector (fetched first) or zeros (block absent from the store). Reads (the
+//! blocks of one request concurrently): valid sectors from the cache, absent blocks
+//! as zeros, others fetched (fetch.rs). Writes wait, never fail, while dirty data
+//! exceeds the dirty limit.
 
 use super::blockmap::mask;
 use super::journal::Record;
@@ -36,18 +37,24 @@ impl Volume {
     }
 
     /// Read `buf.len()` bytes at `offset`.
+    /// The blocks of one request are read concurrently: a cold sequential read
+    /// costs one round of GETs per request, not one per block.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
         self.check_req(offset, buf.len() as u64)?;
-        let mut pos = 0usize;
-        while pos < buf.len() {
-            let off = offset + pos as u64;
-            let (b, in_blk) = (off / BS, (off % BS) as usize);
-            let n = (BLOCK_SIZE - in_blk).min(buf.len() - pos);
-            self.read_in_block(b, in_blk, &mut buf[pos..pos + n])
-                .await?;
-            pos += n;
+        let (b, in_blk) = (offset / BS, (offset % BS) as usize);
+        if in_blk + buf.len() <= BLOCK_SIZE {
+            return self.read_in_block(b, in_blk, buf).await;
         }
-        Ok(())
+        let mut parts = Vec::new();
+        let (mut rest, mut off) = (buf, offset);
+        while !rest.is_empty() {
+            let (b, in_blk) = (off / BS, (off % BS) as usize);
+            let n = (BLOCK_SIZE - in_blk).min(rest.len());
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            parts.push(self.read_in_block(b, in_blk, part));
+            (rest, off) = (tail, off + n as u64);
+        }
+        crate::parallel::join_all(parts).await.into_iter().collect()
     }
 
     async fn read_in_block(

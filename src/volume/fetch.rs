@@ -12,13 +12,17 @@
 //! it, one after a merge (see `compaction.rs`). The GETs of one block run
 //! concurrently.
 
-use super::blockmap::{Loc, Piece, FULL, SECTORS_PER_BLOCK};
+use super::blockmap::{EntryKind, Loc, Piece, FULL, SECTORS_PER_BLOCK};
 use super::segment;
 use super::{bump, Inner, VolumeError, BS, SS};
 use crate::store::StoreError;
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
 use event_listener::Event;
 use std::sync::Arc;
+
+/// Spans at least this long whose decoding is real work (sealed or compressed) are
+/// decoded on the blocking pool (see [`decode_span`]).
+const OFFLOAD_DECODE_BYTES: usize = 32 << 10;
 
 struct FetchGuard<'a> {
     inner: &'a Inner,
@@ -68,12 +72,51 @@ pub(crate) fn decode(
     loc: &Loc,
     payload: &[u8],
 ) -> Result<Vec<u8>, VolumeError> {
-    segment::decode_payload(loc, payload, inner.opener(loc.seq, b)).map_err(|m| {
-        bump(&inner.stats.checksum_errors, 1);
-        let key = inner.segment_key(loc.seq);
-        tracing::error!(volume = %inner.cfg.name, block = b, %key, %m, "stored extent failed verification");
-        VolumeError::Checksum(format!("block {b} in {key}: {m}"))
-    })
+    segment::decode_payload(loc, payload, inner.opener(loc.seq, b))
+        .map_err(|m| failed_verification(inner, b, loc, m))
+}
+
+/// A stored extent that failed verification: counted, logged with its segment key.
+fn failed_verification(inner: &Inner, b: u64, loc: &Loc, m: String) -> VolumeError {
+    bump(&inner.stats.checksum_errors, 1);
+    let key = inner.segment_key(loc.seq);
+    tracing::error!(volume = %inner.cfg.name, block = b, %key, %m, "stored extent failed verification");
+    VolumeError::Checksum(format!("block {b} in {key}: {m}"))
+}
+
+/// Decode the extents of one ranged GET (`span`, starting at byte `start` of its
+/// segment). A span whose decoding is real work (sealed or compressed, at least
+/// [`OFFLOAD_DECODE_BYTES`]) is decoded on the blocking pool, so the blocks of one
+/// request open in parallel and the queue thread keeps serving other requests; a
+/// plain raw span (a checksum and a copy) is decoded in place.
+async fn decode_span(
+    inner: &Inner,
+    b: u64,
+    start: u64,
+    group: &[&Piece],
+    span: bytes::Bytes,
+) -> Result<Vec<Vec<u8>>, VolumeError> {
+    let (uuid, key) = inner.frame_key(group.first().map_or(0, |p| p.loc.seq));
+    let key = key.cloned();
+    let locs: Vec<Loc> = group.iter().map(|p| p.loc).collect();
+    let heavy = span.len() >= OFFLOAD_DECODE_BYTES
+        && (key.is_some() || locs.iter().any(|l| l.kind == EntryKind::Zstd));
+    let work = move || {
+        locs.iter()
+            .map(|loc| {
+                let a = (loc.off - start) as usize;
+                let payload = span.get(a..a + loc.len as usize).unwrap_or_default();
+                segment::decode_payload(loc, payload, segment::Opener::new(key.as_ref(), uuid, b))
+                    .map_err(|m| (*loc, m))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let decoded = if heavy {
+        smol::unblock(work).await
+    } else {
+        work()
+    };
+    decoded.map_err(|(loc, m)| failed_verification(inner, b, &loc, m))
 }
 
 /// GET, verify and decode one committed extent.
@@ -136,11 +179,8 @@ pub(crate) async fn compose(
     .await;
     let mut block = vec![0u8; BLOCK_SIZE];
     for ((_, range, group), span) in groups.iter().zip(spans) {
-        let span = span?;
-        for p in *group {
-            let a = (p.loc.off - range.start) as usize;
-            let payload = span.get(a..a + p.loc.len as usize).unwrap_or_default();
-            let data = decode(inner, b, &p.loc, payload)?;
+        let decoded = decode_span(inner, b, range.start, group, span?).await?;
+        for (p, data) in group.iter().zip(decoded) {
             place(&mut block, &p.loc, &data, p.live & want);
         }
     }

@@ -276,11 +276,17 @@ impl Inner {
 
     /// How payloads of segment `seq` (ours or an ancestor's) are opened, for block `b`.
     pub(crate) fn opener(&self, seq: u64, b: u64) -> segment::Opener<'_> {
-        let (uuid, key) = match self.lineage.owner_uuid(seq) {
+        let (uuid, key) = self.frame_key(seq);
+        segment::Opener::new(key, uuid, b)
+    }
+
+    /// The uuid of the volume that wrote segment `seq` and its data key (`None`:
+    /// plaintext).
+    pub(crate) fn frame_key(&self, seq: u64) -> (u64, Option<&crypto::FrameKey>) {
+        match self.lineage.owner_uuid(seq) {
             Some(u) => (u, self.keyring.ancestor(u)),
             None => (self.uuid, self.keyring.own()),
-        };
-        segment::Opener::new(key, uuid, b)
+        }
     }
 
     /// The key that seals this volume's own objects (`None`: plaintext volume).
