@@ -11,7 +11,8 @@
 # - Secrets never go into `settings` (the rendered file is world-readable in the
 #   Nix store): S3 keys come from `credentialsFile` (LoadCredential) or
 #   `environmentFile` (AWS_* variables), the encryption master key from
-#   `encryptionKeyFile` (LoadCredential).
+#   `encryptionKeyFile` and earlier keys from `oldEncryptionKeyFiles`
+#   (LoadCredential).
 {
   config,
   lib,
@@ -27,9 +28,13 @@ let
   # systemd places LoadCredential= files here for the system service `glidefs`.
   credentialPath = "/run/credentials/glidefs.service/s3";
   masterKeyPath = "/run/credentials/glidefs.service/master-key";
+  # Earlier master keys (rotation): credential old-master-key-N for the Nth file.
+  oldKeyIds = lib.imap0 (i: _: "old-master-key-${toString i}") cfg.oldEncryptionKeyFiles;
+  oldKeyPaths = map (id: "/run/credentials/glidefs.service/${id}") oldKeyIds;
   loadCredentials =
     lib.optional (cfg.credentialsFile != null) "s3:${cfg.credentialsFile}"
-    ++ lib.optional (cfg.encryptionKeyFile != null) "master-key:${cfg.encryptionKeyFile}";
+    ++ lib.optional (cfg.encryptionKeyFile != null) "master-key:${cfg.encryptionKeyFile}"
+    ++ lib.zipListsWith (id: file: "${id}:${file}") oldKeyIds cfg.oldEncryptionKeyFiles;
 
   generatedConfig = settingsFormat.generate "glidefs.toml" cfg.settings;
   checkedConfig =
@@ -38,7 +43,7 @@ let
         configFile = generatedConfig;
       }
       ''
-        ${cfg.package}/bin/glidefs check-config "$configFile"
+        ${cfg.package}/bin/glidefs check-config --skip-key-files "$configFile"
         cp "$configFile" "$out"
       '';
   configFile = if cfg.checkConfig then checkedConfig else generatedConfig;
@@ -92,11 +97,13 @@ let
 
   isOutsideStore =
     p: p == null || (lib.hasPrefix "/" p && !(lib.hasPrefix "${builtins.storeDir}/" p));
-  # Options naming a secret file that is not an absolute path outside the store.
-  secretFilesInStore = builtins.filter (n: !isOutsideStore cfg.${n}) [
+  # Options naming a secret file (or a list of them) that is not an absolute path
+  # outside the store.
+  secretFilesInStore = builtins.filter (n: !builtins.all isOutsideStore (lib.toList cfg.${n})) [
     "credentialsFile"
     "environmentFile"
     "encryptionKeyFile"
+    "oldEncryptionKeyFiles"
   ];
 in
 {
@@ -243,8 +250,26 @@ in
         (/run/credentials/glidefs.service/master-key). Setting it turns
         encryption of new volumes on; with `null` (and no `store.encryption` in
         `settings`) new volumes are plaintext. Earlier keys, during a rotation,
-        go in `settings.store.encryption.old_key_files` (absolute paths outside
-        the Nix store that the daemon, as root, can read).
+        go in `oldEncryptionKeyFiles`.
+      '';
+    };
+
+    oldEncryptionKeyFiles = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "/run/secrets/glidefs-master-key.old" ];
+      description = ''
+        Absolute paths (outside the Nix store) of earlier master keys, during a
+        rotation: the daemon still opens volumes whose data keys they wrapped,
+        and wraps those data keys again by the current key
+        (`encryptionKeyFile`) when it opens them. Rotate by moving the current
+        key's file here and setting `encryptionKeyFile` to the new key; remove
+        an old key once every volume has been opened with the new one. Each
+        file is passed with systemd's LoadCredential as credential
+        `old-master-key-N` (N = 0, 1, … in list order), and the module adds
+        /run/credentials/glidefs.service/old-master-key-N to
+        `settings.store.encryption.old_key_files` (next to any paths listed
+        there). Needs `encryptionKeyFile`.
       '';
     };
 
@@ -275,8 +300,9 @@ in
       defaultText = lib.literalExpression "pkgs.stdenv.buildPlatform.canExecute pkgs.stdenv.hostPlatform";
       description = ''
         Validate the rendered configuration at build time with
-        `glidefs check-config` (which parses and checks it without touching the
-        store, the cache or the kernel). Turn it off when cross-compiling.
+        `glidefs check-config --skip-key-files` (which parses and checks it
+        without touching the store, the cache, the kernel or the key files, which
+        exist only at run time). Turn it off when cross-compiling.
       '';
     };
 
@@ -340,6 +366,15 @@ in
         '';
       }
       {
+        assertion = cfg.oldEncryptionKeyFiles == [ ] || cfg.encryptionKeyFile != null;
+        message = ''
+          services.glidefs.oldEncryptionKeyFiles is set but
+          services.glidefs.encryptionKeyFile is not: old master keys are only
+          accepted next to a current key. To rotate, set encryptionKeyFile to the
+          new key and keep the earlier ones in oldEncryptionKeyFiles.
+        '';
+      }
+      {
         assertion = isSocket || hostPort != null;
         message = ''
           services.glidefs.settings.api.listen = "${listen}" is neither host:port
@@ -381,8 +416,11 @@ in
     );
     # The mkIf guards the whole table: a false one on key_file would still render
     # an empty [store.encryption], which the daemon rejects (no key_file).
+    # old_key_files is not a default: lists from `settings` and from the module
+    # are concatenated, so neither loses the other's keys.
     services.glidefs.settings.store.encryption = lib.mkIf (cfg.encryptionKeyFile != null) {
       key_file = lib.mkDefault masterKeyPath;
+      old_key_files = lib.mkIf (oldKeyPaths != [ ]) oldKeyPaths;
     };
 
     boot.kernelModules = [ "ublk_drv" ];

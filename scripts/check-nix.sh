@@ -377,9 +377,13 @@ if parsed != settings:
         's/"CAP_SYS_ADMIN"/"CAP_SYS_ADMIN" "CAP_SYS_PTRACE"/'
         's/PrivateDevices = false;/PrivateDevices = true;/'
         's/ExecStart = "\${cfg.package}\/bin\/glidefs run --config \${configFile}";/ExecStart = "${cfg.package}\/bin\/glidefs run";/'
-        's/glidefs check-config "\$configFile"/true/'
+        's/glidefs check-config --skip-key-files "\$configFile"/true/'
         's/lib.optional (cfg.encryptionKeyFile != null) "master-key:/lib.optional false "master-key:/'
         '/^    "encryptionKeyFile"$/d'
+        's/++ lib.zipListsWith (id: file: "${id}:${file}") oldKeyIds cfg.oldEncryptionKeyFiles;/;/'
+        's/old_key_files = lib.mkIf (oldKeyPaths != \[ \]) oldKeyPaths;/old_key_files = lib.mkIf (oldKeyPaths != [ ]) (lib.mkDefault oldKeyPaths);/'
+        's/assertion = cfg.oldEncryptionKeyFiles == \[ \] || cfg.encryptionKeyFile != null;/assertion = true;/'
+        '/^    "oldEncryptionKeyFiles"$/d'
     )
     local m n=0
     for m in "${mutations[@]}"; do

@@ -63,10 +63,19 @@ enum Command {
         #[arg(default_value = "/etc/glidefs/glidefs.toml")]
         file: PathBuf,
     },
-    /// Validate a config file (syntax, keys, values) and exit.
+    /// Validate a config file (syntax, keys, values; the encryption key files it
+    /// names, when they can be read here) and exit.
     CheckConfig {
         /// The file to check.
         file: PathBuf,
+        /// Do not read the key files of [store.encryption] (a build sandbox has none).
+        #[arg(long)]
+        skip_key_files: bool,
+    },
+    /// Master-key rotation (docs/operations.md, "Encryption").
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Dirty data a daemon set aside because another host wrote its volume
     /// (docs/operations.md, "Diverged data").
@@ -106,6 +115,23 @@ struct ApiAddress {
         global = true
     )]
     url: String,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Re-wrap the data keys of every volume in the store under the current master
+    /// key (`key_file`), unwrapping with it or an `old_key_files` key; no data is
+    /// rewritten. Volumes a live daemon serves are skipped: it re-wraps them when it
+    /// opens them with the new key. Exit 0 when no volume needs an old key any more
+    /// (it may be retired), 1 otherwise.
+    Rewrap {
+        /// The daemon's config file: the store, its credentials and [store.encryption].
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Change nothing; say what would be re-wrapped.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -217,7 +243,19 @@ fn main() {
             stop_devices,
         } => exit_code(run(config.as_deref(), stop_devices)),
         Command::Init { file } => exit_code(init(&file)),
-        Command::CheckConfig { file } => exit_code(check_config(&file)),
+        Command::CheckConfig {
+            file,
+            skip_key_files,
+        } => exit_code(check_config(&file, skip_key_files)),
+        Command::Keys {
+            command: KeysCommand::Rewrap { config, dry_run },
+        } => match keys_rewrap(&config, dry_run) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("glidefs: {e:#}");
+                1
+            }
+        },
         Command::Diverged {
             api,
             command: DivergedCommand::List,
@@ -296,16 +334,79 @@ fn init(file: &Path) -> Result<()> {
     Ok(())
 }
 
-fn check_config(file: &Path) -> Result<()> {
+fn check_config(file: &Path, skip_key_files: bool) -> Result<()> {
     let cfg = Config::load(file)?;
+    let keys = match &cfg.store.encryption {
+        None => "encryption off".to_owned(),
+        Some(_) if skip_key_files => "encryption on, key files not read".to_owned(),
+        Some(e) => {
+            let env = |k: &str| std::env::var(k).ok();
+            let unresolved = std::iter::once(&e.key_file)
+                .chain(&e.old_key_files)
+                .any(|f| f.is_relative() && env("CREDENTIALS_DIRECTORY").is_none());
+            if unresolved {
+                "encryption on, key files not read (relative: read from $CREDENTIALS_DIRECTORY when the service runs)".to_owned()
+            } else {
+                let m = e.load(&env)?;
+                format!(
+                    "encryption on, master key {} and {} old",
+                    m.current.id,
+                    m.old.len()
+                )
+            }
+        }
+    };
     println!(
-        "{}: ok (store {}, cache {}, api {})",
+        "{}: ok (store {}, cache {}, api {}, {keys})",
         file.display(),
         redact_url(&cfg.store_url()),
         cfg.cache.dir.display(),
         cfg.api.listen
     );
     Ok(())
+}
+
+/// The object store the config names (a `file://` store's directory created), its
+/// credentials resolved from the config and the environment.
+fn configured_store(cfg: &Config) -> Result<Arc<dyn ObjectStore>> {
+    let creds = resolve_credentials(&cfg.store, &|k| std::env::var(k).ok())?;
+    let store_url = cfg.store_url();
+    if let Some(p) = store_url.strip_prefix("file://") {
+        std::fs::create_dir_all(p).with_context(|| format!("creating local store {p}"))?;
+    }
+    let opts = daemon::store_options(cfg, creds.as_ref());
+    open_store(&store_url, &opts).context("opening the object store")
+}
+
+fn keys_rewrap(config: &Path, dry_run: bool) -> Result<i32> {
+    let cfg = Config::load(config)?;
+    let Some(enc) = &cfg.store.encryption else {
+        bail!(
+            "{}: [store.encryption] is not set: no master key to re-wrap with",
+            config.display()
+        );
+    };
+    let masters = enc.load(&|k| std::env::var(k).ok())?;
+    let store = configured_store(&cfg)?;
+    let to = masters.current.id.clone();
+    let summary = smol::block_on(daemon::key_rotation::rewrap_store(
+        &store,
+        &masters,
+        cfg.cache.lease_ttl,
+        dry_run,
+        |name, r| println!("{}", daemon::key_rotation::describe(name, r, &to)),
+    ))?;
+    let s = &summary;
+    println!(
+        "{} re-wrapped, {} to re-wrap, {} current, {} without a data key, {} skipped (served), {} failed",
+        s.rewrapped, s.stale, s.current, s.no_key, s.held, s.failed
+    );
+    if summary.complete() {
+        println!("no volume needs an old master key: old_key_files may be retired");
+        Ok(0)
+    } else {
+        Ok(1)
+    }
 }
 
 /// Store URLs carry no secrets by construction (validated), but never print a
@@ -357,13 +458,7 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
 
     let metrics = Metrics::new(cfg.api.per_export_metrics, VERSION, GIT_SHA).context("metrics")?;
     metrics.set_dirty_limit(cfg.cache.dirty_limit.0);
-    let creds = resolve_credentials(&cfg.store, &|k| std::env::var(k).ok())?;
-    let store_url = cfg.store_url();
-    if let Some(p) = store_url.strip_prefix("file://") {
-        std::fs::create_dir_all(p).with_context(|| format!("creating local store {p}"))?;
-    }
-    let opts = daemon::store_options(&cfg, creds.as_ref());
-    let raw_store = open_store(&store_url, &opts).context("opening the object store")?;
+    let raw_store = configured_store(&cfg)?;
     tracing::info!(store = %raw_store.describe(), "object store opened");
     let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw_store, metrics.store()));
 

@@ -420,3 +420,101 @@ fn run_refuses_a_master_key_file_it_cannot_use_naming_the_file() {
         );
     }
 }
+
+/// `glidefs keys rewrap` finishes a rotation for the volumes no daemon serves (a
+/// fork nobody opened yet) and skips one with a live lease; `--dry-run` writes
+/// nothing; `check-config` reads the key files (or skips them when told).
+#[test]
+fn keys_rewrap_and_check_config_with_key_files() {
+    use glidefs::store::{LocalDirStore, ObjectStore};
+    use glidefs::volume::crypto::{MasterKey, MasterKeys};
+    use glidefs::volume::{Volume, VolumeConfig};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalDirStore::open(&store_dir).unwrap());
+    let (k1, k2) = (dir.path().join("k1"), dir.path().join("k2"));
+    std::fs::write(&k1, [1u8; 32]).unwrap();
+    std::fs::write(&k2, [2u8; 32]).unwrap();
+    let old = MasterKeys {
+        current: MasterKey::from_bytes(&[1; 32]),
+        old: Vec::new(),
+    };
+    let (id1, id2) = (old.current.id.clone(), MasterKey::from_bytes(&[2; 32]).id);
+    smol::block_on(async {
+        let mut c = VolumeConfig::new("base", 1 << 20, dir.path().join("vols/base"));
+        c.encryption = Some(Arc::new(old.clone()));
+        let v = Volume::open(c, store.clone()).await.unwrap();
+        v.write(0, &[7u8; 4096], false).await.unwrap();
+        v.drain().await.unwrap();
+        v.snapshot("s1").await.unwrap();
+        v.close().await.unwrap();
+        Volume::fork(&store, "base", "s1", "child", 0, Some(&old))
+            .await
+            .unwrap();
+    });
+    let key_id = |vol: &str| {
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(store_dir.join(format!("volumes/{vol}/meta"))).unwrap(),
+        )
+        .unwrap();
+        m["keys"]["key_id"].as_str().unwrap_or("").to_owned()
+    };
+    let cfg = dir.path().join("g.toml");
+    let write_cfg = |key: &Path| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[store]\nurl = \"file://{}\"\n[store.encryption]\nkey_file = \"{}\"\nold_key_files = [\"{}\"]\n[cache]\ndir = \"{}\"\n",
+                store_dir.display(),
+                key.display(),
+                k1.display(),
+                dir.path().join("cache").display(),
+            ),
+        )
+        .unwrap();
+    };
+    write_cfg(&k2);
+    let c = cfg.to_str().unwrap();
+
+    let o = glidefs(&["keys", "rewrap", "--config", c, "--dry-run"]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{out}{}", text(&o.stderr));
+    assert!(
+        out.contains(&format!("child: would re-wrap (key {id1} -> {id2})")),
+        "{out}"
+    );
+    assert!(out.contains("base: skipped, wrapped by key"), "{out}");
+    assert_eq!(key_id("child"), id1, "a dry run wrote");
+
+    let o = glidefs(&["keys", "rewrap", "--config", c]);
+    let out = text(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "base is still held: {out}");
+    assert!(
+        out.contains(&format!("child: re-wrapped (key {id1} -> {id2})")),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 re-wrapped, 0 to re-wrap, 0 current, 0 without a data key, 1 skipped"),
+        "{out}"
+    );
+    assert_eq!(
+        (key_id("child"), key_id("base")),
+        (id2.clone(), id1.clone())
+    );
+
+    let o = glidefs(&["check-config", c]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out}{}", text(&o.stderr));
+    assert!(
+        out.contains(&format!("master key {id2} and 1 old")),
+        "{out}"
+    );
+    write_cfg(&dir.path().join("gone.key"));
+    let o = glidefs(&["check-config", c]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success() && err.contains("gone.key"), "{err}");
+    let o = glidefs(&["check-config", "--skip-key-files", c]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("key files not read"));
+}

@@ -351,3 +351,132 @@ fn a_plaintext_volume_stays_plaintext_when_encryption_is_turned_on() {
         assert!(!meta(&store, "old").await.encrypted);
     });
 }
+
+/// The objects under `prefix` with their etags (what a re-wrap must not touch).
+async fn objects_under(store: &Arc<dyn ObjectStore>, prefix: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = store
+        .list(prefix)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.key, o.etag))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `glidefs keys rewrap`: every volume no daemon serves is re-wrapped under the
+/// current master key, without rewriting data; a volume with a live lease is left
+/// to its daemon until the lease is stale; a dry run changes nothing; a wrong key
+/// fails that volume only, naming the key ids.
+#[test]
+fn rewrap_store_finishes_a_rotation() {
+    use glidefs::daemon::key_rotation::rewrap_store;
+    use glidefs::volume::rewrap::Rewrap;
+    smol::block_on(async {
+        let clock = Arc::new(glidefs::clock::ManualClock::new(1_000_000_000));
+        let store: Arc<dyn ObjectStore> = Arc::new(MemStore::with_clock(clock.clone()));
+        let fs = SimFs::new();
+        let (a, b) = (master_keys(1), master_keys(2));
+        let data = pattern(5, 128 << 10);
+        let bc = cfg(&fs, "base", MIB, Some(a.clone()));
+        let v = open(&bc, &store).await;
+        v.write(0, &data, false).await.unwrap();
+        v.drain().await.unwrap();
+        v.snapshot("s1").await.unwrap();
+        v.close().await.unwrap();
+        Volume::purge_cache(&bc).unwrap();
+        // Never opened: no lease.
+        Volume::fork(&store, "base", "s1", "child", 0, Some(&a))
+            .await
+            .unwrap();
+        write_cold(&cfg(&fs, "plain", MIB, None), &store, &data).await;
+        let segments = objects_under(&store, "volumes/base/seg/").await;
+        assert!(!segments.is_empty());
+
+        let ttl = std::time::Duration::from_secs(60);
+        let rot = MasterKeys {
+            current: b.current.clone(),
+            old: vec![a.current.clone()],
+        };
+        let run = |masters: MasterKeys, dry_run: bool| {
+            let store = store.clone();
+            async move {
+                let mut seen = Vec::new();
+                let s = rewrap_store(&store, &masters, ttl, dry_run, |n, r| {
+                    seen.push((n.to_owned(), r.as_ref().map_err(|e| e.to_string()).cloned()));
+                })
+                .await
+                .unwrap();
+                (s, seen)
+            }
+        };
+        let id_a = a.current.id.clone();
+        let held = |seen: &[(String, Result<Rewrap, String>)]| matches!(&seen[0], (n, Ok(Rewrap::Held { from, .. })) if n == "base" && *from == id_a);
+
+        let (s, seen) = run(rot.clone(), true).await;
+        assert!(held(&seen), "{seen:?}");
+        assert_eq!(
+            seen[1],
+            ("child".into(), Ok(Rewrap::Stale { from: id_a.clone() }))
+        );
+        assert_eq!(seen[2], ("plain".into(), Ok(Rewrap::NoKey)));
+        assert!(!s.complete(), "{s:?}");
+        assert_eq!(
+            meta(&store, "child").await.keys.unwrap().key_id,
+            id_a,
+            "dry run wrote"
+        );
+
+        let (s, seen) = run(rot.clone(), false).await;
+        assert!(held(&seen), "{seen:?}");
+        assert_eq!(
+            seen[1],
+            ("child".into(), Ok(Rewrap::Rewrapped { from: id_a.clone() }))
+        );
+        assert_eq!((s.rewrapped, s.held, s.no_key), (1, 1, 1), "{s:?}");
+        assert!(!s.complete());
+        assert_eq!(
+            meta(&store, "child").await.keys.unwrap().key_id,
+            b.current.id
+        );
+
+        // A key that unwraps nothing: child fails, naming both ids; nothing written.
+        let c = master_keys(3);
+        let (s, seen) = run((*c).clone(), false).await;
+        assert_eq!(s.failed, 1, "{seen:?}");
+        let e = seen[1].1.clone().unwrap_err();
+        assert!(
+            e.contains(&b.current.id) && e.contains(&c.current.id),
+            "{e}"
+        );
+        assert_eq!(
+            meta(&store, "child").await.keys.unwrap().key_id,
+            b.current.id
+        );
+
+        // Once base's lease is stale, the command re-wraps it too: complete.
+        clock.advance(ttl.as_millis() as u64 + 60_000);
+        let (s, seen) = run(rot.clone(), false).await;
+        assert_eq!(
+            seen[0],
+            ("base".into(), Ok(Rewrap::Rewrapped { from: id_a.clone() }))
+        );
+        assert_eq!(seen[1], ("child".into(), Ok(Rewrap::Current)));
+        assert!(s.complete(), "{s:?}");
+        assert_eq!(
+            objects_under(&store, "volumes/base/seg/").await,
+            segments,
+            "data rewritten"
+        );
+
+        // Key B alone opens both and reads the data.
+        for name in ["base", "child"] {
+            let c = cfg(&fs, name, 0, Some(b.clone()));
+            let v = open(&c, &store).await;
+            assert!(read_all(&v).await[..data.len()] == data[..], "{name}");
+            v.close().await.unwrap();
+            Volume::purge_cache(&c).unwrap();
+        }
+    });
+}

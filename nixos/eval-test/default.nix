@@ -138,6 +138,33 @@ let
       "/run/secrets/glidefs-master-key.old"
     ];
   };
+  rotation = withGlidefs {
+    services.glidefs.encryptionKeyFile = "/run/secrets/glidefs-master-key";
+    services.glidefs.oldEncryptionKeyFiles = [
+      "/run/secrets/glidefs-master-key.1"
+      "/run/secrets/glidefs-master-key.2"
+    ];
+  };
+  rotationc = rotation.config;
+  rotationWithSettings = withGlidefs {
+    services.glidefs.encryptionKeyFile = "/run/secrets/glidefs-master-key";
+    services.glidefs.oldEncryptionKeyFiles = [ "/run/secrets/glidefs-master-key.1" ];
+    services.glidefs.settings.store.encryption.old_key_files = [ "/etc/glidefs/master-key.0" ];
+  };
+  oldKeysWithoutKey = withGlidefs {
+    services.glidefs.oldEncryptionKeyFiles = [ "/run/secrets/glidefs-master-key.1" ];
+  };
+  oldKeyInStore = withGlidefs {
+    services.glidefs.encryptionKeyFile = "/run/secrets/glidefs-master-key";
+    services.glidefs.oldEncryptionKeyFiles = [
+      "/run/secrets/glidefs-master-key.1"
+      "${builtins.storeDir}/abc-glidefs-master-key.old"
+    ];
+  };
+  relativeOldKey = withGlidefs {
+    services.glidefs.encryptionKeyFile = "/run/secrets/glidefs-master-key";
+    services.glidefs.oldEncryptionKeyFiles = [ "glidefs-master-key.old" ];
+  };
   userPriority = withGlidefs {
     services.glidefs.settings.cache.dir = lib.mkForce "/mnt/cache";
     services.glidefs.settings.cache.dirty_limit = lib.mkDefault "2G";
@@ -193,6 +220,13 @@ let
     key_file = "/run/credentials/glidefs.service/master-key"
   '';
 
+  expectedRotationToml = expectedDefaultToml + ''
+
+    [store.encryption]
+    key_file = "/run/credentials/glidefs.service/master-key"
+    old_key_files = ["/run/credentials/glidefs.service/old-master-key-0", "/run/credentials/glidefs.service/old-master-key-1"]
+  '';
+
   checks = [
     # the S3 sample
     # The real module system throws on a definition of an undeclared option.
@@ -206,7 +240,7 @@ let
       "${store}-glidefs-0.1.0/bin/glidefs run --config ${store}-glidefs-checked.toml"
     )
     (contains "s3: build-time check-config of the generated file" s3cfgFile.buildCommand
-      "/bin/glidefs check-config \"$configFile\""
+      "/bin/glidefs check-config --skip-key-files \"$configFile\""
     )
     (eq "s3: Type=notify" s3sc.Type "notify")
     (eq "s3: Restart=always" s3sc.Restart "always")
@@ -315,6 +349,18 @@ let
     (that "a second encryption.key_file path is rejected" (
       hasMessage "encryption.key_file is set to another path" otherKeyPath.config
     ))
+    (that "oldEncryptionKeyFiles without encryptionKeyFile is rejected" (
+      hasMessage "oldEncryptionKeyFiles is set but services.glidefs.encryptionKeyFile is not" oldKeysWithoutKey.config
+    ))
+    (that "oldEncryptionKeyFiles without encryptionKeyFile: no [store.encryption] rendered" (
+      !(oldKeysWithoutKey.config.services.glidefs.settings.store ? encryption)
+    ))
+    (that "an old master key in the Nix store is rejected" (
+      hasMessage "oldEncryptionKeyFiles: a secret file must be an absolute path" oldKeyInStore.config
+    ))
+    (that "a relative old master key path is rejected" (
+      hasMessage "oldEncryptionKeyFiles: a secret file must be an absolute path" relativeOldKey.config
+    ))
     (that "a listen address without port is rejected" (hasMessage "neither host:port" badListen.config))
     (throws "null in settings is a type error (TOML has no null)" nullSetting.config.services.glidefs.settings)
     (throws "a misspelt option is an evaluation error" typo.config.boot.kernelModules)
@@ -374,6 +420,39 @@ let
         key_file = "/run/credentials/glidefs.service/master-key";
         old_key_files = [ "/run/secrets/glidefs-master-key.old" ];
       }
+    )
+    (eq "oldEncryptionKeyFiles: no failed assertions" (failedAssertions rotationc) [ ])
+    (eq "oldEncryptionKeyFiles: LoadCredential has the current and the old master keys"
+      rotationc.systemd.services.glidefs.serviceConfig.LoadCredential
+      [
+        "master-key:/run/secrets/glidefs-master-key"
+        "old-master-key-0:/run/secrets/glidefs-master-key.1"
+        "old-master-key-1:/run/secrets/glidefs-master-key.2"
+      ]
+    )
+    (contains "oldEncryptionKeyFiles: unit has a LoadCredential line per key"
+      (renderUnit rotationc.systemd.services.glidefs)
+      "\nLoadCredential=master-key:/run/secrets/glidefs-master-key\nLoadCredential=old-master-key-0:/run/secrets/glidefs-master-key.1\nLoadCredential=old-master-key-1:/run/secrets/glidefs-master-key.2\n"
+    )
+    (eq "oldEncryptionKeyFiles: old_key_files are the credentials, in order"
+      rotationc.services.glidefs.settings.store.encryption
+      {
+        key_file = "/run/credentials/glidefs.service/master-key";
+        old_key_files = [
+          "/run/credentials/glidefs.service/old-master-key-0"
+          "/run/credentials/glidefs.service/old-master-key-1"
+        ];
+      }
+    )
+    (eq "oldEncryptionKeyFiles: rendered TOML" rotationc.services.glidefs.configFile.configFile.text
+      expectedRotationToml
+    )
+    (eq "oldEncryptionKeyFiles and settings' old_key_files: both kept"
+      (builtins.sort builtins.lessThan rotationWithSettings.config.services.glidefs.settings.store.encryption.old_key_files)
+      [
+        "/etc/glidefs/master-key.0"
+        "/run/credentials/glidefs.service/old-master-key-0"
+      ]
     )
     (eq "mkForce/mkDefault inside settings" userPriority.config.services.glidefs.settings.cache {
       dir = "/mnt/cache";

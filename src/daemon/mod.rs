@@ -7,6 +7,7 @@
 
 pub mod backends;
 pub mod host_identity;
+pub mod key_rotation;
 
 pub use backends::{EngineVolume, EngineVolumes, UblkDevices};
 pub use host_identity::{CacheDirLock, HostIdentity, IdentityError};

@@ -41,16 +41,28 @@ pub struct VolumeKeys {
     root: String,
 }
 
+/// The prefix of every volume's objects.
+pub const VOLUMES: &str = "volumes/";
+const META: &str = "meta";
 const SEG: &str = "seg/";
 const MANIFEST: &str = "manifest/";
 const SNAP: &str = "snap/";
 const FORKS: &str = "forks/";
 
+/// The volume whose `meta` object `key` is (`None`: another object).
+pub fn meta_owner(key: &str) -> Option<&str> {
+    let name = key
+        .strip_prefix(VOLUMES)?
+        .strip_suffix(META)?
+        .strip_suffix('/')?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
+}
+
 impl VolumeKeys {
     /// The keys of volume `name` (a name that passed [`crate::rules::validate_name`]).
     pub fn new(name: &str) -> VolumeKeys {
         VolumeKeys {
-            root: format!("volumes/{name}/"),
+            root: format!("{VOLUMES}{name}/"),
         }
     }
 
@@ -63,7 +75,7 @@ impl VolumeKeys {
     pub fn key(&self, k: Key) -> String {
         let root = &self.root;
         match k {
-            Key::Meta => format!("{root}meta"),
+            Key::Meta => format!("{root}{META}"),
             Key::Lease => format!("{root}lease"),
             Key::ClockProbe => format!("{root}clock"),
             Key::Segment(seq) => format!("{root}{SEG}{seq:020}"),
@@ -214,6 +226,8 @@ mod tests {
             prop_assert!(crate::store::validate_key(&key).is_ok(), "{key}");
             prop_assert!(key.starts_with(keys.root()));
             prop_assert_eq!(keys.parse(&key), Some(k));
+            let owner = (k == Key::Meta).then_some(name.as_str());
+            prop_assert_eq!(meta_owner(&key), owner);
         }
 
         #[test]
@@ -255,5 +269,13 @@ mod tests {
             assert_eq!(k.parse(bad), None, "{bad}");
         }
         assert_eq!(k.parse("volumes/v/seg/7"), Some(Key::Segment(7)));
+        for bad in [
+            "volumes/meta",
+            "volumes//meta",
+            "volumes/v/snap/meta",
+            "volumes/v/xmeta",
+        ] {
+            assert_eq!(meta_owner(bad), None, "{bad}");
+        }
     }
 }

@@ -56,6 +56,7 @@ pub mod lineage;
 pub mod manifest;
 mod meta_io;
 mod open;
+pub mod rewrap;
 pub mod segment;
 pub mod shared_cache;
 pub mod snapshot;
@@ -543,6 +544,23 @@ impl Volume {
         masters: Option<&crypto::MasterKeys>,
     ) -> Result<(), VolumeError> {
         admin::purge(store.as_ref(), name, rules, force, masters).await
+    }
+
+    /// Re-wrap volume `name`'s data keys under `masters.current` unless a live lease
+    /// holder serves it (see [`rewrap`]); `dry_run` only says what would happen.
+    pub async fn rewrap_keys(
+        store: &Arc<dyn ObjectStore>,
+        name: &str,
+        masters: &crypto::MasterKeys,
+        rules: lease::Rules<'_>,
+        dry_run: bool,
+    ) -> Result<rewrap::Rewrap, VolumeError> {
+        rewrap::rewrap(store.as_ref(), name, masters, rules, dry_run).await
+    }
+
+    /// Every volume in the store (names with a `meta` object), sorted.
+    pub async fn names_in_store(store: &Arc<dyn ObjectStore>) -> Result<Vec<String>, VolumeError> {
+        rewrap::volume_names(store.as_ref()).await
     }
 
     /// Delete the local cache directory of a (closed) volume. Dirty data it still
