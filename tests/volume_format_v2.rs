@@ -434,6 +434,64 @@ fn a_cold_multi_block_read_fetches_its_blocks_concurrently() {
     });
 }
 
+/// Sequential readahead: after a read that continues the previous one, the next
+/// blocks are fetched in the background, so a cold 128 KiB stream finds them cached
+/// (no GET of its own); reads that jump around prefetch nothing.
+#[test]
+fn a_cold_sequential_stream_is_read_ahead() {
+    smol::block_on(async {
+        let (_, mem) = mem();
+        let slow = Arc::new(SlowGets {
+            inner: mem,
+            running: Default::default(),
+            peak: Default::default(),
+        });
+        let store: Arc<dyn ObjectStore> = slow.clone();
+        let fs = SimFs::new();
+        let cfg = sim_cfg(&fs, "readahead", 8 * MIB);
+        let v = open(&cfg, &store).await;
+        let data = pattern(4, 8 * MIB as usize);
+        v.write(0, &data, false).await.unwrap();
+        let v = drain_and_cold_open(v, &cfg, &store).await;
+        let read = |b: u64| {
+            let v = &v;
+            async move {
+                let mut blk = vec![0u8; BLOCK_SIZE];
+                v.read(b * BS, &mut blk).await.unwrap();
+                blk
+            }
+        };
+        // Jumping around: nothing ahead.
+        for b in [9u64, 3, 40, 20] {
+            assert!(read(b).await[..] == data[(b * BS) as usize..((b + 1) * BS) as usize]);
+        }
+        assert_eq!(v.stats().readahead_blocks, 0, "random reads prefetched");
+        // A stream: block 0, then 1 continues it and starts the readahead of 2..34
+        // (4 MiB past its end), of which 3, 9 and 20 are cached already.
+        let misses = v.stats().cache_misses;
+        read(0).await;
+        read(1).await;
+        assert_eq!(v.stats().readahead_blocks, 29);
+        assert_eq!(v.stats().cache_misses, misses + 2);
+        // Once the prefetches are done the stream reads on without a miss (the
+        // readahead of each read finds nothing left to fetch within 4 MiB).
+        v.settle_readahead().await;
+        for b in 2..34u64 {
+            assert!(
+                read(b).await[..] == data[(b * BS) as usize..((b + 1) * BS) as usize],
+                "block {b}"
+            );
+        }
+        let s = v.stats();
+        assert_eq!(
+            s.cache_misses,
+            misses + 2,
+            "the stream missed after its readahead"
+        );
+        v.close().await.unwrap();
+    });
+}
+
 /// Blocks fragmented by scattered writes are merged into one whole-block extent
 /// once cold (a cold read of one is one GET again), and merges stay within their
 /// budget: a volume whose writes uploaded little merges nothing.
@@ -479,7 +537,8 @@ fn cold_fragmented_blocks_are_merged_within_the_budget() {
         );
         let want = read_all(&v).await;
         let v = drain_and_cold_open(v, &cfg, &store).await;
-        for (b, gets) in [(0u64, 1u64), (1, 6)] {
+        // Block 1 first: 0 then 1 would be a sequential stream, read ahead.
+        for (b, gets) in [(1u64, 6u64), (0, 1)] {
             let before = m.get_count();
             let mut blk = vec![0u8; BLOCK_SIZE];
             v.read(b * BS, &mut blk).await.unwrap();

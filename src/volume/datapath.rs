@@ -41,6 +41,7 @@ impl Volume {
     /// costs one round of GETs per request, not one per block.
     pub async fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), VolumeError> {
         self.check_req(offset, buf.len() as u64)?;
+        super::readahead::note_read(&self.inner, offset, buf.len() as u64);
         let (b, in_blk) = (offset / BS, (offset % BS) as usize);
         if in_blk + buf.len() <= BLOCK_SIZE {
             return self.read_in_block(b, in_blk, buf).await;

@@ -56,6 +56,7 @@ pub mod lineage;
 pub mod manifest;
 mod meta_io;
 mod open;
+mod readahead;
 pub mod rewrap;
 pub mod segment;
 pub mod shared_cache;
@@ -93,6 +94,8 @@ pub struct VolumeStats {
     pub cache_hits: u64,
     /// Read chunks that needed a store GET.
     pub cache_misses: u64,
+    /// Blocks fetched ahead of a sequential reader (see `readahead.rs`).
+    pub readahead_blocks: u64,
     /// Failed flush attempts (retried).
     pub flush_errors: u64,
     /// Segments committed.
@@ -156,6 +159,7 @@ impl VolumeStats {
 pub(crate) struct Stats {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
+    pub readahead_blocks: AtomicU64,
     pub flush_errors: AtomicU64,
     pub segments_written: AtomicU64,
     pub bytes_uploaded: AtomicU64,
@@ -258,6 +262,8 @@ pub(crate) struct Inner {
     flusher_idle: AtomicBool,
     dirtied: Event,
     stats: Stats,
+    /// Sequential readahead's stream and prefetches.
+    readahead: readahead::Readahead,
     closed: AtomicBool,
     /// Set before the flusher is stopped: blocking jobs it queued must not run.
     bg_stop: AtomicBool,
@@ -721,6 +727,7 @@ impl Volume {
         if inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        inner.readahead.cancel();
         self.stop_flusher().await;
         if inner.failed.load(Ordering::Acquire) {
             return Err(VolumeError::Closed);
@@ -745,11 +752,18 @@ impl Volume {
         }
     }
 
+    /// Wait until the readahead in flight has filled the cache (tests).
+    #[doc(hidden)]
+    pub async fn settle_readahead(&self) {
+        self.inner.readahead.settle().await;
+    }
+
     /// Simulate `kill -9` (tests): stop the flusher and refuse further I/O without
     /// syncing anything. What the engine wrote stays in the (simulated) page cache.
     #[doc(hidden)]
     pub async fn abandon(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.readahead.cancel();
         self.stop_flusher().await;
     }
 
@@ -809,6 +823,7 @@ impl Volume {
             dirty_bytes: dirty_sectors * SS,
             cache_hits: l(&s.cache_hits),
             cache_misses: l(&s.cache_misses),
+            readahead_blocks: l(&s.readahead_blocks),
             flush_errors: l(&s.flush_errors),
             segments_written: l(&s.segments_written),
             bytes_uploaded: l(&s.bytes_uploaded),

@@ -514,6 +514,7 @@ pub(crate) async fn open(
         flusher_idle: AtomicBool::new(false),
         dirtied: Event::new(),
         stats,
+        readahead: Default::default(),
         closed: AtomicBool::new(false),
         bg_stop: AtomicBool::new(false),
         file_ops: Mutex::new(()),

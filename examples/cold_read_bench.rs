@@ -1,0 +1,150 @@
+//! Issue 17's cold-read cost on the engine, natively (no ublk, no emulation):
+//! a volume of `DATA_MIB` random data is written, drained and closed, its cache
+//! dropped, and then read back sequentially in `REQ_KIB` requests, plaintext and
+//! encrypted in turn, `ROUNDS` rounds. The store is a local directory (its files in
+//! the page cache: the cheapest store there is, so the AEAD's share is the largest
+//! it can be); `GET_LATENCY_MS` > 0 makes every GET wait that long first (an S3
+//! first byte). Prints one line per read and the median ratio.
+//!
+//! `cargo run --release --example cold_read_bench`; traces in scripts/bench-results/.
+use async_trait::async_trait;
+use bytes::Bytes;
+use glidefs::store::{LocalDirStore, ObjectMeta, ObjectStore, PutCondition, StoreError};
+use glidefs::volume::crypto::{MasterKey, MasterKeys};
+use glidefs::volume::{Volume, VolumeConfig};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Every GET waits `ms` first, then goes to `inner`.
+struct Latency {
+    inner: Arc<dyn ObjectStore>,
+    ms: u64,
+}
+
+#[async_trait]
+impl ObjectStore for Latency {
+    async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
+        self.inner.put(key, data).await
+    }
+    async fn put_if(&self, key: &str, data: Bytes, c: PutCondition) -> Result<String, StoreError> {
+        self.inner.put_if(key, data, c).await
+    }
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        smol::Timer::after(Duration::from_millis(self.ms)).await;
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
+        smol::Timer::after(Duration::from_millis(self.ms)).await;
+        self.inner.get_range(key, range).await
+    }
+    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+    fn describe(&self) -> String {
+        format!("latency {} ms over {}", self.ms, self.inner.describe())
+    }
+}
+
+fn random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (mib, req, rounds, latency) = (
+        knob("DATA_MIB", 64),
+        knob("REQ_KIB", 1024) << 10,
+        knob("ROUNDS", 5),
+        knob("GET_LATENCY_MS", 0),
+    );
+    let dir = tempfile::tempdir()?;
+    let local: Arc<dyn ObjectStore> = Arc::new(LocalDirStore::open(dir.path().join("store"))?);
+    let store: Arc<dyn ObjectStore> = Arc::new(Latency {
+        inner: local,
+        ms: latency,
+    });
+    let keys = Arc::new(MasterKeys {
+        current: MasterKey::from_bytes(&[7; 32]),
+        old: Vec::new(),
+    });
+    let size = mib << 20;
+    let data = random(size as usize, 1);
+    let cfg = |name: &str, enc: bool| {
+        let mut c = VolumeConfig::new(name, size, dir.path().join("cache").join(name));
+        c.encryption = enc.then(|| keys.clone());
+        c
+    };
+    println!(
+        "cold_read_bench: {mib} MiB, {} KiB requests, {rounds} rounds, GET latency {latency} ms, store {}",
+        req >> 10,
+        store.describe()
+    );
+    smol::block_on(async {
+        for (name, enc) in [("plain", false), ("secret", true)] {
+            let c = cfg(name, enc);
+            let v = Volume::open(c.clone(), store.clone()).await?;
+            v.write(0, &data, false).await?;
+            v.drain().await?;
+            v.close().await?;
+            Volume::purge_cache(&c)?;
+        }
+        let (mut plain, mut secret) = (Vec::new(), Vec::new());
+        let mut buf = vec![0u8; req as usize];
+        for r in 1..=rounds {
+            for (name, enc) in [("plain", false), ("secret", true)] {
+                let c = cfg(name, enc);
+                let v = Volume::open(c.clone(), store.clone()).await?;
+                let t = Instant::now();
+                let mut off = 0;
+                while off < size {
+                    let n = req.min(size - off) as usize;
+                    v.read(off, &mut buf[..n]).await?;
+                    if buf[..n] != data[off as usize..off as usize + n] {
+                        return Err(format!("{name}: data differs at {off}").into());
+                    }
+                    off += n as u64;
+                }
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                v.close().await?;
+                Volume::purge_cache(&c)?;
+                println!(
+                    "round {r} {name:6} cold read {ms:8.1} ms  {:7.1} MiB/s",
+                    mib as f64 / (ms / 1e3)
+                );
+                if enc { &mut secret } else { &mut plain }.push(ms);
+            }
+        }
+        let (p, s) = (median(&mut plain), median(&mut secret));
+        println!(
+            "median cold read: plaintext {p:.1} ms, encrypted {s:.1} ms: encrypted runs at {:.2}x plaintext's speed",
+            p / s
+        );
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
