@@ -36,3 +36,56 @@ proptest! {
         run_case(store, &p, &ops);
     }
 }
+
+/// A fixed case that surely purges parents: a chain of forks whose parents are
+/// purged one after another (forks of forks of a purged volume), with crash,
+/// power loss and cold wake of the volume that took over, plaintext and encrypted.
+#[test]
+fn model_purged_parents_chain() {
+    let ops = [
+        Op::Write {
+            at: 0,
+            len: 300,
+            fua: false,
+        },
+        Op::Snapshot,
+        Op::Fork { at: 16, len: 64 },
+        Op::Write {
+            at: 8,
+            len: 40,
+            fua: false,
+        },
+        Op::Snapshot,
+        Op::Fork { at: 200, len: 100 },
+        Op::DeleteParent,
+        Op::Write {
+            at: 100,
+            len: 80,
+            fua: false,
+        },
+        Op::Crash,
+        Op::Snapshot,
+        Op::Fork { at: 40, len: 8 },
+        Op::DeleteParent,
+        Op::Write {
+            at: 0,
+            len: 8,
+            fua: false,
+        },
+        Op::PowerLoss { writeback: 3 },
+        Op::ColdWake,
+        Op::DeleteParent,
+    ];
+    for encrypted in [false, true] {
+        let p = Params {
+            fast_flusher: true,
+            small_dirty_limit: false,
+            compress: true,
+            store_mode: false,
+            compact_pct: 99,
+            gc_grace: false,
+            encrypted,
+        };
+        run_case(Arc::new(MemStore::new()), &p, &ops);
+    }
+}

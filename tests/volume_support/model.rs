@@ -42,6 +42,10 @@ pub enum Op {
         at: u32,
         len: u32,
     },
+    /// Purge the volume under test while it has forks (its snapshots go with it);
+    /// every fork still reads its image, and the newest fork becomes the volume
+    /// under test (later forks are forks of forks).
+    DeleteParent,
 }
 
 /// (offset in 512-byte units, length in 512-byte units): half 4 KiB aligned.
@@ -67,6 +71,7 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Snapshot),
         1 => Just(Op::DeleteSnapshot),
         1 => range().prop_map(|(at, len)| Op::Fork { at, len }),
+        1 => Just(Op::DeleteParent),
     ]
 }
 
@@ -115,9 +120,13 @@ struct Model {
 
 impl Model {
     fn new() -> Self {
+        Model::durable_image(vec![0; SIZE as usize])
+    }
+    /// A volume whose content `img` is all durable.
+    fn durable_image(img: Vec<u8>) -> Self {
         Model {
-            cur: vec![0; SIZE as usize],
-            cands: vec![vec![vec![0; SS]]; SIZE as usize / SS],
+            cands: img.chunks(SS).map(|c| vec![c.to_vec()]).collect(),
+            cur: img,
         }
     }
     fn write(&mut self, off: usize, data: &[u8]) {
@@ -136,8 +145,9 @@ impl Model {
     }
 }
 
-fn config(fs: &SimFs, p: &Params) -> VolumeConfig {
-    let mut cfg = sim_cfg(fs, "model", SIZE);
+/// Volume `name` (`size` 0: a fork, its snapshot's size) with the case's settings.
+fn config(fs: &SimFs, p: &Params, name: &str, size: u64) -> VolumeConfig {
+    let mut cfg = sim_cfg(fs, name, size);
     if p.fast_flusher {
         cfg.flush_interval = Duration::from_millis(1);
     }
@@ -168,7 +178,8 @@ fn config(fs: &SimFs, p: &Params) -> VolumeConfig {
 pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
     smol::block_on(async {
         let fs = SimFs::new();
-        let cfg = config(&fs, p);
+        let mut cfg = config(&fs, p, "model", SIZE);
+        let masters = p.encrypted.then(|| super::master_keys(1));
         let mut v = open(&cfg, &store).await;
         let mut m = Model::new();
         // Snapshots taken and not deleted, with the image each must keep.
@@ -270,13 +281,10 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
                 Op::Fork { at, len } => {
                     if let Some((snap, img)) = snaps.last() {
                         let child = format!("f{i}");
-                        let masters = p.encrypted.then(|| super::master_keys(1));
-                        Volume::fork(&store, "model", snap, &child, 0, masters.as_deref())
+                        Volume::fork(&store, &cfg.name, snap, &child, 0, masters.as_deref())
                             .await
                             .unwrap();
-                        let mut fcfg = sim_cfg(&fs, &child, 0);
-                        fcfg.encryption = masters;
-                        fcfg.compact_below_live_pct = p.compact_pct;
+                        let mut fcfg = config(&fs, p, &child, 0);
                         fcfg.shared_cache = Some(shared.clone());
                         let f = open(&fcfg, &store).await;
                         assert!(read_all(&f).await == *img, "op {i}: fork of {snap}");
@@ -290,19 +298,50 @@ pub fn run_case(store: Arc<dyn ObjectStore>, p: &Params, ops: &[Op]) {
                         forks.push((fcfg, want, snap.clone()));
                     }
                 }
+                Op::DeleteParent => {
+                    let Some((fcfg, img, _)) = forks.pop() else {
+                        continue;
+                    };
+                    v.drain().await.unwrap();
+                    v.close().await.unwrap();
+                    drop(v);
+                    Volume::purge(
+                        &store,
+                        &cfg.name,
+                        cfg.lease_rules(),
+                        false,
+                        masters.as_deref(),
+                    )
+                    .await
+                    .unwrap();
+                    Volume::purge_cache(&cfg).unwrap();
+                    snaps.clear();
+                    // Every fork, this one too, reads its image without its parent.
+                    for (c, want, snap) in
+                        forks
+                            .iter()
+                            .chain([&(fcfg.clone(), img.clone(), String::new())])
+                    {
+                        let f = open(c, &store).await;
+                        assert!(
+                            read_all(&f).await == *want,
+                            "op {i}: fork {} of {snap} after its ancestor {} was purged",
+                            c.name,
+                            cfg.name
+                        );
+                        f.close().await.unwrap();
+                    }
+                    // The newest fork is the volume under test from now on.
+                    cfg = fcfg;
+                    v = open(&cfg, &store).await;
+                    m = Model::durable_image(img);
+                }
             }
         }
         // Every snapshot kept its image through compaction and garbage collection.
         for (name, img) in &snaps {
             assert!(
-                snapshot_image(
-                    &store,
-                    "model",
-                    name,
-                    p.encrypted.then(|| master_keys(1)).as_deref()
-                )
-                .await
-                    == *img,
+                snapshot_image(&store, &cfg.name, name, masters.as_deref()).await == *img,
                 "snapshot {name} differs from the volume when it was taken"
             );
         }
