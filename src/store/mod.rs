@@ -81,6 +81,21 @@ pub enum PutCondition {
     IfMatch(String),
 }
 
+/// Create `key` unless an object is there (If-None-Match: *): `Some(etag)` when
+/// this call created it, `None` when the key was taken. Every put-if-absent of the
+/// engine goes through here.
+pub async fn put_new(
+    store: &dyn ObjectStore,
+    key: &str,
+    data: Bytes,
+) -> Result<Option<String>, StoreError> {
+    match store.put_if(key, data, PutCondition::IfAbsent).await {
+        Ok(etag) => Ok(Some(etag)),
+        Err(StoreError::PreconditionFailed(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Metadata of a stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {

@@ -24,7 +24,7 @@ use super::lease;
 use super::manifest;
 use super::segment::{self, Extent, SegEntry};
 use super::{bump, snapshot, Inner, VolumeError, BS, SS};
-use crate::store::{PutCondition, StoreError};
+use crate::store::{put_new, StoreError};
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -454,13 +454,9 @@ pub(super) async fn commit(inner: &Inner, p: &mut Pending) -> Result<(), VolumeE
         lease::check(inner.store.as_ref(), &lease_key, &held).await?;
         inner.check_bg()?;
         let key = inner.keys.segment(p.seq);
-        match inner
-            .store
-            .put_if(&key, p.obj.clone(), PutCondition::IfAbsent)
-            .await
-        {
-            Ok(_) => p.landed = true,
-            Err(StoreError::PreconditionFailed(_)) => {
+        match put_new(inner.store.as_ref(), &key, p.obj.clone()).await {
+            Ok(Some(_)) => p.landed = true,
+            Ok(None) => {
                 if is_our_attempt(inner, p.seq, p.epoch).await? {
                     p.landed = true;
                     continue;
@@ -578,17 +574,12 @@ async fn maybe_manifest(inner: &Inner, settled: bool) -> Result<(), VolumeError>
     lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
     inner.check_bg()?;
     let mkey = inner.keys.manifest(seq);
-    match inner
-        .store
-        .put_if(&mkey, Bytes::from(obj), PutCondition::IfAbsent)
-        .await
+    if put_new(inner.store.as_ref(), &mkey, Bytes::from(obj))
+        .await?
+        .is_none()
     {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => {
-            tracing::warn!(volume = %inner.cfg.name, %mkey, "manifest exists already; skipped");
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
+        tracing::warn!(volume = %inner.cfg.name, %mkey, "manifest exists already; skipped");
+        return Ok(());
     }
     bump(&inner.stats.manifests_written, 1);
     // Garbage collection: older manifests, and segments the manifest covers that hold

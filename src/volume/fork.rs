@@ -25,7 +25,7 @@ use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
 use super::meta_io::{check_name, meta_bytes, read_meta};
 use super::snapshot::SnapshotInfo;
 use super::VolumeError;
-use crate::store::{ObjectStore, PutCondition, StoreError};
+use crate::store::{put_new, ObjectStore, StoreError};
 use crate::BLOCK_SIZE;
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -114,12 +114,9 @@ pub(crate) async fn create(
     };
     let marker = VolumeKeys::new(parent).fork_marker(snap, child);
     store.put(&marker, Bytes::from(meta.uuid.clone())).await?;
-    match store
-        .put_if(&ckeys.meta(), meta_bytes(&meta)?, PutCondition::IfAbsent)
-        .await
-    {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => {
+    match put_new(store, &ckeys.meta(), meta_bytes(&meta)?).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
             // Another request made `child` meanwhile (its marker is the same key:
             // leave it, it names that fork now).
             return Err(VolumeError::AlreadyExists(format!("volume {child:?}")));

@@ -26,7 +26,7 @@ use super::keys::VolumeKeys;
 use super::VolumeError;
 use crate::clock::Clock;
 use crate::rules::{LEASE_CLOCK_SLACK, LEASE_SELF_FENCE_DIVISOR};
-use crate::store::{ObjectMeta, ObjectStore, PutCondition, StoreError};
+use crate::store::{put_new, ObjectMeta, ObjectStore, PutCondition, StoreError};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -210,19 +210,15 @@ pub async fn acquire(
         };
         let Some(meta) = meta else {
             let lease = mine(1, Vec::new());
-            match store
-                .put_if(&key, encode(&lease)?, PutCondition::IfAbsent)
-                .await
-            {
-                Ok(etag) => {
+            match put_new(store, &key, encode(&lease)?).await? {
+                Some(etag) => {
                     return Ok(Acquired {
                         held: Held { lease, etag },
                         prev_owner: None,
                         prev_epoch: 0,
                     })
                 }
-                Err(StoreError::PreconditionFailed(_)) => continue,
-                Err(e) => return Err(e.into()),
+                None => continue,
             }
         };
         let cur = match store.get(&key).await {

@@ -22,7 +22,7 @@ use super::manifest::{self, VolumeMeta, FORMAT_VERSION};
 use super::meta_io::{check_name, meta_bytes, read_meta};
 use super::segment;
 use super::{fileio, Inner, State, Stats, VolumeConfig, VolumeError};
-use crate::store::{CountedStore, ObjectStore, PutCondition, StoreError, StoreTraffic};
+use crate::store::{put_new, CountedStore, ObjectStore, PutCondition, StoreError, StoreTraffic};
 use crate::BLOCK_SIZE;
 use event_listener::Event;
 use parking_lot::Mutex;
@@ -282,13 +282,9 @@ pub(crate) async fn open(
             encrypted: keys.is_some(),
             keys,
         };
-        match store
-            .put_if(&meta_key, meta_bytes(&m)?, PutCondition::IfAbsent)
-            .await
-        {
-            Ok(e) => break (m, e),
-            Err(StoreError::PreconditionFailed(_)) => continue,
-            Err(e) => return Err(e.into()),
+        match put_new(store.as_ref(), &meta_key, meta_bytes(&m)?).await? {
+            Some(e) => break (m, e),
+            None => continue,
         }
     };
     if meta.purged {

@@ -22,7 +22,7 @@
 
 use super::keys::VolumeKeys;
 use super::{lease, manifest, Inner, VolumeError};
-use crate::store::{ObjectStore, PutCondition, StoreError};
+use crate::store::{put_new, ObjectStore};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -135,19 +135,13 @@ pub(super) async fn create(inner: &Inner, name: &str) -> Result<SnapshotInfo, Vo
     inner.check_bg()?;
     let held = inner.lease.lock().lease.clone();
     lease::check(inner.store.as_ref(), &inner.keys.lease(), &held).await?;
-    match inner
-        .store
-        .put_if(
-            &inner.keys.manifest(seq),
-            Bytes::from(obj),
-            PutCondition::IfAbsent,
-        )
-        .await
-    {
-        // The flusher wrote the manifest of this seq already: the same map.
-        Ok(_) | Err(StoreError::PreconditionFailed(_)) => {}
-        Err(e) => return Err(e.into()),
-    }
+    // Taken: the flusher wrote the manifest of this seq already, the same map.
+    put_new(
+        inner.store.as_ref(),
+        &inner.keys.manifest(seq),
+        Bytes::from(obj),
+    )
+    .await?;
     let info = SnapshotInfo {
         name: name.to_owned(),
         seq,
@@ -157,23 +151,18 @@ pub(super) async fn create(inner: &Inner, name: &str) -> Result<SnapshotInfo, Vo
     };
     let body = serde_json::to_vec(&info)
         .map_err(|e| VolumeError::Corrupt(format!("snapshot encoding: {e}")))?;
-    match inner
-        .store
-        .put_if(
-            &inner.keys.snapshot(name),
-            Bytes::from(body),
-            PutCondition::IfAbsent,
-        )
-        .await
+    if put_new(
+        inner.store.as_ref(),
+        &inner.keys.snapshot(name),
+        Bytes::from(body),
+    )
+    .await?
+    .is_none()
     {
-        Ok(_) => {}
-        Err(StoreError::PreconditionFailed(_)) => {
-            return Err(VolumeError::AlreadyExists(format!(
-                "snapshot {name:?} of volume {:?}",
-                inner.cfg.name
-            )))
-        }
-        Err(e) => return Err(e.into()),
+        return Err(VolumeError::AlreadyExists(format!(
+            "snapshot {name:?} of volume {:?}",
+            inner.cfg.name
+        )));
     }
     if let Some(p) = inner.st.lock().pins.as_mut() {
         p.snaps.insert(name.to_owned(), (info.clone(), segs));
