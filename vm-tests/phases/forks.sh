@@ -22,6 +22,10 @@
 # without purge (drain, local cache dropped) and PUT again with its size: a cold wake
 # from the store of a fork whose parent was purged; e2fsck clean, its tree exact.
 # Then every fork is purged (concurrently): nothing of base is left in the store.
+# Base images: `glidefs image import` of a 6 MiB + 1 KiB raw image with zero MiBs
+# (holes): exit 0, only the 3 MiB that are not zero written and stored, snapshot
+# listed, a fork of it reads the image byte for byte; importing into an existing
+# name and importing a missing file fail naming them and create nothing; purged.
 # SIGTERM: exit 0; no panic in the daemon logs.
 # Every assertion is a line in RESULTS_DIR/checks (PASS/FAIL id: what); the phase
 # goes on after a failed one and fails at the end naming them all. Setup errors fail
@@ -610,6 +614,60 @@ expect store-empty "nothing of base or the forks left in the store" \
 api GET /api/exports
 expect exports-empty "no export left" "no export should be left; GET /api/exports: $API_BODY" \
     [ "$(jq '(if type == "array" then . else .exports end) | length' <<<"$API_BODY")" = 0 ]
+
+# ---------------------------------------------------------------- base image import
+
+log "==== glidefs image import: a raw image with holes, then a fork of it"
+IMG="$WORK_DIR/golden.img"
+IMG_LEN=$((6 * 1048576 + 1024)) # not 4 KiB aligned: the export is rounded up
+IMG_SIZE=$(((IMG_LEN + 4095) / 4096 * 4096))
+truncate -s "$IMG_LEN" "$IMG"
+for m in 0 2 5; do # MiBs 0, 2 and 5 random, the others zero (holes)
+    dd if=/dev/urandom of="$IMG" bs=1M seek="$m" count=1 conv=notrunc status=none
+done
+IMG_SHA="$({ cat "$IMG"; head -c $((IMG_SIZE - IMG_LEN)) /dev/zero; } | sha256sum | cut -d' ' -f1)"
+rc=0
+out="$("$GLIDEFS_BIN" image import "$IMG" golden --snapshot gold --api "$API" 2>&1)" || rc=$?
+expect image-import "glidefs image import golden: exit 0, 3 MiB of 6 written ($out)" \
+    "glidefs image import $IMG golden should exit 0 and write only the 3 MiB that are not zero; exit $rc: $out" \
+    [ "$rc/$(grep -c "($IMG_LEN bytes, 3145728 not zero)" <<<"$out")" = 0/1 ]
+api GET /api/exports/golden
+expect image-export "golden: live, $IMG_SIZE bytes" "GET /api/exports/golden: $API_STATUS $API_BODY" \
+    [ "$API_STATUS/$(jq -r '"\(.state) \(.size_bytes)"' <<<"$API_BODY" 2>/dev/null)" = "200/live $IMG_SIZE" ]
+api GET /api/exports/golden/snapshots
+expect image-snapshot "golden@gold listed" "GET golden/snapshots should list gold: $API_STATUS $API_BODY" \
+    [ "$API_STATUS:$(jq -r '[.[].name] | join(",")' <<<"$API_BODY" 2>/dev/null)" = "200:gold" ]
+seg_bytes="$(store_objects golden | awk '$1 ~ /\/seg\// { s += $2 } END { print s + 0 }')"
+sparse=no
+[ "$seg_bytes" -lt 3145728 ] || [ "$seg_bytes" -ge 4194304 ] || sparse=yes
+expect image-sparse "golden's segments: $seg_bytes bytes for 3 MiB of data (holes not stored)" \
+    "golden's segments should hold about the 3 MiB that are not zero, not the 6 MiB image; they hold $seg_bytes bytes" \
+    [ "$sparse" = yes ]
+api PUT /api/exports/gfork '{"from":"golden@gold"}'
+GDEV="$(jq -r '.device // empty' <<<"$API_BODY" 2>/dev/null)"
+expect image-fork "fork gfork of golden@gold: 201 with a device" "PUT gfork from golden@gold: $API_STATUS $API_BODY" \
+    [ "$API_STATUS/${GDEV:+dev}" = 201/dev ]
+if [ -n "$GDEV" ] && wait_blockdev "$GDEV" 60; then
+    got="$(dd if="$GDEV" bs=4096 count=$((IMG_SIZE / 4096)) iflag=direct status=none | sha256sum | cut -d' ' -f1)"
+    expect image-fork-reads "gfork reads the image byte for byte (holes as zeros)" \
+        "gfork's first $IMG_SIZE bytes should be the image padded with zeros: sha256 $got, want $IMG_SHA" [ "$got" = "$IMG_SHA" ]
+fi
+rc=0
+out="$("$GLIDEFS_BIN" image import "$IMG" golden --api "$API" 2>&1)" || rc=$?
+expect image-name-taken "a second import into golden is refused naming it" \
+    "image import into the existing export golden should fail naming it; exit $rc: $out" \
+    [ "$rc/$(grep -c 'export "golden" exists' <<<"$out")" = 1/1 ]
+rc=0
+out="$("$GLIDEFS_BIN" image import "$WORK_DIR/missing.img" nothing --api "$API" 2>&1)" || rc=$?
+api GET /api/exports/nothing
+expect image-missing-file "import of a missing file: exit 1 naming it, no export made" \
+    "image import of a missing file should exit 1 naming it and create nothing; exit $rc: $out; GET nothing: $API_STATUS" \
+    [ "$rc/$(grep -c 'missing.img' <<<"$out")/$API_STATUS" = 1/1/404 ]
+api DELETE "/api/exports/gfork?purge=true"
+api DELETE "/api/exports/golden?purge=true"
+left="$(store_objects | grep -E '^(golden|gfork)/' | head -n 5 | tr '\n' ' ')" || true
+expect image-purged "golden and gfork purged: nothing of them left in the store" \
+    "after purging gfork and golden nothing of them should be left; left: $left" [ -z "$left" ]
 
 stop_daemon
 panics="$(grep -l 'panicked' "$RESULTS_DIR"/daemon.*.log 2>/dev/null | tr '\n' ' ')" || true
