@@ -874,3 +874,38 @@ fn an_encrypted_export_with_the_wrong_master_key_fails_with_the_reason() {
     assert_eq!(status, 200, "{v}");
     assert!(!d.store_keys().iter().any(|k| k.contains("sec/")));
 }
+
+/// A purge destroys the volume: dirty data still in its cache (never uploaded) goes
+/// with it, it is not set aside as diverged data, which would keep a copy
+/// (plaintext, even of an encrypted volume) of what the operator destroyed. Seen
+/// failing before the fix: the purged volume's data was listed as diverged.
+#[test]
+fn purge_discards_dirty_data_instead_of_setting_it_aside() {
+    use glidefs::router::VolumeFactory;
+    use glidefs::volume::{Volume, VolumeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = Config::default();
+    cfg.cache.dir = dir.path().join("cache");
+    let host = HostIdentity::load_or_create(&cfg.cache.dir).unwrap();
+    let settings = VolumeSettings::from_config(&cfg, &host).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(glidefs::store::MemStore::new());
+    let cache = cfg.cache.dir.join("volumes/p");
+    let mut vc = VolumeConfig::new("p", 1 << 20, cache.clone());
+    vc.owner = host.id.clone();
+    vc.flush_interval = Duration::from_secs(3600);
+    smol::block_on(async {
+        let v = Volume::open(vc, store.clone()).await.unwrap();
+        v.write(0, &[9u8; 8192], false).await.unwrap();
+        // kill -9: the write stays dirty in the cache, never uploaded.
+        v.abandon().await;
+    });
+    let vols = EngineVolumes::new(store.clone(), settings);
+    smol::block_on(vols.purge("p", false)).unwrap();
+    assert!(!cache.exists(), "the cache stayed");
+    assert!(
+        vols.list_diverged().unwrap().is_empty(),
+        "{:?}",
+        vols.list_diverged()
+    );
+    assert!(smol::block_on(store.list("")).unwrap().is_empty());
+}

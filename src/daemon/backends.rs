@@ -118,7 +118,12 @@ impl VolumeFactory for EngineVolumes {
             }
             Err(e) => return Err(classify(e)),
         }
-        self.forget_local(name).await
+        // Destroyed: dirty data in the cache goes too, never set aside.
+        let cfg = self.cfg(name, 0);
+        if !cfg.cache_dir.exists() {
+            return Ok(());
+        }
+        Volume::discard_cache(&cfg).map_err(classify)
     }
     fn list_diverged(&self) -> Result<Vec<crate::volume::diverged::DivergedEntry>, BackendError> {
         let dir = self.cfg("x", 0).set_aside_dir();

@@ -595,6 +595,20 @@ impl Volume {
             .map_err(|e| VolumeError::io(format!("removing {}", cfg.cache_dir.display()), e))
     }
 
+    /// Delete the local cache directory of a (closed) volume whose objects were
+    /// purged: dirty data never uploaded goes with it. The operator destroyed the
+    /// volume; setting that data aside (as [`purge_cache`](Self::purge_cache) does)
+    /// would keep a copy of what was meant to be gone.
+    pub fn discard_cache(cfg: &VolumeConfig) -> Result<(), VolumeError> {
+        let fs = &*cfg.fileio;
+        if let Some((_, dirty)) = diverged::local_dirty(fs, &cfg.cache_dir)? {
+            tracing::info!(volume = %cfg.name, dirty_bytes = dirty.dirty_sectors * SS, "purged: dirty data never uploaded discarded with the cache");
+        }
+        cfg.fileio
+            .remove_dir_all(&cfg.cache_dir)
+            .map_err(|e| VolumeError::io(format!("removing {}", cfg.cache_dir.display()), e))
+    }
+
     /// Every set-aside directory of diverged dirty data under `set_aside_dir`.
     pub fn list_diverged(
         fs: &dyn FileIo,
