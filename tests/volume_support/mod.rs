@@ -103,7 +103,9 @@ pub fn newest_journal(fs: &SimFs, dir: &Path) -> PathBuf {
 
 /// The image snapshot `snap` of volume `vol` holds, read straight from its
 /// objects: `snap/<name>`, the manifest it pins, the segments that manifest names
-/// (sealed ones opened with the data key `masters` unwrap from its meta).
+/// (a fork's: its own or its ancestors', through its lineage; sealed ones opened
+/// with the data key of the volume that wrote them, which `masters` unwrap from
+/// `vol`'s meta).
 pub async fn snapshot_image(
     store: &Arc<dyn ObjectStore>,
     vol: &str,
@@ -122,17 +124,22 @@ pub async fn snapshot_image(
         ring.own(),
     )
     .unwrap();
+    let lineage = glidefs::volume::lineage::Lineage::new(&meta.lineage).unwrap();
     let mut img = vec![0u8; info.size_bytes as usize];
     for (b, pieces) in &map.map {
         for p in pieces {
             let l = &p.loc;
+            let seg = lineage.segment_key(&keys, l.seq);
             let bytes = store
-                .get_range(&keys.segment(l.seq), l.off..l.off + u64::from(l.len))
+                .get_range(&seg, l.off..l.off + u64::from(l.len))
                 .await
-                .unwrap_or_else(|e| panic!("segment {} of block {b}: {e}", l.seq));
+                .unwrap_or_else(|e| panic!("{seg} of block {b}: {e}"));
+            let (owner, key) = match lineage.owner_uuid(l.seq) {
+                Some(u) => (u, ring.ancestor(u)),
+                None => (uuid, ring.own()),
+            };
             let data =
-                segment::decode_payload(l, &bytes, segment::Opener::new(ring.own(), uuid, *b))
-                    .unwrap();
+                segment::decode_payload(l, &bytes, segment::Opener::new(key, owner, *b)).unwrap();
             for s in 0..32usize {
                 if p.live & (1 << s) != 0 {
                     let src = (s - usize::from(l.first)) * 4096;
