@@ -289,3 +289,56 @@ fn forks_read_their_base_once_through_the_shared_cache() {
         }
     });
 }
+
+/// A fork reading its base sequentially has the base read ahead into the shared
+/// cache: once the prefetches are done the stream reads on without a GET, every
+/// extent is held once in the shared cache, and nothing lands in the fork's cache
+/// (blocks of its own are read ahead into its cache file as for any volume).
+#[test]
+fn a_fork_streaming_its_base_is_read_ahead_into_the_shared_cache() {
+    smol::block_on(async {
+        let mem = Arc::new(MemStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let fs = SimFs::new();
+        let size = 4 * MIB;
+        let bs = glidefs::BLOCK_SIZE;
+        let v = open(&cfg(&fs, "gold", size), &store).await;
+        let a = pattern(31, size as usize);
+        v.write(0, &a, false).await.unwrap();
+        v.snapshot("s1").await.unwrap();
+        v.close().await.unwrap();
+        let cache = glidefs::volume::shared_cache::SharedCache::new(64 * MIB);
+        Volume::fork(&store, "gold", "s1", "vm", 0, None)
+            .await
+            .unwrap();
+        let mut c = cfg(&fs, "vm", 0);
+        c.shared_cache = Some(cache.clone());
+        let f = open(&c, &store).await;
+        let read = |b: usize| {
+            let f = &f;
+            async move {
+                let mut blk = vec![0u8; bs];
+                f.read((b * bs) as u64, &mut blk).await.unwrap();
+                blk
+            }
+        };
+        assert!(read(0).await == a[..bs]);
+        assert!(read(1).await == a[bs..2 * bs]);
+        let blocks = size as usize / bs;
+        assert_eq!(f.stats().readahead_blocks, blocks as u64 - 2);
+        f.settle_readahead().await;
+        let gets = mem.get_count();
+        for b in 2..blocks {
+            assert!(read(b).await == a[b * bs..(b + 1) * bs], "block {b}");
+        }
+        assert_eq!(
+            mem.get_count(),
+            gets,
+            "the stream fetched after its readahead"
+        );
+        let st = cache.stats();
+        assert_eq!((st.misses, st.bytes), (blocks as u64, size), "{st:?}");
+        assert_eq!(st.hits, blocks as u64 - 2, "{st:?}");
+        f.close().await.unwrap();
+    });
+}

@@ -7,11 +7,13 @@
 //! prefetch is an ordinary [`fetch::fetch_block`] (one fetch per block, only invalid
 //! sectors filled, concurrent writes win), so it never changes what a read returns;
 //! its failure is dropped (the reader's own fetch retries and reports it); closing
-//! the volume cancels the prefetches in flight. Forks that read their ancestors'
-//! extents through the host's shared cache get no readahead: those extents are
-//! kept once in the shared cache, never copied into the fork's cache file.
+//! the volume cancels the prefetches in flight. A fork that reads its ancestors'
+//! extents through the host's shared cache has them read ahead into that cache, as
+//! `fetch::read_shared` reads them (held once for every fork, never copied into the
+//! fork's cache file); blocks with sectors of its own are fetched as usual.
 
-use super::blockmap::FULL;
+use super::blockmap::{Loc, FULL};
+use super::shared_cache::SharedCache;
 use super::{bump, fetch, Inner, BS};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -58,9 +60,8 @@ impl Readahead {
 /// Note a read of `len` bytes at `offset` of the volume behind `inner`; when it
 /// continues the previous one, start prefetching what lies ahead.
 pub(crate) fn note_read(inner: &Arc<Inner>, offset: u64, len: u64) {
-    if inner.cfg.shared_cache.is_some() && inner.lineage.top() != 0 {
-        return;
-    }
+    let top = inner.lineage.top();
+    let shared = inner.cfg.shared_cache.as_ref().filter(|_| top != 0);
     let ra = &inner.readahead;
     let mut s = ra.stream.lock();
     let end = offset + len;
@@ -76,22 +77,62 @@ pub(crate) fn note_read(inner: &Arc<Inner>, offset: u64, len: u64) {
     s.tasks.retain(|t| !t.is_finished());
     let mut b = from;
     while b < to && s.tasks.len() < READAHEAD_BLOCKS {
-        let wanted = {
+        let missing = {
             let st = inner.st.lock();
-            st.local.get(b).valid != FULL
-                && st.store.map.contains_key(&b)
-                && !st.fetching.contains_key(&b)
+            let valid = st.local.get(b).valid;
+            match st.store.map.get(&b) {
+                Some(pieces) if valid != FULL && !st.fetching.contains_key(&b) => Some(
+                    pieces
+                        .iter()
+                        .filter(|p| p.live & !valid != 0)
+                        .map(|p| p.loc)
+                        .collect::<Vec<Loc>>(),
+                ),
+                _ => None,
+            }
         };
-        if wanted {
+        let task = match (missing, shared) {
+            (None, _) => None,
+            // Only ancestors' extents missing: into the shared cache.
+            (Some(locs), Some(cache)) if locs.iter().all(|l| l.seq <= top) => {
+                let locs: Vec<Loc> = locs
+                    .into_iter()
+                    .filter(|l| !cache.holds(&inner.segment_key(l.seq), l.off))
+                    .collect();
+                (!locs.is_empty())
+                    .then(|| smol::spawn(into_shared(inner.clone(), cache.clone(), b, locs)))
+            }
+            (Some(_), _) => {
+                let inner = inner.clone();
+                Some(smol::spawn(async move {
+                    if let Err(e) = fetch::fetch_block(&inner, b, FULL).await {
+                        tracing::debug!(volume = %inner.cfg.name, block = b, error = %e, "readahead fetch failed");
+                    }
+                }))
+            }
+        };
+        if let Some(t) = task {
             bump(&inner.stats.readahead_blocks, 1);
-            let inner = inner.clone();
-            s.tasks.push(smol::spawn(async move {
-                if let Err(e) = fetch::fetch_block(&inner, b, FULL).await {
-                    tracing::debug!(volume = %inner.cfg.name, block = b, error = %e, "readahead fetch failed");
-                }
-            }));
+            s.tasks.push(t);
         }
         b += 1;
     }
     s.ahead = b;
+}
+
+/// Load the ancestors' extents `locs` of block `b` into the host's shared cache.
+async fn into_shared(inner: Arc<Inner>, cache: Arc<SharedCache>, b: u64, locs: Vec<Loc>) {
+    let loads = locs
+        .iter()
+        .map(|l| {
+            cache.extent(inner.segment_key(l.seq), l.off, || {
+                fetch::get_extent(&inner, b, l)
+            })
+        })
+        .collect();
+    for r in crate::parallel::join_all(loads).await {
+        if let Err(e) = r {
+            tracing::debug!(volume = %inner.cfg.name, block = b, error = %e, "readahead into the shared cache failed");
+        }
+    }
 }

@@ -97,6 +97,14 @@ impl SharedCache {
         }
     }
 
+    /// Whether the extent at (`seg_key`, `off`) is held or being loaded (readahead
+    /// skips it; asking [`extent`](Self::extent) would count a hit).
+    pub(crate) fn holds(&self, seg_key: &str, off: u64) -> bool {
+        let key = (seg_key.to_owned(), off);
+        let st = self.st.lock();
+        st.ready.contains_key(&key) || st.loading.contains_key(&key)
+    }
+
     /// The extent at (`seg_key`, `off`), loaded with `load` (GET and verify) if
     /// nobody holds or loads it.
     pub(crate) async fn extent<E, F>(
