@@ -7,57 +7,13 @@
 //! first byte). Prints one line per read and the median ratio.
 //!
 //! `cargo run --release --example cold_read_bench`; traces in scripts/bench-results/.
-use async_trait::async_trait;
-use bytes::Bytes;
-use glidefs::store::{LocalDirStore, ObjectMeta, ObjectStore, PutCondition, StoreError};
+mod support;
+
+use glidefs::store::{LocalDirStore, ObjectStore};
 use glidefs::volume::crypto::{MasterKey, MasterKeys};
 use glidefs::volume::{Volume, VolumeConfig};
-use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Every GET waits `ms` first, then goes to `inner`.
-struct Latency {
-    inner: Arc<dyn ObjectStore>,
-    ms: u64,
-}
-
-#[async_trait]
-impl ObjectStore for Latency {
-    async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
-        self.inner.put(key, data).await
-    }
-    async fn put_if(&self, key: &str, data: Bytes, c: PutCondition) -> Result<String, StoreError> {
-        self.inner.put_if(key, data, c).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        smol::Timer::after(Duration::from_millis(self.ms)).await;
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        smol::Timer::after(Duration::from_millis(self.ms)).await;
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    fn describe(&self) -> String {
-        format!("latency {} ms over {}", self.ms, self.inner.describe())
-    }
-}
+use std::time::Instant;
 
 fn random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -78,14 +34,14 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mib, req, rounds, latency) = (
-        knob("DATA_MIB", 64),
-        knob("REQ_KIB", 1024) << 10,
-        knob("ROUNDS", 5),
-        knob("GET_LATENCY_MS", 0),
+        support::knob("DATA_MIB", 64),
+        support::knob("REQ_KIB", 1024) << 10,
+        support::knob("ROUNDS", 5),
+        support::knob("GET_LATENCY_MS", 0),
     );
     let dir = tempfile::tempdir()?;
     let local: Arc<dyn ObjectStore> = Arc::new(LocalDirStore::open(dir.path().join("store"))?);
-    let store: Arc<dyn ObjectStore> = Arc::new(Latency {
+    let store: Arc<dyn ObjectStore> = Arc::new(support::Latency {
         inner: local,
         ms: latency,
     });

@@ -9,59 +9,15 @@
 //!    for comparison: time, store GETs, bytes held in caches.
 //!
 //! `cargo run --release --example fork_bench` (knobs from the environment, see
-//! `knob`); prints a trace for scripts/bench-results/.
-use async_trait::async_trait;
-use bytes::Bytes;
-use glidefs::store::{open_store, ObjectMeta, ObjectStore, PutCondition, StoreError, StoreOptions};
+//! `support::knob`); prints a trace for scripts/bench-results/.
+mod support;
+
+use glidefs::store::{open_store, ObjectStore, StoreOptions};
 use glidefs::volume::shared_cache::SharedCache;
 use glidefs::volume::{Volume, VolumeConfig};
-use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Every GET waits `ms` first (the store's latency), then goes to `inner`.
-struct Latency {
-    inner: Arc<dyn ObjectStore>,
-    ms: u64,
-}
-
-#[async_trait]
-impl ObjectStore for Latency {
-    async fn put(&self, key: &str, data: Bytes) -> Result<String, StoreError> {
-        self.inner.put(key, data).await
-    }
-    async fn put_if(&self, key: &str, data: Bytes, c: PutCondition) -> Result<String, StoreError> {
-        self.inner.put_if(key, data, c).await
-    }
-    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
-        smol::Timer::after(Duration::from_millis(self.ms)).await;
-        self.inner.get(key).await
-    }
-    async fn get_range(&self, key: &str, range: Range<u64>) -> Result<Bytes, StoreError> {
-        smol::Timer::after(Duration::from_millis(self.ms)).await;
-        self.inner.get_range(key, range).await
-    }
-    async fn head(&self, key: &str) -> Result<ObjectMeta, StoreError> {
-        self.inner.head(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
-        self.inner.list(prefix).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-    fn describe(&self) -> String {
-        format!("latency {} ms over {}", self.ms, self.inner.describe())
-    }
-}
 
 fn cfg(root: &Path, name: &str, size: u64) -> VolumeConfig {
     let mut c = VolumeConfig::new(name, size, root.join("cache").join(name));
@@ -117,11 +73,11 @@ async fn write_base(
 }
 
 fn main() -> anyhow::Result<()> {
-    let forks = knob("FORKS", 100) as usize;
-    let written = knob("WRITTEN_MIB", 1024);
-    let storm = knob("STORM", 32) as usize;
-    let storm_mib = knob("STORM_MIB", 200);
-    let lat = knob("GET_LATENCY_MS", 20);
+    let forks = support::knob("FORKS", 100) as usize;
+    let written = support::knob("WRITTEN_MIB", 1024);
+    let storm = support::knob("STORM", 32) as usize;
+    let storm_mib = support::knob("STORM_MIB", 200);
+    let lat = support::knob("GET_LATENCY_MS", 20);
     let dir =
         tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/var/tmp".into()))?;
     let root = dir.path().to_path_buf();
@@ -130,7 +86,7 @@ fn main() -> anyhow::Result<()> {
         &format!("file://{}", root.join("store").display()),
         &StoreOptions::default(),
     )?;
-    let store: Arc<dyn ObjectStore> = Arc::new(Latency {
+    let store: Arc<dyn ObjectStore> = Arc::new(support::Latency {
         inner: file,
         ms: lat,
     });

@@ -354,6 +354,18 @@ impl ObjectStore for SlowGets {
     }
 }
 
+/// A fresh in-memory store behind [`SlowGets`]: the wrapper (its counters) and it
+/// as the volumes' store.
+fn slow_store() -> (Arc<SlowGets>, Arc<dyn ObjectStore>) {
+    let (_, mem) = mem();
+    let slow = Arc::new(SlowGets {
+        inner: mem,
+        running: Default::default(),
+        peak: Default::default(),
+    });
+    (slow.clone(), slow)
+}
+
 /// Write sector `s` of blocks `blocks`, one upload per call.
 async fn scatter(v: &Volume, blocks: std::ops::Range<u64>, s: u64, seed: u64) {
     for b in blocks {
@@ -371,13 +383,7 @@ async fn scatter(v: &Volume, blocks: std::ops::Range<u64>, s: u64, seed: u64) {
 #[test]
 fn a_fragmented_blocks_extents_are_fetched_concurrently() {
     smol::block_on(async {
-        let (_, mem) = mem();
-        let slow = Arc::new(SlowGets {
-            inner: mem,
-            running: Default::default(),
-            peak: Default::default(),
-        });
-        let store: Arc<dyn ObjectStore> = slow.clone();
+        let (slow, store) = slow_store();
         let fs = SimFs::new();
         let mut cfg = sim_cfg(&fs, "concurrent", MIB);
         cfg.compact_below_live_pct = 0;
@@ -408,13 +414,7 @@ fn a_fragmented_blocks_extents_are_fetched_concurrently() {
 #[test]
 fn a_cold_multi_block_read_fetches_its_blocks_concurrently() {
     smol::block_on(async {
-        let (_, mem) = mem();
-        let slow = Arc::new(SlowGets {
-            inner: mem,
-            running: Default::default(),
-            peak: Default::default(),
-        });
-        let store: Arc<dyn ObjectStore> = slow.clone();
+        let (slow, store) = slow_store();
         let fs = SimFs::new();
         let cfg = sim_cfg(&fs, "multiblock", 2 * MIB);
         let v = open(&cfg, &store).await;
@@ -440,13 +440,7 @@ fn a_cold_multi_block_read_fetches_its_blocks_concurrently() {
 #[test]
 fn a_cold_sequential_stream_is_read_ahead() {
     smol::block_on(async {
-        let (_, mem) = mem();
-        let slow = Arc::new(SlowGets {
-            inner: mem,
-            running: Default::default(),
-            peak: Default::default(),
-        });
-        let store: Arc<dyn ObjectStore> = slow.clone();
+        let (_, store) = slow_store();
         let fs = SimFs::new();
         let cfg = sim_cfg(&fs, "readahead", 8 * MIB);
         let v = open(&cfg, &store).await;
