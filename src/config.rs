@@ -134,6 +134,14 @@ pub struct EncryptionConfig {
 }
 
 impl EncryptionConfig {
+    /// Whether every key file can be found from here: a relative path is read from
+    /// `$CREDENTIALS_DIRECTORY`, which only the service's environment may set.
+    pub fn key_files_resolvable(&self, env: &dyn Fn(&str) -> Option<String>) -> bool {
+        std::iter::once(&self.key_file)
+            .chain(&self.old_key_files)
+            .all(|f| f.is_absolute() || env("CREDENTIALS_DIRECTORY").is_some())
+    }
+
     /// Load the master keys (relative paths in `$CREDENTIALS_DIRECTORY`). Errors
     /// name the file, never its content.
     pub fn load(

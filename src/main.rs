@@ -341,10 +341,7 @@ fn check_config(file: &Path, skip_key_files: bool) -> Result<()> {
         Some(_) if skip_key_files => "encryption on, key files not read".to_owned(),
         Some(e) => {
             let env = |k: &str| std::env::var(k).ok();
-            let unresolved = std::iter::once(&e.key_file)
-                .chain(&e.old_key_files)
-                .any(|f| f.is_relative() && env("CREDENTIALS_DIRECTORY").is_none());
-            if unresolved {
+            if !e.key_files_resolvable(&env) {
                 "encryption on, key files not read (relative: read from $CREDENTIALS_DIRECTORY when the service runs)".to_owned()
             } else {
                 let m = e.load(&env)?;

@@ -58,6 +58,21 @@ impl EngineVolumes {
         c.host_label = s.host_label.clone();
         c
     }
+
+    /// Remove `name`'s local cache directory, if there is one, with `remove`
+    /// ([`Volume::purge_cache`] sets dirty data aside, [`Volume::discard_cache`]
+    /// drops it).
+    fn remove_local(
+        &self,
+        name: &str,
+        remove: fn(&VolumeConfig) -> Result<(), VolumeError>,
+    ) -> Result<(), BackendError> {
+        let cfg = self.cfg(name, 0);
+        if !cfg.cache_dir.exists() {
+            return Ok(());
+        }
+        remove(&cfg).map_err(classify)
+    }
 }
 
 #[async_trait]
@@ -119,22 +134,14 @@ impl VolumeFactory for EngineVolumes {
             Err(e) => return Err(classify(e)),
         }
         // Destroyed: dirty data in the cache goes too, never set aside.
-        let cfg = self.cfg(name, 0);
-        if !cfg.cache_dir.exists() {
-            return Ok(());
-        }
-        Volume::discard_cache(&cfg).map_err(classify)
+        self.remove_local(name, Volume::discard_cache)
     }
     fn list_diverged(&self) -> Result<Vec<crate::volume::diverged::DivergedEntry>, BackendError> {
         let dir = self.cfg("x", 0).set_aside_dir();
         Volume::list_diverged(&crate::volume::RealFs, &dir).map_err(classify)
     }
     async fn forget_local(&self, name: &str) -> Result<(), BackendError> {
-        let cfg = self.cfg(name, 0);
-        if !cfg.cache_dir.exists() {
-            return Ok(());
-        }
-        Volume::purge_cache(&cfg).map_err(classify)
+        self.remove_local(name, Volume::purge_cache)
     }
 }
 

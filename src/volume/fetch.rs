@@ -14,6 +14,7 @@
 
 use super::blockmap::{EntryKind, Loc, Piece, FULL, SECTORS_PER_BLOCK};
 use super::segment;
+use super::shared_cache::SharedCache;
 use super::{bump, Inner, VolumeError, BS, SS};
 use crate::store::StoreError;
 use crate::{BLOCK_SIZE, SECTOR_SIZE};
@@ -218,11 +219,7 @@ pub(crate) async fn read_shared(
     }
     let loads = wanted
         .iter()
-        .map(|p| {
-            cache.extent(inner.segment_key(p.loc.seq), p.loc.off, || {
-                get_extent(inner, b, &p.loc)
-            })
-        })
+        .map(|p| shared_extent(inner, cache, b, &p.loc))
         .collect();
     let mut block = vec![0u8; BLOCK_SIZE];
     for (p, data) in wanted.iter().zip(crate::parallel::join_all(loads).await) {
@@ -237,6 +234,21 @@ pub(crate) async fn read_shared(
     }
     out.copy_from_slice(&block[in_blk..in_blk + out.len()]);
     Ok(true)
+}
+
+/// Extent `loc` of block `b` through the host's shared cache: held there, or
+/// fetched, verified and kept there (one load however many forks ask at once).
+pub(crate) async fn shared_extent(
+    inner: &Inner,
+    cache: &SharedCache,
+    b: u64,
+    loc: &Loc,
+) -> Result<Arc<Vec<u8>>, VolumeError> {
+    cache
+        .extent(inner.segment_key(loc.seq), loc.off, || {
+            get_extent(inner, b, loc)
+        })
+        .await
 }
 
 /// Copy the sectors `take` of a decoded extent (`data`, starting at sector

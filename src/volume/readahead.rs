@@ -124,11 +124,7 @@ pub(crate) fn note_read(inner: &Arc<Inner>, offset: u64, len: u64) {
 async fn into_shared(inner: Arc<Inner>, cache: Arc<SharedCache>, b: u64, locs: Vec<Loc>) {
     let loads = locs
         .iter()
-        .map(|l| {
-            cache.extent(inner.segment_key(l.seq), l.off, || {
-                fetch::get_extent(&inner, b, l)
-            })
-        })
+        .map(|l| fetch::shared_extent(&inner, &cache, b, l))
         .collect();
     for r in crate::parallel::join_all(loads).await {
         if let Err(e) = r {
