@@ -42,6 +42,13 @@ const K_CLEAN: u8 = 3;
 const K_SYNC: u8 = 4;
 const K_UPLOADED: u8 = 5;
 const REC_HDR: usize = 12;
+/// The journal file is extended with written zeros this many bytes at a time, ahead
+/// of its records: an fdatasync after appending inside the file's size writes data
+/// only, while one after a size change also commits the file system's metadata
+/// (measured under QEMU: 5.5 vs 10.3 ms for a FLUSH, both files synced). A zero tail
+/// is a clean end for replay. A journal that has no record yet is not extended, so
+/// idle volumes keep header-only journals.
+pub const PREALLOC_BYTES: u64 = 256 << 10;
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +246,8 @@ pub struct Journal {
     pub gen: u64,
     /// Append offset: bytes written to the file (the pending bytes follow).
     pub off: u64,
+    /// File length: bytes `off..allocated` are written zeros ([`PREALLOC_BYTES`]).
+    allocated: u64,
     buf: Vec<u8>,
     /// Bytes reserved / written over the life of the volume (all generations).
     reserved: u64,
@@ -264,6 +273,7 @@ impl Journal {
             file,
             gen,
             off: HEADER_LEN as u64,
+            allocated: HEADER_LEN as u64,
             buf: Vec::with_capacity(4096),
             reserved: 0,
             written: 0,
@@ -271,13 +281,16 @@ impl Journal {
     }
 
     /// Continue an existing generation `gen` at offset `end` (from
-    /// [`Replayed::tail`]): no write, no sync; the file is as the last writer left it.
+    /// [`Replayed::tail`]): no write, no sync; the file is as the last writer left it
+    /// (replay found only zeros after `end`).
     pub fn reopen(fs: &dyn FileIo, dir: &Path, gen: u64, end: u64) -> io::Result<Journal> {
         let file = fs.open(&journal_path(dir, gen), false)?;
+        let allocated = file.len()?.max(end);
         Ok(Journal {
             file,
             gen,
             off: end,
+            allocated,
             buf: Vec::with_capacity(4096),
             reserved: 0,
             written: 0,
@@ -327,13 +340,21 @@ impl Journal {
         self.written >= ticket
     }
 
-    /// Write every pending record (one pwrite).
+    /// Write every pending record (one pwrite; a second one of zeros when the records
+    /// reach the end of the file, see [`PREALLOC_BYTES`]).
     pub fn write_pending(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
+        let end = self.off + self.buf.len() as u64;
+        if end > self.allocated {
+            let target = (end / PREALLOC_BYTES + 1) * PREALLOC_BYTES;
+            let zeros = vec![0u8; (target - end) as usize];
+            self.file.write_at(&zeros, end)?;
+            self.allocated = target;
+        }
         self.file.write_at(&self.buf, self.off)?;
-        self.off += self.buf.len() as u64;
+        self.off = end;
         self.written += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -657,6 +678,59 @@ mod tests {
         buf.extend_from_slice(&[0u8; 100]);
         let (got, _, bad) = parse(&buf);
         assert_eq!((got.len(), bad), (recs.len(), false));
+    }
+
+    /// Appends land inside a zero-filled preallocation, so a FLUSH's fdatasync of the
+    /// journal does not change its size; replay reads the zero tail as a clean end and
+    /// a reopened journal continues inside the same preallocation.
+    #[test]
+    fn appends_stay_inside_the_preallocated_length() {
+        let fs = fileio::SimFs::new();
+        let dir = Path::new("/c");
+        let data = fs.open(&dir.join("data"), true).unwrap();
+        let mut j = Journal::create(&fs, dir, 0, 7).unwrap();
+        assert_eq!(
+            j.file.len().unwrap(),
+            HEADER_LEN as u64,
+            "no records: not extended"
+        );
+        let write = |first| Record::Write {
+            first,
+            crcs: vec![zero_sector_crc()],
+        };
+        j.append(&write(1)).unwrap();
+        assert_eq!(j.file.len().unwrap(), PREALLOC_BYTES);
+        let state = LocalState::from_map(7, 0, false, fs.boot_id(), &LocalMap::default());
+        fileio::write_atomic(&fs, &state_path(dir), &state.encode()).unwrap();
+        for i in 2..100 {
+            j.append(&write(i)).unwrap();
+        }
+        assert_eq!(
+            j.file.len().unwrap(),
+            PREALLOC_BYTES,
+            "appends within the length"
+        );
+        let r = replay(&fs, dir, 7, &*data).unwrap().unwrap();
+        assert_eq!(r.checksum_errors, 0);
+        let tail = r.tail.expect("zero tail is a clean end");
+        assert_eq!(tail.end, j.off);
+        assert_eq!(r.map.get(0).dirty.count_ones(), 31);
+        let mut k = Journal::reopen(&fs, dir, tail.gen, tail.end).unwrap();
+        let per_record = j.off - (HEADER_LEN as u64);
+        let records_to_fill = (PREALLOC_BYTES - j.off) / (per_record / 99);
+        for i in 0..records_to_fill {
+            k.append(&write(1000 + i)).unwrap();
+            assert_eq!(k.file.len().unwrap(), PREALLOC_BYTES, "record {i}");
+        }
+        k.append(&write(5000)).unwrap();
+        assert_eq!(
+            k.file.len().unwrap(),
+            2 * PREALLOC_BYTES,
+            "extended by one step"
+        );
+        let r = replay(&fs, dir, 7, &*data).unwrap().unwrap();
+        assert_eq!(r.tail.map(|t| t.end), Some(k.off));
+        assert_eq!(r.checksum_errors, 0);
     }
 
     #[test]
