@@ -716,8 +716,9 @@ mod tests {
         assert_eq!(tail.end, j.off);
         assert_eq!(r.map.get(0).dirty.count_ones(), 31);
         let mut k = Journal::reopen(&fs, dir, tail.gen, tail.end).unwrap();
-        let per_record = j.off - (HEADER_LEN as u64);
-        let records_to_fill = (PREALLOC_BYTES - j.off) / (per_record / 99);
+        let mut one = Vec::new();
+        encode_record(&write(0), &mut one);
+        let records_to_fill = (PREALLOC_BYTES - j.off) / one.len() as u64;
         for i in 0..records_to_fill {
             k.append(&write(1000 + i)).unwrap();
             assert_eq!(k.file.len().unwrap(), PREALLOC_BYTES, "record {i}");
