@@ -227,6 +227,9 @@ pub struct ApiConfig {
     pub listen: String,
     /// Emit per-export metric series (switch off for very many exports).
     pub per_export_metrics: bool,
+    /// Time each data-path stage and export the sums ([`crate::stage_timers`]);
+    /// a profiling aid, a few clock reads per request.
+    pub stage_timers: bool,
     /// Host header values the TCP API answers (DNS-rebinding guard), default
     /// [`crate::api::hosts::DEFAULT_ALLOWED_HOSTS`]. The host part of `listen` is
     /// always allowed; `"*"` allows any.
@@ -238,6 +241,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: "127.0.0.1:8080".to_string(),
             per_export_metrics: true,
+            stage_timers: false,
             allowed_hosts: crate::api::hosts::DEFAULT_ALLOWED_HOSTS
                 .iter()
                 .map(|s| s.to_string())

@@ -19,6 +19,7 @@ pub mod parallel;
 pub mod router;
 pub mod rules;
 pub mod size;
+pub mod stage_timers;
 pub mod store;
 pub mod ublk;
 pub mod volume;

@@ -455,6 +455,7 @@ fn run(config: Option<&Path>, stop_devices: bool) -> Result<()> {
 
     let metrics = Metrics::new(cfg.api.per_export_metrics, VERSION, GIT_SHA).context("metrics")?;
     metrics.set_dirty_limit(cfg.cache.dirty_limit.0);
+    glidefs::stage_timers::enable(cfg.api.stage_timers);
     let raw_store = configured_store(&cfg)?;
     tracing::info!(store = %raw_store.describe(), "object store opened");
     let store: Arc<dyn ObjectStore> = Arc::new(MeteredStore::new(raw_store, metrics.store()));

@@ -208,6 +208,9 @@ impl Metrics {
         build.with_label_values(&[version, git_sha]).set(1);
         registry.register(Box::new(build))?;
 
+        registry.register(Box::new(crate::stage_timers::StageCollector::new(
+            "glidefs",
+        )?))?;
         let scrape = Arc::new(ScrapeCollector::new(per_export)?);
         registry.register(Box::new(ScrapeHandle(scrape.clone())))?;
         let dirty_limit = IntGauge::with_opts(opts(

@@ -3,7 +3,7 @@
 # exports through its HTTP API (api.py).
 #
 # The daemon is driven only through its public surface: `glidefs run --config FILE`,
-# the TOML keys [store] url, [cache] dir, [api] listen, [ublk] workers/queues/
+# the TOML keys [store] url, [cache] dir, [api] listen/stage_timers, [ublk] workers/queues/
 # queue_depth/pool_slots, GLIDEFS_BOUNCE_MODE=1, and PUT/DELETE /api/exports/{name}.
 # Invariants: one daemon at a time ($GFS_PID); its state lives under $GFS_DIR, which
 # survives a kill -9 so that a restart recovers the same exports.
@@ -49,6 +49,7 @@ ${GFS_GC_GRACE:+gc_grace = \"$GFS_GC_GRACE\"}
 
 [api]
 listen = "127.0.0.1:$GFS_PORT"
+$([ "${BENCH_STAGES:-0}" = 1 ] && echo "stage_timers = true")
 
 [ublk]
 workers = ${BENCH_WORKERS:-$(nproc)}

@@ -68,13 +68,38 @@ iops_target() {
     prefill "${devs[@]}"
     for wl in $IOPS_WORKLOADS; do
         settle "$t"
-        run_fio "$t" "$wl" "${devs[0]}"
+        run_profiled "$t" "$wl" "${devs[0]}"
     done
     if [ "$count" -gt 1 ]; then
         for wl in $IOPS_MULTI_WORKLOADS; do
             settle "$t"
-            run_fio "$t" "$wl" "${devs[@]}"
+            run_profiled "$t" "$wl" "${devs[@]}"
         done
     fi
     target_down "$t"
+}
+
+# run_profiled TARGET WORKLOAD DEV...: run_fio, and with BENCH_STAGES=1 on a glidefs
+# target, the difference of the daemon's stage timers across the run goes to
+# $WORK/stages (stages.py; the report appends the stage profile to the trace).
+run_profiled() {
+    local t="$1" wl="$2" name="$2" t0
+    case "$t:${BENCH_STAGES:-0}" in
+        glidefs*:1) ;;
+        *)
+            run_fio "$@"
+            return
+            ;;
+    esac
+    [ $# -gt 3 ] && name="$wl-$(($# - 2))dev"
+    "$PY" "$BENCH_LIB/stages.py" snap "$GFS_URL" >"$WORK/stages.before" \
+        || log "  stage timers unreadable before $t $name"
+    t0=$(date +%s.%N)
+    run_fio "$@"
+    if "$PY" "$BENCH_LIB/stages.py" snap "$GFS_URL" >"$WORK/stages.after"; then
+        "$PY" "$BENCH_LIB/stages.py" diff "$WORK/stages.before" "$WORK/stages.after" "$t" "$name" \
+            "$t0" >>"$WORK/stages"
+    else
+        log "  stage timers unreadable after $t $name"
+    fi
 }

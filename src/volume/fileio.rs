@@ -10,6 +10,7 @@
 //!
 //! Reads past the end of a file return zeros (the cache file is sparse).
 
+use crate::stage_timers::{self, Stage};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -95,8 +96,8 @@ pub struct RealFs;
 
 struct RealFile(File);
 
-impl FileHandle for RealFile {
-    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+impl RealFile {
+    fn read_at_untimed(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
             match self.0.read_at(&mut buf[done..], off + done as u64) {
@@ -111,8 +112,20 @@ impl FileHandle for RealFile {
         }
         Ok(())
     }
+}
+
+impl FileHandle for RealFile {
+    fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+        let t = stage_timers::start();
+        let r = self.read_at_untimed(buf, off);
+        t.stop(Stage::FileRead);
+        r
+    }
     fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
-        self.0.write_all_at(data, off)
+        let t = stage_timers::start();
+        let r = self.0.write_all_at(data, off);
+        t.stop(Stage::FileWrite);
+        r
     }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         use rustix::fs::{fallocate, FallocateFlags};
@@ -138,7 +151,10 @@ impl FileHandle for RealFile {
         }
     }
     fn sync_data(&self) -> io::Result<()> {
-        self.0.sync_data()
+        let t = stage_timers::start();
+        let r = self.0.sync_data();
+        t.stop(Stage::FileSync);
+        r
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The stage profile of glidefs runs (BENCH_STAGES=1): where a request's time goes,
+from the daemon's own stage timers (api.stage_timers, src/stage_timers.rs).
+
+  stages.py snap URL > FILE          the stage counters now (stage events seconds)
+  stages.py diff BEFORE AFTER TARGET WORKLOAD T0 >> STAGES_TSV   (T0: run start, epoch s)
+  stages.py report STAGES_TSV        '#' lines for the IOPS trace
+
+Per (target, workload) the report gives, medians over rounds, for each stage: events
+per request and microseconds per request, and the wall time per request (the run's
+wall time over its requests: what one request costs the pipeline at that
+throughput). Stages nest (read.request holds read.slot, read.copy, read.target; the
+target holds the file.* time), so the rows do not add up to the wall time: the rest
+is the kernel, io_uring and the executor."""
+import re
+import statistics
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+
+LINE = re.compile(r'^glidefs_stage_(seconds|events)_total\{stage="([^"]+)"\} (\S+)$')
+REQUESTS = ("read.request", "write.request", "flush.request", "discard.request")
+
+
+def snap(url):
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
+        text = r.read().decode()
+    got = defaultdict(lambda: [0.0, 0.0])
+    for line in text.splitlines():
+        m = LINE.match(line)
+        if m:
+            got[m.group(2)][0 if m.group(1) == "events" else 1] = float(m.group(3))
+    if not got:
+        sys.exit("no glidefs_stage_* series: is api.stage_timers on?")
+    for stage, (events, secs) in sorted(got.items()):
+        print(f"{stage}\t{events:.0f}\t{secs:.9f}")
+
+
+def load_snap(path):
+    out = {}
+    with open(path) as f:
+        for line in f:
+            stage, events, secs = line.split("\t")
+            out[stage] = (float(events), float(secs))
+    return out
+
+
+def diff(before, after, target, workload, t0):
+    wall = f"{time.time() - float(t0):.3f}"
+    b, a = load_snap(before), load_snap(after)
+    for stage, (events, secs) in sorted(a.items()):
+        e0, s0 = b.get(stage, (0.0, 0.0))
+        print(f"{target}\t{workload}\t{stage}\t{events - e0:.0f}\t{secs - s0:.9f}\t{wall}")
+
+
+def report(path):
+    # (target, workload) -> round index -> stage -> (events, secs); wall per round
+    runs = defaultdict(list)
+    with open(path) as f:
+        current = {}
+        for line in f:
+            target, workload, stage, events, secs, wall = line.rstrip("\n").split("\t")
+            key = (target, workload)
+            rnd = current.get(key)
+            if rnd is None or stage in rnd["stages"]:
+                rnd = {"stages": {}, "wall": float(wall)}
+                runs[key].append(rnd)
+                current[key] = rnd
+            rnd["stages"][stage] = (float(events), float(secs))
+    out = ["#", "# Stage profile (BENCH_STAGES=1: the daemon's stage timers, src/stage_timers.rs)",
+           "# per request, medians over rounds; stages nest, the rest of the wall time is",
+           "# the kernel, io_uring and the executor",
+           "# target workload stage events_per_req us_per_event us_per_req"]
+    for (target, workload), rounds in sorted(runs.items()):
+        per_stage = defaultdict(lambda: ([], [], []))
+        walls = []
+        for rnd in rounds:
+            reqs = sum(rnd["stages"].get(s, (0, 0))[0] for s in REQUESTS)
+            if reqs <= 0:
+                continue
+            walls.append(rnd["wall"] / reqs * 1e6)
+            for stage, (events, secs) in rnd["stages"].items():
+                if events <= 0:
+                    continue
+                epr, upe, upr = per_stage[stage]
+                epr.append(events / reqs)
+                upe.append(secs / events * 1e6)
+                upr.append(secs / reqs * 1e6)
+        if not walls:
+            out.append(f"# {target} {workload}: no requests counted")
+            continue
+        out.append(f"# {target:<15} {workload:<14} wall            -      -        "
+                   f"{statistics.median(walls):9.1f}  ({len(walls)} rounds)")
+        for stage in sorted(per_stage):
+            epr, upe, upr = per_stage[stage]
+            out.append(f"# {target:<15} {workload:<14} {stage:<15} {statistics.median(epr):6.2f} "
+                       f"{statistics.median(upe):8.1f} {statistics.median(upr):9.1f}")
+    return "\n".join(out) + "\n"
+
+
+def main(argv):
+    if len(argv) == 3 and argv[1] == "snap":
+        snap(argv[2])
+    elif len(argv) == 7 and argv[1] == "diff":
+        diff(*argv[2:7])
+    elif len(argv) == 3 and argv[1] == "report":
+        sys.stdout.write(report(argv[2]))
+    else:
+        sys.exit(__doc__)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
