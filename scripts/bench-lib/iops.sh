@@ -83,7 +83,7 @@ iops_target() {
 # target, the difference of the daemon's stage timers across the run goes to
 # $WORK/stages (stages.py; the report appends the stage profile to the trace).
 run_profiled() {
-    local t="$1" wl="$2" name="$2" t0
+    local t="$1" wl="$2" name="$2"
     case "$t:${BENCH_STAGES:-0}" in
         glidefs*:1) ;;
         *)
@@ -94,11 +94,10 @@ run_profiled() {
     [ $# -gt 3 ] && name="$wl-$(($# - 2))dev"
     "$PY" "$BENCH_LIB/stages.py" snap "$GFS_URL" >"$WORK/stages.before" \
         || log "  stage timers unreadable before $t $name"
-    t0=$(date +%s.%N)
     run_fio "$@"
     if "$PY" "$BENCH_LIB/stages.py" snap "$GFS_URL" >"$WORK/stages.after"; then
-        "$PY" "$BENCH_LIB/stages.py" diff "$WORK/stages.before" "$WORK/stages.after" "$t" "$name" \
-            "$t0" >>"$WORK/stages"
+        "$PY" "$BENCH_LIB/stages.py" diff "$WORK/stages.before" "$WORK/stages.after" \
+            "$t" "$name" >>"$WORK/stages"
     else
         log "  stage timers unreadable after $t $name"
     fi

@@ -3,19 +3,18 @@
 from the daemon's own stage timers (api.stage_timers, src/stage_timers.rs).
 
   stages.py snap URL > FILE          the stage counters now (stage events seconds)
-  stages.py diff BEFORE AFTER TARGET WORKLOAD T0 >> STAGES_TSV   (T0: run start, epoch s)
-  stages.py report STAGES_TSV        '#' lines for the IOPS trace
+  stages.py diff BEFORE AFTER TARGET WORKLOAD >> STAGES_TSV
+  stages.py report STAGES_TSV RAW_TSV    '#' lines for the IOPS trace
 
 Per (target, workload) the report gives, medians over rounds, for each stage: events
-per request and microseconds per request, and the wall time per request (the run's
-wall time over its requests: what one request costs the pipeline at that
-throughput). Stages nest (read.request holds read.slot, read.copy, read.target; the
-target holds the file.* time), so the rows do not add up to the wall time: the rest
+per request and microseconds per request, and the budget per request: 1e6 / the
+run's median IOPS (from RAW_TSV, the IOPS table's rows), what one request may cost
+the pipeline at that throughput. Stages nest (read.request holds read.slot, read.copy, read.target; the
+target holds the file.* time), so the rows do not add up to the budget: the rest
 is the kernel, io_uring and the executor."""
 import re
 import statistics
 import sys
-import time
 import urllib.request
 from collections import defaultdict
 
@@ -46,52 +45,65 @@ def load_snap(path):
     return out
 
 
-def diff(before, after, target, workload, t0):
-    wall = f"{time.time() - float(t0):.3f}"
+def diff(before, after, target, workload):
     b, a = load_snap(before), load_snap(after)
     for stage, (events, secs) in sorted(a.items()):
         e0, s0 = b.get(stage, (0.0, 0.0))
-        print(f"{target}\t{workload}\t{stage}\t{events - e0:.0f}\t{secs - s0:.9f}\t{wall}")
+        print(f"{target}\t{workload}\t{stage}\t{events - e0:.0f}\t{secs - s0:.9f}")
 
 
-def report(path):
-    # (target, workload) -> round index -> stage -> (events, secs); wall per round
+def median_iops(raw):
+    """(target, workload) -> median IOPS of the ok rows of RAW_TSV."""
+    got = defaultdict(list)
+    with open(raw) as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) >= 7 and cols[-1] == "ok" and float(cols[2]) > 0:
+                got[(cols[0], cols[1])].append(float(cols[2]))
+    return {k: statistics.median(v) for k, v in got.items()}
+
+
+def report(path, raw):
+    iops = median_iops(raw)
+    # (target, workload) -> one dict per round: stage -> (events, secs)
     runs = defaultdict(list)
     with open(path) as f:
         current = {}
         for line in f:
-            target, workload, stage, events, secs, wall = line.rstrip("\n").split("\t")
+            target, workload, stage, events, secs = line.rstrip("\n").split("\t")
             key = (target, workload)
             rnd = current.get(key)
-            if rnd is None or stage in rnd["stages"]:
-                rnd = {"stages": {}, "wall": float(wall)}
+            if rnd is None or stage in rnd:
+                rnd = {}
                 runs[key].append(rnd)
                 current[key] = rnd
-            rnd["stages"][stage] = (float(events), float(secs))
+            rnd[stage] = (float(events), float(secs))
     out = ["#", "# Stage profile (BENCH_STAGES=1: the daemon's stage timers, src/stage_timers.rs)",
-           "# per request, medians over rounds; stages nest, the rest of the wall time is",
-           "# the kernel, io_uring and the executor",
+           "# per request, medians over rounds; budget = 1e6 / median IOPS; stages nest, the",
+           "# rest of the budget is the kernel, io_uring and the executor",
            "# target workload stage events_per_req us_per_event us_per_req"]
     for (target, workload), rounds in sorted(runs.items()):
         per_stage = defaultdict(lambda: ([], [], []))
-        walls = []
+        counted = 0
         for rnd in rounds:
-            reqs = sum(rnd["stages"].get(s, (0, 0))[0] for s in REQUESTS)
+            reqs = sum(rnd.get(s, (0, 0))[0] for s in REQUESTS)
             if reqs <= 0:
                 continue
-            walls.append(rnd["wall"] / reqs * 1e6)
-            for stage, (events, secs) in rnd["stages"].items():
+            counted += 1
+            for stage, (events, secs) in rnd.items():
                 if events <= 0:
                     continue
                 epr, upe, upr = per_stage[stage]
                 epr.append(events / reqs)
                 upe.append(secs / events * 1e6)
                 upr.append(secs / reqs * 1e6)
-        if not walls:
+        if not counted:
             out.append(f"# {target} {workload}: no requests counted")
             continue
-        out.append(f"# {target:<15} {workload:<14} wall            -      -        "
-                   f"{statistics.median(walls):9.1f}  ({len(walls)} rounds)")
+        rate = iops.get((target, workload))
+        budget = f"{1e6 / rate:9.1f}" if rate else "        -"
+        out.append(f"# {target:<15} {workload:<14} budget          -      -        "
+                   f"{budget}  ({counted} rounds)")
         for stage in sorted(per_stage):
             epr, upe, upr = per_stage[stage]
             out.append(f"# {target:<15} {workload:<14} {stage:<15} {statistics.median(epr):6.2f} "
@@ -102,10 +114,10 @@ def report(path):
 def main(argv):
     if len(argv) == 3 and argv[1] == "snap":
         snap(argv[2])
-    elif len(argv) == 7 and argv[1] == "diff":
-        diff(*argv[2:7])
-    elif len(argv) == 3 and argv[1] == "report":
-        sys.stdout.write(report(argv[2]))
+    elif len(argv) == 6 and argv[1] == "diff":
+        diff(*argv[2:6])
+    elif len(argv) == 4 and argv[1] == "report":
+        sys.stdout.write(report(argv[2], argv[3]))
     else:
         sys.exit(__doc__)
     return 0

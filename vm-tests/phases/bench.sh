@@ -16,7 +16,12 @@ require_cmd fio python3
 REPO="$(cd "$PHASES_DIR/../.." && pwd)"
 export WORK_DIR GLIDEFS_BIN GLIDEFS_TOOLS
 export BENCH_API_PORT="${BENCH_API_PORT:-$API_PORT}" BENCH_LOG_DIR="$RESULTS_DIR/logs"
-if [ ! -x "$GLIDEFS_TOOLS/bin/rublk" ] && ! command -v rublk >/dev/null; then
+# rublk is needed unless the targets are chosen and none is a rublk one.
+case " ${BENCH_TARGETS:-rublk} " in
+    *" rublk"*) needs_rublk=1 ;;
+    *) needs_rublk=0 ;;
+esac
+if [ "$needs_rublk" = 1 ] && [ ! -x "$GLIDEFS_TOOLS/bin/rublk" ] && ! command -v rublk >/dev/null; then
     fail "rublk missing: run scripts/install-bench-tools.sh on the host first"
 fi
 
