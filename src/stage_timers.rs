@@ -18,53 +18,49 @@ use prometheus::{CounterVec, IntCounterVec, Opts};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-/// A stage of the data path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// A READ from the descriptor to the commit value (the whole userspace part).
-    ReadRequest,
-    /// A READ waiting for a buffer-pool slot (USER_COPY).
-    ReadSlot,
-    /// A READ's pwrite of the data into the request (USER_COPY).
-    ReadCopy,
-    /// A READ's target call (the volume engine).
-    ReadTarget,
-    /// A WRITE from the descriptor to the commit value.
-    WriteRequest,
-    /// A WRITE waiting for a buffer-pool slot (USER_COPY).
-    WriteSlot,
-    /// A WRITE's pread of the data from the request (USER_COPY).
-    WriteCopy,
-    /// A WRITE's target call (the volume engine).
-    WriteTarget,
-    /// A FLUSH (target call).
-    FlushRequest,
-    /// A DISCARD or WRITE_ZEROES (target call).
-    DiscardRequest,
-    /// pread of a local file (cache file, journal, state), any thread.
-    FileRead,
-    /// pwrite of a local file, any thread.
-    FileWrite,
-    /// fdatasync of a local file, any thread.
-    FileSync,
+/// Declares [`Stage`] and [`STAGES`] from one list, so that a stage's variant, its
+/// label and its counter index (its position) cannot disagree.
+macro_rules! stages {
+    ($($(#[doc = $doc:literal])* $variant:ident => $label:literal,)*) => {
+        /// A stage of the data path.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Stage {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        /// Every stage with its label value, in [`Stage`] order.
+        pub const STAGES: &[(Stage, &str)] = &[$((Stage::$variant, $label),)*];
+    };
 }
 
-/// Every stage with its label value, in [`Stage`] order.
-pub const STAGES: [(Stage, &str); 13] = [
-    (Stage::ReadRequest, "read.request"),
-    (Stage::ReadSlot, "read.slot"),
-    (Stage::ReadCopy, "read.copy"),
-    (Stage::ReadTarget, "read.target"),
-    (Stage::WriteRequest, "write.request"),
-    (Stage::WriteSlot, "write.slot"),
-    (Stage::WriteCopy, "write.copy"),
-    (Stage::WriteTarget, "write.target"),
-    (Stage::FlushRequest, "flush.request"),
-    (Stage::DiscardRequest, "discard.request"),
-    (Stage::FileRead, "file.read"),
-    (Stage::FileWrite, "file.write"),
-    (Stage::FileSync, "file.sync"),
-];
+stages! {
+    /// A READ from the descriptor to the commit value (the whole userspace part).
+    ReadRequest => "read.request",
+    /// A READ waiting for a buffer-pool slot (USER_COPY).
+    ReadSlot => "read.slot",
+    /// A READ's pwrite of the data into the request (USER_COPY).
+    ReadCopy => "read.copy",
+    /// A READ's target call (the volume engine).
+    ReadTarget => "read.target",
+    /// A WRITE from the descriptor to the commit value.
+    WriteRequest => "write.request",
+    /// A WRITE waiting for a buffer-pool slot (USER_COPY).
+    WriteSlot => "write.slot",
+    /// A WRITE's pread of the data from the request (USER_COPY).
+    WriteCopy => "write.copy",
+    /// A WRITE's target call (the volume engine).
+    WriteTarget => "write.target",
+    /// A FLUSH (target call).
+    FlushRequest => "flush.request",
+    /// A DISCARD or WRITE_ZEROES (target call).
+    DiscardRequest => "discard.request",
+    /// pread of a local file (cache file, journal, state), any thread.
+    FileRead => "file.read",
+    /// pwrite of a local file, any thread.
+    FileWrite => "file.write",
+    /// fdatasync of a local file, any thread.
+    FileSync => "file.sync",
+}
 
 static ON: AtomicBool = AtomicBool::new(false);
 static NANOS: [AtomicU64; STAGES.len()] = [const { AtomicU64::new(0) }; STAGES.len()];
@@ -100,6 +96,22 @@ impl Timer {
             EVENTS[i].fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Run `f`, adding its time to `stage`.
+pub fn time<T>(stage: Stage, f: impl FnOnce() -> T) -> T {
+    let t = start();
+    let r = f();
+    t.stop(stage);
+    r
+}
+
+/// Await `fut`, adding the time until it is ready to `stage`.
+pub async fn timed<F: std::future::Future>(stage: Stage, fut: F) -> F::Output {
+    let t = start();
+    let r = fut.await;
+    t.stop(stage);
+    r
 }
 
 /// `(label, events, nanoseconds)` of every stage, in [`STAGES`] order.

@@ -14,7 +14,7 @@ use libublk::sys;
 use super::buffer_pool;
 use super::queue::QueueCtx;
 use super::user_copy::{copy_from_request, copy_to_request};
-use crate::stage_timers::{self, Stage};
+use crate::stage_timers::{self, timed, Stage};
 
 fn neg_errno(e: &io::Error) -> i32 {
     -e.raw_os_error().filter(|e| *e > 0).unwrap_or(libc::EIO)
@@ -27,7 +27,6 @@ pub(crate) async fn handle(q: &QueueCtx, tag: u16, iod: &sys::ublksrv_io_desc) -
     let offset = iod.start_sector << 9;
     let len = u64::from(iod.nr_sectors) << 9;
     let target = &q.spec.target;
-    let timer = stage_timers::start();
     let res = match op {
         sys::UBLK_IO_OP_READ | sys::UBLK_IO_OP_WRITE => {
             if len > u64::from(q.spec.max_io_bytes) {
@@ -35,31 +34,30 @@ pub(crate) async fn handle(q: &QueueCtx, tag: u16, iod: &sys::ublksrv_io_desc) -
             }
             let write = op == sys::UBLK_IO_OP_WRITE;
             let fua = flags & sys::UBLK_IO_F_FUA != 0;
-            let r = if q.spec.user_copy {
-                rw_user_copy(q, tag, offset, len as usize, write, fua).await
-            } else {
-                rw_bounce(q, tag, offset, len as usize, write, fua).await
-            };
-            timer.stop(if write {
+            let stage = if write {
                 Stage::WriteRequest
             } else {
                 Stage::ReadRequest
-            });
+            };
+            let r = if q.spec.user_copy {
+                timed(
+                    stage,
+                    rw_user_copy(q, tag, offset, len as usize, write, fua),
+                )
+                .await
+            } else {
+                timed(stage, rw_bounce(q, tag, offset, len as usize, write, fua)).await
+            };
             r.map(|_| len as i32)
         }
-        sys::UBLK_IO_OP_FLUSH => {
-            let r = target.flush().await;
-            timer.stop(Stage::FlushRequest);
-            r.map(|_| 0)
-        }
-        sys::UBLK_IO_OP_DISCARD | sys::UBLK_IO_OP_WRITE_ZEROES => {
-            let r = if op == sys::UBLK_IO_OP_DISCARD {
-                target.discard(offset, len).await
-            } else {
-                target.write_zeroes(offset, len).await
-            };
-            timer.stop(Stage::DiscardRequest);
-            r.map(|_| 0)
+        sys::UBLK_IO_OP_FLUSH => timed(Stage::FlushRequest, target.flush()).await.map(|_| 0),
+        sys::UBLK_IO_OP_DISCARD => timed(Stage::DiscardRequest, target.discard(offset, len))
+            .await
+            .map(|_| 0),
+        sys::UBLK_IO_OP_WRITE_ZEROES => {
+            timed(Stage::DiscardRequest, target.write_zeroes(offset, len))
+                .await
+                .map(|_| 0)
         }
         _ => return -libc::EOPNOTSUPP,
     };
@@ -92,9 +90,7 @@ async fn rw_user_copy(
         (Stage::ReadSlot, Stage::ReadCopy, Stage::ReadTarget)
     };
     let pool = buffer_pool::worker_pool(&q.spec.pools)?;
-    let t = stage_timers::start();
-    let mut slot = pool.acquire().await;
-    t.stop(slot_stage);
+    let mut slot = timed(slot_stage, pool.acquire()).await;
     let buf = slot.as_mut_slice();
     let mut done = 0usize;
     while done < len {
@@ -102,19 +98,15 @@ async fn rw_user_copy(
         let chunk = &mut buf[..n];
         let pos = offset + done as u64;
         if write {
-            let t = stage_timers::start();
-            copy_from_request(q.fd(), q.spec.qid, tag, done as u32, chunk)?;
-            t.stop(copy_stage);
-            let t = stage_timers::start();
-            q.spec.target.write(pos, chunk, fua).await?;
-            t.stop(target_stage);
+            stage_timers::time(copy_stage, || {
+                copy_from_request(q.fd(), q.spec.qid, tag, done as u32, chunk)
+            })?;
+            timed(target_stage, q.spec.target.write(pos, chunk, fua)).await?;
         } else {
-            let t = stage_timers::start();
-            q.spec.target.read(pos, chunk).await?;
-            t.stop(target_stage);
-            let t = stage_timers::start();
-            copy_to_request(q.fd(), q.spec.qid, tag, done as u32, chunk)?;
-            t.stop(copy_stage);
+            timed(target_stage, q.spec.target.read(pos, chunk)).await?;
+            stage_timers::time(copy_stage, || {
+                copy_to_request(q.fd(), q.spec.qid, tag, done as u32, chunk)
+            })?;
         }
         done += n;
     }
@@ -139,14 +131,9 @@ async fn rw_bounce(
     // (the queue outlives this call); only this tag's task touches it, and the kernel
     // only reads/writes it while the tag's command is with the kernel, i.e. not now.
     let data = unsafe { std::slice::from_raw_parts_mut(ptr, len) };
-    let t = stage_timers::start();
     if write {
-        let r = q.spec.target.write(offset, data, fua).await;
-        t.stop(Stage::WriteTarget);
-        r
+        timed(Stage::WriteTarget, q.spec.target.write(offset, data, fua)).await
     } else {
-        let r = q.spec.target.read(offset, data).await;
-        t.stop(Stage::ReadTarget);
-        r
+        timed(Stage::ReadTarget, q.spec.target.read(offset, data)).await
     }
 }

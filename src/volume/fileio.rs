@@ -97,7 +97,8 @@ pub struct RealFs;
 struct RealFile(File);
 
 impl RealFile {
-    fn read_at_untimed(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
+    /// pread until `buf` is full; zeros past the end of the file.
+    fn read_fully(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
             match self.0.read_at(&mut buf[done..], off + done as u64) {
@@ -116,16 +117,10 @@ impl RealFile {
 
 impl FileHandle for RealFile {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        let t = stage_timers::start();
-        let r = self.read_at_untimed(buf, off);
-        t.stop(Stage::FileRead);
-        r
+        stage_timers::time(Stage::FileRead, || self.read_fully(buf, off))
     }
     fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
-        let t = stage_timers::start();
-        let r = self.0.write_all_at(data, off);
-        t.stop(Stage::FileWrite);
-        r
+        stage_timers::time(Stage::FileWrite, || self.0.write_all_at(data, off))
     }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
         use rustix::fs::{fallocate, FallocateFlags};
@@ -151,10 +146,7 @@ impl FileHandle for RealFile {
         }
     }
     fn sync_data(&self) -> io::Result<()> {
-        let t = stage_timers::start();
-        let r = self.0.sync_data();
-        t.stop(Stage::FileSync);
-        r
+        stage_timers::time(Stage::FileSync, || self.0.sync_data())
     }
     fn len(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
