@@ -18,6 +18,8 @@ import sys
 import urllib.request
 from collections import defaultdict
 
+from report import aggregate, load_rows
+
 LINE = re.compile(r'^glidefs_stage_(seconds|events)_total\{stage="([^"]+)"\} (\S+)$')
 REQUESTS = ("read.request", "write.request", "flush.request", "discard.request")
 
@@ -53,14 +55,9 @@ def diff(before, after, target, workload):
 
 
 def median_iops(raw):
-    """(target, workload) -> median IOPS of the ok rows of RAW_TSV."""
-    got = defaultdict(list)
-    with open(raw) as f:
-        for line in f:
-            cols = line.rstrip("\n").split("\t")
-            if len(cols) >= 7 and cols[-1] == "ok" and float(cols[2]) > 0:
-                got[(cols[0], cols[1])].append(float(cols[2]))
-    return {k: statistics.median(v) for k, v in got.items()}
+    """(target, workload) -> median IOPS of RAW_TSV's ok runs (report.py's medians)."""
+    return {(a["target"], a["wl"]): a["iops"]
+            for a in aggregate(load_rows(raw)) if a["status"] == "ok" and a["iops"]}
 
 
 def report(path, raw):
