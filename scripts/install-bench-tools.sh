@@ -46,6 +46,8 @@ if [ "$do_apt" = 1 ]; then
     pkgs=()
     command -v fio >/dev/null || pkgs+=(fio)
     command -v gnuplot >/dev/null || pkgs+=(gnuplot-nox)
+    # mkfs.xfs: the VM runner's GLIDEFS_VM_FS=xfs scratch disk.
+    command -v mkfs.xfs >/dev/null || pkgs+=(xfsprogs)
     [ "$do_rublk" = 1 ] && pkgs+=(libclang-dev)
     [ "${#pkgs[@]}" -gt 0 ] && apt_install "${pkgs[@]}"
 fi
