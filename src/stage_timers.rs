@@ -42,6 +42,9 @@ stages! {
     ReadCopy => "read.copy",
     /// A READ's target call (the volume engine).
     ReadTarget => "read.target",
+    /// A READ copied from the mapped cache file into the request (`file_map.rs`),
+    /// the engine's check included: instead of `.slot`, `.target` and `.copy`.
+    ReadMapped => "read.mapped",
     /// A WRITE from the descriptor to the commit value.
     WriteRequest => "write.request",
     /// A WRITE waiting for a buffer-pool slot (USER_COPY).

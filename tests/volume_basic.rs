@@ -933,3 +933,43 @@ fn a_volume_counts_its_store_requests_and_guest_bytes() {
         v.close().await.unwrap();
     });
 }
+
+/// `cached_file` hands out the cache file only when every sector of the range is in
+/// it, and the file then holds the volume's bytes at the same offsets (the data plane
+/// copies READs from a mapping of it).
+#[test]
+fn cached_file_covers_exactly_the_valid_sectors() {
+    use std::os::unix::fs::FileExt;
+    smol::block_on(async {
+        let (_m, store) = mem();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = glidefs::volume::VolumeConfig::new("cf", 2 * MIB, dir.path().join("cf"));
+        cfg.flush_interval = std::time::Duration::from_secs(3600);
+        let v = open(&cfg, &store).await;
+        let a = pattern(5, BLOCK_SIZE + 8192);
+        v.write(BLOCK_SIZE as u64 - 4096, &a, false).await.unwrap();
+        let off = BLOCK_SIZE as u64 - 4096;
+        // The written range, across the block boundary, and parts of it.
+        let f = v
+            .cached_file(off, a.len() as u64)
+            .expect("written range is cached");
+        let mut got = vec![0u8; a.len()];
+        f.read_exact_at(&mut got, off).unwrap();
+        assert_eq!(got, a);
+        assert!(v.cached_file(off + 4096, 4096).is_some());
+        // One sector before or after it was never written: not (all) cached.
+        assert!(v.cached_file(off - 4096, 8192).is_none());
+        assert!(v.cached_file(off, a.len() as u64 + 4096).is_none());
+        // Invalid requests are left to the ordinary read, which reports them.
+        assert!(v.cached_file(off + 100, 4096).is_none());
+        assert!(v.cached_file(2 * MIB - 4096, 8192).is_none());
+        assert!(v.cached_file(off, 0).is_none());
+        // The simulator's files are no OS files.
+        let fs = SimFs::new();
+        let s = open(&sim_cfg(&fs, "sim", MIB), &store).await;
+        s.write(0, &pattern(6, 8192), false).await.unwrap();
+        assert!(s.cached_file(0, 8192).is_none());
+        s.close().await.unwrap();
+        v.close().await.unwrap();
+    });
+}

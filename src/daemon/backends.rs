@@ -168,6 +168,9 @@ impl IoTarget for EngineVolume {
     async fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
         Ok(self.0.write_zeroes(offset, len).await?)
     }
+    fn cached_file(&self, offset: u64, len: u64) -> Option<Arc<std::fs::File>> {
+        self.0.cached_file(offset, len)
+    }
 }
 
 #[async_trait]

@@ -89,6 +89,25 @@ async fn rw_user_copy(
     } else {
         (Stage::ReadSlot, Stage::ReadCopy, Stage::ReadTarget)
     };
+    if !write {
+        if let Some(file) = q.spec.target.cached_file(offset, len as u64) {
+            let mapped = stage_timers::time(Stage::ReadMapped, || {
+                q.spec
+                    .file_map
+                    .copy_to_request(&file, offset, len, q.fd(), q.spec.qid, tag)
+            });
+            match mapped {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(
+                    dev_id = q.spec.dev_id,
+                    offset,
+                    len,
+                    "copy from the mapped cache file failed, reading it again: {e}"
+                ),
+            }
+        }
+    }
     let pool = buffer_pool::worker_pool(&q.spec.pools)?;
     let mut slot = timed(slot_stage, pool.acquire()).await;
     let buf = slot.as_mut_slice();

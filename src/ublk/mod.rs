@@ -31,6 +31,7 @@ mod bounce;
 pub mod buffer_pool;
 mod ctrl;
 mod error;
+mod file_map;
 mod io;
 #[cfg(test)]
 mod kernel_tests;

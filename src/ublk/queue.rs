@@ -17,6 +17,7 @@ use libublk::sys;
 use super::bounce::BounceBufs;
 use super::buffer_pool::PoolGroup;
 use super::error::UblkError;
+use super::file_map::FileMap;
 use super::reactor::Reactor;
 use super::target::IoTarget;
 
@@ -31,6 +32,8 @@ pub(crate) struct QueueSpec {
     pub max_io_bytes: u32,
     /// The server's buffer pools (USER_COPY requests take a slot from this worker's).
     pub pools: Arc<PoolGroup>,
+    /// The mapping of the target's cache file, shared by the device's queues.
+    pub file_map: Arc<FileMap>,
 }
 
 /// A queue attached to a worker.

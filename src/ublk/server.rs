@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use super::buffer_pool::{PoolGroup, PoolStats};
 use super::ctrl::{self, AddSpec, Ctrl};
 use super::error::UblkError;
+use super::file_map::FileMap;
 use super::params;
 use super::queue::QueueSpec;
 use super::target::IoTarget;
@@ -219,6 +220,7 @@ impl UblkServer {
     ) -> Result<(), UblkError> {
         let fd = Arc::new(open_char_dev(dev_id)?);
         let mut placements = Vec::with_capacity(usize::from(queues));
+        let file_map = Arc::new(FileMap::default());
         let mut result = Ok(());
         for qid in 0..queues {
             let w = self.least_loaded();
@@ -231,6 +233,7 @@ impl UblkServer {
                 user_copy,
                 max_io_bytes,
                 pools: self.pools.clone(),
+                file_map: file_map.clone(),
             };
             match self.workers[w].attach(spec) {
                 Ok(()) => placements.push(w),

@@ -13,6 +13,7 @@ use super::journal::Record;
 use super::{bump, fetch, Inner, Volume, VolumeError, BS, SS};
 use crate::{BLOCK_SIZE, LOGICAL_BLOCK_SIZE, SECTOR_SIZE};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Blocks a write-zeroes/discard handles before it lets other tasks of its thread run
 /// (each costs a hole punch and a journal record).
@@ -56,6 +57,41 @@ impl Volume {
             (rest, off) = (tail, off + n as u64);
         }
         crate::parallel::join_all(parts).await.into_iter().collect()
+    }
+
+    /// The cache file, when every sector of `[offset, offset+len)` is valid in it
+    /// (it holds them at the same offsets): the data plane may then copy the read
+    /// from it directly. Counts the read (cache hits, readahead) as [`Volume::read`]
+    /// does. `None` when any sector is missing, the request is invalid (the ordinary
+    /// read then reports why) or the cache is not an OS file.
+    pub fn cached_file(&self, offset: u64, len: u64) -> Option<Arc<std::fs::File>> {
+        if len == 0 || self.check_req(offset, len).is_err() {
+            return None;
+        }
+        let file = self.inner.data.os_file()?;
+        let (first, last) = (offset / BS, (offset + len - 1) / BS);
+        {
+            let st = self.inner.st.lock();
+            for b in first..=last {
+                let a = if b == first {
+                    (offset % BS) as usize
+                } else {
+                    0
+                };
+                let e = if b == last {
+                    ((offset + len - 1) % BS) as usize + 1
+                } else {
+                    BLOCK_SIZE
+                };
+                let need = mask(a / SECTOR_SIZE, e.div_ceil(SECTOR_SIZE) - a / SECTOR_SIZE);
+                if st.local.get(b).valid & need != need {
+                    return None;
+                }
+            }
+        }
+        super::readahead::note_read(&self.inner, offset, len);
+        bump(&self.inner.stats.cache_hits, last - first + 1);
+        Some(file)
     }
 
     async fn read_in_block(

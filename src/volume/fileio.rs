@@ -37,6 +37,12 @@ pub trait FileHandle: Send + Sync {
     }
     /// Truncate or extend (sparse).
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The open OS file behind this handle, for readers that copy from it without
+    /// going through the handle (a READ served from a mapping of the cache file);
+    /// `None` for files that are not OS files (the simulator).
+    fn os_file(&self) -> Option<Arc<File>> {
+        None
+    }
 }
 
 /// A file system.
@@ -94,7 +100,7 @@ pub fn write_atomic(fs: &dyn FileIo, path: &Path, data: &[u8]) -> io::Result<()>
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RealFs;
 
-struct RealFile(File);
+struct RealFile(Arc<File>);
 
 impl RealFile {
     /// pread until `buf` is full; zeros past the end of the file.
@@ -154,6 +160,9 @@ impl FileHandle for RealFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
     }
+    fn os_file(&self) -> Option<Arc<File>> {
+        Some(self.0.clone())
+    }
 }
 
 impl FileIo for RealFs {
@@ -170,7 +179,7 @@ impl FileIo for RealFs {
         if mode & 0o077 != 0 {
             f.set_permissions(std::fs::Permissions::from_mode(mode & !0o077))?;
         }
-        Ok(Arc::new(RealFile(f)))
+        Ok(Arc::new(RealFile(Arc::new(f))))
     }
     fn exists(&self, path: &Path) -> bool {
         path.exists()
