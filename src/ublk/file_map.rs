@@ -15,7 +15,8 @@
 //!   process stays within [`MAPPED_BUDGET`] (address space, not memory: a page of the
 //!   mapping costs a page-table entry once read, and the page cache holds the data
 //!   whether or not it is mapped). Beyond it, or when `mmap` fails, requests take the
-//!   ordinary path.
+//!   ordinary path, and that file is not tried again (no `fstat` and `mmap` per
+//!   READ on a file system that refuses the mapping); another file is.
 
 use std::fs::File;
 use std::io;
@@ -46,10 +47,20 @@ impl Drop for Mapped {
     }
 }
 
+/// What a device holds for its cache file.
+#[derive(Default)]
+enum State {
+    #[default]
+    None,
+    Mapped(Arc<Mapped>),
+    /// This file could not be mapped (budget, `mmap`): its READs take the slot path.
+    Refused(Arc<File>),
+}
+
 /// The mapping of one device's cache file (shared by its queues).
 #[derive(Default)]
 pub(crate) struct FileMap {
-    cur: Mutex<Option<Arc<Mapped>>>,
+    cur: Mutex<State>,
 }
 
 impl FileMap {
@@ -58,13 +69,15 @@ impl FileMap {
     /// `mmap` fails.
     fn mapping(&self, file: &Arc<File>, end: u64) -> Option<Arc<Mapped>> {
         let mut cur = self.cur.lock();
-        if let Some(m) = cur.as_ref() {
-            if Arc::ptr_eq(&m.file, file) && m.map.len() as u64 >= end {
-                return Some(m.clone());
+        match &*cur {
+            State::Mapped(m) if Arc::ptr_eq(&m.file, file) && m.map.len() as u64 >= end => {
+                return Some(m.clone())
             }
+            State::Refused(f) if Arc::ptr_eq(f, file) => return None,
+            _ => {}
         }
         // Drop the old mapping before taking budget for the new one.
-        *cur = None;
+        *cur = State::None;
         let len = file.metadata().ok()?.len();
         if len < end || len > usize::MAX as u64 {
             return None;
@@ -72,6 +85,8 @@ impl FileMap {
         let before = MAPPED.fetch_add(len, Ordering::Relaxed);
         if before + len > MAPPED_BUDGET {
             MAPPED.fetch_sub(len, Ordering::Relaxed);
+            tracing::debug!(len, "cache-file mappings are at their budget; this device's reads take the ordinary path");
+            *cur = State::Refused(file.clone());
             return None;
         }
         // SAFETY: a read-only shared mapping of a file we hold open. Its contents may
@@ -83,7 +98,8 @@ impl FileMap {
             Ok(m) => m,
             Err(e) => {
                 MAPPED.fetch_sub(len, Ordering::Relaxed);
-                tracing::debug!(error = %e, "mapping a cache file failed; reads take the ordinary path");
+                tracing::debug!(error = %e, "mapping a cache file failed; this device's reads take the ordinary path");
+                *cur = State::Refused(file.clone());
                 return None;
             }
         };
@@ -91,7 +107,7 @@ impl FileMap {
             file: file.clone(),
             map,
         });
-        *cur = Some(m.clone());
+        *cur = State::Mapped(m.clone());
         Some(m)
     }
 
@@ -212,5 +228,29 @@ mod tests {
         out.read_exact_at(&mut got[..4096], io_buf_pos(qid, tag, 0))
             .unwrap();
         assert_eq!(got[..4096], [3u8; 4096]);
+    }
+
+    /// A file that cannot be mapped (here: opened write-only) is refused once and not
+    /// tried again; another file is.
+    #[test]
+    fn an_unmappable_file_is_refused_and_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("wo");
+        std::fs::write(&p, [1u8; 8192]).unwrap();
+        let wo = Arc::new(std::fs::OpenOptions::new().write(true).open(&p).unwrap());
+        let out = tempfile::tempfile().unwrap();
+        let map = FileMap::default();
+        assert!(!map
+            .copy_to_request(&wo, 0, 4096, out.as_raw_fd(), 0, 0)
+            .unwrap());
+        assert!(matches!(&*map.cur.lock(), State::Refused(f) if Arc::ptr_eq(f, &wo)));
+        assert!(!map
+            .copy_to_request(&wo, 0, 4096, out.as_raw_fd(), 0, 0)
+            .unwrap());
+        let ok = file_with(dir.path(), "ok", &[2u8; 8192]);
+        assert!(map
+            .copy_to_request(&ok, 0, 4096, out.as_raw_fd(), 0, 0)
+            .unwrap());
+        assert!(matches!(&*map.cur.lock(), State::Mapped(_)));
     }
 }
