@@ -1,6 +1,7 @@
 //! Stage timers: process-wide sums of the time the data path spends in each stage of
-//! a request, so that "where does a request's time go" can be answered where sampling
-//! profilers cannot (perf in a TCG guest samples the idle loop). Read through
+//! a request, and the control plane in each step of creating and deleting an export,
+//! so that "where does the time go" can be answered where sampling profilers cannot
+//! (perf in a TCG guest samples the idle loop). Read through
 //! /metrics as `glidefs_stage_seconds_total{stage}` and `glidefs_stage_events_total{stage}`;
 //! a bench takes the difference across a run and divides.
 //!
@@ -10,7 +11,11 @@
 //! - the sums are process-wide (every export, every thread): a `file.*` stage also
 //!   counts the flusher's reads and the journal's syncs, not only the requests';
 //! - stages nest: `read.request` contains `read.slot`, `read.copy` and
-//!   `read.target`, and `read.target` contains the `file.*` time of that read.
+//!   `read.target`, and `read.target` contains the `file.*` time of that read;
+//!   `create.request` contains `create.{lookup,open,device,persist}` and
+//!   `create.device` the `device.{add,attach,start}` steps; `delete.request`
+//!   contains `delete.{device,drain,close,forget,persist}` and `delete.device` the
+//!   `device.{stop,detach,del}` steps.
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -22,7 +27,7 @@ use std::time::Instant;
 /// label and its counter index (its position) cannot disagree.
 macro_rules! stages {
     ($($(#[doc = $doc:literal])* $variant:ident => $label:literal,)*) => {
-        /// A stage of the data path.
+        /// A stage of the data path or of an export's creation or deletion.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum Stage {
             $($(#[doc = $doc])* $variant,)*
@@ -63,6 +68,40 @@ stages! {
     FileWrite => "file.write",
     /// fdatasync of a local file, any thread.
     FileSync => "file.sync",
+    /// Creating an export (router, after its name lock), successful or not.
+    CreateRequest => "create.request",
+    /// Creating: looking the volume up in the store.
+    CreateLookup => "create.lookup",
+    /// Creating: opening (or creating) the volume: lease, meta, local cache files.
+    CreateOpen => "create.open",
+    /// Creating: adding and starting its ublk device.
+    CreateDevice => "create.device",
+    /// Creating: writing the export registry.
+    CreatePersist => "create.persist",
+    /// A device's ADD_DEV and SET_PARAMS.
+    DeviceAdd => "device.add",
+    /// A device's char device opened and its queues handed to workers.
+    DeviceAttach => "device.attach",
+    /// A device's START_DEV (waits for every tag's FETCH_REQ and the partition scan).
+    DeviceStart => "device.start",
+    /// Deleting an export (router, after its name lock), successful or not.
+    DeleteRequest => "delete.request",
+    /// Deleting: stopping and deleting its ublk device.
+    DeleteDevice => "delete.device",
+    /// Deleting: uploading its dirty data.
+    DeleteDrain => "delete.drain",
+    /// Deleting: closing the volume (final checkpoint, lease release).
+    DeleteClose => "delete.close",
+    /// Deleting: removing its local cache files.
+    DeleteForget => "delete.forget",
+    /// Deleting: writing the export registry.
+    DeletePersist => "delete.persist",
+    /// A device's STOP_DEV.
+    DeviceStop => "device.stop",
+    /// A device's queues taken back from the workers and its char device closed.
+    DeviceDetach => "device.detach",
+    /// A device's DEL_DEV.
+    DeviceDel => "device.del",
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
@@ -146,7 +185,7 @@ impl StageCollector {
             seconds: CounterVec::new(
                 Opts::new(
                     "stage_seconds_total",
-                    "Time spent in each data-path stage, all exports and threads (api.stage_timers; stages: docs/operations.md).",
+                    "Time spent in each stage of the data path and of export creation and deletion, all exports and threads (api.stage_timers; stages: docs/operations.md).",
                 )
                 .namespace(ns),
                 &["stage"],
@@ -154,7 +193,7 @@ impl StageCollector {
             events: IntCounterVec::new(
                 Opts::new(
                     "stage_events_total",
-                    "Times each data-path stage ran (api.stage_timers).",
+                    "Times each stage ran (api.stage_timers).",
                 )
                 .namespace(ns),
                 &["stage"],

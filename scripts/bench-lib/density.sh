@@ -38,6 +38,25 @@ density_store_requests() {
         | awk '/^glidefs_export_store_requests_total/ {s += $2} END {printf "%.0f\n", s}'
 }
 
+# density_stages_snap NAME / density_stages_ops NAME N STEP: with BENCH_STAGES=1 (the
+# daemon's stage timers on), where creating or deleting the N exports spent its time:
+# the stage counters' difference since snapshot NAME, per export, appended to
+# $WORK/density-stages for the trace. A failed scrape loses the profile, not the row.
+density_stages_snap() {
+    [ "${BENCH_STAGES:-0}" = 1 ] || return 0
+    "$PY" "$BENCH_LIB/stages.py" snap "$GFS_URL" >"$WORK/stages.$1" \
+        || log "stage timers unreadable ($1)"
+}
+density_stages_ops() {
+    [ "${BENCH_STAGES:-0}" = 1 ] || return 0
+    local after="$WORK/stages.after-$3"
+    if "$PY" "$BENCH_LIB/stages.py" snap "$GFS_URL" >"$after" && [ -s "$WORK/stages.$1" ]; then
+        "$PY" "$BENCH_LIB/stages.py" ops "$WORK/stages.$1" "$after" "$2" "$3" >>"$WORK/density-stages"
+    else
+        log "stage timers unreadable around $3"
+    fi
+}
+
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
 
@@ -54,8 +73,10 @@ density_one() {
     if glidefs_start "$dir" usercopy; then
         read -r rss0 thr0 vm0 < <(glidefs_proc_facts)
         read -r pool0 _ < <(glidefs_pool_kib)
+        density_stages_snap before-create
         if glidefs_create dens "$n" "$BENCH_DENSITY_SIZE" >"$dir/devices"; then
             t_create=$(cat "$WORK/last-elapsed")
+            density_stages_ops before-create "$n" create
             # One read per device first, so every worker that serves a device has
             # initialised its pool: "pool included" then counts the whole pool.
             read_all "$dir/devices" 600 >/dev/null || fail read-before-kill
@@ -91,8 +112,10 @@ density_one() {
                     cat "$dir/read-all.out" >&2
                     fail recovery-io
                 fi
+                density_stages_snap before-delete
                 if glidefs_delete dens "$n"; then
                     t_delete=$(cat "$WORK/last-elapsed")
+                    density_stages_ops before-delete "$n" delete
                 else
                     fail delete
                 fi
@@ -147,6 +170,13 @@ density_report() {
     # shellcheck disable=SC2086
     echo "# density: exports of $BENCH_DENSITY_SIZE each, N = $BENCH_DENSITY_N, daemon in USER_COPY mode"
     { echo "$DENSITY_COLS" | tr ' ' '\t'; cat "$2"; } | column -t -s $'\t' | sed '1s/^/# /; 1!s/^/  /'
+    if [ -s "$WORK/density-stages" ]; then
+        echo "#"
+        echo "# Stage profile (BENCH_STAGES=1: the daemon's stage timers, src/stage_timers.rs)."
+        echo "# create.request / delete.request: one export's whole operation in the router;"
+        echo "# the other stages nest inside them (docs/operations.md, stage_timers)."
+        cat "$WORK/density-stages"
+    fi
     echo "#"
     echo "# Targets (issue 7):"
     awk '!/^#/ && $1 == 1025 {

@@ -5,6 +5,8 @@ from the daemon's own stage timers (api.stage_timers, src/stage_timers.rs).
   stages.py snap URL > FILE          the stage counters now (stage events seconds)
   stages.py diff BEFORE AFTER TARGET WORKLOAD >> STAGES_TSV
   stages.py report STAGES_TSV RAW_TSV    '#' lines for the IOPS trace
+  stages.py ops BEFORE AFTER N STEP      '#' lines: where creating or deleting N
+                                         exports spent its time (density sweep)
 
 Per (target, workload) the report gives, medians over rounds, for each stage: events
 per request and microseconds per request, and the budget per request: 1e6 / the
@@ -108,11 +110,37 @@ def report(path, raw):
     return "\n".join(out) + "\n"
 
 
+# The stages an export's creation or deletion goes through (src/stage_timers.rs), and
+# the file stages, which count their fsyncs too.
+OPS_PREFIXES = ("create.", "delete.", "device.", "file.")
+
+
+def ops(before, after, n, step):
+    """Per export of the N created or deleted between the two snapshots: each stage's
+    events and milliseconds. The *.request stages are the wall time of one operation;
+    with operations in parallel their sum exceeds the step's elapsed time."""
+    b, a = load_snap(before), load_snap(after)
+    n = int(n)
+    out = [f"# {step} of N={n}: stage events_per_export ms_per_event ms_per_export"]
+    for stage, (events, secs) in sorted(a.items()):
+        if not stage.startswith(OPS_PREFIXES):
+            continue
+        e0, s0 = b.get(stage, (0.0, 0.0))
+        events, secs = events - e0, secs - s0
+        if events <= 0:
+            continue
+        out.append(f"#   {n:<6} {step:<7} {stage:<16} {events / n:7.2f} "
+                   f"{secs / events * 1e3:9.2f} {secs / n * 1e3:9.2f}")
+    return "\n".join(out) + "\n"
+
+
 def main(argv):
     if len(argv) == 3 and argv[1] == "snap":
         snap(argv[2])
     elif len(argv) == 6 and argv[1] == "diff":
         diff(*argv[2:6])
+    elif len(argv) == 6 and argv[1] == "ops":
+        sys.stdout.write(ops(*argv[2:6]))
     elif len(argv) == 4 and argv[1] == "report":
         sys.stdout.write(report(argv[2], argv[3]))
     else:

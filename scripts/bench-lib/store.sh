@@ -117,9 +117,18 @@ store_step_sparse() {
     store_row "$1" "$t0" "$st" "$before"
 }
 
+# store_fio_rate NAME: "bw=... run=...ms" of fio job NAME's writes, from its log.
+store_fio_rate() {
+    sed -n 's/^ *WRITE: bw=\([^ ]*\) .*run=\([0-9-]*\)msec.*/bw=\1 run=\2ms/p' \
+        "$WORK/fio/store-$1.log" | head -1
+}
+
 store_step_dense() {
     store_begin
     store_fio dense --rw=write --bs=128k --iodepth=8 --size="$STORE_LIVE" || st=fail:fio
+    # A segment closes at its size or at flush_interval's age: the writer's rate says
+    # which, so it goes into the trace.
+    echo "dense: fio wrote $(store_fio_rate dense)" >>"$WORK/store-notes"
     store_drain || st=fail:drain
     store_row dense "$t0" "$st" "$before"
 }
@@ -150,6 +159,7 @@ store_suite() {
     STORE_DIR="$dir/store"
     STORE_LIVE=$((BENCH_STORE_DEV_MIB * 1024 * 1024))
     : >"$STORE_RAW"
+    : >"$WORK/store-notes"
     rm -rf "$dir"
     # The daemon's flush_interval (the segments' maximum age): default unless set.
     GFS_FLUSH_INTERVAL="${BENCH_STORE_FLUSH_INTERVAL:-}"
@@ -157,10 +167,17 @@ store_suite() {
     # the settle time): the overwrite step measures the space compaction frees.
     GFS_GC_GRACE="${BENCH_STORE_GC_GRACE:-0s}"
     glidefs_config "$dir"
-    ensure_ublk 8 || { log "no ublk"; return 1; }
-    glidefs_start "$dir" usercopy || return 1
+    if [ -n "${BENCH_STORE_TMPFS:-}" ]; then
+        mount -t tmpfs -o size="$BENCH_STORE_TMPFS" glidefs-bench-store "$STORE_DIR" || {
+            log "mounting a tmpfs of $BENCH_STORE_TMPFS on $STORE_DIR failed (BENCH_STORE_TMPFS)"
+            return 1
+        }
+    fi
+    ensure_ublk 8 || { log "no ublk"; store_unmount; return 1; }
+    glidefs_start "$dir" usercopy || { store_unmount; return 1; }
     STORE_DEV=$(glidefs_create "$STORE_PREFIX" 1 "${BENCH_STORE_DEV_MIB}M") || {
         glidefs_stop
+        store_unmount
         return 1
     }
     wait_block "$STORE_DEV" || true
@@ -176,6 +193,14 @@ store_suite() {
 
     glidefs_delete "$STORE_PREFIX" 1 || log "deleting the export failed"
     glidefs_stop
+    store_unmount
+}
+
+# store_unmount: the tmpfs of BENCH_STORE_TMPFS, if mounted.
+store_unmount() {
+    if [ -n "${BENCH_STORE_TMPFS:-}" ] && mountpoint -q "$STORE_DIR"; then
+        umount "$STORE_DIR" || log "unmounting $STORE_DIR failed"
+    fi
 }
 
 store_report() {
@@ -187,4 +212,6 @@ store_report() {
     echo "# export's size (every block is live after 'dense'), and the bytes compaction"
     echo "# rewrote during the step per client byte (glidefs_compacted_bytes_total)."
     column -t -s $'\t' "$2" | sed 's/^/  /'
+    [ -s "$WORK/store-notes" ] && sed 's/^/# /' "$WORK/store-notes"
+    return 0
 }

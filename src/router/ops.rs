@@ -13,6 +13,7 @@ use super::{
 };
 use crate::rules::{validate_name, validate_size};
 use crate::size::format_size;
+use crate::stage_timers::{self, timed, Stage};
 use crate::volume::SnapshotInfo;
 use std::sync::Arc;
 
@@ -40,7 +41,7 @@ impl Router {
         match existing {
             Some(e) if e.error.is_none() => self.resize(name, e, size).await,
             Some(e) => self.repair(name, e, size).await,
-            None => self.create(name, size).await,
+            None => timed(Stage::CreateRequest, self.create(name, size)).await,
         }
     }
 
@@ -150,9 +151,7 @@ impl Router {
                 live: true,
             }
         };
-        let stored = self
-            .volumes
-            .exists_in_store(name)
+        let stored = timed(Stage::CreateLookup, self.volumes.exists_in_store(name))
             .await
             .map_err(backend(name, "look up"))?;
         if let Some(stored) = stored {
@@ -163,9 +162,7 @@ impl Router {
                 )));
             }
         }
-        let volume = self
-            .volumes
-            .open(name, size)
+        let volume = timed(Stage::CreateOpen, self.volumes.open(name, size))
             .await
             .map_err(backend(name, "open"))?;
         let mut device = None;
@@ -176,11 +173,13 @@ impl Router {
             let target = self.target(name, &volume)?;
             if let Some(devs) = &self.devices {
                 device = Some(
-                    devs.add(None, target)
+                    stage_timers::time(Stage::CreateDevice, || devs.add(None, target))
                         .map_err(backend(name, "add device"))?,
                 );
             }
-            self.persist_entry(name, size, device.as_ref())
+            stage_timers::time(Stage::CreatePersist, || {
+                self.persist_entry(name, size, device.as_ref())
+            })
         }
         .await;
         if let Err(err) = attached {
@@ -323,6 +322,11 @@ impl Router {
         let _op = self.begin_op()?;
         let lock = self.name_lock(name);
         let _guard = lock.lock().await;
+        timed(Stage::DeleteRequest, self.delete_locked(name, purge, force)).await
+    }
+
+    /// [`Router::delete`] under the export's name lock.
+    async fn delete_locked(&self, name: &str, purge: bool, force: bool) -> Result<(), RouterError> {
         let e = self.entry(name)?;
         // A failed export has no volume open here, so nothing tells us the volume is
         // still ours: purge first, and a refusal (another host holds it) leaves the
@@ -335,7 +339,7 @@ impl Router {
                 .map_err(backend(name, "purge"))?;
         }
         if let (Some(devs), Some(d)) = (&self.devices, &e.device) {
-            devs.delete(d.dev_id)
+            stage_timers::time(Stage::DeleteDevice, || devs.delete(d.dev_id))
                 .map_err(backend(name, "delete device"))?;
             self.set_entry(name, |x| x.device = None);
         } else if let (Some(devs), Some(id), true) = (&self.devices, e.dev_id_hint, e.parked) {
@@ -345,7 +349,7 @@ impl Router {
         }
         if let Some(volume) = &e.volume {
             if !purge {
-                match volume.drain().await {
+                match timed(Stage::DeleteDrain, volume.drain()).await {
                     Ok(()) => {}
                     // Another host owns the volume: nothing more can be uploaded; the
                     // dirty data is set aside below (forget_local), never deleted.
@@ -358,7 +362,7 @@ impl Router {
                     }
                 }
             }
-            if let Err(err) = volume.close().await {
+            if let Err(err) = timed(Stage::DeleteClose, volume.close()).await {
                 tracing::warn!(export = name, error = %err, "close failed during delete");
             }
             self.set_entry(name, |x| {
@@ -366,7 +370,8 @@ impl Router {
                 x.error = Some("deleting".into());
             });
             if !purge {
-                if let Err(err) = self.volumes.forget_local(name).await {
+                if let Err(err) = timed(Stage::DeleteForget, self.volumes.forget_local(name)).await
+                {
                     tracing::warn!(export = name, error = %err, "removing local cache failed");
                 }
             }
@@ -387,8 +392,10 @@ impl Router {
                 return Err(backend(name, "purge")(err));
             }
         }
-        self.persist(|p| {
-            p.remove(name);
+        stage_timers::time(Stage::DeletePersist, || {
+            self.persist(|p| {
+                p.remove(name);
+            })
         })?;
         self.state.write().exports.remove(name);
         self.metrics.remove_export(name);

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::stage_timers::{self, Stage};
 use libublk::sys;
 use parking_lot::Mutex;
 
@@ -170,6 +171,7 @@ impl UblkServer {
         if self.user_copy {
             flags |= u64::from(sys::UBLK_F_USER_COPY);
         }
+        let add = stage_timers::start();
         let info = self.ctrl.add(AddSpec {
             dev_id,
             queues: self.opts.queues,
@@ -183,16 +185,19 @@ impl UblkServer {
             .ctrl
             .set_params(id, params::device_params(size, info.max_io_buf_bytes))
             .and_then(|_| {
-                self.attach_device(
-                    id,
-                    info.nr_hw_queues,
-                    info.queue_depth,
-                    info.max_io_buf_bytes,
-                    self.user_copy,
-                    target,
-                )
+                add.stop(Stage::DeviceAdd);
+                stage_timers::time(Stage::DeviceAttach, || {
+                    self.attach_device(
+                        id,
+                        info.nr_hw_queues,
+                        info.queue_depth,
+                        info.max_io_buf_bytes,
+                        self.user_copy,
+                        target,
+                    )
+                })
             })
-            .and_then(|_| self.ctrl.start_dev(id));
+            .and_then(|_| stage_timers::time(Stage::DeviceStart, || self.ctrl.start_dev(id)));
         match res {
             Ok(()) => {
                 tracing::info!(dev_id = id, size, "ublk device started");
@@ -264,9 +269,10 @@ impl UblkServer {
     pub(crate) fn teardown(&self, dev_id: u32) -> Result<(), UblkError> {
         let dev = self.devices.lock().remove(&dev_id);
         let t0 = Instant::now();
-        let stop = self
-            .ctrl
-            .raw_ctrl_cmd("STOP_DEV", sys::UBLK_U_CMD_STOP_DEV, dev_id, 0);
+        let stop = stage_timers::time(Stage::DeviceStop, || {
+            self.ctrl
+                .raw_ctrl_cmd("STOP_DEV", sys::UBLK_U_CMD_STOP_DEV, dev_id, 0)
+        });
         match &stop {
             Err(e) => tracing::warn!(dev_id, "STOP_DEV: {e}"),
             Ok(_) => tracing::debug!(
@@ -276,6 +282,7 @@ impl UblkServer {
             ),
         }
         let mut detach_err = None;
+        let detach = stage_timers::start();
         if let Some(dev) = dev {
             for (qid, w) in dev.placements.iter().enumerate() {
                 if let Err(e) = self.workers[*w].detach(dev_id, qid as u16) {
@@ -290,7 +297,8 @@ impl UblkServer {
                 "queues detached"
             );
         }
-        self.ctrl.del(dev_id)?;
+        detach.stop(Stage::DeviceDetach);
+        stage_timers::time(Stage::DeviceDel, || self.ctrl.del(dev_id))?;
         ctrl::remove_run_json(dev_id);
         match detach_err {
             Some(e) => Err(e),

@@ -2,7 +2,8 @@
 # phase: density-sweep - density sweep (scripts/bench density): for N = 1,
 # 64, 256, 1025 exports (DENSITY_SWEEP_N overrides), daemon RSS, RSS per export with
 # and without the buffer pool, threads, time to create, recovery time after kill -9
-# and delete time. The trace (density-sweep.txt) lands in the results folder;
+# and delete time, and with the daemon's stage timers where creating and deleting
+# spent that time. The trace (density-sweep.txt) lands in the results folder;
 # `scripts/bench density` on the host copies it to scripts/bench-results/.
 # ublks_max: 1100
 # deadline: 5400
@@ -18,6 +19,8 @@ export BENCH_API_PORT="${BENCH_API_PORT:-$API_PORT}" BENCH_LOG_DIR="$RESULTS_DIR
 export BENCH_DENSITY_N="${DENSITY_SWEEP_N:-1 64 256 1025}"
 export BENCH_DENSITY_SIZE="${DENSITY_SWEEP_SIZE:-64M}"
 export BENCH_DENSITY_IDLE_S="${DENSITY_SWEEP_IDLE_S:-120}"
+# The daemon's stage timers: where creation and deletion spend their time (0: off).
+export BENCH_STAGES="${DENSITY_SWEEP_STAGES:-1}"
 [ -n "${DENSITY_SWEEP_COMMAND:-}" ] && export BENCH_COMMAND="$DENSITY_SWEEP_COMMAND"
 
 rc=0
