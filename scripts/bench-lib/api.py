@@ -13,17 +13,23 @@ timing N creations measures the daemon rather than N curl start-ups.
                                       prints "# elapsed SECONDS"
 
 BASE is like http://127.0.0.1:8080. Any non-2xx answer is an error (exit 1) that
-names the export and quotes the body: a figure is never printed for a failed run."""
+names the export and quotes the body: a figure is never printed for a failed run.
+BENCH_API_JOBS (default 1): requests of create, delete and drain in flight at once,
+each on its own connection, as an operator's tool creating many exports would; with
+1 the figure is the latency of one request after another."""
+import concurrent.futures
 import http.client
 import json
 import os
 import sys
+import threading
 import time
 import urllib.parse
 
 
 class Api:
     def __init__(self, base):
+        self.base = base
         u = urllib.parse.urlparse(base)
         self.host, self.port = u.hostname, u.port or 80
         self.conn = None
@@ -67,34 +73,90 @@ def wait_ready(api, seconds):
     return 1
 
 
+def jobs():
+    try:
+        j = int(os.environ.get("BENCH_API_JOBS", "1"))
+    except ValueError:
+        sys.exit(f"BENCH_API_JOBS={os.environ['BENCH_API_JOBS']!r} is not a number")
+    if j < 1:
+        sys.exit(f"BENCH_API_JOBS={j} must be at least 1")
+    return j
+
+
+def run_all(api, n, one):
+    """one(api, i) -> (ok, text) for i in 0..n, BENCH_API_JOBS at a time (each thread
+    on its own connection; with one job, in order on `api`). Stops starting new
+    requests after the first failure. Returns the texts in index order, or None after
+    printing the first failure (by index) to stderr."""
+    n, j = int(n), jobs()
+    if j == 1:
+        out = []
+        for i in range(n):
+            ok, text = one(api, i)
+            if not ok:
+                print(text, file=sys.stderr)
+                return None
+            out.append(text)
+        return out
+    local = threading.local()
+    failed = threading.Event()
+
+    def task(i):
+        if failed.is_set():
+            return False, None
+        if not hasattr(local, "api"):
+            local.api = Api(api.base)
+        ok, text = one(local.api, i)
+        if not ok:
+            failed.set()
+        return ok, text
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=j) as pool:
+        results = list(pool.map(task, range(n)))
+    for ok, text in results:
+        if not ok and text is not None:
+            print(text, file=sys.stderr)
+            return None
+    return [text for _, text in results]
+
+
 def create(api, prefix, n, size):
-    t0 = time.monotonic()
-    for i in range(int(n)):
+    def one(a, i):
         name = f"{prefix}{i}"
-        status, text = api.request("PUT", f"/api/exports/{name}", {"size": size})
+        status, text = a.request("PUT", f"/api/exports/{name}", {"size": size})
         if status // 100 != 2:
-            print(f"PUT {name}: HTTP {status}: {text.strip()}", file=sys.stderr)
-            return 1
+            return False, f"PUT {name}: HTTP {status}: {text.strip()}"
         try:
             dev = json.loads(text).get("device", "?")
         except ValueError:
             dev = "?"
-        print(f"{name} {dev}", flush=True)
-    print(f"# elapsed {time.monotonic() - t0:.3f}")
+        return True, f"{name} {dev}"
+
+    t0 = time.monotonic()
+    lines = run_all(api, n, one)
+    if lines is None:
+        return 1
+    elapsed = time.monotonic() - t0
+    print("\n".join(lines), flush=True)
+    print(f"# elapsed {elapsed:.3f}")
     return 0
 
 
 def each_export(api, prefix, n, method, suffix, timeout_env, timeout_default):
-    """One request per export, in order, no retry (a request that timed out may
-    still be running in the daemon); stops at the first non-2xx answer."""
-    t0 = time.monotonic()
+    """One request per export, no retry (a request that timed out may still be
+    running in the daemon); stops at the first non-2xx answer."""
     timeout = float(os.environ.get(timeout_env, timeout_default))
-    for i in range(int(n)):
+
+    def one(a, i):
         path = f"/api/exports/{prefix}{i}{suffix}"
-        status, text = api.request(method, path, timeout=timeout, tries=1)
+        status, text = a.request(method, path, timeout=timeout, tries=1)
         if status // 100 != 2:
-            print(f"{method} {path}: HTTP {status}: {text.strip()}", file=sys.stderr)
-            return 1
+            return False, f"{method} {path}: HTTP {status}: {text.strip()}"
+        return True, ""
+
+    t0 = time.monotonic()
+    if run_all(api, n, one) is None:
+        return 1
     print(f"# elapsed {time.monotonic() - t0:.3f}")
     return 0
 

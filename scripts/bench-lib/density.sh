@@ -1,13 +1,13 @@
 # shellcheck shell=bash
 # The density sweep: for each N in $BENCH_DENSITY_N a fresh daemon creates N exports
-# of $BENCH_DENSITY_SIZE, then we record its RSS (with and without the buffer pools),
+# of $BENCH_DENSITY_SIZE ($BENCH_DENSITY_JOBS API requests at a time, default 1), then we record its RSS (with and without the buffer pools),
 # threads and creation time; then leave it idle for $BENCH_DENSITY_IDLE_S and record
 # its CPU use and its exports' store requests (per hour); kill -9 it, start it again and time the recovery until
 # every device serves a 4 KiB read; finally delete all N and time that.
 # One row per N goes to $DENSITY_RAW (tab separated, see DENSITY_COLS); a failed
 # step gives status "fail:<step>" and zeros, never a made-up figure.
 
-DENSITY_COLS="n rss_kib pool_kib per_export_excl_kib per_export_incl_kib marginal_kib threads vmsize_mib create_s create_ms_each recovery_ready_s recovery_io_s delete_s probe_s idle_cpu_pct idle_req_per_h status"
+DENSITY_COLS="n rss_kib pool_kib per_export_excl_kib per_export_incl_kib marginal_kib threads vmsize_mib create_s create_ms_each recovery_ready_s recovery_io_s delete_s probe_s idle_cpu_pct idle_req_per_h status rss_anon_kib rss_file_kib per_export_anon_excl_kib"
 
 # read_all DEVICES_FILE SECONDS [T0]: one direct 4 KiB read from each device, in one
 # process (read_all.py; one `dd` per device cost ~0.15 s of process start-up each
@@ -62,7 +62,7 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
 
 density_one() {
     local n="$1" dir="$BENCH_DATA_DIR/density-$n" status=ok
-    local rss0=0 thr0=0 vm0=0 pool0=0 rss=0 thr=0 vm=0 pool=0 npool=0
+    local rss0=0 thr0=0 vm0=0 pool0=0 rss=0 thr=0 vm=0 pool=0 npool=0 anon=0 file=0
     local t_create=0 t_ready=0 t_io=0 t_delete=0 t_probe=0 t0 idle_cpu=0 idle_req=0
     rm -rf "$dir"
     glidefs_config "$dir"
@@ -71,17 +71,17 @@ density_one() {
     fail() { status="fail:$1"; log "density N=$n: $1 failed"; }
 
     if glidefs_start "$dir" usercopy; then
-        read -r rss0 thr0 vm0 < <(glidefs_proc_facts)
+        read -r rss0 thr0 vm0 _ _ < <(glidefs_proc_facts)
         read -r pool0 _ < <(glidefs_pool_kib)
         density_stages_snap before-create
-        if glidefs_create dens "$n" "$BENCH_DENSITY_SIZE" >"$dir/devices"; then
+        if BENCH_API_JOBS="${BENCH_DENSITY_JOBS:-1}" glidefs_create dens "$n" "$BENCH_DENSITY_SIZE" >"$dir/devices"; then
             t_create=$(cat "$WORK/last-elapsed")
             density_stages_ops before-create "$n" create
             # One read per device first, so every worker that serves a device has
             # initialised its pool: "pool included" then counts the whole pool.
             read_all "$dir/devices" 600 >/dev/null || fail read-before-kill
             sleep 1
-            read -r rss thr vm < <(glidefs_proc_facts)
+            read -r rss thr vm anon file < <(glidefs_proc_facts)
             read -r pool npool < <(glidefs_pool_kib)
             log "density N=$n: created in ${t_create}s, RSS ${rss} KiB (pool $pool KiB, $npool pools), $thr threads"
             if [ "${BENCH_DENSITY_IDLE_S:-0}" -gt 0 ]; then
@@ -113,7 +113,7 @@ density_one() {
                     fail recovery-io
                 fi
                 density_stages_snap before-delete
-                if glidefs_delete dens "$n"; then
+                if BENCH_API_JOBS="${BENCH_DENSITY_JOBS:-1}" glidefs_delete dens "$n"; then
                     t_delete=$(cat "$WORK/last-elapsed")
                     density_stages_ops before-delete "$n" delete
                 else
@@ -132,12 +132,13 @@ density_one() {
         fail start
     fi
     rm -rf "$dir"
-    awk -v n="$n" -v rss="$rss" -v pool="$pool" -v rss0="$rss0" -v pool0="$pool0" \
+    awk -v n="$n" -v rss="$rss" -v pool="$pool" -v rss0="$rss0" -v pool0="$pool0" -v anon="$anon" -v file="$file" \
         -v thr="$thr" -v vm="$vm" -v tc="$t_create" -v tr="$t_ready" -v ti="$t_io" \
         -v td="$t_delete" -v tp="$t_probe" -v ic="$idle_cpu" -v ir="$idle_req" -v st="$status" 'BEGIN {
             ex = (rss - pool) / n; inc = rss / n; mg = ((rss - pool) - (rss0 - pool0)) / n
-            printf "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.3f\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t%.0f\t%s\n",
-                n, rss, pool, ex, inc, mg, thr, vm / 1024, tc, tc * 1000 / n, tr, ti, td, tp, ic, ir, st }'
+            printf "%d\t%d\t%d\t%.1f\t%.1f\t%.1f\t%d\t%.1f\t%.3f\t%.2f\t%.3f\t%.3f\t%.3f\t%.3f\t%.2f\t%.0f\t%s\t%d\t%d\t%.1f\n",
+                n, rss, pool, ex, inc, mg, thr, vm / 1024, tc, tc * 1000 / n, tr, ti, td, tp, ic, ir, st,
+                anon, file, (anon - pool) / n }'
 }
 
 density_sweep() {
@@ -167,8 +168,12 @@ density_report() {
     echo "# probe = what the ready probe costs on a daemon already up (in recovery_ready)."
     echo "# idle_cpu_pct / idle_req_per_h: the daemon left alone for ${BENCH_DENSITY_IDLE_S:-0} s after"
     echo "# creation (0 s: not measured): CPU time as % of one core; its exports' store requests."
+    echo "# rss_anon_kib / rss_file_kib: RssAnon (+ RssShmem) and RssFile of that RSS; RssFile is"
+    echo "# mostly cache-file pages that mapped READs touched (page cache, shared, reclaimable);"
+    echo "# per_export_anon_excl_kib = (RssAnon - pool) / N: the daemon's own memory per export."
     # shellcheck disable=SC2086
-    echo "# density: exports of $BENCH_DENSITY_SIZE each, N = $BENCH_DENSITY_N, daemon in USER_COPY mode"
+    echo "# density: exports of $BENCH_DENSITY_SIZE each, N = $BENCH_DENSITY_N, daemon in USER_COPY mode,"
+    echo "# created and deleted ${BENCH_DENSITY_JOBS:-1} request(s) at a time (BENCH_DENSITY_JOBS)"
     { echo "$DENSITY_COLS" | tr ' ' '\t'; cat "$2"; } | column -t -s $'\t' | sed '1s/^/# /; 1!s/^/  /'
     if [ -s "$WORK/density-stages" ]; then
         echo "#"

@@ -124,10 +124,12 @@ glidefs_drain() {
     awk '/^# elapsed/ {print $3}' <<<"$out" >"$WORK/last-elapsed"
 }
 
-# /proc facts of the running daemon: "rss_kib threads vmsize_kib".
+# /proc facts of the running daemon: "rss_kib threads vmsize_kib rss_anon_kib
+# rss_file_kib" (RssAnon counts RssShmem too; RssFile is mapped file pages, e.g. the
+# cache files' page cache that mapped READs touched: shared with the page cache).
 glidefs_proc_facts() {
-    awk '/^VmRSS/ {r=$2} /^Threads/ {t=$2} /^VmSize/ {v=$2} END {print r+0, t+0, v+0}' \
-        "/proc/$GFS_PID/status"
+    awk '/^VmRSS/ {r=$2} /^Threads/ {t=$2} /^VmSize/ {v=$2} /^RssAnon/ {a+=$2} /^RssShmem/ {a+=$2}
+        /^RssFile/ {f=$2} END {print r+0, t+0, v+0, a+0, f+0}' "/proc/$GFS_PID/status"
 }
 
 # KiB of the buffer pools and how many there are: "kib count". Each initialised

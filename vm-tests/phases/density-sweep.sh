@@ -19,6 +19,8 @@ export BENCH_API_PORT="${BENCH_API_PORT:-$API_PORT}" BENCH_LOG_DIR="$RESULTS_DIR
 export BENCH_DENSITY_N="${DENSITY_SWEEP_N:-1 64 256 1025}"
 export BENCH_DENSITY_SIZE="${DENSITY_SWEEP_SIZE:-64M}"
 export BENCH_DENSITY_IDLE_S="${DENSITY_SWEEP_IDLE_S:-120}"
+# API requests in flight while creating and deleting (1: one after another).
+export BENCH_DENSITY_JOBS="${DENSITY_SWEEP_JOBS:-1}"
 # The daemon's stage timers: where creation and deletion spend their time (0: off).
 export BENCH_STAGES="${DENSITY_SWEEP_STAGES:-1}"
 [ -n "${DENSITY_SWEEP_COMMAND:-}" ] && export BENCH_COMMAND="$DENSITY_SWEEP_COMMAND"
@@ -26,10 +28,11 @@ export BENCH_STAGES="${DENSITY_SWEEP_STAGES:-1}"
 rc=0
 "$REPO/scripts/bench" density --in-vm --out "$RESULTS_DIR" || rc=$?
 [ -f "$RESULTS_DIR/density-sweep.txt" ] || fail "scripts/bench wrote no density-sweep.txt (status $rc)"
-while read -r n rss _ excl incl _ threads _ create _ ready io _ _ idle_cpu idle_req status; do
+while read -r n rss _ excl incl _ threads _ create _ ready io _ _ idle_cpu idle_req status _ _ anon_excl; do
     record_figure "density_n${n}_rss" "$rss" KiB
     record_figure "density_n${n}_rss_per_export_excl_pool" "$excl" KiB
     record_figure "density_n${n}_rss_per_export_incl_pool" "$incl" KiB
+    record_figure "density_n${n}_anon_per_export_excl_pool" "${anon_excl:-0}" KiB
     record_figure "density_n${n}_threads" "$threads"
     record_figure "density_n${n}_create" "$create" s
     record_figure "density_n${n}_recovery_ready" "$ready" s
