@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod parallel;
 pub mod router;
 pub mod rules;
+pub mod scrape_thread;
 pub mod size;
 pub mod stage_timers;
 pub mod store;

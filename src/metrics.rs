@@ -10,6 +10,7 @@
 //! - values owned by other layers (volume stats, buffer-pool stats) are read at scrape
 //!   time through [`StatsSource`] callbacks, never pushed from hot paths.
 
+use crate::scrape_thread::ScrapeThread;
 use crate::ublk::PoolStats;
 use crate::volume::shared_cache::SharedCache;
 use crate::volume::VolumeStats;
@@ -17,8 +18,8 @@ use parking_lot::Mutex;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 use std::sync::Arc;
 
@@ -95,7 +96,6 @@ pub struct StoreMetrics {
 
 /// All metrics of one daemon.
 pub struct Metrics {
-    registry: Registry,
     per_export: bool,
     io: IoFamilies,
     shared_io: Option<IoMetrics>,
@@ -103,6 +103,8 @@ pub struct Metrics {
     scrape: Arc<ScrapeCollector>,
     /// `cache.dirty_limit`, set once by the daemon.
     dirty_limit: IntGauge,
+    /// Renders `/metrics` on one thread.
+    scrape_thread: ScrapeThread,
 }
 
 /// The label names of per-export families, without and with `op`: `export` only
@@ -219,14 +221,15 @@ impl Metrics {
         ))?;
         registry.register(Box::new(dirty_limit.clone()))?;
 
+        let scrape_thread = ScrapeThread::new(registry);
         let mut m = Metrics {
-            registry,
             per_export,
             io,
             shared_io: None,
             store,
             scrape,
             dirty_limit,
+            scrape_thread,
         };
         if !per_export {
             m.shared_io = Some(m.resolve(&[])?);
@@ -312,14 +315,10 @@ impl Metrics {
         *self.scrape.source.lock() = Some(source);
     }
 
-    /// Gather everything in the Prometheus text format.
+    /// Gather everything in the Prometheus text format (on the render thread, see
+    /// [`crate::scrape_thread`]).
     pub fn render(&self) -> String {
-        let families = self.registry.gather();
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
-            tracing::warn!(error = %e, "metrics encoding failed");
-        }
-        String::from_utf8_lossy(&buf).into_owned()
+        self.scrape_thread.render()
     }
 }
 

@@ -80,6 +80,9 @@ density_one() {
             # One read per device first, so every worker that serves a device has
             # initialised its pool: "pool included" then counts the whole pool.
             read_all "$dir/devices" 600 >/dev/null || fail read-before-kill
+            # A daemon in service is scraped: its RSS is measured after a scrape (a
+            # scrape's allocations stay in the render thread's malloc arena).
+            curl -fsS --max-time 120 "$GFS_URL/metrics" >/dev/null || log "density N=$n: /metrics scrape failed"
             sleep 1
             read -r rss thr vm anon file < <(glidefs_proc_facts)
             read -r pool npool < <(glidefs_pool_kib)
@@ -171,6 +174,7 @@ density_report() {
     echo "# rss_anon_kib / rss_file_kib: RssAnon (+ RssShmem) and RssFile of that RSS; RssFile is"
     echo "# mostly cache-file pages that mapped READs touched (page cache, shared, reclaimable);"
     echo "# per_export_anon_excl_kib = (RssAnon - pool) / N: the daemon's own memory per export."
+    echo "# RSS is read after one /metrics scrape (since 2026-12-04; earlier traces: before any)."
     # shellcheck disable=SC2086
     echo "# density: exports of $BENCH_DENSITY_SIZE each, N = $BENCH_DENSITY_N, daemon in USER_COPY mode,"
     echo "# created and deleted ${BENCH_DENSITY_JOBS:-1} request(s) at a time (BENCH_DENSITY_JOBS)"
