@@ -399,3 +399,38 @@ fn a_purged_and_recreated_volume_never_reads_the_old_cache() {
         v.close().await.unwrap();
     });
 }
+
+/// Creating a volume writes its meta and its lease once each: the first lease has no
+/// older epoch to fence, so it is not written a second time with a fence (one store
+/// round trip per created volume). A later open still fences, and the first
+/// holder's late objects are still ignored after a takeover.
+#[test]
+fn a_new_volume_writes_its_lease_once_and_later_opens_still_fence() {
+    smol::block_on(async {
+        let mem = Arc::new(MemStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let fs = SimFs::new();
+        let a = Volume::open(host_cfg(&fs, "vm", "a"), store.clone())
+            .await
+            .unwrap();
+        assert_eq!(mem.put_count(), 2, "a new volume: its meta and its lease");
+        a.write(0, &pattern(1, 4096), false).await.unwrap();
+        a.drain().await.unwrap();
+        let before = mem.put_count();
+        let mut b_cfg = host_cfg(&fs, "vm", "b");
+        b_cfg.takeover = true;
+        let b = Volume::open(b_cfg, store.clone()).await.unwrap();
+        assert_eq!(
+            mem.put_count() - before,
+            2,
+            "a takeover: the lease acquired, then written again with its fence"
+        );
+        let lease: serde_json::Value =
+            serde_json::from_slice(&store.get("volumes/vm/lease").await.unwrap()).unwrap();
+        assert_eq!(lease["epoch"], 2);
+        assert_eq!(lease["fences"].as_array().map(Vec::len), Some(1), "{lease}");
+        assert!(read4k(&b, 0).await == pattern(1, 4096));
+        b.close().await.unwrap();
+        a.abandon().await;
+    });
+}

@@ -61,6 +61,11 @@ pub struct LocalMap {
 }
 
 impl LocalMap {
+    /// No sector is valid: the cache vouches for no data.
+    pub fn holds_nothing(&self) -> bool {
+        self.blocks.values().all(|b| b.valid == 0)
+    }
+
     /// State of a block (default if untouched).
     pub fn get(&self, b: u64) -> Blk {
         self.blocks.get(&b).copied().unwrap_or_default()

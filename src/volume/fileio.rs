@@ -82,6 +82,17 @@ pub fn read_all(fs: &dyn FileIo, path: &Path) -> io::Result<Option<Vec<u8>>> {
 
 /// Write a file atomically and durably: temp file, fdatasync, rename, fsync dir.
 pub fn write_atomic(fs: &dyn FileIo, path: &Path, data: &[u8]) -> io::Result<()> {
+    replace_file(fs, path, data)?;
+    match path.parent() {
+        Some(dir) => fs.sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Replace a file atomically (temp file, fdatasync, rename): a crash leaves the old
+/// or the new content, never a torn one. The rename is durable only once the
+/// caller fsyncs the directory (several replacements can share that fsync).
+pub fn replace_file(fs: &dyn FileIo, path: &Path, data: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
     fs.remove_file(&tmp)?;
     let f = fs.open(&tmp, true)?;
@@ -89,11 +100,7 @@ pub fn write_atomic(fs: &dyn FileIo, path: &Path, data: &[u8]) -> io::Result<()>
     f.write_at(data, 0)?;
     f.sync_data()?;
     drop(f);
-    fs.rename(&tmp, path)?;
-    match path.parent() {
-        Some(dir) => fs.sync_dir(dir),
-        None => Ok(()),
-    }
+    fs.rename(&tmp, path)
 }
 
 /// Real files.
@@ -263,6 +270,8 @@ struct SimState {
     boot: u64,
     /// `set_len` beyond this fails with EFBIG (0: no limit), like ext4 at 16 TiB.
     max_len: Arc<std::sync::atomic::AtomicU64>,
+    /// fdatasync and directory fsync calls so far (what a real disk pays for).
+    syncs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// In-memory file system with page-cache semantics, for crash tests.
@@ -341,6 +350,14 @@ impl SimFs {
             .store(max, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// fdatasync and directory fsync calls made so far, on every file and directory.
+    pub fn sync_count(&self) -> u64 {
+        self.0
+            .lock()
+            .syncs
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Flip one byte of a file (corruption tests). Returns false if out of range.
     pub fn corrupt(&self, path: &Path, off: u64) -> bool {
         let st = self.0.lock();
@@ -361,11 +378,15 @@ impl SimFs {
     }
 }
 
-struct SimHandle(Arc<SimFile>, Arc<std::sync::atomic::AtomicU64>);
+struct SimHandle {
+    file: Arc<SimFile>,
+    max_len: Arc<std::sync::atomic::AtomicU64>,
+    syncs: Arc<std::sync::atomic::AtomicU64>,
+}
 
 impl FileHandle for SimHandle {
     fn read_at(&self, buf: &mut [u8], off: u64) -> io::Result<()> {
-        let d = self.0 .0.lock();
+        let d = self.file.0.lock();
         let off = off as usize;
         for (i, b) in buf.iter_mut().enumerate() {
             *b = d.cur.get(off + i).copied().unwrap_or(0);
@@ -373,7 +394,7 @@ impl FileHandle for SimHandle {
         Ok(())
     }
     fn write_at(&self, data: &[u8], off: u64) -> io::Result<()> {
-        let mut d = self.0 .0.lock();
+        let mut d = self.file.0.lock();
         let end = off as usize + data.len();
         if d.cur.len() < end {
             d.cur.resize(end, 0);
@@ -383,7 +404,7 @@ impl FileHandle for SimHandle {
         Ok(())
     }
     fn punch_hole(&self, off: u64, len: u64) -> io::Result<()> {
-        let mut d = self.0 .0.lock();
+        let mut d = self.file.0.lock();
         let n = d.cur.len();
         let a = (off as usize).min(n);
         let b = ((off + len) as usize).min(n);
@@ -392,22 +413,23 @@ impl FileHandle for SimHandle {
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
-        let mut d = self.0 .0.lock();
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut d = self.file.0.lock();
         let d = &mut *d;
         d.synced.clone_from(&d.cur);
         d.pending.clear();
         Ok(())
     }
     fn len(&self) -> io::Result<u64> {
-        Ok(self.0 .0.lock().cur.len() as u64)
+        Ok(self.file.0.lock().cur.len() as u64)
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        let max = self.1.load(std::sync::atomic::Ordering::SeqCst);
+        let max = self.max_len.load(std::sync::atomic::Ordering::SeqCst);
         if max != 0 && len > max {
             return Err(io::Error::from_raw_os_error(libc::EFBIG));
         }
         // Size changes are metadata: durable at once in the simulator.
-        let mut d = self.0 .0.lock();
+        let mut d = self.file.0.lock();
         let n = len as usize;
         d.cur.resize(n, 0);
         d.synced.resize(n, 0);
@@ -425,16 +447,23 @@ fn not_found(p: &Path) -> io::Error {
 impl FileIo for SimFs {
     fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn FileHandle>> {
         let mut st = self.0.lock();
-        let max = st.max_len.clone();
+        let handle = |file| {
+            Arc::new(SimHandle {
+                file,
+                max_len: st.max_len.clone(),
+                syncs: st.syncs.clone(),
+            })
+        };
         if let Some(f) = st.files.get(path) {
-            return Ok(Arc::new(SimHandle(f.clone(), max)));
+            return Ok(handle(f.clone()));
         }
         if !create {
             return Err(not_found(path));
         }
         let f = Arc::new(SimFile::default());
-        st.files.insert(path.to_path_buf(), f.clone());
-        Ok(Arc::new(SimHandle(f, max)))
+        let h = handle(f.clone());
+        st.files.insert(path.to_path_buf(), f);
+        Ok(h)
     }
     fn exists(&self, path: &Path) -> bool {
         let st = self.0.lock();
@@ -454,6 +483,8 @@ impl FileIo for SimFs {
         Ok(())
     }
     fn sync_dir(&self, _path: &Path) -> io::Result<()> {
+        let st = self.0.lock();
+        st.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
