@@ -16,8 +16,8 @@
 //!   (volume open/drain/close, device add/delete, registry write) runs under a lock
 //!   shared between names, so creating or deleting one export never stalls another
 //!   export's I/O (the I/O path never touches router state at all);
-//! - lock order: per-name lock → `persisted` → `state`; `state` is only held for map
-//!   reads/writes, never across an await or a blocking call;
+//! - lock order: per-name lock → the registry writer's locks → `state`; `state` is
+//!   only held for map reads/writes, never across an await or a blocking call;
 //! - the registry on disk is updated before the in-memory map: a crash never leaves a
 //!   served export the next daemon does not know about;
 //! - `max_exports` counts live exports plus creations in flight;
@@ -30,6 +30,7 @@ mod fake;
 mod ops;
 mod recover;
 pub mod registry;
+mod registry_writer;
 pub mod target;
 
 use crate::rules::validate_name;
@@ -171,8 +172,7 @@ pub struct Router {
     volumes: Arc<dyn VolumeFactory>,
     devices: Option<Arc<dyn DeviceBackend>>,
     metrics: Arc<Metrics>,
-    registry: Registry,
-    persisted: Mutex<BTreeMap<String, RegEntry>>,
+    registry: registry_writer::RegistryWriter,
     state: RwLock<State>,
     name_locks: Mutex<HashMap<String, Weak<async_lock::Mutex<()>>>>,
     ready: AtomicBool,
@@ -219,12 +219,11 @@ impl Router {
             source,
         })?;
         let router = Arc::new(Router {
-            registry: Registry::new(&cfg.cache_dir),
+            registry: registry_writer::RegistryWriter::new(Registry::new(&cfg.cache_dir)),
             cfg,
             volumes,
             devices,
             metrics: metrics.clone(),
-            persisted: Mutex::new(BTreeMap::new()),
             state: RwLock::new(State::default()),
             name_locks: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
@@ -275,14 +274,11 @@ impl Router {
         l
     }
 
-    /// Apply `f` to the persisted registry and write it; on failure nothing changes.
+    /// Apply `f` to the persisted registry and return once it is on disk (requests in
+    /// flight share registry writes: `registry_writer.rs`); on failure nothing
+    /// changes.
     fn persist(&self, f: impl FnOnce(&mut BTreeMap<String, RegEntry>)) -> Result<(), RouterError> {
-        let mut p = self.persisted.lock();
-        let mut next = p.clone();
-        f(&mut next);
-        self.registry.save(&next)?;
-        *p = next;
-        Ok(())
+        Ok(self.registry.apply(f)?)
     }
 
     fn state_of(e: &Entry) -> ExportState {

@@ -45,8 +45,8 @@ impl Router {
     /// another host holds) delete the device, as a failed export has none.
     pub fn recover(self: &Arc<Self>) -> Result<RecoverySummary, RouterError> {
         let t0 = std::time::Instant::now();
-        let entries = self.registry.load()?;
-        *self.persisted.lock() = entries.clone();
+        let entries = self.registry.registry().load()?;
+        self.registry.reset(entries.clone());
         let workers = self.cfg.open_concurrency.clamp(1, entries.len().max(1));
         let known: Vec<u32> = entries.values().filter_map(|e| e.dev_id).collect();
         let names: HashMap<u32, String> = entries
