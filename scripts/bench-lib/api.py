@@ -149,7 +149,12 @@ def each_export(api, prefix, n, method, suffix, timeout_env, timeout_default):
 
     def one(a, i):
         path = f"/api/exports/{prefix}{i}{suffix}"
-        status, text = a.request(method, path, timeout=timeout, tries=1)
+        t0 = time.monotonic()
+        try:
+            status, text = a.request(method, path, timeout=timeout, tries=1)
+        except OSError as e:
+            # Name the request: which export hung is what a profile starts from.
+            return False, f"{method} {path}: {e} after {time.monotonic() - t0:.1f} s"
         if status // 100 != 2:
             return False, f"{method} {path}: HTTP {status}: {text.strip()}"
         return True, ""

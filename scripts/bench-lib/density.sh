@@ -57,6 +57,19 @@ density_stages_ops() {
     fi
 }
 
+# density_dump_threads N STEP: every daemon thread's name, wait channel and kernel
+# stack (a step that hung: what each thread waits for), to the log folder.
+density_dump_threads() {
+    [ -n "${BENCH_LOG_DIR:-}" ] && [ -n "${GFS_PID:-}" ] || return 0
+    mkdir -p "$BENCH_LOG_DIR"
+    local t out="$BENCH_LOG_DIR/density-$1-$2-threads.txt"
+    for t in /proc/"$GFS_PID"/task/*; do
+        echo "== $t $(cat "$t/comm" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
+        cat "$t/stack" 2>/dev/null
+    done >"$out"
+    log "density N=$1: $2 failed; daemon threads in $out"
+}
+
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.3f", b - a}'; }
 
@@ -121,6 +134,7 @@ density_one() {
                     density_stages_ops before-delete "$n" delete
                 else
                     fail delete
+                    density_dump_threads "$n" delete
                 fi
             else
                 kill "$reader" 2>/dev/null
@@ -133,6 +147,10 @@ density_one() {
         glidefs_stop
     else
         fail start
+    fi
+    # The daemon's log outlives the run's data: it says what a failed step waited for.
+    if [ -n "${BENCH_LOG_DIR:-}" ] && [ -f "$dir/daemon.log" ]; then
+        mkdir -p "$BENCH_LOG_DIR" && cp "$dir/daemon.log" "$BENCH_LOG_DIR/density-$n-daemon.log"
     fi
     rm -rf "$dir"
     awk -v n="$n" -v rss="$rss" -v pool="$pool" -v rss0="$rss0" -v pool0="$pool0" -v anon="$anon" -v file="$file" \
