@@ -274,11 +274,15 @@ impl Router {
         l
     }
 
-    /// Apply `f` to the persisted registry and return once it is on disk (requests in
-    /// flight share registry writes: `registry_writer.rs`); on failure nothing
-    /// changes.
-    fn persist(&self, f: impl FnOnce(&mut BTreeMap<String, RegEntry>)) -> Result<(), RouterError> {
-        Ok(self.registry.apply(f)?)
+    /// Apply `f`, which changes at most the entries of `names`, to the persisted
+    /// registry and return once it is on disk (requests in flight share registry
+    /// writes: `registry_writer.rs`); on failure nothing changes.
+    fn persist(
+        &self,
+        names: &[&str],
+        f: impl FnOnce(&mut BTreeMap<String, RegEntry>),
+    ) -> Result<(), RouterError> {
+        Ok(self.registry.apply(names, f)?)
     }
 
     fn state_of(e: &Entry) -> ExportState {
@@ -407,7 +411,7 @@ impl Router {
         device: Option<&DeviceInfo>,
     ) -> Result<(), RouterError> {
         let dev_id = device.map(|d| d.dev_id);
-        self.persist(|p| {
+        self.persist(&[name], |p| {
             p.insert(
                 name.to_string(),
                 RegEntry {
@@ -489,6 +493,11 @@ impl Router {
             volumes_closed_ms = t0.elapsed().as_millis() as u64 - t_devs,
             "shutdown steps"
         );
+        // exports.json alone holds the registry after a clean stop (a downgrade to a
+        // release without exports.log reads it whole).
+        if let Err(e) = self.registry.compact() {
+            tracing::warn!(error = %e, "folding the registry log into exports.json at shutdown");
+        }
         self.ready.store(false, Ordering::SeqCst);
     }
 }

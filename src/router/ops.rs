@@ -124,7 +124,7 @@ impl Router {
                 }
             }
         }
-        self.persist(|p| {
+        self.persist(&[name], |p| {
             if let Some(r) = p.get_mut(name) {
                 r.size_bytes = size;
             }
@@ -393,7 +393,7 @@ impl Router {
             }
         }
         stage_timers::time(Stage::DeletePersist, || {
-            self.persist(|p| {
+            self.persist(&[name], |p| {
                 p.remove(name);
             })
         })?;

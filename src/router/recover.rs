@@ -45,8 +45,7 @@ impl Router {
     /// another host holds) delete the device, as a failed export has none.
     pub fn recover(self: &Arc<Self>) -> Result<RecoverySummary, RouterError> {
         let t0 = std::time::Instant::now();
-        let entries = self.registry.registry().load()?;
-        self.registry.reset(entries.clone());
+        let entries = self.registry.load()?;
         let workers = self.cfg.open_concurrency.clamp(1, entries.len().max(1));
         let known: Vec<u32> = entries.values().filter_map(|e| e.dev_id).collect();
         let names: HashMap<u32, String> = entries
@@ -218,7 +217,9 @@ impl Router {
             })
             .collect();
         if !changed.is_empty() {
-            self.persist(|p| {
+            let names: Vec<String> = changed.iter().map(|(n, _, _)| n.clone()).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            self.persist(&names, |p| {
                 for (n, id, size) in changed {
                     if let Some(r) = p.get_mut(&n) {
                         r.dev_id = id;

@@ -1,34 +1,47 @@
 //! Group commit of the export registry: every change waits until a registry write
-//! that includes it has landed, and one write carries every change made while the
+//! that includes it is durable, and one write carries every change made while the
 //! previous write was under way.
 //!
-//! Creating or deleting exports with several API requests in flight used to write
-//! `exports.json` (all N entries, fdatasync, rename, directory fsync) once per request,
-//! one after the other under one lock. Now the requests that changed the wanted map
-//! during a write share the next one.
+//! A write appends the changes' records to `exports.log` (one fdatasync, whatever
+//! the number of exports); when the log outgrows [`compact_at`] the next write is a
+//! new `exports.json` snapshot instead, which empties the log. Creating or deleting
+//! exports used to rewrite all N entries of `exports.json` once per request, one
+//! request after another.
 //!
 //! Invariants:
-//! - [`RegistryWriter::apply`] returns `Ok` only once a write holding its change (or a
-//!   newer one) is durable; on `Err` its change is taken back from the wanted map
-//!   before any later write starts, so a failed change never lands behind its
-//!   caller's back. Another caller's change that was in the failed write is written
-//!   again by that caller.
-//! - one write at a time (`write` lock); the wanted map is only held for in-memory
-//!   work, never across a write.
+//! - [`RegistryWriter::apply`] returns `Ok` only once a write holding its change is
+//!   durable; on `Err` its change is taken back (its names restored to what the files
+//!   hold, its records dropped) before any later write starts, so a failed change
+//!   never lands behind its caller's back. Other callers' records that were in the
+//!   failed write stay pending and are written by the next write.
+//! - one write at a time (`write` lock); `state` is only held for in-memory work,
+//!   never across a write, and a change costs no copy of the whole map.
+//! - after a failed write the next one is a whole snapshot: a partial append, or a
+//!   log changed behind our back, is never built upon.
 //! - callers serialise the changes to one export name (the router's per-name lock),
-//!   so taking a change back restores exactly what was on disk for its names.
+//!   so taking a change back restores exactly what the files hold for its names.
 
-use super::registry::{RegEntry, Registry, RegistryError};
+use super::registry::{Change, RegEntry, Registry, RegistryError};
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The registry in memory (wanted and written) and its file.
+/// The log is folded into a new snapshot once it holds more bytes than this: four
+/// times the snapshot's estimated size, at least 256 KiB. Appends stay O(1) per
+/// change, and a snapshot (O(N)) is written once per O(N) changes.
+fn compact_at(entries: usize) -> u64 {
+    (entries as u64 * 4 * APPROX_ENTRY_BYTES).max(256 << 10)
+}
+
+/// Bytes of one entry in the snapshot (pretty JSON), for [`compact_at`].
+const APPROX_ENTRY_BYTES: u64 = 100;
+
+/// The registry in memory (wanted and written) and its files.
 pub struct RegistryWriter {
     registry: Registry,
     state: Mutex<Wanted>,
     write: Mutex<()>,
-    /// Registry writes so far.
+    /// Registry writes so far (appends and snapshots).
     writes: AtomicU64,
 }
 
@@ -38,13 +51,19 @@ struct Wanted {
     map: BTreeMap<String, RegEntry>,
     /// Changes applied to `map` so far.
     gen: u64,
-    /// What the file holds: `map` as it was at `written_gen`.
+    /// Records of the changes not yet written, with the change's number.
+    pending: Vec<(u64, Change)>,
+    /// What the files hold.
     written: BTreeMap<String, RegEntry>,
-    written_gen: u64,
+    /// Bytes of the log up to its last whole record.
+    log_len: u64,
+    /// The last write failed: what the files hold is uncertain (a partial append),
+    /// so the next write is a whole snapshot.
+    uncertain: bool,
 }
 
 impl RegistryWriter {
-    /// A writer for `registry`, empty until [`RegistryWriter::reset`].
+    /// A writer for `registry`, empty until [`RegistryWriter::load`].
     pub fn new(registry: Registry) -> RegistryWriter {
         RegistryWriter {
             registry,
@@ -54,63 +73,84 @@ impl RegistryWriter {
         }
     }
 
-    /// The registry file.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// Start from `entries`, which the file holds (as loaded at startup).
-    pub fn reset(&self, entries: BTreeMap<String, RegEntry>) {
+    /// Read the registry files (at startup) and start from what they hold.
+    pub fn load(&self) -> Result<BTreeMap<String, RegEntry>, RegistryError> {
+        let _one_write = self.write.lock();
+        let loaded = self.registry.load_all()?;
         let mut w = self.state.lock();
         let gen = w.gen;
         *w = Wanted {
-            map: entries.clone(),
+            map: loaded.entries.clone(),
             gen,
-            written: entries,
-            written_gen: gen,
+            pending: Vec::new(),
+            written: loaded.entries.clone(),
+            log_len: loaded.log_len,
+            uncertain: false,
         };
+        Ok(loaded.entries)
     }
 
-    /// Apply `f` to the registry and return once it is durable; on failure the change
-    /// is taken back. A change that changes nothing writes nothing.
+    /// Apply `f`, which changes at most the entries of `names`, to the registry and
+    /// return once it is durable; on failure the entries of `names` are taken back to
+    /// what the files hold.
     pub fn apply(
         &self,
+        names: &[&str],
         f: impl FnOnce(&mut BTreeMap<String, RegEntry>),
     ) -> Result<(), RegistryError> {
-        let (mine, touched) = {
+        let mine = {
             let mut w = self.state.lock();
-            let before = w.map.clone();
             f(&mut w.map);
-            let touched = changed_names(&before, &w.map);
-            if touched.is_empty() {
-                return Ok(());
-            }
             w.gen += 1;
-            (w.gen, touched)
+            let gen = w.gen;
+            for &name in names {
+                let change = match w.map.get(name) {
+                    Some(e) => Change::Put(e.clone()),
+                    None => Change::Remove(name.to_string()),
+                };
+                w.pending.push((gen, change));
+            }
+            gen
         };
         let _one_write = self.write.lock();
-        let (snapshot, gen) = {
+        let (batch, log_len, snapshot) = {
             let w = self.state.lock();
-            if w.written_gen >= mine {
+            if !w.pending.iter().any(|(g, _)| *g == mine) {
                 // A write that started after our change carried it.
                 return Ok(());
             }
-            (w.map.clone(), w.gen)
+            let batch: Vec<(u64, Change)> = w.pending.clone();
+            let mut snapshot = None;
+            if w.uncertain || w.log_len >= compact_at(w.written.len()) {
+                let mut s = w.written.clone();
+                apply_changes(&mut s, batch.iter().map(|(_, c)| c));
+                snapshot = Some(s);
+            }
+            (batch, w.log_len, snapshot)
         };
         self.writes.fetch_add(1, Ordering::Relaxed);
-        match self.registry.save(&snapshot) {
-            Ok(()) => {
-                let mut w = self.state.lock();
-                w.written = snapshot;
-                w.written_gen = gen;
+        let changes: Vec<Change> = batch.iter().map(|(_, c)| c.clone()).collect();
+        let wrote = match &snapshot {
+            Some(s) => self.registry.save(s).map(|()| 0),
+            None => self.registry.append(log_len, &changes),
+        };
+        let mut w = self.state.lock();
+        match wrote {
+            Ok(new_len) => {
+                apply_changes(&mut w.written, changes.iter());
+                w.log_len = new_len;
+                w.uncertain = false;
+                let last = batch.last().map_or(0, |(g, _)| *g);
+                w.pending.retain(|(g, _)| *g > last);
                 Ok(())
             }
             Err(e) => {
-                let mut w = self.state.lock();
-                for name in touched {
-                    match w.written.get(&name).cloned() {
-                        Some(old) => w.map.insert(name, old),
-                        None => w.map.remove(&name),
+                w.uncertain = true;
+                w.pending.retain(|(g, _)| *g != mine);
+                for &name in names {
+                    match w.written.get(name).cloned() {
+                        Some(old) => w.map.insert(name.to_string(), old),
+                        None => w.map.remove(name),
                     };
                 }
                 Err(e)
@@ -119,15 +159,42 @@ impl RegistryWriter {
     }
 }
 
-/// Names whose entry differs between `a` and `b` (added, removed or changed).
-fn changed_names(a: &BTreeMap<String, RegEntry>, b: &BTreeMap<String, RegEntry>) -> Vec<String> {
-    let mut out: Vec<String> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k) != Some(*v))
-        .map(|(k, _)| k.clone())
-        .collect();
-    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
-    out
+impl RegistryWriter {
+    /// Fold the log into a new snapshot (at a clean stop: `exports.json` alone is then
+    /// the whole registry, as a release before the log expects). Changes still
+    /// pending are written by their own callers.
+    pub fn compact(&self) -> Result<(), RegistryError> {
+        let _one_write = self.write.lock();
+        let (written, log_len) = {
+            let w = self.state.lock();
+            (w.written.clone(), w.log_len)
+        };
+        if log_len == 0 && !self.registry.log_path().exists() {
+            return Ok(());
+        }
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.registry.save(&written)?;
+        let mut w = self.state.lock();
+        w.log_len = 0;
+        w.uncertain = false;
+        Ok(())
+    }
+}
+
+fn apply_changes<'a>(
+    map: &mut BTreeMap<String, RegEntry>,
+    changes: impl Iterator<Item = &'a Change>,
+) {
+    for c in changes {
+        match c {
+            Change::Put(e) => {
+                map.insert(e.name.clone(), e.clone());
+            }
+            Change::Remove(name) => {
+                map.remove(name);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -144,7 +211,7 @@ mod tests {
     }
 
     /// Changes made while a write is under way share the next write, and each
-    /// returns only once the file holds it.
+    /// returns only once the files hold it.
     #[test]
     fn concurrent_changes_share_writes_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
@@ -157,19 +224,19 @@ mod tests {
                 std::thread::spawn(move || {
                     start.wait();
                     let name = format!("e{i}");
-                    w.apply(|m| {
+                    w.apply(&[&name], |m| {
                         m.insert(name.clone(), entry(&name, 4096));
                     })
                     .unwrap();
-                    // Durable on return: the file holds it.
-                    assert!(w.registry().load().unwrap().contains_key(&name));
+                    // Durable on return: the files hold it.
+                    assert!(w.registry.load().unwrap().contains_key(&name));
                 })
             })
             .collect();
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(w.registry().load().unwrap().len(), n);
+        assert_eq!(w.registry.load().unwrap().len(), n);
     }
 
     /// Changes made while a write is under way are carried by one write: the first
@@ -185,7 +252,7 @@ mod tests {
                 let w = w.clone();
                 std::thread::spawn(move || {
                     let name = format!("e{i}");
-                    w.apply(|m| {
+                    w.apply(&[&name], |m| {
                         m.insert(name.clone(), entry(&name, 4096));
                     })
                     .unwrap();
@@ -204,7 +271,7 @@ mod tests {
             1,
             "one write for {n} changes"
         );
-        assert_eq!(w.registry().load().unwrap().len(), n as usize);
+        assert_eq!(w.registry.load().unwrap().len(), n as usize);
     }
 
     /// A change whose write failed is taken back: a later write does not carry it.
@@ -214,24 +281,65 @@ mod tests {
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).unwrap();
         let w = RegistryWriter::new(Registry::new(&sub));
-        w.apply(|m| {
+        w.apply(&["a"], |m| {
             m.insert("a".into(), entry("a", 1));
         })
         .unwrap();
         // The registry's directory is gone: the write fails.
         std::fs::remove_dir_all(&sub).unwrap();
         assert!(w
-            .apply(|m| {
+            .apply(&["b"], |m| {
                 m.insert("b".into(), entry("b", 2));
             })
             .is_err());
         std::fs::create_dir(&sub).unwrap();
-        w.apply(|m| {
+        w.apply(&["c"], |m| {
             m.insert("c".into(), entry("c", 3));
         })
         .unwrap();
-        let on_disk = w.registry().load().unwrap();
+        let on_disk = w.registry.load().unwrap();
         assert!(on_disk.contains_key("a") && on_disk.contains_key("c"));
         assert!(!on_disk.contains_key("b"), "the failed change landed later");
+    }
+
+    /// Many changes: the log is folded into snapshots on the way, and a writer that
+    /// loads the files finds exactly the last state (puts, resizes, removals).
+    #[test]
+    fn the_log_is_compacted_and_reloads_to_the_same_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = RegistryWriter::new(Registry::new(dir.path()));
+        let mut want = BTreeMap::new();
+        let mut snapshots = 0;
+        for i in 0..12_000u64 {
+            let name = format!("export-{}", i % 900);
+            let e = entry(&name, 4096 * (i + 1));
+            let gone = i % 7 == 0;
+            w.apply(&[&name], |m| {
+                if gone {
+                    m.remove(&name);
+                } else {
+                    m.insert(name.clone(), e.clone());
+                }
+            })
+            .unwrap();
+            if gone {
+                want.remove(&name);
+            } else {
+                want.insert(name.clone(), e);
+            }
+            if w.state.lock().log_len == 0 {
+                snapshots += 1;
+            }
+        }
+        assert!(snapshots >= 1, "the log was never compacted");
+        let again = RegistryWriter::new(Registry::new(dir.path()));
+        assert_eq!(again.load().unwrap(), want);
+        assert_eq!(w.registry.load().unwrap(), want);
+        // After compact() the snapshot alone is the registry (what a release before
+        // the log reads).
+        w.compact().unwrap();
+        assert_eq!(std::fs::metadata(w.registry.log_path()).unwrap().len(), 0);
+        std::fs::remove_file(w.registry.log_path()).unwrap();
+        assert_eq!(w.registry.load().unwrap(), want);
     }
 }
