@@ -5,7 +5,10 @@
 //!   char device is not fully released yet) → open `/dev/ublkcN`, attach every queue
 //!   (all tags FETCH) → END_USER_RECOVERY. Same id, same `/dev/ublkbN`; the data mode
 //!   (USER_COPY or bounce) follows the device's own flags, not this daemon's option.
-//! - LIVE with a dead server pid: wait (bounded) for the kernel to quiesce it.
+//! - LIVE with a dead server pid: wait for the kernel to quiesce it, until no device
+//!   of this recovery has turned QUIESCED for [`PATIENCE`] (after a kill -9 at
+//!   5,025 devices the kernel released the dead server's devices over more than
+//!   30 s, so a fixed wait per device gave up on the first ones it waited for).
 //! - DEAD (added but never started): deleted and added again with the same id.
 //! - absent: added with the same id.
 //!
@@ -181,13 +184,51 @@ fn delete_orphans(server: &UblkServer, ids: Vec<u32>) {
     }
 }
 
-/// Time spent in each step of [`recover_one`], summed over devices (milliseconds).
-#[derive(Default)]
+/// Time spent in each step of [`recover_one`], summed over devices (milliseconds),
+/// and when the kernel last quiesced one of them.
 struct StepTimes {
     quiesce: AtomicU64,
     start: AtomicU64,
     attach: AtomicU64,
     end: AtomicU64,
+    origin: Instant,
+    /// Milliseconds after `origin` when a device was last found QUIESCED (0: none yet).
+    last_quiesced_ms: AtomicU64,
+}
+
+impl Default for StepTimes {
+    fn default() -> Self {
+        StepTimes {
+            quiesce: AtomicU64::new(0),
+            start: AtomicU64::new(0),
+            attach: AtomicU64::new(0),
+            end: AtomicU64::new(0),
+            origin: Instant::now(),
+            last_quiesced_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StepTimes {
+    fn note_quiesced(&self) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_quiesced_ms
+            .fetch_max(ms.max(1), Ordering::Relaxed);
+    }
+
+    fn last_quiesced(&self) -> Option<Instant> {
+        match self.last_quiesced_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(self.origin + Duration::from_millis(ms)),
+        }
+    }
+}
+
+/// Whether a device that started waiting at `waiting_since` has waited long enough:
+/// [`PATIENCE`] with no device of the recovery quiesced (`last_quiesced`) meanwhile.
+fn out_of_patience(waiting_since: Instant, last_quiesced: Option<Instant>, now: Instant) -> bool {
+    let progress = last_quiesced.map_or(waiting_since, |q| q.max(waiting_since));
+    now >= progress + PATIENCE
 }
 
 fn add_ms(sum: &AtomicU64, since: Instant) -> Instant {
@@ -222,10 +263,12 @@ fn recover_one(
         return Err(UblkError::NotOurs(id));
     }
     let t_wait = Instant::now();
-    let deadline = t_wait + PATIENCE;
     loop {
         match DeviceState::from_raw(info.state) {
-            DeviceState::Quiesced | DeviceState::FailIo => break,
+            DeviceState::Quiesced | DeviceState::FailIo => {
+                steps.note_quiesced();
+                break;
+            }
             DeviceState::Dead => {
                 tracing::warn!(dev_id = id, "device was never started; re-creating it");
                 server.teardown(id)?;
@@ -240,7 +283,7 @@ fn recover_one(
                     errno: libc::EBUSY,
                 });
             }
-            _ if Instant::now() >= deadline => {
+            _ if out_of_patience(t_wait, steps.last_quiesced(), Instant::now()) => {
                 return Err(UblkError::Kernel {
                     cmd: "recover (device did not quiesce)",
                     dev_id: Some(id),
@@ -290,5 +333,26 @@ fn recover_one(
             server.devices.lock().remove(&id);
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod patience_tests {
+    use super::*;
+
+    /// A device keeps waiting while others of the same recovery turn QUIESCED, and
+    /// gives up only after PATIENCE without any.
+    #[test]
+    fn a_device_waits_while_the_kernel_quiesces_others() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        assert!(!out_of_patience(t, None, t + s(29)));
+        assert!(out_of_patience(t, None, t + PATIENCE));
+        // Waiting 40 s, but another device quiesced 5 s ago: keep waiting.
+        assert!(!out_of_patience(t, Some(t + s(35)), t + s(40)));
+        assert!(out_of_patience(t, Some(t + s(35)), t + s(35) + PATIENCE));
+        // Progress before this device started waiting does not shorten its wait.
+        let later = t + s(100);
+        assert!(!out_of_patience(later, Some(t), later + s(29)));
     }
 }
