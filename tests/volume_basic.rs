@@ -437,20 +437,14 @@ fn a_new_volume_costs_three_local_syncs_and_survives_power_loss() {
         let cfg = sim_cfg(&fs, "fresh", MIB);
         let v = open(&cfg, &store).await;
         assert_eq!(fs.sync_count(), 3, "local syncs of a new volume's open");
-        v.abandon().await;
-        drop(v);
-        fs.power_loss();
-        let v = open(&cfg, &store).await;
+        let v = power_cut_and_reopen(v, &fs, &cfg, &store).await;
         let mut got = vec![1u8; 4096];
         v.read(0, &mut got).await.unwrap();
         assert!(got == vec![0u8; 4096], "a new volume reads zeros");
         let a = pattern(7, 8192);
         v.write(0, &a, false).await.unwrap();
         v.flush().await.unwrap();
-        v.abandon().await;
-        drop(v);
-        fs.power_loss();
-        let v = open(&cfg, &store).await;
+        let v = power_cut_and_reopen(v, &fs, &cfg, &store).await;
         let mut got = vec![0u8; 8192];
         v.read(0, &mut got).await.unwrap();
         assert!(got == a, "the flushed write survives the power cut");
@@ -470,10 +464,7 @@ fn power_loss_keeps_flushed_writes_and_sectors_are_old_or_new() {
         v.flush().await.unwrap();
         let b = pattern(91, 65536);
         v.write(4096, &b, false).await.unwrap();
-        v.abandon().await;
-        drop(v);
-        fs.power_loss();
-        let v = open(&cfg, &store).await;
+        let v = power_cut_and_reopen(v, &fs, &cfg, &store).await;
         let mut got = vec![0u8; 65536 + 4096];
         v.read(0, &mut got).await.unwrap();
         assert_eq!(&got[..4096], &a[..4096]);
@@ -733,10 +724,7 @@ fn flush_after_a_kill_during_journal_compaction_survives_power_loss() {
 
         let v = open(&cfg, &store).await;
         v.flush().await.unwrap(); // covers x
-        v.abandon().await;
-        drop(v);
-        fs.power_loss();
-        let v = open(&cfg, &store).await;
+        let v = power_cut_and_reopen(v, &fs, &cfg, &store).await;
         let mut got = vec![0u8; 8192];
         v.read(0, &mut got).await.unwrap();
         assert!(got == x, "a write covered by FLUSH was lost to power loss");

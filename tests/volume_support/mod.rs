@@ -83,6 +83,20 @@ pub async fn drain_and_cold_open(
     open(cfg, store).await
 }
 
+/// Power cut: `v` stops as a killed process would (nothing synced), the simulated
+/// disk keeps only what was synced, and the volume is opened again.
+pub async fn power_cut_and_reopen(
+    v: Arc<Volume>,
+    fs: &SimFs,
+    cfg: &VolumeConfig,
+    store: &Arc<dyn ObjectStore>,
+) -> Arc<Volume> {
+    v.abandon().await;
+    drop(v);
+    fs.power_loss();
+    open(cfg, store).await
+}
+
 pub async fn read_all(v: &Volume) -> Vec<u8> {
     let mut buf = vec![0u8; v.size_bytes() as usize];
     v.read(0, &mut buf).await.unwrap();
