@@ -112,6 +112,11 @@ impl Registry {
         &self.log
     }
 
+    /// The directory holding both files.
+    fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
     fn io_err(&self, path: &Path) -> impl Fn(std::io::Error) -> RegistryError {
         let path = path.to_path_buf();
         move |source| RegistryError::Io {
@@ -213,7 +218,7 @@ impl Registry {
         f.sync_data().map_err(&io)?;
         if at == 0 {
             // The log may be new: its directory entry must be durable too.
-            sync_dir(self.path.parent()).map_err(&io)?;
+            sync_dir(self.dir()).map_err(&io)?;
         }
         Ok(end)
     }
@@ -221,25 +226,21 @@ impl Registry {
     /// Replace the registry with `entries` (a new snapshot, then an empty log),
     /// atomically and durably.
     pub fn save(&self, entries: &BTreeMap<String, RegEntry>) -> Result<(), RegistryError> {
-        let io = |source| RegistryError::Io {
-            path: self.path.clone(),
-            source,
-        };
+        let io = self.io_err(&self.path);
         let file = File {
             version: VERSION,
             exports: entries.values().cloned().collect(),
         };
         let json = serde_json::to_vec_pretty(&file)
             .map_err(|e| io(std::io::Error::other(e.to_string())))?;
-        let dir = self.path.parent().unwrap_or(Path::new("."));
         let tmp = self.path.with_extension("json.tmp");
         {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&json).map_err(io)?;
-            f.sync_data().map_err(io)?;
+            let mut f = std::fs::File::create(&tmp).map_err(&io)?;
+            f.write_all(&json).map_err(&io)?;
+            f.sync_data().map_err(&io)?;
         }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        sync_dir(Some(dir)).map_err(io)?;
+        std::fs::rename(&tmp, &self.path).map_err(&io)?;
+        sync_dir(self.dir()).map_err(&io)?;
         // The snapshot holds every change: the log's records are redundant now.
         match std::fs::OpenOptions::new().write(true).open(&self.log) {
             Ok(f) => {
@@ -254,8 +255,8 @@ impl Registry {
     }
 }
 
-fn sync_dir(dir: Option<&Path>) -> std::io::Result<()> {
-    std::fs::File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -113,23 +113,23 @@ impl RegistryWriter {
             gen
         };
         let _one_write = self.write.lock();
-        let (batch, log_len, snapshot) = {
+        let (changes, last, log_len, snapshot) = {
             let w = self.state.lock();
             if !w.pending.iter().any(|(g, _)| *g == mine) {
                 // A write that started after our change carried it.
                 return Ok(());
             }
-            let batch: Vec<(u64, Change)> = w.pending.clone();
+            let changes: Vec<Change> = w.pending.iter().map(|(_, c)| c.clone()).collect();
+            let last = w.pending.last().map_or(mine, |(g, _)| *g);
             let mut snapshot = None;
             if w.uncertain || w.log_len >= compact_at(w.written.len()) {
                 let mut s = w.written.clone();
-                apply_changes(&mut s, batch.iter().map(|(_, c)| c));
+                apply_changes(&mut s, changes.iter());
                 snapshot = Some(s);
             }
-            (batch, w.log_len, snapshot)
+            (changes, last, w.log_len, snapshot)
         };
         self.writes.fetch_add(1, Ordering::Relaxed);
-        let changes: Vec<Change> = batch.iter().map(|(_, c)| c.clone()).collect();
         let wrote = match &snapshot {
             Some(s) => self.registry.save(s).map(|()| 0),
             None => self.registry.append(log_len, &changes),
@@ -140,7 +140,6 @@ impl RegistryWriter {
                 apply_changes(&mut w.written, changes.iter());
                 w.log_len = new_len;
                 w.uncertain = false;
-                let last = batch.last().map_or(0, |(g, _)| *g);
                 w.pending.retain(|(g, _)| *g > last);
                 Ok(())
             }
@@ -157,9 +156,7 @@ impl RegistryWriter {
             }
         }
     }
-}
 
-impl RegistryWriter {
     /// Fold the log into a new snapshot (at a clean stop: `exports.json` alone is then
     /// the whole registry, as a release before the log expects). Changes still
     /// pending are written by their own callers.

@@ -714,12 +714,7 @@ pub(crate) async fn checkpoint_local(
         }
         data.sync_data()?;
         fileio::write_atomic(&*fs, &journal::state_path(&dir), &state.encode())?;
-        for g in journal::list_journals(&*fs, &dir)? {
-            if g < gen {
-                fs.remove_file(&journal::journal_path(&dir, g))?;
-            }
-        }
-        Ok(())
+        journal::remove_older(&*fs, &dir, gen)
     })
     .await;
     r.map_err(|e| inner.fail("writing local state", e))

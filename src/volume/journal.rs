@@ -220,6 +220,16 @@ pub fn state_path(dir: &Path) -> PathBuf {
     dir.join("state")
 }
 
+/// Remove the journals older than generation `gen` (once the state names `gen`).
+pub fn remove_older(fs: &dyn FileIo, dir: &Path, gen: u64) -> io::Result<()> {
+    for g in list_journals(fs, dir)? {
+        if g < gen {
+            fs.remove_file(&journal_path(dir, g))?;
+        }
+    }
+    Ok(())
+}
+
 /// Journal generations present in `dir`, ascending.
 pub fn list_journals(fs: &dyn FileIo, dir: &Path) -> io::Result<Vec<u64>> {
     let mut gens: Vec<u64> = fs

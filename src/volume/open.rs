@@ -221,20 +221,6 @@ async fn parent_manifest(
     Ok((map, h))
 }
 
-/// Remove the journals older than generation `gen` (the state names `gen`).
-fn remove_older_journals(
-    fs: &dyn fileio::FileIo,
-    dir: &std::path::Path,
-    gen: u64,
-) -> std::io::Result<()> {
-    for g in journal::list_journals(fs, dir)? {
-        if g < gen {
-            fs.remove_file(&journal::journal_path(dir, g))?;
-        }
-    }
-    Ok(())
-}
-
 /// File in the cache dir naming the lease epoch the cache was last opened under.
 pub(crate) const CACHE_EPOCH_FILE: &str = "lease-epoch";
 
@@ -485,7 +471,7 @@ pub(crate) async fn open(
             let j = Journal::create(&*fs, &dir, gen, uuid).map_err(|e| io("creating journal", e))?;
             data.sync_data().map_err(|e| io("syncing cache file", e))?;
             fileio::write_atomic(&*fs, &state_file, &st.encode()).map_err(|e| io("writing state", e))?;
-            remove_older_journals(&*fs, &dir, gen).map_err(|e| io("removing journal", e))?;
+            journal::remove_older(&*fs, &dir, gen).map_err(|e| io("removing journal", e))?;
             return Ok((data, (map, errors), boot_id, j, diverged));
         }
         // A cache that vouches for no data (a new volume, or a cache discarded or
@@ -502,7 +488,7 @@ pub(crate) async fn open(
                 .map_err(|e| io("recording the lease epoch", e))?;
         }
         fs.sync_dir(&dir).map_err(|e| io("syncing cache dir", e))?;
-        remove_older_journals(&*fs, &dir, gen).map_err(|e| io("removing journal", e))?;
+        journal::remove_older(&*fs, &dir, gen).map_err(|e| io("removing journal", e))?;
         Ok((data, (map, errors), boot_id, j, diverged))
     })
     .await?;
