@@ -402,8 +402,8 @@ fn a_purged_and_recreated_volume_never_reads_the_old_cache() {
 
 /// Creating a volume writes its meta and its lease once each: the first lease has no
 /// older epoch to fence, so it is not written a second time with a fence (one store
-/// round trip per created volume). A later open still fences, and the first
-/// holder's late objects are still ignored after a takeover.
+/// round trip per created volume). A later open (here a takeover) still writes the
+/// lease again with its fence.
 #[test]
 fn a_new_volume_writes_its_lease_once_and_later_opens_still_fence() {
     smol::block_on(async {
