@@ -4,12 +4,14 @@
 //! encrypted in turn, `ROUNDS` rounds. The store is a local directory (its files in
 //! the page cache: the cheapest store there is, so the AEAD's share is the largest
 //! it can be); `GET_LATENCY_MS` > 0 makes every GET wait that long first (an S3
-//! first byte). Prints one line per read and the median ratio.
+//! first byte). Prints one line per read and the median ratio; `SHOW_READS=1` adds,
+//! per pass, the store GETs it made and every request's time in ms (where a reader
+//! waits for the readahead shows there).
 //!
 //! `cargo run --release --example cold_read_bench`; traces in scripts/bench-results/.
 mod support;
 
-use glidefs::store::{LocalDirStore, ObjectStore};
+use glidefs::store::{CountedStore, LocalDirStore, ObjectStore, StoreTraffic};
 use glidefs::volume::crypto::{MasterKey, MasterKeys};
 use glidefs::volume::{Volume, VolumeConfig};
 use std::sync::Arc;
@@ -33,6 +35,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let show_reads = support::knob("SHOW_READS", 0) == 1;
     let (mib, req, rounds, latency) = (
         support::knob("DATA_MIB", 64),
         support::knob("REQ_KIB", 1024) << 10,
@@ -41,10 +44,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let dir = tempfile::tempdir()?;
     let local: Arc<dyn ObjectStore> = Arc::new(LocalDirStore::open(dir.path().join("store"))?);
-    let store: Arc<dyn ObjectStore> = Arc::new(support::Latency {
-        inner: local,
-        ms: latency,
-    });
+    let traffic = Arc::new(StoreTraffic::default());
+    let store: Arc<dyn ObjectStore> = Arc::new(CountedStore::new(
+        Arc::new(support::Latency {
+            inner: local,
+            ms: latency,
+        }),
+        traffic.clone(),
+    ));
     let keys = Arc::new(MasterKeys {
         current: MasterKey::from_bytes(&[7; 32]),
         old: Vec::new(),
@@ -76,17 +83,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for (name, enc) in [("plain", false), ("secret", true)] {
                 let c = cfg(name, enc);
                 let v = Volume::open(c.clone(), store.clone()).await?;
+                let gets = traffic.snapshot().gets;
+                let mut waits = Vec::new();
                 let t = Instant::now();
                 let mut off = 0;
                 while off < size {
                     let n = req.min(size - off) as usize;
+                    let tr = Instant::now();
                     v.read(off, &mut buf[..n]).await?;
+                    waits.push(format!("{:.1}", tr.elapsed().as_secs_f64() * 1e3));
                     if buf[..n] != data[off as usize..off as usize + n] {
                         return Err(format!("{name}: data differs at {off}").into());
                     }
                     off += n as u64;
                 }
                 let ms = t.elapsed().as_secs_f64() * 1e3;
+                if show_reads {
+                    let gets = traffic.snapshot().gets - gets;
+                    println!("  {name}: {gets} GETs; request ms: {}", waits.join(" "));
+                }
                 v.close().await?;
                 Volume::purge_cache(&c)?;
                 println!(
