@@ -178,19 +178,21 @@ pub(crate) async fn compose(
             .collect(),
     )
     .await;
-    let mut block = vec![0u8; BLOCK_SIZE];
+    // Allocated only when pieces are placed: an extent that is the whole block (a
+    // sequential writer's) becomes the block, with no zeroed buffer and no copy.
+    let mut block = None;
     for ((_, range, group), span) in groups.iter().zip(spans) {
         let decoded = decode_span(inner, b, range.start, group, span?).await?;
         for (p, data) in group.iter().zip(decoded) {
             if p.loc.first == 0 && data.len() == BLOCK_SIZE && p.live & want == FULL {
-                // One extent is the whole block (a sequential writer's): no copy.
-                block = data;
+                block = Some(data);
             } else {
-                place(&mut block, &p.loc, &data, p.live & want);
+                let block = block.get_or_insert_with(|| vec![0u8; BLOCK_SIZE]);
+                place(block, &p.loc, &data, p.live & want);
             }
         }
     }
-    Ok(block)
+    Ok(block.unwrap_or_else(|| vec![0u8; BLOCK_SIZE]))
 }
 
 /// Read the sectors of `out` (at `in_blk` within block `b`) of a fork whose

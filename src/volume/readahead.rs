@@ -44,10 +44,9 @@ struct Stream {
     /// Where the last read ended (bytes).
     next: u64,
     /// Blocks below this one were prefetched (or judged not to need it) in the
-    /// current run of sequential reads.
+    /// current run of sequential reads; 0 while the reads are not sequential (no
+    /// prefetching then: a sequential read never ends in block 0).
     ahead: u64,
-    /// Whether the current run of reads is sequential (prefetching allowed).
-    streaming: bool,
     /// Prefetches started and not yet finished (a finishing one counts itself out
     /// before it starts the next).
     in_flight: usize,
@@ -87,9 +86,9 @@ impl Readahead {
 pub(crate) fn note_read(inner: &Arc<Inner>, offset: u64, len: u64) {
     let mut s = inner.readahead.stream.lock();
     let end = offset + len;
-    s.streaming = offset == s.next && offset != 0;
+    let sequential = offset == s.next && offset != 0;
     s.next = end;
-    if !s.streaming {
+    if !sequential {
         s.ahead = 0;
         return;
     }
@@ -101,7 +100,7 @@ pub(crate) fn note_read(inner: &Arc<Inner>, offset: u64, len: u64) {
 fn finished(inner: &Arc<Inner>) {
     let mut s = inner.readahead.stream.lock();
     s.in_flight = s.in_flight.saturating_sub(1);
-    if s.streaming {
+    if s.ahead != 0 {
         start_prefetches(inner, &mut s);
     }
 }
