@@ -23,6 +23,10 @@ env_facts() {
     mem=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)
     echo "# kernel: $(uname -r)"
     echo "# vcpus: $(nproc)"
+    # Under TCG a guest whose watchdog marked the TSC unstable reads the emulated HPET
+    # for every clock read (vm-tests/run boots guests with tsc=reliable against that).
+    echo "# clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)" \
+        "$(grep -o 'tsc=[a-z]*' /proc/cmdline 2>/dev/null || true)"
     echo "# memory: $mem"
     echo "# cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "# machine: $(cat /sys/devices/virtual/dmi/id/sys_vendor 2>/dev/null || echo unknown)" \
