@@ -10,14 +10,23 @@ IOPS_WORKLOADS="${BENCH_WORKLOADS:-rr4k-qd1 rr4k-qd32 sr128k-qd8 rw4k-qd32 sw128
 IOPS_MULTI_WORKLOADS="${BENCH_MULTI_WORKLOADS:-rr4k-qd32 rw4k-qd32}"
 
 iops_suite() {
-    local round t
+    local round t sampler=""
     : >"$WORK/skipped"
+    : >"$WORK/cpu.tag"
+    if [ "${BENCH_CPU_PROFILE:-0}" = 1 ]; then
+        "$PY" "$BENCH_LIB/cpu_profile.py" sample "$WORK/cpu.tag" "$WORK/cpu.samples" &
+        sampler=$!
+    fi
     for ((round = 1; round <= ${BENCH_ROUNDS:-1}; round++)); do
         log "round $round of ${BENCH_ROUNDS:-1}"
         for t in $BENCH_TARGETS; do
             iops_target "$t" "$round"
         done
     done
+    if [ -n "$sampler" ]; then
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+    fi
 }
 
 # settle TARGET: every run starts from the same state. For glidefs: wait until the
@@ -82,23 +91,32 @@ iops_target() {
 # run_profiled TARGET WORKLOAD DEV...: run_fio, and with BENCH_STAGES=1 on a glidefs
 # target, the difference of the daemon's stage timers across the run goes to
 # $WORK/stages (stages.py; the report appends the stage profile to the trace).
+# The run's name is in $WORK/cpu.tag while fio runs (the CPU sampler's window).
 run_profiled() {
     local t="$1" wl="$2" name="$2"
+    [ $# -gt 3 ] && name="$wl-$(($# - 2))dev"
     case "$t:${BENCH_STAGES:-0}" in
         glidefs*:1) ;;
         *)
-            run_fio "$@"
+            tagged_fio "$t $name" "$@"
             return
             ;;
     esac
-    [ $# -gt 3 ] && name="$wl-$(($# - 2))dev"
     "$PY" "$BENCH_LIB/stages.py" snap "$GFS_URL" >"$WORK/stages.before" \
         || log "  stage timers unreadable before $t $name"
-    run_fio "$@"
+    tagged_fio "$t $name" "$@"
     if "$PY" "$BENCH_LIB/stages.py" snap "$GFS_URL" >"$WORK/stages.after"; then
         "$PY" "$BENCH_LIB/stages.py" diff "$WORK/stages.before" "$WORK/stages.after" \
             "$t" "$name" >>"$WORK/stages"
     else
         log "  stage timers unreadable after $t $name"
     fi
+}
+
+# tagged_fio TAG TARGET WORKLOAD DEV...: run_fio with TAG in $WORK/cpu.tag meanwhile.
+tagged_fio() {
+    echo "$1" >"$WORK/cpu.tag"
+    shift
+    run_fio "$@"
+    : >"$WORK/cpu.tag"
 }
