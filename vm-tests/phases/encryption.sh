@@ -18,7 +18,8 @@
 # Figures (not asserted; ENCRYPTION_ROUNDS rounds, each plaintext then encrypted):
 # cold sequential read time of A and of B from the store after a cold wake (hashed as
 # read, and again alone, hashed once cached), and 4k
-# random write IOPS (QD16, ENCRYPTION_FIO_SECS) on each. scripts/bench-results/
+# random write IOPS (QD16, ENCRYPTION_FIO_SECS) on each; for each cold read also the
+# share of the vCPUs that were busy and the daemon's CPU time. scripts/bench-results/
 # encryption-*.txt holds a 3-round run.
 # Every assertion is a line in RESULTS_DIR/checks; the phase fails at the end naming
 # every failed one.
@@ -152,8 +153,11 @@ for r in $(seq "$ROUNDS"); do
     for v in plain secret; do
         cold "$v"
         t0="$(now_ms)"
+        cpu_mark
         h="$(hash_dev "$EXPORT_DEV")"
+        cpu_stop
         ms=$(($(now_ms) - t0))
+        cpu_record "cold_read_${v}_r${r}"
         want="$SHA_A"
         [ "$v" = plain ] || want="$SHA_B"
         expect "cold-$v-$r" "$v reads its data after a cold wake" "$v after a cold wake: sha256 differs" [ "$h" = "$want" ]
@@ -162,8 +166,11 @@ for r in $(seq "$ROUNDS"); do
         # (sha256sum takes as much CPU as the AEAD here); checked once cached.
         cold "$v"
         t0="$(now_ms)"
+        cpu_mark
         dd if="$EXPORT_DEV" of=/dev/null bs=1M count="$DATA_MIB" iflag=direct status=none
+        cpu_stop
         ms=$(($(now_ms) - t0))
+        cpu_record "cold_read_alone_${v}_r${r}"
         expect "cold-alone-$v-$r" "$v reads its data after a second cold wake" "$v after a second cold wake: sha256 differs" \
             [ "$(hash_dev "$EXPORT_DEV")" = "$want" ]
         record_figure "cold_read_alone_${v}_r${r}_ms" "$ms" ms

@@ -115,6 +115,34 @@ record_figure() { # NAME VALUE [UNIT]
     log "figure: $1 = $2${3:+ $3}"
 }
 
+# cpu_mark / cpu_stop: the machine's busy and total CPU ticks (/proc/stat; busy =
+# user, nice, system, irq, softirq) and the daemon's (utime + stime) at the start and
+# the end of a window, read with shell builtins only (no process, no subshell), so
+# marking costs the window nothing. cpu_record NAME then records NAME_busy_pct (the
+# share of all vCPUs busy in the window) and NAME_daemon_cpu_ms (10 ms resolution).
+CPU_TICKS=() CPU_MARK=() CPU_STOP=()
+_cpu_ticks() {
+    local cpu user nice sys idle iowait irq softirq steal rest d=0 f
+    read -r cpu user nice sys idle iowait irq softirq steal rest </proc/stat
+    if [ -n "$DAEMON_PID" ] && [ -r "/proc/$DAEMON_PID/stat" ]; then
+        read -r f <"/proc/$DAEMON_PID/stat"
+        # shellcheck disable=SC2206 # the fields after "pid (comm) ", split on purpose
+        f=(${f##*) })
+        d=$((f[11] + f[12]))
+    fi
+    CPU_TICKS=("$((user + nice + sys + irq + softirq))"
+        "$((user + nice + sys + idle + iowait + irq + softirq + steal))" "$d")
+}
+cpu_mark() { _cpu_ticks; CPU_MARK=("${CPU_TICKS[@]}"); }
+cpu_stop() { _cpu_ticks; CPU_STOP=("${CPU_TICKS[@]}"); }
+cpu_record() {
+    local hz dt=$((CPU_STOP[1] - CPU_MARK[1]))
+    hz=$(getconf CLK_TCK 2>/dev/null || echo 100)
+    [ "$dt" -gt 0 ] || return 0
+    record_figure "${1}_busy_pct" "$((100 * (CPU_STOP[0] - CPU_MARK[0]) / dt))" "%"
+    record_figure "${1}_daemon_cpu_ms" "$((1000 * (CPU_STOP[2] - CPU_MARK[2]) / hz))" ms
+}
+
 pass() {
     echo pass >"$RESULTS_DIR/result"
     log "PASS ($(( ($(date +%s%N) - PHASE_T0) / 1000000000 )) s)"
