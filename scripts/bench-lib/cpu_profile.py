@@ -146,10 +146,7 @@ def report(out, raw, skip_s):
         rate = iops.get(tag)
         print(
             f"# {tag:<28} machine  busy {100 * busy / tot:.0f}%  iowait {100 * c['iowait'] / tot:.0f}%"
-            f"  idle {100 * c['idle'] / tot:.0f}%  ({dt:.1f} s, IOPS {rate:.0f})"
-            if rate
-            else f"# {tag:<28} machine  busy {100 * busy / tot:.0f}%  iowait {100 * c['iowait'] / tot:.0f}%"
-            f"  idle {100 * c['idle'] / tot:.0f}%  ({dt:.1f} s, no IOPS)"
+            f"  idle {100 * c['idle'] / tot:.0f}%  ({dt:.1f} s, {f'IOPS {rate:.0f}' if rate else 'no IOPS'})"
         )
         total_us = 0.0
         for g, r in sorted(run[tag].items(), key=lambda x: -x[1]):
@@ -157,7 +154,7 @@ def report(out, raw, skip_s):
             if share < 0.01:
                 continue
             per_req = r / 1e3 / (rate * dt) if rate else float("nan")
-            total_us += per_req if rate else 0
+            total_us += per_req
             print(
                 f"# {tag:<28} {g:<16} {100 * share:6.1f} {100 * wait[tag][g] / dt / 1e9:6.1f}"
                 f" {per_req:9.1f}"
