@@ -19,11 +19,13 @@
 #   A's cache dir, dirty_bytes > 0, holding what A acknowledged after the drain;
 #   `glidefs diverged list` shows it.
 #  Round "kill" (vm-2): the same up to the drain; the proxy drops A's store
-#   connections (so what A writes next is certainly dirty), A writes, kill -9 A.
+#   connections (so what A writes next is certainly dirty), A writes, the writer
+#   stops (TAKEOVER_KILL_WRITER), kill -9 A, A's mount is detached lazily.
 #   B is refused before the TTL, takes over after it and sees exactly the drained
 #   image. A restarted: ready, B's devices untouched, vm-2 is `failed` (lease held
-#   by B), its dirty data still in A's cache dir; A's plain DELETE sets it aside
-#   (GET /api/diverged).
+#   by B) and its dead device deleted, so nothing stays blocked on it (the lazy
+#   umount's teardown ends), its dirty data still in A's cache dir; A's plain DELETE
+#   sets it aside (GET /api/diverged).
 # Every assertion is recorded in RESULTS_DIR/checks (PASS/FAIL id: expected, seen)
 # and the phase goes on after a failed one; it fails at the end naming them all.
 # Setup errors (daemon, moto, proxy, mkfs, mount) fail at once.
@@ -36,6 +38,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SIZE="${TAKEOVER_SIZE:-64M}"
 TTL="${TAKEOVER_TTL:-12s}"
 ROUNDS="${TAKEOVER_ROUNDS:-partition kill}"
+# Round kill: "stopped" ends the writer (and its last dd) before A is killed, so
+# nothing but the mount holds A's filesystem and its teardown's I/O waits on the
+# dead device; "running" kills A wherever the writer is (it may be in a dd).
+KILL_WRITER="${TAKEOVER_KILL_WRITER:-stopped}"
+case "$KILL_WRITER" in stopped | running) ;; *) fail "TAKEOVER_KILL_WRITER must be stopped or running, not '$KILL_WRITER'" ;; esac
 TREE_FILES="${TAKEOVER_TREE_FILES:-24}"
 # The API of the features issue 14 adds (docs/operations.md once they land).
 DIVERGED_PATH="${TAKEOVER_DIVERGED_PATH:-/api/diverged}"
@@ -79,7 +86,7 @@ _takeover_exit() {
     DAEMON_PID=""
     for n in A B; do
         fsfreeze -u "${D_MNT[$n]}" 2>/dev/null
-        umount -l "${D_MNT[$n]}" 2>/dev/null
+        detach "${D_MNT[$n]}"
     done
     [ -z "$PROXY_PID" ] || kill -9 "$PROXY_PID" 2>/dev/null
     [ -z "$MOTO_PID" ] || kill -9 "$MOTO_PID" 2>/dev/null
@@ -470,6 +477,17 @@ check_diverged() {
 # last_acked WRITER_LOG: "N END_MS" of the last file whose write+fsync succeeded.
 last_acked() { awk '$4 == 0 { n = $1; t = $3 } END { if (n) print n, t }' "$1"; }
 
+# detach MOUNT: lazy umount, in the background. When nothing else holds the mount,
+# umount(2) itself drops the last reference and writes the superblock; on a device
+# with no server (QUIESCED after kill -9) that write waits until the device is
+# recovered or deleted. Seen: the phase hung until its deadline in a foreground
+# `umount -l` when A was killed while the writer was between files.
+# DETACH_PID: the umount's pid.
+detach() {
+    umount -l "$1" </dev/null >/dev/null 2>&1 &
+    DETACH_PID=$!
+}
+
 stop_writer() { # PID
     kill -9 "$1" 2>/dev/null || true
     # A writer stuck in the kernel (a quiesced device) dies when its I/O ends.
@@ -593,7 +611,7 @@ round_partition() {
 
     # A's purge must be refused, naming B; B's objects stay.
     bounded 60 umount "${D_MNT[A]}"
-    [ "$BOUNDED_RC" = 0 ] || { log "umount of A's $name: status $BOUNDED_RC $BOUNDED_OUT; detaching it lazily"; umount -l "${D_MNT[A]}" || true; }
+    [ "$BOUNDED_RC" = 0 ] || { log "umount of A's $name: status $BOUNDED_RC $BOUNDED_OUT; detaching it lazily"; detach "${D_MNT[A]}"; }
     local keys_before keys_after owner_b
     keys_before="$(store_keys "$name")"
     owner_b="$(jq -r '.owner // empty' <<<"$lease_b")"
@@ -647,6 +665,11 @@ round_kill() {
     local end=$((SECONDS + 30))
     while [ "$(awk '$4 == 0' "$wlog" 2>/dev/null | wc -l)" -lt 2 ] && [ "$SECONDS" -lt "$end" ]; do sleep 0.3; done
     [ "$(awk '$4 == 0' "$wlog" 2>/dev/null | wc -l)" -ge 1 ] || fail "A acknowledged no write after the drain within 30 s"
+    if [ "$KILL_WRITER" = stopped ]; then
+        stop_writer "$wpid"
+        end=$((SECONDS + 30))
+        while pgrep -f "of=${D_MNT[A]}/after/" >/dev/null && [ "$SECONDS" -lt "$end" ]; do sleep 0.2; done
+    fi
     kill9_node A
     t_kill="$(now_ms)"
     local marker
@@ -654,7 +677,8 @@ round_kill() {
     marker="glidefs-r2-${marker:-1}-"
     record_figure r2_writes_acked "$(awk '$4 == 0' "$wlog" | wc -l)"
     # A's filesystem sits on a quiesced device now; detach it, let the writer go.
-    umount -l "${D_MNT[A]}" 2>/dev/null || true
+    detach "${D_MNT[A]}"
+    local umount_pid="$DETACH_PID"
     stop_writer "$wpid"
     proxy_mode forward
 
@@ -666,6 +690,19 @@ round_kill() {
     log "lease of $name after B's takeover: $lease_b"
 
     start_node A "$r.a-restart-ready" || true
+    # Restarted A deletes its dead device (B holds the lease), which ends the I/O
+    # queued on it: the detached mount's teardown and the writer's last dd finish.
+    local stuck end=$((SECONDS + 60))
+    while :; do
+        stuck=""
+        kill -0 "$umount_pid" 2>/dev/null && stuck="umount -l (pid $umount_pid) "
+        stuck+="$(pgrep -af "of=${D_MNT[A]}/after/" | tr '\n' ' ' || true)"
+        [ -n "${stuck// /}" ] && [ "$SECONDS" -lt "$end" ] || break
+        sleep 0.5
+    done
+    expect "$r.a-dead-device-released" "nothing waits on A's dead $name device 60 s after A's restart (lazy umount and writer ended)" \
+        "processes should not stay blocked on A's dead $name device once restarted A has deleted it; still there 60 s after the restart: $stuck" \
+        [ -z "${stuck// /}" ]
     # A's restart must not touch B's devices (another daemon's, not orphans).
     bounded 120 hash_dev "$DEV_B"
     expect "$r.b-survives-a-restart" "B's $name device $DEV_B still reads the drained image after A's restart" \
