@@ -27,6 +27,9 @@ env_facts() {
     # for every clock read (vm-tests/run boots guests with tsc=reliable against that).
     echo "# clocksource: $(cat /sys/devices/system/clocksource/clocksource0/current_clocksource 2>/dev/null || echo unknown)" \
         "$(grep -o 'tsc=[a-z]*' /proc/cmdline 2>/dev/null || true)"
+    # Expedited RCU grace periods speed up the kernel's teardown of a killed daemon's
+    # devices (docs/operations.md, "Recovering many devices faster").
+    echo "# rcu_expedited: $(cat /sys/kernel/rcu_expedited 2>/dev/null || echo unknown)"
     echo "# memory: $mem"
     echo "# cpu: $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
     echo "# machine: $(cat /sys/devices/virtual/dmi/id/sys_vendor 2>/dev/null || echo unknown)" \

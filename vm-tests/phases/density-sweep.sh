@@ -5,6 +5,8 @@
 # and delete time, and with the daemon's stage timers where creating and deleting
 # spent that time. The trace (density-sweep.txt) lands in the results folder;
 # `scripts/bench density` on the host copies it to scripts/bench-results/.
+# Knobs: DENSITY_SWEEP_N, _SIZE, _IDLE_S, _JOBS, _STAGES, _COMMAND, _CONFIG (a daemon
+# config template), _RCU_EXPEDITED=1 (expedited RCU grace periods for the sweep).
 # ublks_max: 1100
 # deadline: 5400
 # needs: glidefs
@@ -24,6 +26,17 @@ export BENCH_DENSITY_JOBS="${DENSITY_SWEEP_JOBS:-1}"
 # The daemon's stage timers: where creation and deletion spend their time (0: off).
 export BENCH_STAGES="${DENSITY_SWEEP_STAGES:-1}"
 [ -n "${DENSITY_SWEEP_COMMAND:-}" ] && export BENCH_COMMAND="$DENSITY_SWEEP_COMMAND"
+# DENSITY_SWEEP_RCU_EXPEDITED=1: expedited RCU grace periods for the whole sweep (the
+# host setting of docs/operations.md, "Recovering many devices faster").
+if [ "${DENSITY_SWEEP_RCU_EXPEDITED:-}" = 1 ]; then
+    echo 1 >/sys/kernel/rcu_expedited || fail "cannot write /sys/kernel/rcu_expedited"
+fi
+# A config template for the daemon instead of the bench's own (@DIR@ and @PORT@
+# replaced; scripts/bench-lib/glidefs.sh), e.g. to try other [limits].
+if [ -n "${DENSITY_SWEEP_CONFIG:-}" ]; then
+    [ -r "$DENSITY_SWEEP_CONFIG" ] || fail "DENSITY_SWEEP_CONFIG=$DENSITY_SWEEP_CONFIG is not a readable file"
+    export BENCH_GLIDEFS_CONFIG="$DENSITY_SWEEP_CONFIG"
+fi
 
 rc=0
 "$REPO/scripts/bench" density --in-vm --out "$RESULTS_DIR" || rc=$?
