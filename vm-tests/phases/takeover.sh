@@ -488,6 +488,9 @@ detach() {
     DETACH_PID=$!
 }
 
+# writer_dds: "PID COMMAND" of every writer dd still writing into A's mount.
+writer_dds() { pgrep -af "of=${D_MNT[A]}/after/" || true; }
+
 stop_writer() { # PID
     kill -9 "$1" 2>/dev/null || true
     # A writer stuck in the kernel (a quiesced device) dies when its I/O ends.
@@ -668,7 +671,7 @@ round_kill() {
     if [ "$KILL_WRITER" = stopped ]; then
         stop_writer "$wpid"
         end=$((SECONDS + 30))
-        while pgrep -f "of=${D_MNT[A]}/after/" >/dev/null && [ "$SECONDS" -lt "$end" ]; do sleep 0.2; done
+        while [ -n "$(writer_dds)" ] && [ "$SECONDS" -lt "$end" ]; do sleep 0.2; done
     fi
     kill9_node A
     t_kill="$(now_ms)"
@@ -696,7 +699,7 @@ round_kill() {
     while :; do
         stuck=""
         kill -0 "$umount_pid" 2>/dev/null && stuck="umount -l (pid $umount_pid) "
-        stuck+="$(pgrep -af "of=${D_MNT[A]}/after/" | tr '\n' ' ' || true)"
+        stuck+="$(writer_dds | tr '\n' ' ')"
         [ -n "${stuck// /}" ] && [ "$SECONDS" -lt "$end" ] || break
         sleep 0.5
     done
